@@ -1,0 +1,10 @@
+"""reclor-lab: fine-tune a decoder LLM with 4-bit quantization + LoRA (QLoRA) on ReClor.
+
+The notebooks in ``notebooks/`` teach the ideas; this package does the plumbing. One module per
+job: ``config`` (the run config and presets), ``data`` (ReClor files → tokenized datasets),
+``synth`` (the bundled ReClor-format data), ``tiny`` (the offline tiny Llama), ``modeling``
+(4-bit loading), ``lora`` (adapter injection), ``metrics``, ``loss``, ``train`` (the manual loop),
+``trainer`` (the Hugging Face Trainer path), ``plots`` and ``cli``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,305 @@
+"""One dataclass that describes a run, with named presets.
+
+Every field carries a one-line help text (``metadata["help"]``) that says what it does and what
+it costs. ``__post_init__`` checks every field and raises one :class:`ConfigError` listing every
+problem at once, so a user fixes a config in one go.
+
+>>> cfg = get_preset("tiny")
+>>> cfg.lora_r, cfg.quantization
+(16, 'nf4')
+>>> big = get_preset("llama2-7b", epochs=1)   # overrides go through dataclasses.replace
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+#: ReClor has four answer options per question; the classifier has one logit per option.
+NUM_LABELS = 4
+#: The option letters, in label order (label 0 is option A).
+OPTION_LETTERS = "ABCD"
+#: The input layout of the reference solution. Fields: context, question, a, b, c, d.
+REFERENCE_TEMPLATE = (
+    "Context: {context} Question: {question} "
+    "Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
+)
+#: Where the kit keeps its bundled data and tiny model, relative to the repository root.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DATA_DIR = REPO_ROOT / "data"
+TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama"
+
+Quantization = Literal["nf4", "none"]
+ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
+Schedule = Literal["constant", "cosine"]
+
+
+class ConfigError(ValueError):
+    """A run configuration with one or more invalid values (all listed in the message)."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one fine-tuning run. Build it from a preset with :func:`get_preset`."""
+
+    preset: str = _f("custom", "Name of the preset this config started from (informational).")
+    # --- model -----------------------------------------------------------------------------
+    model_name_or_path: str = _f(
+        str(TINY_MODEL_DIR),
+        "Hugging Face model id or local directory. Llama-2 needs its weights on disk offline.",
+    )
+    quantization: Quantization = _f(
+        "nf4", "`nf4`: 4-bit NormalFloat weights (QLoRA, ~4x less memory); `none`: plain weights."
+    )
+    double_quant: bool = _f(
+        True, "Quantize the 4-bit scales too: saves ~0.4 bit/param (~0.4 GB on 7B) for a little compute."
+    )
+    compute_dtype: ComputeDtype = _f(
+        "auto", "Dtype of the matmuls. `auto`: bf16 where the hardware supports it, else fp32."
+    )
+    gradient_checkpointing: bool = _f(
+        False, "Recompute activations in backward: much less memory, ~30% slower steps."
+    )
+    # --- data ------------------------------------------------------------------------------
+    data_dir: str = _f(
+        str(BUNDLED_DATA_DIR),
+        "Folder with train.json / val.json / test.json in the official ReClor format.",
+    )
+    template: str = _f(
+        REFERENCE_TEMPLATE,
+        "Input layout; fields {context} {question} {a} {b} {c} {d}. Append ' Answer:' to try a cue.",
+    )
+    max_len: int = _f(
+        512, "Tokens kept per example; longer inputs are truncated (counted and reported)."
+    )
+    group_by_length: bool = _f(
+        True, "Batch examples of similar length: far less padding, batches stay shuffled."
+    )
+    train_limit: int | None = _f(None, "Use only the first N training records (None: all). For quick tries.")
+    eval_limit: int | None = _f(None, "Use only the first N validation records (None: all).")
+    # --- LoRA ------------------------------------------------------------------------------
+    lora_r: int = _f(16, "Rank of the LoRA update: more capacity and more trainable parameters.")
+    lora_alpha: int = _f(16, "LoRA scale numerator; the update is multiplied by alpha / r.")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input: regularises small data sets.")
+    lora_bias: Literal["none", "all", "lora_only"] = _f("none", "Which biases train (`none` like the reference).")
+    lora_targets: tuple[str, ...] | None = _f(
+        None, "Module names to adapt; None: every (4-bit) linear layer except the head."
+    )
+    # --- optimisation ----------------------------------------------------------------------
+    learning_rate: float = _f(1e-4, "AdamW peak learning rate.")
+    weight_decay: float = _f(0.001, "AdamW decoupled weight decay on the trainable weights.")
+    epochs: int = _f(3, "Passes over the training set.")
+    batch_size: int = _f(2, "Examples per forward pass; memory grows with it and with max_len.")
+    eval_batch_size: int = _f(8, "Examples per forward pass during evaluation (no gradients).")
+    grad_accum_steps: int = _f(1, "Micro-batches per optimizer step: a bigger effective batch, same memory.")
+    max_grad_norm: float = _f(0.3, "Clip the gradient norm to this (QLoRA's value); 0 disables clipping.")
+    warmup_ratio: float = _f(0.1, "Fraction of optimizer steps with a linear warm-up from 0.")
+    lr_schedule: Schedule = _f("constant", "After warm-up: `constant` like the reference, or `cosine` decay.")
+    class_weighting: bool = _f(
+        True, "Weight the cross-entropy by inverse answer-position frequency (the reference's loss)."
+    )
+    seed: int = _f(42, "Seeds Python, NumPy and torch once at the start: same seed, same machine, same numbers.")
+    # --- output ----------------------------------------------------------------------------
+    output_dir: str = _f("runs/tiny", "Run directory: adapter, config, history, metrics, plots.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_targets, list):
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        problems = self.problems()
+        if problems:
+            raise ConfigError(
+                "invalid run configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
+
+    def problems(self) -> list[str]:
+        """Every invalid value, one sentence each, naming the field in backticks."""
+        p: list[str] = []
+
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                p.append(f"`{name}` is {value!r}; choose one of {', '.join(map(repr, allowed))}")
+
+        def positive_int(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                p.append(f"`{name}` must be a positive integer, got {value!r}")
+
+        def number(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                p.append(f"`{name}` must be a number, got {value!r}")
+                return
+            too_low = value <= lo if lo_open else value < lo
+            too_high = value >= hi if hi_open else value > hi
+            if too_low or too_high:
+                left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+                p.append(f"`{name}` must be in {left}{lo}, {hi}{right}, got {value!r}")
+
+        choice("quantization", get_args(Quantization))
+        choice("compute_dtype", get_args(ComputeDtype))
+        choice("lr_schedule", get_args(Schedule))
+        choice("lora_bias", ("none", "all", "lora_only"))
+        for name in ("max_len", "lora_r", "lora_alpha", "epochs", "batch_size", "eval_batch_size",
+                     "grad_accum_steps"):
+            positive_int(name)
+        positive_int("train_limit", allow_none=True)
+        positive_int("eval_limit", allow_none=True)
+        number("lora_dropout", 0.0, 1.0, hi_open=True)
+        number("learning_rate", 0.0, 1.0, lo_open=True)
+        number("weight_decay", 0.0, 1.0)
+        number("max_grad_norm", 0.0, float("inf"))
+        number("warmup_ratio", 0.0, 1.0, hi_open=True)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            p.append(f"`seed` must be a non-negative integer, got {self.seed!r}")
+        for name in ("model_name_or_path", "data_dir", "output_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                p.append(f"`{name}` must be a non-empty path or id, got {getattr(self, name)!r}")
+        if self.lora_targets is not None and (
+            not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)
+        ):
+            p.append(f"`lora_targets` must be None or a non-empty list of module names, got {self.lora_targets!r}")
+        if self.quantization == "none" and self.double_quant:
+            pass  # harmless: ignored without 4-bit weights (modeling warns when it matters)
+        if self.compute_dtype == "float16" and self.quantization == "nf4":
+            p.append("`compute_dtype` float16 overflows in 4-bit training on Llama; use bfloat16 or auto")
+        p.extend(_template_problems(self.template))
+        return p
+
+    # --- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["lora_targets"] is not None:
+            d["lora_targets"] = list(d["lora_targets"])
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as JSON (written to a temporary file, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a JSON config ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def replace(self, **overrides: Any) -> "RunConfig":
+        """A copy with some fields changed (validated again). Unknown names are an error."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    def describe(self) -> str:
+        """A readable table of every field, its value and its help text."""
+        rows = [(f.name, repr(getattr(self, f.name)), f.metadata.get("help", "")) for f in fields(self)]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = min(max(len(r[1]) for r in rows), 40)
+        lines = [f"RunConfig (preset {self.preset!r})"]
+        for name, value, help_ in rows:
+            if len(value) > w1:
+                value = value[: w1 - 1] + "…"
+            lines.append(f"  {name:<{w0}}  {value:<{w1}}  # {help_}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    @property
+    def repo_relative(self) -> dict[str, str]:
+        """Paths shown relative to the repository when they live inside it (stable printouts)."""
+        out = {}
+        for name in ("model_name_or_path", "data_dir", "output_dir"):
+            value = getattr(self, name)
+            try:
+                out[name] = str(Path(value).resolve().relative_to(REPO_ROOT))
+            except ValueError:
+                out[name] = value
+        return out
+
+
+def _template_problems(template: str) -> list[str]:
+    import string
+
+    if not isinstance(template, str):
+        return [f"`template` must be a string, got {template!r}"]
+    try:
+        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+    except ValueError as e:
+        return [f"`template` is not a valid format string: {e}"]
+    allowed = {"context", "question", "a", "b", "c", "d"}
+    out = []
+    if names - allowed:
+        out.append(f"`template` uses unknown fields {sorted(names - allowed)}; allowed: {sorted(allowed)}")
+    missing = {"context", "question", "a", "b", "c", "d"} - names
+    if missing:
+        out.append(f"`template` must show every part of a record; missing {sorted(missing)}")
+    return out
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, offline, seconds: the bundled data and the bundled tiny Llama, through the same 4-bit
+    # + LoRA code path as the reference. Bigger lr and batch because the model is tiny.
+    "tiny": dict(
+        preset="tiny",
+        model_name_or_path=str(TINY_MODEL_DIR),
+        data_dir=str(BUNDLED_DATA_DIR),
+        max_len=256,
+        batch_size=8,
+        eval_batch_size=32,
+        learning_rate=2e-3,
+        epochs=3,
+        output_dir="runs/tiny",
+    ),
+    # The reference solution: Llama-2-7B, NF4 + double quant, bf16 compute, LoRA r=16/alpha=16/
+    # dropout 0.05 on every 4-bit linear layer but the head, lr 1e-4, batch 2, 3 epochs.
+    "llama2-7b": dict(
+        preset="llama2-7b",
+        model_name_or_path="meta-llama/Llama-2-7b-hf",
+        data_dir=str(BUNDLED_DATA_DIR / "reclor"),
+        max_len=512,
+        batch_size=2,
+        eval_batch_size=8,
+        learning_rate=1e-4,
+        epochs=3,
+        gradient_checkpointing=True,
+        output_dir="runs/llama2-7b",
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> RunConfig:
+    """The named preset, with optional field overrides (validated)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(map(repr, PRESETS))}")
+    return RunConfig(**PRESETS[name]).replace(**overrides)

@@ -1,0 +1,311 @@
+"""ReClor files → validated records → formatted text → tokenized ``datasets.Dataset`` → batches.
+
+The official ReClor release has ``train.json``, ``val.json`` and ``test.json``: each a JSON list
+of objects with ``context``, ``question``, ``answers`` (four strings), ``label`` (0–3) and
+``id_string``. The official test split has no ``label`` and carries ``question_type`` instead.
+
+Every record is validated when a file is read. Bad input raises one :class:`DataError` that
+names the file, the record (index and ``id_string``) and what is wrong. Files are only read,
+never written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+#: Splits that must carry a ``label`` on every record (the official test split has none).
+LABELED_SPLITS: tuple[Split, ...] = ("train", "val")
+REQUIRED_KEYS = ("context", "question", "answers", "id_string")
+#: Columns the model's forward pass takes; everything else is dropped before batching.
+MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+class DataError(ValueError):
+    """A ReClor file or record that cannot be used; the message says where and why."""
+
+
+# --- reading and validating --------------------------------------------------------------------
+
+def _where(path: Path, index: int, record: Any) -> str:
+    ident = record.get("id_string") if isinstance(record, dict) else None
+    if isinstance(ident, str):
+        return f"{path}: record {index} (id_string {ident!r})"
+    return f"{path}: record {index}"
+
+
+def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> None:
+    if not isinstance(rec, dict):
+        raise DataError(f"{_where(path, index, rec)}: expected a JSON object, got {type(rec).__name__}")
+    where = _where(path, index, rec)
+    for key in REQUIRED_KEYS:
+        if key not in rec:
+            raise DataError(f"{where}: missing key {key!r} (a record needs {', '.join(REQUIRED_KEYS)})")
+    for key in ("context", "question", "id_string"):
+        if not isinstance(rec[key], str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__}")
+        if not rec[key].strip():
+            raise DataError(f"{where}: {key!r} is empty")
+    answers = rec["answers"]
+    if not isinstance(answers, list):
+        raise DataError(f"{where}: 'answers' must be a list of {NUM_LABELS} strings, got {type(answers).__name__}")
+    if len(answers) != NUM_LABELS:
+        raise DataError(f"{where}: 'answers' must have exactly {NUM_LABELS} options, got {len(answers)}")
+    for j, ans in enumerate(answers):
+        if not isinstance(ans, str):
+            raise DataError(f"{where}: option {OPTION_LETTERS[j]} must be a string, got {type(ans).__name__}")
+        if not ans.strip():
+            raise DataError(f"{where}: option {OPTION_LETTERS[j]} is empty")
+    if "label" in rec:
+        label = rec["label"]
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise DataError(f"{where}: 'label' must be an integer 0-{NUM_LABELS - 1}, got {label!r}")
+        if not 0 <= label < NUM_LABELS:
+            raise DataError(f"{where}: 'label' must be 0-{NUM_LABELS - 1}, got {label}")
+    elif labeled:
+        raise DataError(f"{where}: missing 'label' (this split must be labeled)")
+    if "question_type" in rec and (not isinstance(rec["question_type"], int) or isinstance(rec["question_type"], bool)):
+        raise DataError(f"{where}: 'question_type' must be an integer, got {rec['question_type']!r}")
+
+
+def read_reclor(path: str | Path, labeled: bool | None = None) -> list[dict]:
+    """Read and validate one ReClor JSON file.
+
+    ``labeled``: True requires a ``label`` on every record, False allows none, None infers it
+    from the first record and then requires every record to agree.
+
+    >>> recs = read_reclor("data/val.json", labeled=True)   # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got a JSON {type(records).__name__}")
+    if not records:
+        raise DataError(f"{path}: the file holds no records")
+    if labeled is None and isinstance(records[0], dict):
+        labeled = "label" in records[0]
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        _check_record(path, i, rec, labeled)
+        if labeled is False and "label" in rec:
+            raise DataError(f"{_where(path, i, rec)}: has a 'label' but earlier records have none")
+        first = seen.setdefault(rec["id_string"], i)
+        if first != i:
+            raise DataError(f"{_where(path, i, rec)}: duplicate id_string (first used by record {first})")
+    return records
+
+
+def split_path(data_dir: str | Path, split: Split) -> Path:
+    return Path(data_dir) / f"{split}.json"
+
+
+def load_split(data_dir: str | Path, split: Split) -> list[dict]:
+    """One split of a ReClor folder; train and val must be labeled, test may not be."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return read_reclor(split_path(data_dir, split), labeled=True if split in LABELED_SPLITS else None)
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+def format_example(record: dict, template: str = REFERENCE_TEMPLATE) -> str:
+    """The text the model reads for one record.
+
+    >>> format_example({"context": "All owls hunt.", "question": "Which is true?",
+    ...                 "answers": ["w", "x", "y", "z"]})
+    'Context: All owls hunt. Question: Which is true? Option A: w Option B: x Option C: y Option D: z'
+    """
+    a, b, c, d = record["answers"]
+    return template.format(context=record["context"], question=record["question"], a=a, b=b, c=c, d=d)
+
+
+# --- tokenization ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Token-length statistics of one split under one tokenizer and ``max_len``."""
+
+    n: int
+    mean: float
+    p95: float
+    max: int
+    max_len: int
+    truncated: int
+
+    def line(self) -> str:
+        return (f"tokens/example: mean {self.mean:.1f}, p95 {self.p95:.0f}, max {self.max}; "
+                f"{self.truncated} of {self.n} truncated at max_len {self.max_len}")
+
+
+def token_stats(full_lengths: Sequence[int], max_len: int) -> TokenStats:
+    arr = np.asarray(full_lengths)
+    return TokenStats(n=len(arr), mean=float(arr.mean()), p95=float(np.percentile(arr, 95)),
+                      max=int(arr.max()), max_len=max_len, truncated=int((arr > max_len).sum()))
+
+
+def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str = REFERENCE_TEMPLATE):
+    """Records → ``datasets.Dataset`` with ``input_ids``, ``attention_mask``, ``length``, and
+    ``labels`` when the records are labeled; plus the :class:`TokenStats` of the split.
+
+    Tokenization is batched through the fast tokenizer (one call per 1,000 records). Inputs
+    longer than ``max_len`` keep their first ``max_len`` tokens; ``full_length`` keeps the
+    untruncated count so truncation is reported, not hidden.
+
+    >>> ds, stats = tokenize_records(records, tok, max_len=256)      # doctest: +SKIP
+    >>> ds[0]["input_ids"][:3], ds[0]["labels"]                       # doctest: +SKIP
+    ([1, 412, 29901], 2)
+    """
+    from datasets import Dataset
+
+    labeled = all("label" in r for r in records)
+    table: dict[str, list] = {
+        "id_string": [r["id_string"] for r in records],
+        "text": [format_example(r, template) for r in records],
+    }
+    if labeled:
+        table["labels"] = [r["label"] for r in records]
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        enc = tokenizer(batch["text"], truncation=False)
+        ids = enc["input_ids"]
+        return {
+            "input_ids": [x[:max_len] for x in ids],
+            "attention_mask": [m[:max_len] for m in enc["attention_mask"]],
+            "full_length": [len(x) for x in ids],
+            "length": [min(len(x), max_len) for x in ids],
+        }
+
+    ds = Dataset.from_dict(table).map(encode, batched=True, batch_size=1000)
+    return ds, token_stats(ds["full_length"], max_len)
+
+
+def model_inputs(ds):
+    """The dataset restricted to the columns the model takes, as torch tensors."""
+    cols = [c for c in MODEL_COLUMNS if c in ds.column_names]
+    return ds.with_format("torch", columns=cols)
+
+
+def class_weights(labels: Sequence[int], num_labels: int = NUM_LABELS) -> torch.Tensor:
+    """Inverse-frequency weights for the answer positions: ``w_c = N / (K · n_c)``.
+
+    A perfectly balanced set gives all ones; a position seen half as often as average gets 2.
+    The weighted cross-entropy then counts each position equally in total. A position never
+    seen gets weight 1 (it contributes no loss anyway).
+
+    >>> class_weights([0, 0, 1, 2, 3, 3, 3, 3])
+    tensor([1.0000, 2.0000, 2.0000, 0.5000])
+    """
+    counts = Counter(int(x) for x in labels)
+    n = sum(counts.values())
+    if n == 0:
+        raise DataError("cannot compute class weights from an empty label list")
+    return torch.tensor(
+        [n / (num_labels * counts[c]) if counts[c] else 1.0 for c in range(num_labels)],
+        dtype=torch.float32,
+    )
+
+
+def label_distribution(records: list[dict]) -> dict[str, int]:
+    counts = Counter(r["label"] for r in records if "label" in r)
+    return {OPTION_LETTERS[c]: counts.get(c, 0) for c in range(NUM_LABELS)}
+
+
+# --- batching ----------------------------------------------------------------------------------
+
+def make_collator(tokenizer):
+    """``DataCollatorWithPadding``: pads each batch to its own longest example, not to max_len.
+
+    Input: a list of dicts with ``input_ids`` / ``attention_mask`` (and ``labels``) of varying
+    length. Output: ``input_ids`` and ``attention_mask`` of shape ``(batch, longest)``, padded on
+    the right with the pad (= eos) id and mask 0, and ``labels`` of shape ``(batch,)``.
+    """
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
+                           mega: int = 50) -> list[list[int]]:
+    """Shuffled batches of examples of similar length (less padding, same randomness of order).
+
+    Shuffle all indices, cut them into windows of ``mega · batch_size``, sort each window by
+    length, cut it into batches, then shuffle the batches. Deterministic for a given seed.
+
+    >>> length_grouped_batches([5, 50, 6, 49], batch_size=2, seed=0, mega=2)
+    [[1, 3], [2, 0]]
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = max(batch_size * mega, batch_size)
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Plain shuffled batches (the reference's order), deterministic for a given seed."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[k:k + batch_size] for k in range(0, n, batch_size)]
+
+
+class BatchListSampler(Sampler[list[int]]):
+    """A batch sampler that replays a precomputed list of batches (see the functions above)."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool) -> list[list[int]]:
+    """The batch order of one epoch: a pure function of (seed, epoch), so a resumed run sees
+    exactly the order an uninterrupted one would."""
+    s = seed * 1000 + epoch
+    if group_by_length:
+        return length_grouped_batches(lengths, batch_size, s)
+    return shuffled_batches(len(lengths), batch_size, s)
+
+
+def padding_fraction(lengths: Sequence[int], batches: list[list[int]]) -> float:
+    """Fraction of the tokens in padded batches that are padding."""
+    real = sum(lengths[i] for b in batches for i in b)
+    total = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1.0 - real / total if total else 0.0
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

@@ -1,0 +1,51 @@
+"""Shared test setup: offline, no network, and what nbval compares in the notebooks."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+# Nothing in the kit may reach the Hugging Face hub (or anything else off this machine).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _is_local(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Fail any test that opens a connection off this machine."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        if not _is_local(address):
+            raise AssertionError(f"test tried to reach the network: {address!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+def pytest_collectstart(collector):
+    """nbval: compare stdout and rich outputs, not stderr.
+
+    bitsandbytes prints a machine-dependent "Failed to load CPU gemm_4bit_forward…" line and
+    libraries print version-dependent warnings there; the cells' real results go to stdout.
+    Widget-backed progress bars are widget views, whose ids change every run.
+    """
+    if getattr(collector, "fspath", None) is not None and str(collector.fspath).endswith(".ipynb"):
+        collector.skip_compare += ("stderr", "application/vnd.jupyter.widget-view+json",
+                                   "text/html", "application/javascript")

@@ -1,0 +1,70 @@
+import dataclasses
+import json
+
+import pytest
+
+from reclor_lab.config import PRESETS, REFERENCE_TEMPLATE, ConfigError, RunConfig, get_preset
+
+
+def test_presets_are_valid_and_reference_matches_the_solution():
+    for name in PRESETS:
+        assert get_preset(name).preset == name
+    ref = get_preset("llama2-7b")
+    assert ref.model_name_or_path == "meta-llama/Llama-2-7b-hf"
+    assert (ref.quantization, ref.double_quant, ref.compute_dtype) == ("nf4", True, "auto")
+    assert (ref.lora_r, ref.lora_alpha, ref.lora_dropout, ref.lora_bias) == (16, 16, 0.05, "none")
+    assert (ref.learning_rate, ref.batch_size, ref.epochs) == (1e-4, 2, 3)
+    assert (ref.max_grad_norm, ref.weight_decay, ref.warmup_ratio) == (0.3, 0.001, 0.1)
+    assert ref.gradient_checkpointing is True
+    assert ref.template == REFERENCE_TEMPLATE
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        RunConfig(lora_r=0, quantization="int8", learning_rate=-1.0, lora_dropout=1.5,
+                  template="Context: {context} {nonsense}", batch_size=True)
+    msg = str(e.value)
+    for needle in ("`lora_r`", "`quantization`", "'int8'", "`learning_rate`", "`lora_dropout`",
+                   "unknown fields ['nonsense']", "`batch_size`", "missing ['a', 'b', 'c', 'd', 'question']"):
+        assert needle in msg, needle
+
+
+def test_float16_with_nf4_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="use bfloat16 or auto"):
+        get_preset("tiny", compute_dtype="float16")
+
+
+def test_save_load_roundtrip(tmp_path):
+    cfg = get_preset("tiny", epochs=5, lora_targets=["q_proj", "v_proj"])
+    assert cfg.lora_targets == ("q_proj", "v_proj")
+    path = cfg.save(tmp_path / "config.json")
+    assert json.loads(path.read_text())["epochs"] == 5
+    assert RunConfig.load(path) == cfg
+
+
+def test_load_rejects_unknown_fields_and_bad_json(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"lora_rank": 8}')
+    with pytest.raises(ConfigError, match=r"unknown config fields \['lora_rank'\]"):
+        RunConfig.load(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not a JSON config"):
+        RunConfig.load(bad)
+
+
+def test_overrides_are_validated_and_unknown_names_refused():
+    assert get_preset("tiny", epochs=7).epochs == 7
+    with pytest.raises(ConfigError, match="unknown config fields"):
+        get_preset("tiny", epoch=7)
+    with pytest.raises(ConfigError, match="`epochs`"):
+        get_preset("tiny", epochs=0)
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        get_preset("huge")
+
+
+def test_every_field_has_help_and_describe_shows_it():
+    cfg = get_preset("tiny")
+    text = cfg.describe()
+    for f in dataclasses.fields(cfg):
+        assert f.metadata.get("help"), f.name
+        assert f.name in text
