@@ -355,6 +355,8 @@ class MemoryReport:
             f"{'measured (as loaded)':<28}{small(self.measured_bytes):>14}{'-':>16}",
             f"(4-bit: {nf4_bytes_per_param(self.double_quant) * 8:.3f} bits/weight in the projections, "
             f"{dq} double quant; embeddings, norms and head stay bf16)",
+            "(measured: parameters + buffers + 4-bit scales, in the dtypes they have now; "
+            "Llama-2-7B counted with its lm_head)",
         ]
         return "\n".join(rows)
 

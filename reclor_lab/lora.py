@@ -1,0 +1,235 @@
+"""LoRA adapters on the (4-bit) linear layers, and a hand-written LoRA layer for teaching.
+
+The reference adapts every 4-bit linear layer except the head with r=16, alpha=16, dropout 0.05;
+the classification head (``score``) is new, so it trains in full (peft's SEQ_CLS task type puts
+it in ``modules_to_save``).
+
+>>> from reclor_lab.config import get_preset
+>>> cfg = get_preset("tiny")
+>>> model = inject_lora(load_model(cfg, tok), cfg)          # doctest: +SKIP
+>>> print(trainable_report(model).line())                   # doctest: +SKIP
+trainable params: 35,072 || all params: 133,952 || trainable%: 26.1825
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .modeling import HEAD_NAMES, logical_numel, quantizable_linears
+
+#: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
+CLASSIFIER_HEAD = "score"
+#: Why peft wraps a module: the frozen original of a trained-in-full module lives here.
+_PEFT_ORIGINAL = "original_module"
+#: Gradient checkpointing without re-entrant autograd: the inputs need not require grad and
+#: torch stops warning; costs the same ~30% extra forward compute as the re-entrant variant.
+_CHECKPOINT_KWARGS = {"use_reentrant": False}
+#: peft 0.21 still calls the transformers-4 names of these methods; transformers 5 warns on each
+#: call. The warnings are about peft's code, not the user's, so inject_lora hides exactly these.
+_PEFT_DEPRECATION_NOISE = (
+    r"`gradient_checkpointing_enable` is deprecated",
+    r"`is_gradient_checkpointing` is deprecated",
+)
+
+
+def find_lora_targets(model: nn.Module) -> list[str]:
+    """Sorted unique leaf names of every linear layer to adapt: each bitsandbytes ``Linear4bit``
+    of a quantized model, else each ``nn.Linear``; the head (``score``, ``lm_head``) never.
+
+    >>> find_lora_targets(llama)                                # doctest: +SKIP
+    ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
+    """
+    names = set()
+    for name, _ in quantizable_linears(model):
+        parts = [p for p in name.split(".") if p != "base_layer"]  # already peft-wrapped
+        names.add(parts[-1])
+    if not names:
+        raise ValueError(
+            "found no linear layers to adapt (besides the head); pass lora_targets explicitly in "
+            "the run config"
+        )
+    return sorted(names)
+
+
+def lora_config(cfg: RunConfig, targets: Sequence[str]):  # -> peft.LoraConfig
+    """The peft ``LoraConfig`` of a run: SEQ_CLS, so the head trains in full next to the adapters."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        bias=cfg.lora_bias,
+        target_modules=list(targets),
+    )
+
+
+def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
+    """Freeze the base model and add LoRA adapters (targets from ``cfg.lora_targets`` or
+    :func:`find_lora_targets`).
+
+    A 4-bit model first goes through peft's ``prepare_model_for_kbit_training``: it freezes
+    everything, casts the non-quantized weights (embeddings, norms, head) to fp32 for stable
+    training (costs 2x their memory: ~0.5 GB more on Llama-2-7B) and enables gradient
+    checkpointing when configured.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    targets = list(cfg.lora_targets) if cfg.lora_targets else find_lora_targets(model)
+    quantized = bool(getattr(model, "is_loaded_in_4bit", False))
+    with warnings.catch_warnings():
+        for message in _PEFT_DEPRECATION_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        if quantized:
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=cfg.gradient_checkpointing,
+                gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS),
+            )
+        elif cfg.gradient_checkpointing:
+            _enable_checkpointing(model)
+        if cfg.gradient_checkpointing:
+            # The KV cache is useless in training and incompatible with checkpointing;
+            # transformers would switch it off on the first forward with a printed notice.
+            model.config.use_cache = False
+        peft_model = get_peft_model(model, lora_config(cfg, targets))
+    return peft_model
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Turn on gradient (activation) checkpointing under either transformers-5 name."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:  # transformers >= 5.2x
+        enable(activation_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
+    else:  # earlier 5.x (e.g. 5.17) has only the old name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
+
+
+# --- counting ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """Trainable vs all parameters of a (peft) model.
+
+    What is counted: every parameter tensor once; a bitsandbytes 4-bit weight by the number of
+    weights it represents (its ``numel()`` is half that: two 4-bit values per byte); and, like
+    peft's ``print_trainable_parameters``, the frozen original of the head that peft keeps beside
+    its trained copy (``score.original_module``): so the numbers match peft's printout.
+    """
+
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def line(self) -> str:
+        """Same format as peft's ``print_trainable_parameters``."""
+        return (
+            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} "
+            f"|| trainable%: {self.percent:.4f}"
+        )
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+def trainable_report(model: nn.Module) -> TrainableReport:
+    """Count trainable and all parameters (see :class:`TrainableReport` for what counts)."""
+    trainable = total = 0
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = logical_numel(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return TrainableReport(trainable=trainable, total=total)
+
+
+def predicted_lora_params(model: nn.Module, targets: Sequence[str], r: int) -> int:
+    """Trainable parameters LoRA *should* add, from the layer shapes alone: ``r * (in + out)`` per
+    adapted layer (A is r×in, B is out×r), plus the classification head trained in full.
+
+    Llama-2-7B, r=16, all 7 projections: 32 * 16 * (4*(4096+4096) + 3*(4096+11008)) = 39,976,960
+    plus the 4×4096 head = 39,993,344 trainable (0.6% of 6.6 B). Assumes ``lora_bias="none"``.
+    Works on the model before or after :func:`inject_lora`.
+    """
+    wanted = set(targets)
+    lora = 0
+    for name, module in quantizable_linears(model):
+        parts = [p for p in name.split(".") if p != "base_layer"]
+        if parts[-1] in wanted:
+            lora += r * (module.in_features + module.out_features)
+    head = 0
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if CLASSIFIER_HEAD in parts and _PEFT_ORIGINAL not in parts and id(p) not in seen:
+            seen.add(id(p))
+            head += logical_numel(p)
+    return lora + head
+
+
+# --- LoRA by hand ----------------------------------------------------------------------------------
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update, written out for reading.
+
+    ``y = W0 x + (B A dropout(x)) * alpha / r``, with A (r×in) kaiming-uniform initialised and
+    B (out×r) zeros, so training starts from exactly the base model. Same maths and init as
+    peft's ``lora.Linear``.
+
+    >>> layer = LoRALinear(nn.Linear(8, 4), r=2, alpha=4)
+    >>> layer(torch.randn(3, 8)).shape, layer.scaling
+    (torch.Size([3, 4]), 2.0)
+    >>> sum(p.numel() for p in layer.parameters() if p.requires_grad)   # r * (in + out)
+    24
+    """
+
+    def __init__(self, base: nn.Linear, r: int = 16, alpha: float = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        if r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)  # W0 stays frozen: only A and B learn
+        self.r = r
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        # peft's default init: A random (kaiming-uniform, like nn.Linear), B zero → B A = 0.
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W0 + B A * scaling``: the single weight an adapter can be merged into after training."""
+        return self.base.weight + (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+
+__all__ = [
+    "CLASSIFIER_HEAD",
+    "HEAD_NAMES",
+    "LoRALinear",
+    "TrainableReport",
+    "find_lora_targets",
+    "inject_lora",
+    "lora_config",
+    "predicted_lora_params",
+    "trainable_report",
+]

@@ -1,0 +1,123 @@
+"""Classification metrics through Hugging Face ``evaluate``, offline.
+
+``evaluate.load("accuracy")`` downloads the metric script from the Hub and fails offline, so the
+kit ships its metric scripts in ``reclor_lab/metric_modules/`` and loads them by path. evaluate
+copies each script into its module cache (``~/.cache/huggingface/modules/evaluate_modules``) and
+imports it from there; nothing is written into the package.
+
+>>> m = compute_classification_metrics([0, 1, 2, 2], [0, 1, 2, 3])
+>>> m["accuracy"], m["confusion_matrix"][3]
+(0.75, [0, 0, 1, 0])
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .config import NUM_LABELS
+
+#: The metric scripts shipped with the package, one folder per metric (``<name>/<name>.py``).
+METRIC_MODULES_DIR = Path(__file__).resolve().parent / "metric_modules"
+METRIC_NAMES = ("accuracy", "multiclass")
+
+
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str):  # -> evaluate.EvaluationModule
+    """A shipped metric module, loaded once per process (loading takes seconds: it imports
+    ``evaluate`` and ``datasets`` and copies the script into evaluate's cache).
+
+    >>> load_metric("accuracy").compute(predictions=[1, 0], references=[1, 1])
+    {'accuracy': 0.5}
+    """
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; the kit ships {', '.join(METRIC_NAMES)}")
+    import evaluate
+
+    path = METRIC_MODULES_DIR / name
+    if not (path / f"{name}.py").is_file():
+        raise FileNotFoundError(
+            f"metric script {path / (name + '.py')} is missing; reinstall reclor-lab "
+            "(pip install -e .) so the package data is in place"
+        )
+    return evaluate.load(str(path))
+
+
+def compute_classification_metrics(
+    predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray
+) -> dict[str, Any]:
+    """Accuracy, macro precision / recall / F1 over the ``NUM_LABELS`` options, and the confusion
+    matrix (``NUM_LABELS`` × ``NUM_LABELS`` nested list, rows = true label, columns = predicted).
+
+    An option that occurs but is never predicted counts in the macro average with precision 0:
+    so a model that always answers "A" scores ~25% accuracy but a low macro F1. Options absent
+    from both references and predictions are left out of the average (scikit-learn's default).
+    """
+    predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    references = np.asarray(references, dtype=np.int64).reshape(-1)
+    if predictions.shape != references.shape:
+        raise ValueError(
+            f"{predictions.size} predictions but {references.size} references; pass one of each "
+            "per example"
+        )
+    if predictions.size == 0:
+        raise ValueError("no examples to score; check that the evaluation set is not empty")
+    acc = load_metric("accuracy").compute(predictions=predictions, references=references)
+    multi = load_metric("multiclass").compute(
+        predictions=predictions, references=references, num_labels=NUM_LABELS
+    )
+    return {
+        "accuracy": acc["accuracy"],
+        "precision_macro": multi["precision_macro"],
+        "recall_macro": multi["recall_macro"],
+        "f1_macro": multi["f1_macro"],
+        "confusion_matrix": multi["confusion_matrix"],
+    }
+
+
+def compute_metrics(eval_pred) -> dict[str, Any]:
+    """``compute_metrics`` for the Hugging Face ``Trainer``: logits → argmax → the metrics above.
+
+    ``eval_pred`` is an ``EvalPrediction``. The result keeps the confusion matrix (a nested list):
+    the Trainer passes it through to ``log_history`` unchanged; reporting integrations such as
+    TensorBoard would skip it with a warning (the kit sets ``report_to="none"``).
+    """
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):  # some models return (logits, extra outputs)
+        logits = logits[0]
+    predictions = np.asarray(logits).argmax(axis=-1)
+    return compute_classification_metrics(predictions, np.asarray(labels))
+
+
+def accuracy_over_examples(batches: Iterable[tuple[Any, Any]]) -> float:
+    """Accuracy over many batches of ``(predictions, labels)``: correct / number of EXAMPLES.
+
+    Averaging per-batch accuracies (or dividing the correct count by the number of batches, as
+    the reference notebook did) is wrong as soon as batches differ in size, e.g. a short last
+    batch, and dividing by batches is wrong for any batch size > 1.
+
+    >>> accuracy_over_examples([([0, 1, 2], [0, 1, 2]), ([3], [0])])   # 3 of 4 right
+    0.75
+    """
+    correct = 0
+    seen = 0
+    for predictions, labels in batches:
+        predictions = np.asarray(_to_numpy(predictions)).reshape(-1)
+        labels = np.asarray(_to_numpy(labels)).reshape(-1)
+        if predictions.shape != labels.shape:
+            raise ValueError(f"batch has {predictions.size} predictions but {labels.size} labels")
+        correct += int((predictions == labels).sum())
+        seen += labels.size
+    if seen == 0:
+        raise ValueError("no examples to score; the batches were empty")
+    return correct / seen
+
+
+def _to_numpy(x: Any) -> Any:
+    """A torch tensor (on any device) as a numpy array; anything else unchanged."""
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return x

@@ -1,0 +1,177 @@
+"""LoRA targets, injection, parameter counts, one training step, and the hand-written LoRA layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA, make_tiny_llama
+from reclor_lab.config import NUM_LABELS, get_preset
+from reclor_lab.lora import (
+    LoRALinear,
+    find_lora_targets,
+    inject_lora,
+    lora_config,
+    predicted_lora_params,
+    trainable_report,
+)
+from reclor_lab.modeling import load_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_dir):
+    return get_preset("tiny", model_name_or_path=str(tiny_dir), compute_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return load_tokenizer(str(tiny_dir))
+
+
+@pytest.fixture()
+def peft_4bit(cfg, tokenizer):
+    torch.manual_seed(0)
+    return inject_lora(load_model(cfg, tokenizer), cfg)
+
+
+def _batch(tokenizer):
+    batch = tokenizer(
+        ["Context: the committee argues that every proposal", "Question: which Option A:"],
+        padding=True, return_tensors="pt",
+    )
+    batch["labels"] = torch.tensor([1, 3])
+    return batch
+
+
+def test_targets_cover_all_projections_and_skip_the_head(cfg, tokenizer):
+    model = load_model(cfg, tokenizer)
+    assert find_lora_targets(model) == LLAMA_PROJECTIONS
+    plain = load_model(cfg.replace(quantization="none"), tokenizer)
+    assert find_lora_targets(plain) == LLAMA_PROJECTIONS  # nn.Linear path, head excluded
+    assert "score" not in find_lora_targets(plain)
+
+
+def test_lora_config_follows_the_run_config(cfg):
+    from peft import TaskType
+
+    lc = lora_config(cfg.replace(lora_r=8, lora_alpha=32, lora_dropout=0.1), ["q_proj", "v_proj"])
+    assert lc.task_type == TaskType.SEQ_CLS
+    assert (lc.r, lc.lora_alpha, lc.lora_dropout, lc.bias) == (8, 32, 0.1, "none")
+    assert set(lc.target_modules) == {"q_proj", "v_proj"}
+
+
+def test_trainable_count_equals_prediction_and_peft(peft_4bit, cfg):
+    report = trainable_report(peft_4bit)
+    h, i, layers, r = (TINY_LLAMA["hidden_size"], TINY_LLAMA["intermediate_size"],
+                       TINY_LLAMA["num_hidden_layers"], cfg.lora_r)
+    by_hand = layers * r * (4 * (h + h) + 3 * (h + i)) + NUM_LABELS * h  # adapters + head
+    assert report.trainable == predicted_lora_params(peft_4bit, LLAMA_PROJECTIONS, r) == by_hand
+    assert (report.trainable, report.total) == peft_4bit.get_nb_trainable_parameters()
+    assert report.line().startswith(f"trainable params: {by_hand:,} || all params: ")
+    assert 0 < report.percent < 100
+
+
+def test_only_adapters_and_head_are_trainable(peft_4bit):
+    trainable = [n for n, p in peft_4bit.named_parameters() if p.requires_grad]
+    assert trainable
+    for name in trainable:
+        assert ".lora_A." in name or ".lora_B." in name or "score.modules_to_save" in name, name
+    assert any("score.modules_to_save" in n for n in trainable)
+    adapted = {n.split(".")[-1] for n, m in peft_4bit.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == set(LLAMA_PROJECTIONS)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():  # 4-bit block scales live outside the parameters
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:
+            state[n + ".absmax"] = qs.absmax.clone()
+    return state
+
+
+def test_one_step_changes_only_lora_and_head_weights(peft_4bit, tokenizer):
+    model = peft_4bit
+    model.train()
+    before = _snapshot(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=1e-2, weight_decay=0.0)
+    loss = model(**_batch(tokenizer)).loss
+    loss.backward()
+    optimizer.step()
+    after = _snapshot(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    allowed = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed <= allowed, sorted(changed - allowed)
+    # B starts at zero so only B gets a gradient on step one (A's gradient is B^T(...) = 0)
+    assert all(n in changed for n in allowed if ".lora_B." in n)
+    assert any("score.modules_to_save" in n for n in changed)
+
+
+def test_gradient_checkpointing_path_trains(cfg, tokenizer):
+    gc_cfg = cfg.replace(gradient_checkpointing=True)
+    model = inject_lora(load_model(gc_cfg, tokenizer), gc_cfg)
+    model.train()
+    model(**_batch(tokenizer)).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".lora_B." in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_plain_model_injection(cfg, tokenizer):
+    plain_cfg = cfg.replace(quantization="none", lora_targets=("q_proj", "v_proj"),
+                            gradient_checkpointing=True)
+    model = inject_lora(load_model(plain_cfg, tokenizer), plain_cfg)
+    expected = predicted_lora_params(model, ["q_proj", "v_proj"], plain_cfg.lora_r)
+    assert trainable_report(model).trainable == expected
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    model.train()
+    model(**_batch(tokenizer)).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".lora_B." in n)
+
+
+class _OneLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(12, 6)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_teaching_lora_layer_matches_peft():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    net = get_peft_model(_OneLinear(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
+                                                  target_modules=["lin"]))
+    layer = net.base_model.model.lin
+    nn.init.normal_(layer.lora_B["default"].weight)  # B = 0 would make the test trivial
+    ours = LoRALinear(nn.Linear(12, 6), r=4, alpha=8, dropout=0.1)
+    with torch.no_grad():
+        ours.base.load_state_dict(layer.base_layer.state_dict())
+        ours.lora_A.weight.copy_(layer.lora_A["default"].weight)
+        ours.lora_B.weight.copy_(layer.lora_B["default"].weight)
+    assert ours.scaling == layer.scaling["default"] == 2.0
+    net.eval()
+    ours.eval()  # dropout off in both
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), net(x), atol=1e-6)
+        assert not torch.allclose(ours(x), ours.base(x))
+        assert torch.allclose(x @ ours.merged_weight().T + ours.base.bias, ours(x), atol=1e-5)
+
+
+def test_teaching_lora_layer_starts_as_the_base_layer():
+    base = nn.Linear(8, 3)
+    layer = LoRALinear(base, r=2, alpha=2)
+    x = torch.randn(4, 8)
+    assert torch.equal(layer(x), base(x))
+    trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A.weight", "lora_B.weight"}
+    assert layer.lora_A.weight.shape == (2, 8) and layer.lora_B.weight.shape == (3, 2)

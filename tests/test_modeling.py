@@ -1,0 +1,175 @@
+"""4-bit loading, the memory report and the NF4 round trip, on a tiny random Llama (CPU, offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA, make_tiny_llama
+from reclor_lab import modeling
+from reclor_lab.config import NUM_LABELS, get_preset
+from reclor_lab.modeling import (
+    LLAMA2_7B_PARAMS,
+    NF4_CODE,
+    QuantizationUnavailable,
+    bnb_config,
+    load_model,
+    load_tokenizer,
+    memory_report,
+    nf4_roundtrip,
+    pick_device,
+    resolve_compute_dtype,
+)
+
+N_LAYERS = TINY_LLAMA["num_hidden_layers"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_dir):
+    return get_preset("tiny", model_name_or_path=str(tiny_dir), compute_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return load_tokenizer(str(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def model_4bit(cfg, tokenizer):
+    return load_model(cfg, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def model_plain(cfg, tokenizer):
+    return load_model(cfg.replace(quantization="none"), tokenizer)
+
+
+def test_pick_device_falls_back_to_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
+
+
+def test_compute_dtype_auto_and_explicit(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_compute_dtype(get_preset("tiny")) == torch.float32  # auto on a CPU
+    assert resolve_compute_dtype(get_preset("tiny", compute_dtype="bfloat16")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_compute_dtype(get_preset("tiny")) == torch.bfloat16
+
+
+def test_bnb_config_fields():
+    q = bnb_config(get_preset("llama2-7b", compute_dtype="bfloat16"))
+    assert q.load_in_4bit and not q.load_in_8bit
+    assert q.bnb_4bit_quant_type == "nf4"
+    assert q.bnb_4bit_use_double_quant is True
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16
+    assert bnb_config(get_preset("tiny", double_quant=False)).bnb_4bit_use_double_quant is False
+    assert bnb_config(get_preset("tiny", quantization="none")) is None
+
+
+def test_tokenizer_pads_with_eos_on_the_right(tokenizer):
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    assert tokenizer.padding_side == "right"
+
+
+def test_4bit_load_gives_linear4bit_projections_and_a_plain_head(model_4bit, tokenizer):
+    import bitsandbytes as bnb
+
+    four_bit = [n for n, m in model_4bit.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == N_LAYERS * len(LLAMA_PROJECTIONS)
+    assert sorted({n.split(".")[-1] for n in four_bit}) == LLAMA_PROJECTIONS
+    assert not isinstance(model_4bit.score, bnb.nn.Linear4bit)
+    assert model_4bit.score.out_features == NUM_LABELS
+    assert model_4bit.config.pad_token_id == tokenizer.pad_token_id == tokenizer.eos_token_id
+    assert model_4bit.is_loaded_in_4bit
+    weight = model_4bit.model.layers[0].self_attn.q_proj.weight
+    assert weight.quant_state.quant_type == "nf4" and weight.quant_state.state2 is not None
+
+
+def test_padded_batch_runs_through_the_4bit_classifier(model_4bit, tokenizer):
+    batch = tokenizer(["Context: the committee argues", "Question: which"], padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        logits = model_4bit(**batch).logits
+    assert logits.shape == (2, NUM_LABELS)
+    assert torch.isfinite(logits).all()
+
+
+def test_plain_load_has_no_4bit_layers(model_plain):
+    assert not any(type(m).__name__ == "Linear4bit" for m in model_plain.modules())
+    assert all(p.dtype == torch.float32 for p in model_plain.parameters())
+    assert next(model_plain.parameters()).device == pick_device()
+
+
+def test_quantization_unavailable_says_how_to_fix(monkeypatch, cfg, tokenizer):
+    import bitsandbytes.functional as bnbf
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernel for this backend")
+
+    monkeypatch.setattr(bnbf, "quantize_4bit", broken)
+    modeling._check_4bit_support.cache_clear()
+    try:
+        with pytest.raises(QuantizationUnavailable, match='quantization="none"'):
+            load_model(cfg, tokenizer)
+    finally:
+        modeling._check_4bit_support.cache_clear()
+
+
+def test_memory_report_numbers_are_consistent(model_4bit, model_plain):
+    r4 = memory_report(model_4bit)
+    rp = memory_report(model_plain)
+    assert r4.params == rp.params  # 4-bit weights counted by what they represent
+    assert r4.quantized_params == N_LAYERS * sum(
+        4 * [64 * 64] + 3 * [64 * 128]
+    )
+    assert r4.nf4_bytes < r4.bf16_bytes < r4.fp32_bytes
+    assert r4.fp32_bytes == 4 * r4.params
+    assert r4.measured_bytes < rp.measured_bytes  # quantization really saved memory
+    assert rp.measured_bytes == pytest.approx(rp.fp32_bytes, rel=0.01)  # + rotary buffers only
+    assert r4.llama2_7b_params == LLAMA2_7B_PARAMS
+    assert r4.llama2_7b_bf16_bytes == pytest.approx(13.5e9, rel=0.01)
+    assert r4.llama2_7b_nf4_bytes < 4e9
+    assert r4.llama2_7b_fp32_bytes == 2 * r4.llama2_7b_bf16_bytes
+    table = r4.table()
+    assert "Llama-2-7B" in table and "13.477 GB" in table and "measured" in table
+
+
+def test_nf4_bytes_per_param_matches_qlora_paper():
+    assert modeling.nf4_bytes_per_param(double_quant=False) * 8 == pytest.approx(4.5)
+    assert modeling.nf4_bytes_per_param(double_quant=True) * 8 == pytest.approx(4.127, abs=1e-3)
+
+
+def test_nf4_code_matches_bitsandbytes():
+    import bitsandbytes.functional as bnbf
+
+    code = bnbf.get_4bit_type("nf4", device="cpu")
+    assert len(NF4_CODE) == 16
+    assert torch.allclose(code, torch.tensor(NF4_CODE, dtype=code.dtype))
+
+
+def test_nf4_roundtrip_error_small_but_nonzero():
+    torch.manual_seed(0)
+    w = torch.randn(128, 64) * 0.02  # weight-like scale
+    r = nf4_roundtrip(w)
+    assert r.dequantized.shape == w.shape and r.abs_error.shape == w.shape
+    assert 0 < r.mean_abs_error < r.max_abs_error
+    assert 0 < r.relative_error < 0.15
+    assert r.bytes_before == w.numel() * 4
+    assert r.bytes_after == w.numel() // 2 + (w.numel() // 64) * 4  # packed + fp32 absmax
+    # every dequantized value is one of the 16 codes times its block's absmax
+    blocks = w.reshape(-1, 64)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    levels = torch.tensor(NF4_CODE) * absmax  # (blocks, 16)
+    deq = r.dequantized.reshape(-1, 64)
+    nearest = (deq.unsqueeze(-1) - levels.unsqueeze(1)).abs().amin(dim=-1)
+    assert nearest.max() < 1e-6
+    assert nf4_roundtrip(w, double_quant=True).bytes_after < r.bytes_after
