@@ -85,10 +85,91 @@ def cmd_tiny_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- model ---------------------------------------------------------------------------------
+
+def _config_from_args(args: argparse.Namespace):
+    from reclor_lab.config import get_preset
+
+    overrides = {}
+    for arg, name in (("model", "model_name_or_path"), ("data_dir", "data_dir"), ("output_dir", "output_dir"),
+                      ("epochs", "epochs"), ("quantization", "quantization"), ("seed", "seed")):
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[name] = str(value) if isinstance(value, Path) else value
+    return get_preset(args.preset, **overrides)
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from reclor_lab.lora import find_lora_targets, inject_lora, predicted_lora_params, trainable_report
+    from reclor_lab.modeling import bnb_config, load_model, load_tokenizer, memory_report
+
+    cfg = _config_from_args(args)
+    q = bnb_config(cfg)
+    print(f"model: {cfg.model_name_or_path}")
+    if q is None:
+        print("quantization: none")
+    else:
+        print(f"quantization: 4-bit {q.bnb_4bit_quant_type}, double quant {q.bnb_4bit_use_double_quant}, "
+              f"compute dtype {str(q.bnb_4bit_compute_dtype).removeprefix('torch.')}")
+    tokenizer = load_tokenizer(cfg.model_name_or_path)
+    model = load_model(cfg, tokenizer)
+    print(memory_report(model).table())
+    targets = find_lora_targets(model)
+    print(f"LoRA targets (every {'4-bit ' if q else ''}linear layer except the head): {', '.join(targets)}")
+    predicted = predicted_lora_params(model, targets, cfg.lora_r)
+    model = inject_lora(model, cfg)
+    print(trainable_report(model).line())
+    print(f"predicted from r={cfg.lora_r} and the layer shapes: {predicted:,} trainable")
+    return 0
+
+
+# --- training and what follows ---------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from reclor_lab.runs import train_run
+
+    from reclor_lab.config import RunConfig
+
+    cfg = _config_from_args(args)
+    if args.resume:
+        # A resumed run keeps its own saved config; only --epochs may extend it.
+        saved = Path(cfg.output_dir) / "config.json"
+        if not saved.exists():
+            raise UsageError(f"{cfg.output_dir}: nothing to resume (no config.json); start a new run without --resume")
+        cfg = RunConfig.load(saved).replace(**({"epochs": args.epochs} if args.epochs else {}))
+    train_run(cfg, resume=args.resume, use_trainer=args.trainer)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from reclor_lab.runs import evaluate_run, saved_metrics
+
+    result = evaluate_run(args.run_dir, split=args.split)
+    if args.split == "val" and (args.run_dir / "metrics.json").exists():
+        saved = saved_metrics(args.run_dir)
+        same = abs(saved["accuracy"] - result["accuracy"]) < 1e-9
+        print(f"saved val accuracy {saved['accuracy']:.3f} (epoch {saved['best_epoch']}): "
+              f"{'reproduced' if same else 'NOT reproduced'}")
+        if not same:
+            return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from reclor_lab.runs import predict_run
+
+    predict_run(args.run_dir, split=args.split, output=args.output)
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reclor-lab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="reclor-lab", description="Fine-tune a decoder LLM with 4-bit quantization + LoRA on ReClor.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="check, show or generate ReClor-format files")
@@ -115,7 +196,43 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="replace an existing model directory")
     build.set_defaults(func=cmd_tiny_build)
+
+    model = sub.add_parser("model", help="inspect a model as the kit loads it")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+    info = msub.add_parser("info", help="quantization, memory table, LoRA targets, trainable parameters")
+    _add_config_args(info)
+    info.set_defaults(func=cmd_model_info)
+
+    train = sub.add_parser("train", help="fine-tune with 4-bit + LoRA (the kit's main job)")
+    _add_config_args(train)
+    train.add_argument("--data-dir", type=Path, help="folder with train.json / val.json (default: the preset's)")
+    train.add_argument("--output-dir", type=Path, help="run directory (default: the preset's, e.g. runs/tiny)")
+    train.add_argument("--epochs", type=_positive_int, help="number of epochs (default: the preset's)")
+    train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir after its last epoch")
+    train.add_argument("--trainer", action="store_true", help="train with the Hugging Face Trainer instead of the manual loop")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--split", choices=["val", "train"], default="val")
+    ev.add_argument("--json", action="store_true", help="also print every metric as JSON")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict answers for a split (e.g. the unlabeled test split)")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("--split", choices=["test", "val", "train"], default="test")
+    pr.add_argument("--output", type=Path, help="where to write the .npy (default: RUN_DIR/predictions-SPLIT.npy)")
+    pr.set_defaults(func=cmd_predict)
     return p
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    from reclor_lab.config import PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny", help="starting configuration (default: tiny)")
+    p.add_argument("--model", help="model id or local directory (default: the preset's)")
+    p.add_argument("--quantization", choices=["nf4", "none"], help="4-bit NF4 or plain weights (default: nf4)")
 
 
 def _positive_int(text: str) -> int:
@@ -130,11 +247,12 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from reclor_lab.data import DataError
+    from reclor_lab.train import RunDirError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError) as e:
+    except (DataError, ConfigError, UsageError, RunDirError, OSError) as e:
         print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

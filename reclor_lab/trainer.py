@@ -1,0 +1,184 @@
+"""The Hugging Face ``Trainer`` path: the same loss, data order, optimizer, schedule and metrics
+as the manual loop in :mod:`reclor_lab.train`, with progress you can see.
+
+The reference solution's author gave up on the Trainer because it printed nothing: its default
+``logging_steps=500`` is more steps than a small run has. Here logging happens a few times per
+epoch, every evaluation prints one line, and in a notebook the Trainer's own live table shows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from reclor_lab.config import RunConfig
+from reclor_lab.data import epoch_batches, make_collator, model_inputs
+from reclor_lab.loss import weighted_cross_entropy
+from reclor_lab.metrics import compute_metrics
+from reclor_lab.train import (
+    History, Run, RunDirError, _eval_line, check_run_dir, get_lr, peak_memory_mb, save_checkpoint,
+)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The manual loop's batch order (a pure function of seed and epoch) as a batch sampler."""
+
+    def __init__(self, lengths, cfg: RunConfig):
+        self.lengths, self.cfg, self.epoch = lengths, cfg, 1
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer counts epochs from 0
+        self.epoch = epoch + 1
+
+    def __iter__(self):
+        cfg = self.cfg
+        return iter(epoch_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.group_by_length))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.cfg.batch_size)
+
+
+class WeightedLossTrainer(Trainer):
+    """A Trainer whose loss is the kit's weighted cross-entropy (:mod:`reclor_lab.loss`)."""
+
+    # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps,
+    # exactly as the manual loop does.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, batch_order=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+        self.batch_order = batch_order
+        self.step_losses: list[torch.Tensor] = []
+        self.last_metrics: dict = {}  # the full metrics of the last evaluation (the Trainer logs
+        # only numbers, so the confusion matrix travels this way)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = weighted_cross_entropy(outputs.logits, labels, self.class_weights)
+        if model.training:
+            self.step_losses.append(loss.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.batch_order is None:
+            return super().get_train_dataloader()
+        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_order, collate_fn=self.data_collator)
+        return self.accelerator.prepare(loader)
+
+
+class HistoryCallback(TrainerCallback):
+    """Fills the same History as the manual loop, prints one line per evaluation, checkpoints."""
+
+    def __init__(self, run: Run, run_dir: Path, history: History, total_steps: int, warmup_steps: int,
+                 verbose: bool):
+        self.run, self.run_dir, self.history = run, run_dir, history
+        self.total_steps, self.warmup_steps, self.verbose = total_steps, warmup_steps, verbose
+        self.trainer: WeightedLossTrainer | None = None
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def on_step_end(self, args, state, control, **kw):
+        t = self.trainer
+        losses = t.step_losses[-args.gradient_accumulation_steps:]
+        t.step_losses.clear()
+        step = state.global_step
+        epoch = math.ceil(state.epoch - 1e-9) if state.epoch else 1
+        self.history.steps.append({"step": step, "epoch": epoch, "loss": torch.stack(losses).mean().item(),
+                                   "lr": get_lr(step - 1, self.run.cfg, self.total_steps, self.warmup_steps)})
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        epoch = round(state.epoch or 0)
+        row = {"epoch": epoch, "eval_loss": metrics["eval_loss"], **self.trainer.last_metrics}
+        self.history.evals.append(row)
+        if epoch >= 1:
+            seconds = time.perf_counter() - self.t0
+            tokens = sum(len(x) for x in self.run.train_ds["input_ids"])
+            self.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
+                                        "tokens_per_second": tokens / seconds,
+                                        "peak_memory_mb": peak_memory_mb(self.run.device)})
+            save_checkpoint(self.run, self.run_dir, epoch, self.trainer.optimizer, self.history,
+                            self.total_steps, self.warmup_steps)
+        if self.verbose:
+            print(_eval_line(epoch, row))
+
+
+def trainer_metrics(trainer: WeightedLossTrainer, eval_pred) -> dict:
+    """The kit's metrics (reclor_lab.metrics.compute_metrics), remembered in full on the trainer."""
+    trainer.last_metrics = compute_metrics(eval_pred)
+    return trainer.last_metrics
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> TrainingArguments:
+    """TrainingArguments derived from the run config (no reporting services, no hub)."""
+    return TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e9,
+        eval_strategy="epoch",
+        save_strategy="no",            # checkpoints are written by HistoryCallback, as in the manual loop
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 4),  # the default 500 prints nothing on a small run
+        report_to="none",              # no wandb / tensorboard: no login, no network
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=False,                    # autocast is decided by the model's compute dtype (4-bit) instead
+        disable_tqdm=False,
+        label_names=["labels"],
+    )
+
+
+def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> History:
+    """Train with :class:`WeightedLossTrainer`; returns the same History as :func:`train.fit`."""
+    cfg = run.cfg
+    run_dir = Path(run_dir)
+    if resume:
+        raise RunDirError("--resume continues a run of the manual loop; the Trainer path always starts fresh "
+                          "(drop --trainer to resume, or --resume to start a new Trainer run)")
+    check_run_dir(run_dir, resume=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    run.tokenizer.save_pretrained(run_dir)
+
+    lengths = run.train_ds["length"]
+    steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum_steps)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = max(1, round(cfg.warmup_ratio * total_steps))
+    # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
+    # exempts biases and norms from weight decay; the manual loop does not).
+    optimizer = torch.optim.AdamW([p for p in run.model.parameters() if p.requires_grad],
+                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: get_lr(s, cfg, total_steps, warmup_steps) / cfg.learning_rate)
+    history = History()
+    callback = HistoryCallback(run, run_dir, history, total_steps, warmup_steps, verbose)
+    trainer = WeightedLossTrainer(
+        model=run.model,
+        args=training_arguments(cfg, run_dir, steps_per_epoch),
+        train_dataset=model_inputs(run.train_ds),
+        eval_dataset=model_inputs(run.val_ds),
+        data_collator=make_collator(run.tokenizer),
+        compute_metrics=lambda p: trainer_metrics(trainer, p),
+        optimizers=(optimizer, schedule),
+        callbacks=[callback],
+        class_weights=run.weights,
+        batch_order=EpochBatches(lengths, cfg),
+    )
+    callback.trainer = trainer
+    trainer.evaluate()  # the baseline, before training (epoch 0)
+    trainer.train()
+    return history
