@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from reclor_lab.config import OPTION_LETTERS, TINY_MODEL_DIR, ConfigError
+from reclor_lab.config import OPTION_LETTERS, REPO_ROOT, TINY_MODEL_DIR, ConfigError
 
 
 class UsageError(Exception):
@@ -166,6 +166,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- course mode -----------------------------------------------------------------------------
+
+def cmd_course_build(args: argparse.Namespace) -> int:
+    from reclor_lab import course
+
+    if args.check:
+        stale = course.check_up_to_date(args.source, args.output)
+        if stale:
+            raise UsageError("student notebooks are out of date: " + ", ".join(map(str, stale))
+                             + "; run `reclor-lab course build`")
+        print(f"{args.output}: up to date with {args.source}")
+        return 0
+    for path in course.build_student_notebooks(args.source, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", choices=["test", "val", "train"], default="test")
     pr.add_argument("--output", type=Path, help="where to write the .npy (default: RUN_DIR/predictions-SPLIT.npy)")
     pr.set_defaults(func=cmd_predict)
+
+    course_p = sub.add_parser("course", help="course mode: student notebooks from the reference ones")
+    csub = course_p.add_subparsers(dest="course_command", required=True, metavar="SUBCOMMAND")
+    cb = csub.add_parser("build", help="generate notebooks/student/ (solutions replaced by stubs)")
+    cb.add_argument("--source", type=Path, default=REPO_ROOT / "notebooks",
+                    help="reference notebooks (default: the repository's notebooks/)")
+    cb.add_argument("--output", type=Path, default=REPO_ROOT / "notebooks" / "student",
+                    help="where the student set goes (default: notebooks/student/)")
+    cb.add_argument("--check", action="store_true", help="only check that the student set is up to date")
+    cb.set_defaults(func=cmd_course_build)
     return p
 
 

@@ -220,7 +220,8 @@ class RunConfig:
 
     def describe(self) -> str:
         """A readable table of every field, its value and its help text."""
-        rows = [(f.name, repr(getattr(self, f.name)), f.metadata.get("help", "")) for f in fields(self)]
+        shown = {f.name: getattr(self, f.name) for f in fields(self)} | self.repo_relative
+        rows = [(f.name, repr(shown[f.name]), f.metadata.get("help", "")) for f in fields(self)]
         w0 = max(len(r[0]) for r in rows)
         w1 = min(max(len(r[1]) for r in rows), 40)
         lines = [f"RunConfig (preset {self.preset!r})"]
@@ -235,7 +236,8 @@ class RunConfig:
 
     @property
     def repo_relative(self) -> dict[str, str]:
-        """Paths shown relative to the repository when they live inside it (stable printouts)."""
+        """Paths shown relative to the repository when they live inside it, so a printed config
+        reads the same in every clone (the notebooks' stored outputs depend on it)."""
         out = {}
         for name in ("model_name_or_path", "data_dir", "output_dir"):
             value = getattr(self, name)

@@ -1,0 +1,93 @@
+"""The command line as a user meets it: clear errors, exit codes, the data commands' output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reclor_lab.cli import main
+from reclor_lab.config import BUNDLED_DATA_DIR, TINY_MODEL_DIR
+
+MINI = Path(__file__).parent / "fixtures" / "mini"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_data_check_prints_counts_labels_and_lengths(capsys):
+    code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), str(MINI / "test.json"), "--max-len", "40")
+    assert code == 0, err
+    assert f"{MINI / 'train.json'}: 4 records, labeled" in out
+    assert "labels: A 1 (25.0%), B 1 (25.0%), C 1 (25.0%), D 1 (25.0%)" in out
+    assert f"{MINI / 'test.json'}: 2 records, unlabeled" in out
+    assert "4 of 4 truncated at max_len 40" in out  # every fixture record is longer than 40 tokens
+
+
+def test_data_check_accepts_the_bundled_splits(capsys):
+    paths = [str(BUNDLED_DATA_DIR / f"{s}.json") for s in ("train", "val", "test")]
+    code, out, err = run(capsys, "data", "check", *paths)
+    assert code == 0, err
+    assert out.count("records, labeled") == 2 and out.count("records, unlabeled") == 1
+
+
+def test_data_check_rejects_a_bad_file_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "val.json"
+    records = json.loads((MINI / "val.json").read_text())
+    records[1]["answers"] = records[1]["answers"][:3]
+    bad.write_text(json.dumps(records))
+    code, out, err = run(capsys, "data", "check", str(bad))
+    assert code == 1
+    assert err == (f"reclor-lab: error: {bad}: record 1 (id_string 'mini_2'): "
+                   "'answers' must have exactly 4 options, got 3\n")
+
+
+def test_data_show_prints_the_model_input(capsys):
+    code, out, _ = run(capsys, "data", "show", str(MINI / "val.json"), "--index", "1")
+    assert code == 0
+    assert out.startswith("Context: Sales of the orchard's cider fell last year.")
+    assert "Option C: A frost destroyed half of last year's apple harvest. Option D:" in out
+    assert out.endswith("[label: 2 = Option C; id_string: mini_2]\n")
+    code, _, err = run(capsys, "data", "show", str(MINI / "val.json"), "--index", "9")
+    assert code == 1 and "--index 9 is out of range" in err and "has 2 records" in err
+
+
+def test_train_refuses_an_existing_run_dir_before_loading_anything(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "run"))
+    assert code == 1 and "already exists and is not empty; pass --resume" in err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "new"), "--resume")
+    assert code == 1 and "nothing to resume" in err
+
+
+def test_bad_arguments_and_missing_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--epochs", "0"])
+    assert e.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    code, _, err = run(capsys, "model", "info", "--model", str(tmp_path / "nowhere"))
+    assert code == 1 and err.startswith("reclor-lab: error:") and "nowhere" in err
+
+
+def test_model_info_on_the_tiny_model(capsys):
+    code, out, err = run(capsys, "model", "info", "--preset", "tiny")
+    assert code == 0, err
+    assert "quantization: 4-bit nf4, double quant True" in out
+    assert "LoRA targets (every 4-bit linear layer except the head): down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in out
+    trainable = int(out.split("trainable params: ")[1].split(" ")[0].replace(",", ""))
+    predicted = int(out.split("predicted from r=16 and the layer shapes: ")[1].split(" ")[0].replace(",", ""))
+    assert trainable == predicted
+
+
+def test_tiny_build_refuses_to_overwrite(tmp_path, capsys):
+    target = tmp_path / "model"
+    shutil.copytree(TINY_MODEL_DIR, target)
+    code, _, err = run(capsys, "tiny", "build", "--output", str(target))
+    assert code == 1 and "exists and is not empty; pass --force" in err
