@@ -273,13 +273,14 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reclor_lab.course import CourseError
     from reclor_lab.data import DataError
     from reclor_lab.train import RunDirError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError, RunDirError, OSError) as e:
+    except (DataError, ConfigError, UsageError, RunDirError, CourseError, OSError) as e:
         print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -27,6 +27,11 @@ REFERENCE_TEMPLATE = (
     "Context: {context} Question: {question} "
     "Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
 )
+#: The tiny preset's layout: the reference layout plus a trailing " Answer:". The tiny model was
+#: pre-trained to name the answer's letter right after " Answer:", and the classifier reads the
+#: last token's hidden state, so ending the input there hands the head what pre-training built.
+#: Llama-2 needs no such cue (the llama2-7b preset keeps the exact reference layout).
+TINY_TEMPLATE = REFERENCE_TEMPLATE + " Answer:"
 #: Where the kit keeps its bundled data and tiny model, relative to the repository root.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA_DIR = REPO_ROOT / "data"
@@ -276,6 +281,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         preset="tiny",
         model_name_or_path=str(TINY_MODEL_DIR),
         data_dir=str(BUNDLED_DATA_DIR),
+        template=TINY_TEMPLATE,
         max_len=256,
         batch_size=8,
         eval_batch_size=32,

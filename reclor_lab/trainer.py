@@ -80,10 +80,13 @@ class HistoryCallback(TrainerCallback):
         self.run, self.run_dir, self.history = run, run_dir, history
         self.total_steps, self.warmup_steps, self.verbose = total_steps, warmup_steps, verbose
         self.trainer: WeightedLossTrainer | None = None
-        self.t0, self.tokens = time.perf_counter(), 0
+        self.t0, self.seconds = time.perf_counter(), 0.0
 
     def on_epoch_begin(self, args, state, control, **kw):
-        self.t0, self.tokens = time.perf_counter(), 0
+        self.t0, self.seconds = time.perf_counter(), 0.0
+
+    def on_epoch_end(self, args, state, control, **kw):
+        self.seconds = time.perf_counter() - self.t0  # training only: the evaluation comes after
 
     def on_step_end(self, args, state, control, **kw):
         t = self.trainer
@@ -99,8 +102,8 @@ class HistoryCallback(TrainerCallback):
         row = {"epoch": epoch, "eval_loss": metrics["eval_loss"], **self.trainer.last_metrics}
         self.history.evals.append(row)
         if epoch >= 1:
-            seconds = time.perf_counter() - self.t0
-            tokens = sum(len(x) for x in self.run.train_ds["input_ids"])
+            seconds = self.seconds
+            tokens = sum(self.run.train_ds["length"])
             self.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
                                         "tokens_per_second": tokens / seconds,
                                         "peak_memory_mb": peak_memory_mb(self.run.device)})

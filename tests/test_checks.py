@@ -1,0 +1,339 @@
+"""The exercises' self-checks: pass on the reference, and on a stub or a typical wrong answer say
+so in one line and hand back the reference implementation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers_models import make_tiny_llama
+from reclor_lab import checks
+from reclor_lab.config import get_preset
+from reclor_lab.data import class_weights
+from reclor_lab.lora import inject_lora
+from reclor_lab.modeling import load_model, load_tokenizer
+
+MINI = Path(__file__).parent / "fixtures" / "mini"
+FALLBACK = "using the reference implementation so the rest of the notebook runs."
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise N: not written yet")
+
+
+def verdict(capsys) -> str:
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 1, f"a check prints exactly one line, got: {out!r}"
+    return lines[0]
+
+
+def assert_passes(capsys, check, fn, *args, number: int):
+    assert check(fn, *args) is fn
+    line = verdict(capsys)
+    assert line.startswith(f"✅ Exercise {number} (") and line.endswith("correct."), line
+
+
+def assert_not_done(capsys, check, *args, reference, number: int):
+    assert check(stub, *args) is reference
+    line = verdict(capsys)
+    assert line.startswith(f"⏳ Exercise {number} (") and "not done yet" in line, line
+    assert line.endswith(FALLBACK), line
+
+
+def assert_fails(capsys, check, fn, *args, reference, number: int, hint: str) -> str:
+    assert check(fn, *args) is reference
+    line = verdict(capsys)
+    assert line.startswith(f"❌ Exercise {number} ("), line
+    assert hint in line, line
+    assert line.endswith(FALLBACK), line
+    return line
+
+
+def test_check_records_are_the_mini_fixtures():
+    records = json.loads((MINI / "train.json").read_text())
+    assert list(checks.CHECK_RECORDS) == records[: len(checks.CHECK_RECORDS)]
+
+
+# --- 1. format a record ---------------------------------------------------------------------------
+
+def test_format_record(capsys):
+    ref = checks.reference_format_record
+    assert_passes(capsys, checks.check_format_record, lambda r: ref(r), number=1)
+    assert_not_done(capsys, checks.check_format_record, reference=ref, number=1)
+
+    def no_letters(r):
+        a, b, c, d = r["answers"]
+        return f"Context: {r['context']} Question: {r['question']} Option: {a} Option: {b} Option: {c} Option: {d}"
+
+    def no_spaces(r):
+        a, b, c, d = r["answers"]
+        return f"Context:{r['context']} Question:{r['question']} Option A:{a} Option B:{b} Option C:{c} Option D:{d}"
+
+    def question_first(r):
+        a, b, c, d = r["answers"]
+        return f"Question: {r['question']} Context: {r['context']} Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
+
+    def lower_case(r):
+        return ref(r).replace("Option A", "option A")
+
+    assert_fails(capsys, checks.check_format_record, no_letters, reference=ref, number=1, hint="'Option A:'")
+    assert_fails(capsys, checks.check_format_record, no_spaces, reference=ref, number=1, hint="wrong spacing")
+    assert_fails(capsys, checks.check_format_record, question_first, reference=ref, number=1, hint="out of order")
+    assert_fails(capsys, checks.check_format_record, lower_case, reference=ref, number=1, hint="'Option A:'")
+    line = assert_fails(capsys, checks.check_format_record, lambda r: ref(r) + ".", reference=ref,
+                        number=1, hint="differs from the reference layout at character")
+    assert "test record 0" in line
+    assert_fails(capsys, checks.check_format_record, lambda r: None, reference=ref, number=1, hint="NoneType")
+
+
+# --- 2. class weights ---------------------------------------------------------------------------------
+
+def test_class_weights(capsys):
+    ref = checks.reference_class_weights
+    assert ref([0, 0, 1, 2, 3, 3, 3, 3]) == [1.0, 2.0, 2.0, 0.5]
+
+    def by_hand(labels):
+        n = len(labels)
+        return [n / (4 * labels.count(c)) if labels.count(c) else 1.0 for c in range(4)]
+
+    def no_absent_case(labels):
+        n = len(labels)
+        return [n / (4 * labels.count(c)) for c in range(4)]
+
+    assert_passes(capsys, checks.check_class_weights, by_hand, number=2)
+    assert_passes(capsys, checks.check_class_weights, class_weights, number=2)  # a tensor is fine too
+    assert_not_done(capsys, checks.check_class_weights, reference=ref, number=2)
+    assert_fails(capsys, checks.check_class_weights, lambda ls: [ls.count(c) / len(ls) for c in range(4)],
+                 reference=ref, number=2, hint="frequencies")
+    assert_fails(capsys, checks.check_class_weights, lambda ls: [len(ls) / ls.count(c) for c in range(4)],
+                 reference=ref, number=2, hint="number of classes")
+    line = assert_fails(capsys, checks.check_class_weights, lambda ls: [1.0, 1.0, 1.0, 1.0],
+                        reference=ref, number=2, hint="N / (4 · n_c)")
+    assert "skewed" in line
+    assert_fails(capsys, checks.check_class_weights, lambda ls: [1.0, 1.0], reference=ref, number=2,
+                 hint="returned 2 weights")
+    assert_fails(capsys, checks.check_class_weights, no_absent_case, reference=ref, number=2,
+                 hint="never occurs gets weight 1.0")
+
+
+# --- 3. LoRA targets ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    path = make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32")
+    tokenizer = load_tokenizer(str(path))
+    torch.manual_seed(0)
+    base = load_model(cfg, tokenizer)
+    return cfg, tokenizer, base
+
+
+def _linear4bit_names(model):
+    return [n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
+
+
+def test_lora_targets(capsys, tiny_run):
+    _, _, model = tiny_run
+    ref = checks.reference_lora_targets
+
+    def by_hand(m):
+        return sorted({n.split(".")[-1] for n in _linear4bit_names(m) if not n.endswith("score")})
+
+    assert_passes(capsys, checks.check_lora_targets, by_hand, model, number=3)
+    assert_not_done(capsys, checks.check_lora_targets, model, reference=ref, number=3)
+    assert_fails(capsys, checks.check_lora_targets, lambda m: by_hand(m) + ["score"], model,
+                 reference=ref, number=3, hint="head `score`")
+    assert_fails(capsys, checks.check_lora_targets, lambda m: _linear4bit_names(m), model,
+                 reference=ref, number=3, hint="full paths")
+    assert_fails(capsys, checks.check_lora_targets, lambda m: by_hand(m)[1:], model,
+                 reference=ref, number=3, hint="missing")
+    assert_fails(capsys, checks.check_lora_targets, lambda m: by_hand(m)[::-1], model,
+                 reference=ref, number=3, hint="sorted")
+    assert_fails(capsys, checks.check_lora_targets, lambda m: [n.split(".")[-1] for n in _linear4bit_names(m)],
+                 model, reference=ref, number=3, hint="repeated")
+
+
+# --- 4. count LoRA parameters ---------------------------------------------------------------------------------
+
+def test_count_lora_params(capsys):
+    ref = checks.reference_count_lora_params
+    assert ref([(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)], 16) * 32 == 39_976_960
+
+    def by_hand(shapes, r):
+        total = 0
+        for out_f, in_f in shapes:
+            total += r * in_f + out_f * r
+        return total
+
+    assert_passes(capsys, checks.check_count_lora_params, by_hand, number=4)
+    assert_not_done(capsys, checks.check_count_lora_params, reference=ref, number=4)
+    assert_fails(capsys, checks.check_count_lora_params, lambda s, r: sum(r * o * i for o, i in s),
+                 reference=ref, number=4, hint="not r·in·out")
+    assert_fails(capsys, checks.check_count_lora_params, lambda s, r: sum(r * i for o, i in s),
+                 reference=ref, number=4, hint="only one of the two")
+    assert_fails(capsys, checks.check_count_lora_params, lambda s, r: sum(o * i for o, i in s),
+                 reference=ref, number=4, hint="full weights")
+    assert_fails(capsys, checks.check_count_lora_params, lambda s, r: float(by_hand(s, r)),
+                 reference=ref, number=4, hint="return an int")
+
+
+# --- 5. weighted cross-entropy -------------------------------------------------------------------------------------
+
+def test_weighted_ce(capsys):
+    ref = checks.reference_weighted_ce
+
+    def by_hand(logits, labels, weights):
+        per_example = -logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+        w = weights[labels]
+        return (w * per_example).sum() / w.sum()
+
+    def by_batch_size(logits, labels, weights):
+        return (weights[labels] * F.cross_entropy(logits, labels, reduction="none")).mean()
+
+    assert_passes(capsys, checks.check_weighted_ce, by_hand, number=5)
+    assert_passes(capsys, checks.check_weighted_ce, lambda x, y, w: F.cross_entropy(x, y, weight=w), number=5)
+    assert_not_done(capsys, checks.check_weighted_ce, reference=ref, number=5)
+    line = assert_fails(capsys, checks.check_weighted_ce, by_batch_size, reference=ref, number=5,
+                        hint="divides by the batch size")
+    assert "weights [1, 2, 2, 0.5]" in line
+    assert_fails(capsys, checks.check_weighted_ce, lambda x, y, w: F.cross_entropy(x, y), reference=ref,
+                 number=5, hint="plain cross-entropy")
+    assert_fails(capsys, checks.check_weighted_ce, lambda x, y, w: by_hand(x, y, w).item(), reference=ref,
+                 number=5, hint="no .item()")
+    assert_fails(capsys, checks.check_weighted_ce,
+                 lambda x, y, w: F.cross_entropy(x, y, weight=w, reduction="none"), reference=ref,
+                 number=5, hint="one scalar")
+
+
+# --- 6. one training step ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    path = make_tiny_llama(tmp_path_factory.mktemp("tiny-llama-lora"))
+    cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32")
+    tokenizer = load_tokenizer(str(path))
+    torch.manual_seed(0)
+    model = inject_lora(load_model(cfg, tokenizer), cfg)
+    records = json.loads((MINI / "train.json").read_text())
+    batch = tokenizer([checks.reference_format_record(r) for r in records], padding=True,
+                      return_tensors="pt", truncation=True, max_length=64)
+    batch = dict(batch)
+    batch["labels"] = torch.tensor([r["label"] for r in records])
+    weights = torch.tensor([1.0, 2.0, 2.0, 0.5])
+    return model, batch, weights
+
+
+def _state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _good_step(model, batch, optimizer, weights):
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    loss = F.cross_entropy(logits.float(), labels, weight=weights)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def _step(*, weighted=True, clip=True, zero=True, step=True, item=True):
+    def fn(model, batch, optimizer, weights):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        loss = F.cross_entropy(model(**inputs).logits.float(), batch["labels"],
+                               weight=weights if weighted else None)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
+        if step:
+            optimizer.step()
+        if zero:
+            optimizer.zero_grad()
+        return loss.item() if item else loss
+    return fn
+
+
+def test_train_step(capsys, lora_run):
+    model, batch, weights = lora_run
+    ref = checks.reference_train_step
+    model.eval()
+    before = _state(model)
+    batch_keys = set(batch)
+    rng = torch.get_rng_state()
+
+    def run(fn):
+        return checks.check_train_step(fn, model, batch, weights)
+
+    assert run(_good_step) is _good_step
+    line = verdict(capsys)
+    assert line.startswith("✅ Exercise 6 (") and line.endswith("correct."), line
+    assert run(stub) is ref
+    line = verdict(capsys)
+    assert "not done yet" in line and line.endswith(FALLBACK), line
+    wrong = {
+        "the step was not clipped": _step(clip=False),
+        "unweighted cross-entropy": _step(weighted=False),
+        "call optimizer.zero_grad()": _step(zero=False),
+        "call optimizer.step()": _step(step=False),
+        "return loss.item()": _step(item=False),
+    }
+    for hint, fn in wrong.items():
+        assert run(fn) is ref, hint
+        line = verdict(capsys)
+        assert line.startswith("❌ Exercise 6 (") and hint in line and line.endswith(FALLBACK), line
+
+    # the caller's model, batch and RNG are exactly as they were
+    after = _state(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+    assert set(batch) == batch_keys
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_train_step_needs_trainable_parameters():
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        checks.check_train_step(_good_step, frozen, {}, None)
+
+
+# --- 7. accuracy over examples ------------------------------------------------------------------------------------
+
+def test_accuracy(capsys):
+    ref = checks.reference_accuracy
+
+    def by_hand(batches):
+        correct = total = 0
+        for preds, labels in batches:
+            correct += sum(p == y for p, y in zip(preds, labels))
+            total += len(labels)
+        return correct / total
+
+    def per_batch_mean(batches):
+        return sum(sum(p == y for p, y in zip(ps, ys)) / len(ys) for ps, ys in batches) / len(batches)
+
+    def over_batches(batches):
+        return sum(sum(p == y for p, y in zip(ps, ys)) for ps, ys in batches) / len(batches)
+
+    assert_passes(capsys, checks.check_accuracy, by_hand, number=7)
+    assert_not_done(capsys, checks.check_accuracy, reference=ref, number=7)
+    line = assert_fails(capsys, checks.check_accuracy, per_batch_mean, reference=ref, number=7,
+                        hint="averages the per-batch accuracies")
+    assert "short last batch" in line
+    assert_fails(capsys, checks.check_accuracy, over_batches, reference=ref, number=7,
+                 hint="number of BATCHES")
+
+
+def test_a_crash_is_one_line_naming_the_error(capsys):
+    def crashes(record):
+        return record["answer"]
+
+    assert checks.check_format_record(crashes) is checks.reference_format_record
+    line = verdict(capsys)
+    assert line.startswith("❌ Exercise 1 (") and "raised KeyError: 'answer'" in line, line

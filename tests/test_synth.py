@@ -1,0 +1,59 @@
+"""The bundled ReClor-format data: deterministic, well-formed, and what the generator writes."""
+
+import collections
+import json
+
+import pytest
+
+from reclor_lab import synth
+from reclor_lab.config import BUNDLED_DATA_DIR, NUM_LABELS
+
+
+def test_same_seed_same_records():
+    assert synth.generate_split("train", 50, seed=3) == synth.generate_split("train", 50, seed=3)
+    assert synth.generate_split("train", 50, seed=3) != synth.generate_split("train", 50, seed=4)
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_schema(split):
+    recs = synth.generate_split(split, 200, seed=1)
+    assert len({r["id_string"] for r in recs}) == len(recs)
+    for r in recs:
+        assert isinstance(r["context"], str) and r["context"]
+        assert isinstance(r["question"], str) and r["question"]
+        assert len(r["answers"]) == NUM_LABELS and all(isinstance(a, str) and a for a in r["answers"])
+        assert len(set(r["answers"])) == NUM_LABELS
+        assert r["id_string"].startswith(split + "_")
+        if split == "test":
+            assert "label" not in r
+            assert 0 <= r["question_type"] < len(synth.QUESTION_TYPES)
+        else:
+            assert "question_type" not in r
+            assert r["label"] in range(NUM_LABELS)
+
+
+def test_label_skew():
+    counts = collections.Counter(r["label"] for r in synth.generate_split("train", 2000, seed=0))
+    shares = [counts[i] / 2000 for i in range(NUM_LABELS)]
+    assert max(shares) - min(shares) > 0.02  # uneven, so class weighting matters a bit
+    assert min(shares) > 0.18
+
+
+def test_splits_disjoint_and_pretraining_avoids_eval():
+    key = lambda r: (r["context"], r["question"], tuple(r["answers"]))  # noqa: E731
+    sizes = synth.DEFAULT_SIZES
+    tr = {key(r) for r in synth.generate_split("train", sizes["train"], synth.DEFAULT_SEED)}
+    va = {key(r) for r in synth.generate_split("val", sizes["val"], synth.DEFAULT_SEED)}
+    te = {key(r) for r in synth.generate_split("test", sizes["test"], synth.DEFAULT_SEED)}
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    corpus = set(synth.pretraining_corpus(300, with_answer=False))
+    evals = {synth.format_record({"context": c, "question": q, "answers": list(a)}) for c, q, a in va | te}
+    assert not (corpus & evals)
+
+
+def test_committed_data_equals_regeneration(tmp_path):
+    paths = synth.write_bundled_data(tmp_path)
+    for split, path in paths.items():
+        committed = BUNDLED_DATA_DIR / f"{split}.json"
+        assert committed.read_bytes() == path.read_bytes(), f"{committed} differs from a regeneration"
+        assert len(json.loads(committed.read_text())) == synth.DEFAULT_SIZES[split]
