@@ -1,0 +1,293 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -all
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: reclor-lab (Python 3.11)
+#     language: python
+#     name: reclor-lab
+# ---
+
+# %% [markdown]
+# # 01 · Data and tokenization
+#
+# Before any model sees ReClor, a question has to become a row of token ids and a label. This
+# notebook follows one record all the way:
+#
+# 1. what a ReClor record is,
+# 2. the text the model reads (the reference layout),
+# 3. the tokenizer, and why its pad token is the eos token,
+# 4. how long the inputs are in tokens, and what `max_len` cuts off,
+# 5. the answer-position distribution and the class weights of the loss,
+# 6. what the collator does to a batch.
+#
+# **Stand-alone.** This notebook needs no other notebook: it reads the data folder and the
+# model's tokenizer from disk, nothing else. Two exercises: `format_record` and
+# `class_weights_by_hand`.
+
+# %% [markdown]
+# ## The preset
+#
+# One variable picks everything: `"tiny"` runs on any CPU, offline, on the bundled data and
+# the bundled tiny Llama. `"llama2-7b"` runs the same cells as the reference solution
+# (Llama-2-7B weights on disk, the official ReClor files in `data/reclor/`, a GPU for the later
+# notebooks). Every later cell reads its settings from `cfg`.
+
+# %%
+PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import sys
+from importlib.metadata import version
+
+from reclor_lab.config import REPO_ROOT, get_preset
+
+os.chdir(REPO_ROOT)  # relative paths below read like the README's commands
+print(f"python {sys.version_info.major}.{sys.version_info.minor}")
+for package in ("reclor-lab", "torch", "transformers", "tokenizers", "datasets"):
+    print(f"{package:<13} {version(package)}")
+
+cfg = get_preset(PRESET)
+print()
+print(cfg.describe())
+
+# %% [markdown]
+# Everything this notebook does not teach comes from the `reclor_lab` package; `checks` holds
+# the self-checks of the exercises.
+
+# %%
+import json
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import ipywidgets as widgets
+from datasets.utils.logging import disable_progress_bar
+from torch.utils.data import DataLoader
+
+from reclor_lab import checks
+from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
+from reclor_lab.data import (
+    class_weights, format_example, label_distribution, load_split, make_collator, model_inputs,
+    tokenize_records,
+)
+from reclor_lab.modeling import load_tokenizer
+
+disable_progress_bar()  # the datasets "Map" bars of tokenize_records: tidier output
+
+# %% [markdown]
+# ## 1. A ReClor record
+#
+# Each split is one JSON file: a list of records. A record has a `context` (a short argument),
+# a `question` about it, four `answers`, the index of the correct one in `label` (0 → A, …,
+# 3 → D) and an `id_string`. The loader validates every record and names the file and the
+# record when something is wrong.
+
+# %%
+train = load_split(cfg.data_dir, "train")
+val = load_split(cfg.data_dir, "val")
+test = load_split(cfg.data_dir, "test")
+print(f"train {len(train)}, val {len(val)}, test {len(test)} records")
+print(json.dumps(train[0], indent=2))
+
+# %% [markdown]
+# The test split is unlabeled, like the official one: its records carry a `question_type`
+# instead of a `label`. We can predict on it (notebook 05) but not score it.
+
+# %%
+print("test record keys:", sorted(test[0]))
+
+# %% [markdown]
+# ## 2. The text the model reads
+#
+# The model takes one string per record. The reference solution lays the parts out on one line:
+#
+# ```
+# Context: … Question: … Option A: … Option B: … Option C: … Option D: …
+# ```
+#
+# **Exercise 1.** Write `format_record`: one record → that string, exactly (single spaces between
+# the parts, nothing before `Context:` and nothing after option D).
+
+# %%
+def format_record(record: dict) -> str:
+    """Exercise 1: the record as `Context: … Question: … Option A: … Option B: … Option C: … Option D: …`."""
+    # BEGIN SOLUTION: unpack the four answers, then one f-string in the layout above
+    a, b, c, d = record["answers"]
+    return (f"Context: {record['context']} Question: {record['question']} "
+            f"Option A: {a} Option B: {b} Option C: {c} Option D: {d}")
+    # END SOLUTION
+
+
+# %%
+format_record = checks.check_format_record(format_record)
+
+# %% [markdown]
+# The package does the same with a template string, `cfg.template` (the reference layout unless
+# you change it in the config: appending `" Answer:"` is a cheap experiment).
+
+# %%
+text = format_record(train[0])
+print(text)
+print()
+print("same as the package's format_example:", text == format_example(train[0], REFERENCE_TEMPLATE))
+
+# %% [markdown]
+# ## 3. The tokenizer, and why pad = eos
+#
+# The tokenizer turns the string into ids from the model's vocabulary and puts `<s>` (beginning
+# of sequence) in front.
+#
+# Llama-2 ships **without a pad token**. Batches need one (short inputs are filled up to the
+# longest), so the reference reuses the end-of-sequence token: `pad_token = eos_token`. That is
+# safe here for two reasons:
+#
+# * the attention mask is 0 on padding, so the model never attends to it;
+# * Llama's sequence classifier reads its logits at the *last non-pad token* of each row, which
+#   it finds by looking for the first `pad_token_id`. With right padding and no eos inside the
+#   text (ReClor has none) that is exactly the last real token.
+#
+# `load_tokenizer` sets both (pad = eos, right padding) and changes nothing else.
+
+# %%
+tokenizer = load_tokenizer(cfg.model_name_or_path)
+print(type(tokenizer).__name__, f"with {len(tokenizer):,} tokens")
+for role in ("bos", "eos", "unk", "pad"):
+    print(f"{role}: {getattr(tokenizer, role + '_token')!r} (id {getattr(tokenizer, role + '_token_id')})")
+print("padding side:", tokenizer.padding_side)
+
+# %%
+ids = tokenizer(text)["input_ids"]
+print(f"{len(ids)} tokens; the first 12:")
+for i, t in zip(ids[:12], tokenizer.convert_ids_to_tokens(ids[:12])):
+    print(f"  {i:>6}  {t!r}")
+
+# %% [markdown]
+# ## 4. How long are the inputs?
+#
+# Memory and time grow with the sequence length, so the config caps it: `max_len` tokens per
+# example, the rest cut off (the end of the text: option D suffers first). `tokenize_records`
+# tokenizes a whole split, keeps the untruncated length in `full_length` and reports how many
+# examples were truncated: truncation should be counted, not hidden.
+
+# %%
+train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template)
+val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template)
+print("train:", train_stats.line())
+print("val:  ", val_stats.line())
+print("columns:", train_ds.column_names)
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.hist(train_ds["full_length"], bins=40, color="tab:blue", alpha=0.8)
+ax.axvline(cfg.max_len, color="tab:red", ls="--", label=f"max_len = {cfg.max_len}")
+ax.set_xlabel("tokens per example (before truncation)")
+ax.set_ylabel("examples")
+ax.set_title(f"Token lengths of the train split ({PRESET} tokenizer)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ### Play: browse the records
+#
+# Move the slider to see a validation record as the model reads it, its token count and its
+# answer. (In a live notebook the widget is interactive; a saved notebook shows it as static.)
+
+# %%
+def describe_record(i: int) -> str:
+    rec = val[i]
+    n = val_ds[i]["full_length"]
+    cut = f" (truncated to {cfg.max_len})" if n > cfg.max_len else ""
+    return (f"<b>{rec['id_string']}</b>: {n} tokens{cut}, answer <b>{OPTION_LETTERS[rec['label']]}</b>"
+            f"<br><br>{format_example(rec, cfg.template)}")
+
+
+slider = widgets.IntSlider(value=0, min=0, max=len(val) - 1, description="val record")
+view = widgets.HTML(describe_record(0), layout=widgets.Layout(width="95%"))
+slider.observe(lambda change: setattr(view, "value", describe_record(change["new"])), names="value")
+widgets.VBox([slider, view])
+
+# %% [markdown]
+# ## 5. Answer positions and class weights
+#
+# If the correct answer sat in position A more often than elsewhere, a model could score above
+# chance by always answering A. The reference counts the positions in the training set and
+# weights the cross-entropy by their inverse frequency, so each position counts equally in
+# total:
+#
+# $$w_c = \frac{N}{4\, n_c}$$
+#
+# with $N$ training examples and $n_c$ of them answered by option $c$. A perfectly balanced set
+# gets all ones.
+
+# %%
+for name, records in (("train", train), ("val", val)):
+    dist = label_distribution(records)
+    print(f"{name:<5}", "  ".join(f"{k}: {v:>4} ({v / len(records):.1%})" for k, v in dist.items()))
+
+# %% [markdown]
+# **Exercise 2.** Write `class_weights_by_hand`: a list of labels (0–3) → the four weights
+# $w_c = N / (4\, n_c)$ as a list of floats (an option that never occurs gets weight 1.0).
+
+# %%
+def class_weights_by_hand(labels: list[int]) -> list[float]:
+    """Exercise 2: w_c = N / (4 * n_c) for c = 0..3 (1.0 for an option that never occurs)."""
+    # BEGIN SOLUTION: count each label (collections.Counter), then N / (4 · n_c) for c = 0..3
+    counts = Counter(labels)
+    n = len(labels)
+    return [n / (NUM_LABELS * counts[c]) if counts[c] else 1.0 for c in range(NUM_LABELS)]
+    # END SOLUTION
+
+
+# %%
+class_weights_by_hand = checks.check_class_weights(class_weights_by_hand)
+
+# %%
+train_labels = [r["label"] for r in train]
+mine = class_weights_by_hand(train_labels)
+print("class weights (A B C D):", " ".join(f"{w:.4f}" for w in mine))
+print("same as the package's class_weights:",
+      all(abs(a - b) < 1e-6 for a, b in zip(mine, class_weights(train_labels).tolist())))
+
+# %% [markdown]
+# ## 6. What the collator does to a batch
+#
+# Examples differ in length; a batch is one rectangular tensor. The collator
+# (`DataCollatorWithPadding`) pads each batch to *its own* longest example (not to `max_len`),
+# on the right, with the pad (= eos) id, and sets the attention mask to 0 there. The labels
+# become one tensor of shape `(batch,)`.
+
+# %%
+collate = make_collator(tokenizer)
+loader = DataLoader(model_inputs(train_ds), batch_size=4, collate_fn=collate)
+batch = next(iter(loader))
+for key, tensor in batch.items():
+    print(f"{key:<15} {tuple(tensor.shape)}  {tensor.dtype}")
+print("real tokens per row:", batch["attention_mask"].sum(1).tolist())
+print("labels:", batch["labels"].tolist())
+
+# %% [markdown]
+# The end of the shortest row: real tokens, then padding with the eos id and mask 0.
+
+# %%
+row = int(batch["attention_mask"].sum(1).argmin())
+n_real = int(batch["attention_mask"][row].sum())
+window = slice(n_real - 3, n_real + 3)
+print("input_ids     ", batch["input_ids"][row, window].tolist())
+print("attention_mask", batch["attention_mask"][row, window].tolist())
+print("pad id = eos id =", tokenizer.pad_token_id)
+
+# %% [markdown]
+# ## What you have now
+#
+# A record → one string → token ids (≤ `max_len`) → padded batches with a mask and labels, plus
+# the class weights of the loss. Notebook 02 loads the model these batches go into, in 4 bits.

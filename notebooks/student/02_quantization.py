@@ -1,0 +1,240 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: reclor-lab (Python 3.11)
+#     language: python
+#     name: reclor-lab
+# ---
+
+# %% [markdown]
+# # 02 · 4-bit quantization (NF4)
+#
+# Llama-2-7B has 6.7 billion weights: 27 GB in fp32, 13.5 GB in bf16. QLoRA stores the big
+# projection matrices in **4 bits** per weight instead, and computes in bf16. This notebook
+# opens that box:
+#
+# 1. `BitsAndBytesConfig`, field by field,
+# 2. NF4 on one weight matrix: quantize by hand, dequantize, look at the error,
+# 3. the memory table: fp32 / bf16 / 4-bit, for this model and for Llama-2-7B,
+# 4. the model loaded in 4 bits, and what one `Linear4bit` layer holds.
+#
+# **Stand-alone.** This notebook reads only the model from disk; it needs no other notebook.
+# One exercise: `lora_targets`.
+
+# %%
+PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import sys
+from importlib.metadata import version
+
+from reclor_lab.config import REPO_ROOT, get_preset
+
+os.chdir(REPO_ROOT)  # relative paths below read like the README's commands
+print(f"python {sys.version_info.major}.{sys.version_info.minor}")
+for package in ("reclor-lab", "torch", "transformers", "bitsandbytes"):
+    print(f"{package:<13} {version(package)}")
+
+cfg = get_preset(PRESET)
+print()
+for name in ("preset", "model_name_or_path", "quantization", "double_quant", "compute_dtype"):
+    print(f"{name:<19} {cfg.repo_relative.get(name, getattr(cfg, name))!r}")
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+
+from reclor_lab import checks
+from reclor_lab.modeling import (
+    NF4_BLOCKSIZE, NF4_CODE, bnb_config, is_4bit, load_model, load_tokenizer, logical_numel,
+    memory_report, nf4_roundtrip, pick_device,
+)
+
+# %% [markdown]
+# ## 1. `BitsAndBytesConfig`, field by field
+#
+# `bnb_config(cfg)` builds the reference's quantization config from the run config:
+#
+# | field | value | what it does, what it costs |
+# |---|---|---|
+# | `load_in_4bit` | `True` | every `nn.Linear` of the decoder becomes a bitsandbytes `Linear4bit` as the weights load |
+# | `bnb_4bit_quant_type` | `"nf4"` | 4-bit NormalFloat: 16 code values placed at quantiles of a normal distribution, because trained weights are roughly normal (the alternative `"fp4"` spaces them less well) |
+# | `bnb_4bit_use_double_quant` | `True` | the per-block scales are themselves quantized to 8 bits: ~0.37 bit per weight saved (~0.3 GB on 7B), a little extra compute |
+# | `bnb_4bit_compute_dtype` | bf16 on a GPU that has it, else fp32 | the dtype the weights are dequantized to for each matmul: 4 bits is storage only |
+# | `bnb_4bit_quant_storage` | `uint8` | the container: two 4-bit values packed per byte |
+#
+# Layers that are not `nn.Linear` (embeddings, RMSNorms) stay in 16/32 bits, and so does the
+# classification head `score`: it is new, small and trained in full.
+
+# %%
+quant = bnb_config(cfg)
+for field in ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+              "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+    print(f"{field:<27} {getattr(quant, field)}")
+print("device:", pick_device().type)
+
+# %% [markdown]
+# ## 2. NF4 on one weight matrix
+#
+# We take one real weight matrix, the query projection of the first decoder layer, from the
+# model loaded the ordinary way (`quantization="none"`). While that full-precision model is in
+# memory we also measure it, for the table in section 3.
+
+# %%
+tokenizer = load_tokenizer(cfg.model_name_or_path)
+plain = load_model(cfg.replace(quantization="none"), tokenizer)
+W = plain.model.layers[0].self_attn.q_proj.weight.detach().float().cpu()
+plain_bytes = memory_report(plain).measured_bytes
+del plain  # on Llama-2-7B this frees 13.5 GB before the 4-bit load below
+print("W:", tuple(W.shape), W.dtype)
+
+# %% [markdown]
+# **The 16 NF4 values.** A 4-bit index can pick one of 16 numbers. NF4's are quantiles of a
+# standard normal distribution, rescaled to [-1, 1], with an exact 0: dense near 0 where most
+# weights are, sparse in the tails.
+
+# %%
+print("NF4 code:", " ".join(f"{v:+.3f}" for v in NF4_CODE))
+fig, ax = plt.subplots(figsize=(7, 1.6))
+ax.eventplot(NF4_CODE, lineoffsets=0, linelengths=1)
+ax.set_yticks([])
+ax.set_xlim(-1.05, 1.05)
+ax.set_title("The 16 NF4 code values")
+plt.show()
+
+# %% [markdown]
+# **Quantize by hand.** Cut the weights into blocks of 64. In each block divide by the block's
+# largest absolute value (its *absmax*, kept as the block's scale), so every weight falls in
+# [-1, 1], and store the index of the nearest code value. To dequantize, look the code value up
+# and multiply by the scale. That is all NF4 is; bitsandbytes does the same in fast kernels.
+
+# %%
+code = torch.tensor(NF4_CODE)
+blocks = W.reshape(-1, NF4_BLOCKSIZE)                          # (n_blocks, 64)
+absmax = blocks.abs().amax(dim=1, keepdim=True)                # one scale per block
+index = ((blocks / absmax).unsqueeze(-1) - code).abs().argmin(-1)  # 4-bit indices 0..15
+W_by_hand = (code[index] * absmax).reshape(W.shape)            # dequantized
+
+rt = nf4_roundtrip(W)  # bitsandbytes: quantize_4bit + dequantize_4bit
+print(f"{blocks.shape[0]} blocks of {NF4_BLOCKSIZE}; indices use {index.unique().numel()} of 16 codes")
+print("by hand == bitsandbytes:", torch.equal(W_by_hand, rt.dequantized.float()))
+print(rt.summary())
+
+# %% [markdown]
+# The error is largest in the blocks with a large absmax (the scale stretches the 16 levels
+# further apart) and is zero only for each block's absmax weight itself (the code holds ±1
+# exactly).
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3))
+ax1.hist(W.flatten().numpy(), bins=80, alpha=0.6, label="original")
+ax1.hist(rt.dequantized.flatten().float().numpy(), bins=80, alpha=0.6, label="NF4 round trip")
+ax1.set_title("Weights of q_proj (layer 0)")
+ax1.legend()
+ax2.hist((rt.dequantized.float() - W).flatten().numpy(), bins=80, color="tab:red")
+ax2.set_title("Quantization error (dequantized − original)")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 3. The memory table
+#
+# The model loaded in 4 bits: `load_model` passes `bnb_config(cfg)` to
+# `AutoModelForSequenceClassification.from_pretrained(…, num_labels=4)`.
+#
+# Transformers prints a **load report**: `lm_head.weight` UNEXPECTED (the checkpoint is a
+# causal LM, whose word-prediction head a classifier does not use) and `score.weight` MISSING
+# (the 4-way classification head is new, randomly initialised, and trained by us). Both are
+# what we want.
+
+# %%
+model = load_model(cfg, tokenizer)
+
+# %% [markdown]
+# Estimated weight bytes in three precisions, and what the loaded model measures. 4-bit costs
+# 4.127 bits per projection weight with double quantization (4 bits + 8-bit scales per 64 +
+# fp32 scales per 256·64); embeddings, norms and head are not quantized. They stay in the
+# compute dtype: bf16 on a GPU, but fp32 on a CPU, which is why the measured size of the tiny
+# model on a CPU is above the 4-bit estimate. On the tiny model the embeddings are a big share
+# anyway, so the saving is smaller than on Llama-2-7B (96 % of its weights are projections).
+
+# %%
+print(memory_report(model).table())
+print()
+print(f"measured, loaded without quantization: {plain_bytes / 1e3:,.1f} KB"
+      if plain_bytes < 1e8 else f"measured, loaded without quantization: {plain_bytes / 1e9:.3f} GB")
+
+# %% [markdown]
+# ## 4. What a `Linear4bit` holds
+#
+# Every projection (`q_proj`, `k_proj`, …, `down_proj`) is now a `Linear4bit`. Its weight is a
+# `Params4bit`: a flat `uint8` tensor with two 4-bit indices per byte, plus a `quant_state`
+# with everything needed to dequantize: the original shape, the block size, the absmax scales
+# (8-bit with double quantization, with their own fp32 scales in `state2`) and the code.
+
+# %%
+layer = model.model.layers[0].self_attn.q_proj
+w4, qs = layer.weight, layer.weight.quant_state
+print(layer)
+print("weight:", type(w4).__name__, w4.dtype, tuple(w4.shape), f"({logical_numel(w4):,} weights in {w4.numel():,} bytes)")
+print("original shape:", tuple(qs.shape), "| quant type:", qs.quant_type, "| block size:", qs.blocksize)
+print("absmax:", qs.absmax.dtype, tuple(qs.absmax.shape), "| double quantized:", qs.nested)
+if qs.nested:
+    print("state2.absmax:", qs.state2.absmax.dtype, tuple(qs.state2.absmax.shape),
+          "| block size:", qs.state2.blocksize)
+print("compute dtype:", layer.compute_dtype)
+
+# %% [markdown]
+# Dequantizing the layer's weight gives back the NF4 round trip of the original matrix (with
+# double quantization, as loaded), and the layer's forward pass is an ordinary matmul with it.
+
+# %%
+deq = bnbf.dequantize_4bit(w4.data, qs).float().cpu()
+same_as_roundtrip = nf4_roundtrip(W, double_quant=qs.nested).dequantized.float()
+print("dequantized layer == NF4 round trip of W:", torch.equal(deq, same_as_roundtrip))
+x = torch.randn(3, qs.shape[1], generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    y = layer(x.to(w4.device, layer.compute_dtype)).float().cpu()
+print("layer(x) ≈ x @ deq.T:", torch.allclose(y, x @ deq.T, atol=1e-2, rtol=1e-2))
+
+# %% [markdown]
+# **Exercise 3.** LoRA (notebook 03) adapts every 4-bit linear layer except the head. peft
+# wants their *leaf names* (`"q_proj"`, not `"model.layers.0.self_attn.q_proj"`). Write
+# `lora_targets(model)`: the sorted unique leaf names of every `bnb.nn.Linear4bit` in the
+# model, leaving out the head `score`.
+
+# %%
+def lora_targets(model) -> list[str]:
+    """Exercise 3: sorted unique leaf names of every 4-bit linear layer except the head `score`."""
+    # TODO: walk model.named_modules(); keep the last part of the name of every bnb.nn.Linear4bit
+    raise NotImplementedError("Exercise 3: write `lora_targets`")
+
+
+# %%
+lora_targets = checks.check_lora_targets(lora_targets, model)
+
+# %%
+targets = lora_targets(model)
+print(targets)
+n_layers = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+print(f"{n_layers} Linear4bit layers = {model.config.num_hidden_layers} decoder layers × {len(targets)} projections")
+print("head:", type(model.score).__name__, tuple(model.score.weight.shape), model.score.weight.dtype,
+      "| 4-bit:", is_4bit(model.score.weight))
+
+# %% [markdown]
+# ## What you have now
+#
+# The model in 4 bits, and the list of layers LoRA will adapt. Notebook 03 adds the adapters.

@@ -1,0 +1,97 @@
+"""The notebooks: every jupytext pair in sync, stored outputs present, the right kernel.
+
+nbval re-executes the .ipynb files themselves (``--nbval`` in pyproject's addopts); these tests
+check what nbval cannot: that the percent-format .py a reviewer reads and the .ipynb a student
+opens hold the same cells, that the .ipynb was committed executed (students see results before
+running anything, and nbval needs something to compare), and the course-mode exercise markers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "reclor-lab"
+#: The course order (the reference solution's), and how many exercises each notebook holds.
+EXPECTED = {
+    "01_data_and_tokenization": 2,
+    "02_quantization": 1,
+    "03_lora": 1,
+    "04_training_loop": 2,
+    "05_results": 1,
+}
+FIX = ("run `.venv/bin/jupytext --sync notebooks/{name}.py` (or save it in Jupyter with the "
+       "jupytext extension), then re-execute the .ipynb")
+
+
+def _names() -> list[str]:
+    return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_every_notebook_is_a_pair():
+    ipynb = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
+    py = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py")}
+    assert ipynb == py, f"unpaired notebooks: .ipynb without .py {sorted(ipynb - py)}, .py without .ipynb {sorted(py - ipynb)}"
+    assert sorted(ipynb) == sorted(EXPECTED), f"notebooks {sorted(ipynb)}, expected {sorted(EXPECTED)}"
+
+
+@pytest.mark.parametrize("name", _names())
+def test_pair_in_sync(name):
+    """The .py read by jupytext and the .ipynb hold the same cells (sources only)."""
+    py = jupytext.read(NOTEBOOKS / f"{name}.py", fmt="py:percent")
+    ipynb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    a, b = _cells(py), _cells(ipynb)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x == y, (f"{name}: cell {i} differs between the .py and the .ipynb "
+                        f"(.py: {x[1][:80]!r}; .ipynb: {y[1][:80]!r}); " + FIX.format(name=name))
+    assert len(a) == len(b), f"{name}: {len(a)} cells in the .py, {len(b)} in the .ipynb; " + FIX.format(name=name)
+
+
+@pytest.mark.parametrize("name", _names())
+def test_ipynb_executed_with_outputs_and_kernel(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    kernel = nb.metadata.get("kernelspec", {}).get("name")
+    assert kernel == KERNEL, f"{name}.ipynb: kernelspec {kernel!r}, expected {KERNEL!r}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{name}.ipynb: not executed top to bottom in one go (execution counts {counts}); re-run it with "
+        "`jupyter nbconvert --to notebook --execute --inplace`")
+    assert sum(len(c.outputs) for c in code) >= len(code) // 2, f"{name}.ipynb: stored outputs are missing"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name}.ipynb: stored outputs hold an error: {errors[0].get('ename')}"
+
+
+@pytest.mark.parametrize("name", _names())
+def test_first_code_cell_picks_the_tiny_preset(name):
+    """Committed outputs come from the tiny CPU run, and every notebook starts with the preset."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert first.source.startswith('PRESET = "tiny"'), f"{name}: the first code cell must start with PRESET = \"tiny\""
+    assert "HF_HUB_OFFLINE" in first.source, f"{name}: the first code cell must set HF_HUB_OFFLINE"
+
+
+@pytest.mark.parametrize("name", _names())
+def test_exercise_markers(name):
+    """Course mode: each exercise's solution sits between the markers, followed by its check cell."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    found = 0
+    for i, src in enumerate(code):
+        begins, ends = src.count("# BEGIN SOLUTION"), src.count("# END SOLUTION")
+        assert begins == ends, f"{name}: unbalanced solution markers in cell {src[:60]!r}"
+        if begins:
+            found += begins
+            fn = re.search(r"^def (\w+)\(", src, re.M).group(1)
+            assert re.match(rf"{fn} = checks\.check_\w+\({fn}\b", code[i + 1]), (
+                f"{name}: the cell after exercise `{fn}` must be `{fn} = checks.check_…({fn}, …)`")
+    assert found == EXPECTED[name], f"{name}: {found} exercises, expected {EXPECTED[name]}"
