@@ -87,7 +87,6 @@ def build_tiny_model(output_dir: Path = TINY_MODEL_DIR, seed: int = 0, verbose: 
     An existing ``output_dir`` is replaced. Returns ``output_dir``.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same numbers whatever the core count; faster on a busy 2-core box

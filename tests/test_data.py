@@ -8,7 +8,7 @@ import pytest
 from reclor_lab.config import REFERENCE_TEMPLATE
 from reclor_lab.data import (
     DataError, class_weights, epoch_batches, format_example, label_distribution, length_grouped_batches,
-    load_split, padding_fraction, read_reclor, shuffled_batches,
+    load_split, padding_fraction, shuffled_batches,
 )
 
 MINI = Path(__file__).parent / "fixtures" / "mini"

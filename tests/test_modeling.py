@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA, make_tiny_llama
 from reclor_lab import modeling
