@@ -94,11 +94,14 @@ class HistoryCallback(TrainerCallback):
         t.step_losses.clear()
         step = state.global_step
         epoch = math.ceil(state.epoch - 1e-9) if state.epoch else 1
-        self.history.steps.append({"step": step, "epoch": epoch, "loss": torch.stack(losses).mean().item(),
+        self.history.steps.append({"step": step, "epoch": epoch, "loss": torch.stack(losses).mean(),
                                    "lr": get_lr(step - 1, self.run.cfg, self.total_steps, self.warmup_steps)})
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         epoch = round(state.epoch or 0)
+        for r in self.history.steps:  # one host sync per evaluation, not one per step
+            if isinstance(r["loss"], torch.Tensor):
+                r["loss"] = r["loss"].item()
         row = {"epoch": epoch, "eval_loss": metrics["eval_loss"], **self.trainer.last_metrics}
         self.history.evals.append(row)
         if epoch >= 1:
