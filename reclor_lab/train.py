@@ -68,6 +68,13 @@ def get_lr(step: int, cfg: RunConfig, total_steps: int, warmup_steps: int) -> fl
     return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def schedule_steps(cfg: RunConfig, n_train: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, warm-up steps) for ``n_train`` training examples."""
+    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum_steps)
+    total_steps = steps_per_epoch * cfg.epochs
+    return steps_per_epoch, total_steps, max(1, round(cfg.warmup_ratio * total_steps))
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on a CPU."""
     if device.type == "cuda":
@@ -313,9 +320,7 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
     model.to(device)
     collate = make_collator(run.tokenizer)
     lengths = run.train_ds["length"]
-    steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum_steps)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = max(1, round(cfg.warmup_ratio * total_steps))
+    steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     history, start = History(), 1

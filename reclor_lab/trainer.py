@@ -22,6 +22,7 @@ from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.train import (
     History, Run, RunDirError, _eval_line, check_run_dir, get_lr, peak_memory_mb, save_checkpoint,
+    schedule_steps,
 )
 
 
@@ -161,9 +162,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbos
     run.tokenizer.save_pretrained(run_dir)
 
     lengths = run.train_ds["length"]
-    steps_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum_steps)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = max(1, round(cfg.warmup_ratio * total_steps))
+    steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
     # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
     # exempts biases and norms from weight decay; the manual loop does not).
     optimizer = torch.optim.AdamW([p for p in run.model.parameters() if p.requires_grad],
