@@ -17,6 +17,13 @@ The data are random token ids with ReClor-like lengths (log-normal, mean ~235 to
 - Trainer: ``transformers.Trainer`` with its own sampler (random order, no grouping), bf16
   autocast like the kit, the same AdamW learning rate / weight decay / clipping. A subclass only
   *counts* the real tokens of each batch; nothing else is changed.
+- reference (at the reference's batch size, 2): the reference solution's habits: shuffled
+  batches, the default (foreach) AdamW, ``loss.item()`` and ``torch.cuda.empty_cache()`` every step.
+
+``--profile`` adds a diagnosis of one kit step at batch 1 and at the largest batch: the operator
+calls dispatched on the host (counted), the GPU kernels launched and their summed time (torch
+profiler), against the step's wall time. A step whose kernels cover a small part of its wall time
+is bound by the host issuing work, not by the GPU.
 
 Both run ``--warmup`` untimed steps, then ``--steps`` timed steps; tokens/s counts real
 (non-padding) tokens. Peak memory is ``torch.cuda.max_memory_allocated`` after a reset before each
@@ -175,17 +182,24 @@ def summarize(start: float, step_ends: list[float], step_tokens: list[int], warm
             "median_step_seconds": sorted(times)[len(times) // 2]}
 
 
-def run_kit(model, ds, lengths, bs, args, device, dtype) -> dict:
+def run_loop(model, ds, lengths, bs, args, device, dtype, cfg, reference: bool = False) -> dict:
+    """The kit's loop (length-grouped batches, the kit's optimizer), or with ``reference`` the
+    reference solution's habits (shuffled batches, default AdamW, a loss ``.item()`` and a cache
+    clear every step)."""
     import torch
     from torch.utils.data import DataLoader
 
     from reclor_lab.data import BatchListSampler, epoch_batches
-    from reclor_lab.train import optimizer_step, train_step
+    from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
     n_steps = args.warmup + args.steps
-    batches = epoch_batches(lengths, bs, args.seed, 1, group_by_length=True)[:n_steps]
+    batches = epoch_batches(lengths, bs, args.seed, 1, group_by_length=not reference)[:n_steps]
     loader = DataLoader(ds, batch_sampler=BatchListSampler(batches), collate_fn=collate)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.001)
+    if reference:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                      lr=args.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = make_optimizer(model, cfg, device)
     model.train()
     step_ends, step_tokens = [], []
     sync(device)
@@ -193,15 +207,70 @@ def run_kit(model, ds, lengths, bs, args, device, dtype) -> dict:
     for batch in loader:
         step_tokens.append(int(batch["attention_mask"].sum()))  # counted on the host: no GPU sync
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        train_step(model, batch, None, dtype)
+        loss = train_step(model, batch, None, dtype)
         optimizer_step(model, optimizer, args.lr, args.max_grad_norm)
-        sync(device)  # per-step timing needs it; costs both variants the same
+        if reference:
+            loss.item()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            else:
+                gc.collect()
+        sync(device)  # per-step timing needs it; costs every variant the same
         step_ends.append(time.perf_counter())
     del optimizer
     return summarize(t_start, step_ends, step_tokens, args.warmup)
 
 
-def run_trainer(model, ds, bs, args, device, dtype) -> dict:
+def profile_step(model, ds, bs, args, device, dtype, cfg) -> dict:
+    """One kit step at batch ``bs`` (after one untimed step): its wall time, the operator calls
+    it dispatches on the host, and the GPU kernels it launches with their summed time."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from reclor_lab.train import make_optimizer, optimizer_step, train_step
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    optimizer = make_optimizer(model, cfg, device)
+    model.train()
+    batch = collate(ds[:bs])
+    tokens = int(batch["attention_mask"].sum())
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step():
+        train_step(model, dict(batch), None, dtype)
+        optimizer_step(model, optimizer, args.lr, args.max_grad_norm)
+        sync(device)
+
+    step()
+    t0 = time.perf_counter()
+    step()
+    wall = time.perf_counter() - t0
+    with CountOps() as counter:
+        step()
+    out = {"batch": bs, "tokens": tokens, "wall_ms": wall * 1e3, "ops": sum(counter.calls.values()),
+           "top_ops": counter.calls.most_common(6)}
+    if device.type == "cuda":
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        out["kernels"] = len(kernels)
+        out["kernel_ms"] = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+    del optimizer
+    return out
+
+
+def run_trainer(model, ds, bs, args, device, dtype, cfg) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -230,7 +299,7 @@ def run_trainer(model, ds, bs, args, device, dtype) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=bs, max_steps=args.warmup + args.steps,
-            learning_rate=args.lr, weight_decay=0.001, max_grad_norm=args.max_grad_norm,
+            learning_rate=args.lr, weight_decay=cfg.weight_decay, max_grad_norm=args.max_grad_norm,
             bf16=dtype == torch.bfloat16, report_to="none", save_strategy="no", eval_strategy="no",
             logging_steps=10**6, remove_unused_columns=False, dataloader_num_workers=0, seed=args.seed,
             disable_tqdm=True, use_cpu=device.type == "cpu",
@@ -253,7 +322,10 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden/128)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
     p.add_argument("--batch-sizes", default="1,2,8", help="comma-separated batch sizes")
-    p.add_argument("--variants", default="kit,trainer", help="comma-separated: kit, trainer")
+    p.add_argument("--variants", default="kit,trainer,reference",
+                   help="comma-separated: kit, trainer, reference (the last at the reference's batch size only)")
+    p.add_argument("--profile", action="store_true",
+                   help="diagnose one kit step at batch 1 and at the largest batch (host ops, GPU kernel time)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant and batch size")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     p.add_argument("--max-len", type=int, default=640, help="longest sequence (ReClor's longest ~640 tokens)")
@@ -292,7 +364,8 @@ def main() -> None:
     from reclor_lab.lora import inject_lora, trainable_report
     from reclor_lab.modeling import measured_bytes, pick_device, resolve_compute_dtype
 
-    cfg = get_preset("llama2-7b", gradient_checkpointing=not args.no_checkpointing, seed=args.seed)
+    cfg = get_preset("llama2-7b", gradient_checkpointing=not args.no_checkpointing, seed=args.seed,
+                     learning_rate=args.lr, max_grad_norm=args.max_grad_norm)
     device, dtype = pick_device(), resolve_compute_dtype(cfg)
     torch.manual_seed(args.seed)
     log(f"device {device} ({report.machine['gpu'] or report.machine['cpu']}), compute dtype "
@@ -308,6 +381,22 @@ def main() -> None:
     report.add("sequence length mean / max", f"{sum(lengths) / len(lengths):.0f} / {max(lengths)}", "tokens",
                f"{len(lengths)} random sequences; each batch size trains on the first (warmup + steps) x batch")
 
+    if args.profile:
+        for bs in sorted({1, max(batch_sizes)}):
+            try:
+                r = profile_step(model, ds, bs, args, device, dtype, cfg)
+            except Exception as e:  # a diagnosis must not cost the measurements below
+                log(f"profile at batch {bs} failed: {type(e).__name__}: {e}")
+                continue
+            note = "; ".join(f"{name} {n:,}" for name, n in r["top_ops"])
+            report.add(f"batch {bs}: one step, wall", r["wall_ms"], "ms", f"{r['tokens']} real tokens", show=True)
+            report.add(f"batch {bs}: operator calls per step", r["ops"], "calls", f"most: {note}", show=True)
+            if "kernels" in r:
+                report.add(f"batch {bs}: GPU kernel time per step", r["kernel_ms"], "ms",
+                           f"{r['kernels']:,} kernels; busy {100 * r['kernel_ms'] / r['wall_ms']:.0f} % of the "
+                           "step's wall time", show=True)
+        fresh_memory(model, device)
+
     results: dict = {}
     for bs in batch_sizes:
         # Both variants train one epoch over the same examples (a random sample of the pool, as the
@@ -318,12 +407,14 @@ def main() -> None:
         pad = padding_fraction(pool_lengths, epoch_batches(pool_lengths, bs, args.seed, 1, True))
         pad_random = padding_fraction(pool_lengths, epoch_batches(pool_lengths, bs, args.seed, 1, False))
         for variant in variants:
+            if variant == "reference" and bs != cfg.batch_size:
+                continue
             base = fresh_memory(model, device)
             try:
-                if variant == "kit":
-                    r = run_kit(model, pool, pool_lengths, bs, args, device, dtype)
+                if variant in ("kit", "reference"):
+                    r = run_loop(model, pool, pool_lengths, bs, args, device, dtype, cfg, variant == "reference")
                 else:
-                    r = run_trainer(model, pool, bs, args, device, dtype)
+                    r = run_trainer(model, pool, bs, args, device, dtype, cfg)
             except torch.OutOfMemoryError as e:
                 log(f"batch {bs}, {variant}: out of memory ({str(e).splitlines()[0]})")
                 report.add(f"batch {bs}, {variant}: tokens/s", "OOM", "", show=True)
@@ -333,6 +424,7 @@ def main() -> None:
             note = (f"{r['tokens']:,} tokens in {r['seconds']:.1f} s over {r['steps']} steps; "
                     f"median step {r['median_step_seconds'] * 1e3:.0f} ms")
             note += (f"; length-grouped, {100 * pad:.1f} % padding" if variant == "kit"
+                     else f"; shuffled, {100 * pad_random:.1f} % padding" if variant == "reference"
                      else f"; random order, ~{100 * pad_random:.0f} % padding (a shuffled epoch of the same examples)")
             report.add(f"batch {bs}, {variant}: tokens/s", r["tokens_per_second"], "tokens/s", note, show=True)
             report.add(f"batch {bs}, {variant}: peak memory", r["peak_gib"], "GiB",
@@ -342,6 +434,10 @@ def main() -> None:
             report.add(f"batch {bs}: kit / Trainer tokens/s", ratio, "x", show=True)
             report.goal(f"kit >= {GOAL_SPEEDUP}x the Trainer's tokens/s at batch {bs}", ratio >= GOAL_SPEEDUP,
                         f"{ratio:.2f}x")
+    for bs in batch_sizes:
+        if (bs, "kit") in results and (cfg.batch_size, "reference") in results:
+            ratio = results[bs, "kit"]["tokens_per_second"] / results[cfg.batch_size, "reference"]["tokens_per_second"]
+            report.add(f"kit at batch {bs} / reference loop at batch {cfg.batch_size}", ratio, "x", show=True)
     if (8, "kit") in results and (2, "trainer") in results:
         ratio = results[8, "kit"]["tokens_per_second"] / results[2, "trainer"]["tokens_per_second"]
         report.add("kit at batch 8 / Trainer at batch 2 (the reference's batch size)", ratio, "x", show=True)

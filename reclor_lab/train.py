@@ -75,6 +75,18 @@ def schedule_steps(cfg: RunConfig, n_train: int) -> tuple[int, int, int]:
     return steps_per_epoch, total_steps, max(1, round(cfg.warmup_ratio * total_steps))
 
 
+def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable (LoRA + head) parameters.
+
+    On a GPU it is the fused kernel (what the Trainer uses by default): one launch per step for
+    all ~450 LoRA tensors of a 7B model instead of a few per tensor group. The CPU keeps the
+    foreach kernel, so CPU runs stay bit-for-bit what they were.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             fused=device.type == "cuda" or None)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on a CPU."""
     if device.type == "cuda":
@@ -321,8 +333,7 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
     collate = make_collator(run.tokenizer)
     lengths = run.train_ds["length"]
     steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg, device)
     history, start = History(), 1
     if resume:
         done, history, ts = load_checkpoint(run, run_dir, optimizer)
@@ -350,8 +361,8 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
         losses, tokens, t0 = [], 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=None)
         for micro, batch in enumerate(bar):
+            tokens += int(batch["attention_mask"].sum())  # counted on the host: no GPU sync
             batch = {k: v.to(device) for k, v in batch.items()}
-            tokens += int(batch["attention_mask"].sum())
             losses.append(train_step(model, batch, run.weights, dtype, cfg.grad_accum_steps))
             if (micro + 1) % cfg.grad_accum_steps == 0 or micro + 1 == len(batches):
                 lr = get_lr(step, cfg, total_steps, warmup_steps)

@@ -21,8 +21,8 @@ from reclor_lab.data import epoch_batches, make_collator, model_inputs
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.train import (
-    History, Run, RunDirError, _eval_line, check_run_dir, get_lr, peak_memory_mb, save_checkpoint,
-    schedule_steps,
+    History, Run, RunDirError, _eval_line, check_run_dir, get_lr, make_optimizer, peak_memory_mb,
+    save_checkpoint, schedule_steps,
 )
 
 
@@ -165,8 +165,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbos
     steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
     # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
     # exempts biases and norms from weight decay; the manual loop does not).
-    optimizer = torch.optim.AdamW([p for p in run.model.parameters() if p.requires_grad],
-                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(run.model, cfg, run.device)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: get_lr(s, cfg, total_steps, warmup_steps) / cfg.learning_rate)
     history = History()

@@ -25,7 +25,7 @@ def test_tiny_model_trains_in_4bit_with_bf16_compute_on_cuda():
     from reclor_lab.data import format_example
     from reclor_lab.lora import inject_lora
     from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
-    from reclor_lab.train import optimizer_step, train_step
+    from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
     cfg = get_preset("tiny", gradient_checkpointing=True)
     device, dtype = pick_device(), resolve_compute_dtype(cfg)
@@ -44,7 +44,8 @@ def test_tiny_model_trains_in_4bit_with_bf16_compute_on_cuda():
     labels = torch.tensor([r["label"] for r in records])
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    optimizer = make_optimizer(model, get_preset("tiny", learning_rate=5e-3), device)
+    assert optimizer.defaults["fused"], "on a GPU the kit uses the fused AdamW kernel"
     model.train()
     losses = []
     for _ in range(15):  # overfit one batch: the loss must fall
