@@ -32,13 +32,13 @@ def main() -> None:
 
     import datasets
 
-    from reclor_lab.data import epoch_batches, padding_fraction, tokenize_records
+    from reclor_lab.data import column, epoch_batches, padding_fraction, tokenize_records
     from reclor_lab.modeling import load_tokenizer
 
     datasets.disable_progress_bars()
     splits, source = reclor_size_records()
-    ds, stats = tokenize_records(splits["train"], load_tokenizer(args.tokenizer), args.max_len)
-    lengths = ds["length"]
+    ds, stats = tokenize_records(splits["train"], load_tokenizer(args.tokenizer), args.max_len, cache=False)
+    lengths = column(ds, "length")
     report = Report("padding per epoch, with and without length grouping")
     report.settings = {"examples": len(lengths), "source": source, "tokenizer": args.tokenizer,
                        "max_len": args.max_len, "epochs": epochs, "seed": args.seed}

@@ -82,7 +82,7 @@ from reclor_lab.data import (
 )
 from reclor_lab.modeling import load_tokenizer
 
-disable_progress_bar()  # the datasets "Map" bars of tokenize_records: tidier output
+disable_progress_bar()  # datasets' progress bars (token-cache writes): tidier output
 
 # %% [markdown]
 # ## 1. A ReClor record

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from reclor_lab.config import RunConfig
 from reclor_lab.data import (
-    BatchListSampler, class_weights, epoch_batches, load_split, make_collator, model_inputs,
+    BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
     tokenize_records,
 )
 from reclor_lab.loss import weighted_cross_entropy
@@ -150,7 +150,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tenso
     val = load_split(cfg.data_dir, "val")[: cfg.eval_limit]
     train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template)
     val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template)
-    weights = class_weights(train_ds["labels"]) if cfg.class_weighting else None
+    weights = class_weights(column(train_ds, "labels")) if cfg.class_weighting else None
     return train_ds, val_ds, {"train": train_stats, "val": val_stats}, weights
 
 
@@ -208,7 +208,7 @@ def evaluate(model, ds, tokenizer, batch_size: int, device: torch.device, dtype:
     out: dict[str, Any] = {"predictions": preds.tolist(), "n": n}
     if "labels" in ds.column_names:
         out["eval_loss"] = loss_sum.item() / n
-        out.update(compute_classification_metrics(preds, np.asarray(ds["labels"])))
+        out.update(compute_classification_metrics(preds, np.asarray(column(ds, "labels"))))
     return out
 
 
@@ -331,7 +331,7 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
     run_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     collate = make_collator(run.tokenizer)
-    lengths = run.train_ds["length"]
+    lengths = column(run.train_ds, "length")
     steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
     optimizer = make_optimizer(model, cfg, device)
     history, start = History(), 1

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from reclor_lab.config import RunConfig
-from reclor_lab.data import epoch_batches, make_collator, model_inputs
+from reclor_lab.data import column, epoch_batches, make_collator, model_inputs
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.train import (
@@ -107,7 +107,7 @@ class HistoryCallback(TrainerCallback):
         self.history.evals.append(row)
         if epoch >= 1:
             seconds = self.seconds
-            tokens = sum(self.run.train_ds["length"])
+            tokens = sum(column(self.run.train_ds, "length"))
             self.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
                                         "tokens_per_second": tokens / seconds,
                                         "peak_memory_mb": peak_memory_mb(self.run.device)})
@@ -161,7 +161,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbos
     cfg.save(run_dir / "config.json")
     run.tokenizer.save_pretrained(run_dir)
 
-    lengths = run.train_ds["length"]
+    lengths = column(run.train_ds, "length")
     steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
     # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
     # exempts biases and norms from weight decay; the manual loop does not).

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -12,6 +14,17 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def pytest_configure(config):
+    """A token cache of the test run's own (the notebooks' kernels inherit it): tests neither read
+    entries a user's earlier runs left in ~/.cache/reclor-lab nor leave any there."""
+    config._reclor_cache = tempfile.mkdtemp(prefix="reclor-lab-test-cache-")
+    os.environ["RECLOR_LAB_CACHE"] = config._reclor_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_reclor_cache", ""), ignore_errors=True)
 
 
 def _is_local(address) -> bool:

@@ -69,7 +69,7 @@ from reclor_lab.runs import finish_run, summary_table
 from reclor_lab.train import fit, get_lr, setup
 from reclor_lab.trainer import fit_with_trainer
 
-disable_progress_bar()  # the datasets "Map" bars: tokenizing is not what this notebook shows
+disable_progress_bar()  # datasets' progress bars: tokenizing is not what this notebook shows
 
 # %% [markdown]
 # ## The loop in one screen

@@ -65,7 +65,7 @@ from reclor_lab.data import load_split
 from reclor_lab.plots import plot_confusion, plot_eval, plot_train_loss
 from reclor_lab.runs import evaluate_run, predict_run, saved_history, saved_metrics, summary_table, train_run
 
-disable_progress_bar()  # the datasets "Map" bars
+disable_progress_bar()  # datasets' progress bars (token-cache writes)
 
 # %% [markdown]
 # Is notebook 04's run there? If not, train it now with `train_run`, which is what notebook 04

@@ -1,0 +1,122 @@
+"""The token cache: tokenized splits kept on disk, so a second run does not tokenize again.
+
+Tokenizing ReClor's three splits takes a second or two on a laptop (longer for Llama-2's
+tokenizer on long contexts), and every notebook and every ``reclor-lab train`` does it again for
+the same files. The cache keeps each tokenized split as an Arrow file under a key that is a hash
+of everything that decides its contents:
+
+- the records as the model will see them (``id_string``, the formatted text, the label),
+  so any change to a file or to the template is a different key;
+- the tokenizer's full definition (vocabulary, merges, normalizer, special tokens), without the
+  truncation/padding settings, which the kit does not use;
+- ``max_len`` and the cache's own format version.
+
+A stale entry can therefore never be served: different inputs, different key. Entries are
+written to a temporary folder and renamed into place, so an interrupted write leaves no half
+entry; an entry that cannot be read is removed and rebuilt. The cache is only ever an
+optimisation: when its folder cannot be written the kit warns once and goes on without it.
+
+Where: ``$RECLOR_LAB_CACHE`` when set (``off`` turns the cache off), else
+``$XDG_CACHE_HOME/reclor-lab`` or ``~/.cache/reclor-lab``. Deleting the folder is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+ENV_VAR = "RECLOR_LAB_CACHE"
+#: Values of ``$RECLOR_LAB_CACHE`` that turn the cache off.
+OFF_VALUES = ("off", "0", "false", "no", "none")
+#: Bumped whenever the layout of a cached split changes, so old entries are not read.
+FORMAT_VERSION = 1
+SUBDIR = "tokenized"
+
+
+def default_root() -> Path | None:
+    """The cache folder from the environment, or None when ``$RECLOR_LAB_CACHE`` turns it off."""
+    value = os.environ.get(ENV_VAR)
+    if value is not None:
+        if value.strip().lower() in OFF_VALUES or not value.strip():
+            return None
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "reclor-lab"
+
+
+def resolve(cache: bool | str | Path | None) -> Path | None:
+    """The folder for tokenized splits: True → the default, a path → that path, False → none."""
+    if cache is True:
+        root = default_root()
+    elif not cache:
+        return None
+    else:
+        root = Path(cache).expanduser()
+    return None if root is None else root / SUBDIR
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A hash of a fast tokenizer's definition; None for other tokenizers (they are not cached,
+    since nothing short of their files says what they do)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)  # runtime settings the kit switches off when it encodes
+    spec.pop("padding", None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def key(table: dict[str, list], tokenizer, max_len: int) -> str | None:
+    """The cache key of one split: records (as formatted), tokenizer, ``max_len``; None when the
+    tokenizer cannot be fingerprinted."""
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint is None:
+        return None
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "max_len": max_len, "tokenizer": fingerprint}).encode())
+    h.update(json.dumps(table, ensure_ascii=False).encode())
+    return h.hexdigest()[:40]
+
+
+def load(folder: Path, entry: str):
+    """The cached split, in memory (no files stay open), or None when there is none."""
+    path = folder / entry
+    if not path.is_dir():
+        return None
+    from datasets import Dataset
+
+    try:
+        return Dataset.load_from_disk(str(path), keep_in_memory=True)
+    except Exception:  # a damaged entry: ours to remove; the split is simply tokenized again
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+_warned: set[str] = set()
+
+
+def store(folder: Path, entry: str, ds) -> Path | None:
+    """Write a split under its key (temporary folder, then an atomic rename); returns the entry's
+    folder, or None when the cache folder cannot be written (warned once per folder)."""
+    path = folder / entry
+    tmp = folder / f".tmp-{entry}-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process stored the same entry first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if str(folder) not in _warned:
+            _warned.add(str(folder))
+            warnings.warn(f"token cache: cannot write {folder} ({e.strerror or e}); tokenizing without a cache "
+                          f"(set {ENV_VAR} to a writable folder, or to 'off')", stacklevel=3)
+        return None
