@@ -7,9 +7,11 @@ stderr and exit status 1 (2 for malformed arguments, as argparse does), never a 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # The kit never reaches the hub: everything it loads is on disk (see README, "Offline").
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,7 +98,23 @@ def _config_from_args(args: argparse.Namespace):
         value = getattr(args, arg, None)
         if value is not None:
             overrides[name] = str(value) if isinstance(value, Path) else value
+    for item in getattr(args, "set", None) or []:
+        name, value = _parse_setting(item)
+        overrides[name] = value
     return get_preset(args.preset, **overrides)
+
+
+def _parse_setting(item: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` from ``--set``: the value is read as JSON (``8``, ``1e-4``, ``false``,
+    ``null``, ``["q_proj"]``), else taken as a plain string. The config validates it."""
+    name, sep, text = item.partition("=")
+    if not sep or not name.strip():
+        raise UsageError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set batch_size=8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return name.strip(), value
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
@@ -133,6 +151,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     if args.resume:
         # A resumed run keeps its own saved config; only --epochs may extend it.
+        if args.set:
+            raise UsageError("--set cannot change a resumed run (it keeps its saved config.json; "
+                             "only --epochs may extend it): drop --set, or start a new run")
         saved = Path(cfg.output_dir) / "config.json"
         if not saved.exists():
             raise UsageError(f"{cfg.output_dir}: nothing to resume (no config.json); start a new run without --resume")
@@ -260,6 +281,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default="tiny", help="starting configuration (default: tiny)")
     p.add_argument("--model", help="model id or local directory (default: the preset's)")
     p.add_argument("--quantization", choices=["nf4", "none"], help="4-bit NF4 or plain weights (default: nf4)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override any config field, repeatable (e.g. --set batch_size=8 "
+                        "--set gradient_checkpointing=false); values are read as JSON")
 
 
 def _positive_int(text: str) -> int:

@@ -167,6 +167,9 @@ class RunConfig:
         number("weight_decay", 0.0, 1.0)
         number("max_grad_norm", 0.0, float("inf"))
         number("warmup_ratio", 0.0, 1.0, hi_open=True)
+        for f in fields(self):
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
+                p.append(f"`{f.name}` must be true or false, got {getattr(self, f.name)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             p.append(f"`seed` must be a non-negative integer, got {self.seed!r}")
         for name in ("model_name_or_path", "data_dir", "output_dir"):

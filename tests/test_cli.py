@@ -91,3 +91,23 @@ def test_tiny_build_refuses_to_overwrite(tmp_path, capsys):
     shutil.copytree(TINY_MODEL_DIR, target)
     code, _, err = run(capsys, "tiny", "build", "--output", str(target))
     assert code == 1 and "exists and is not empty; pass --force" in err
+
+
+def test_set_overrides_any_config_field_and_bad_values_get_one_clear_error(tmp_path, capsys):
+    code, out, err = run(capsys, "model", "info", "--preset", "tiny", "--set", "lora_r=4", "--set", "lora_alpha=8")
+    assert code == 0, err
+    assert "predicted from r=4 and the layer shapes" in out
+    trainable = int(out.split("trainable params: ")[1].split(" ")[0].replace(",", ""))
+    predicted = int(out.split("predicted from r=4 and the layer shapes: ")[1].split(" ")[0].replace(",", ""))
+    assert trainable == predicted
+    code, _, err = run(capsys, "model", "info", "--set", "batch_size=abc", "--set", "gradient_checkpointing=yes")
+    assert code == 1
+    assert "`batch_size` must be a positive integer, got 'abc'" in err
+    assert "`gradient_checkpointing` must be true or false, got 'yes'" in err
+    code, _, err = run(capsys, "model", "info", "--set", "no_such_field=1")
+    assert code == 1 and "unknown config fields ['no_such_field']" in err
+    code, _, err = run(capsys, "model", "info", "--set", "batch_size")
+    assert code == 1 and "expected FIELD=VALUE" in err
+    (tmp_path / "run").mkdir()
+    code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "run"), "--resume", "--set", "batch_size=4")
+    assert code == 1 and "--set cannot change a resumed run" in err
