@@ -27,17 +27,30 @@ def entries(folder):
     return sorted(p.name for p in (folder / token_cache.SUBDIR).iterdir()) if (folder / token_cache.SUBDIR).exists() else []
 
 
-def test_encode_texts_gives_the_tokenizers_own_ids_and_leaves_it_as_it_was(tok):
+def test_encode_texts_gives_the_tokenizers_own_ids_whatever_the_backend_was_left_with(tok):
     texts = [format_example(r) for r in RECORDS]
-    tok.backend_tokenizer.enable_truncation(8)  # a setting encode_texts must neither use nor clear
+    tok.backend_tokenizer.enable_truncation(8)  # left over from some earlier call: not to be used
     try:
         ids = encode_texts(texts, tok)
-        assert tok.backend_tokenizer.truncation["max_length"] == 8
     finally:
         tok.backend_tokenizer.no_truncation()
-    assert max(map(len, ids)) > 8
+    assert min(map(len, ids)) > 8
     assert ids == tok(texts, truncation=False)["input_ids"]
     assert encode_texts([], tok) == []
+
+
+def test_a_tokenizer_that_does_more_than_its_backend_is_called_itself(tok):
+    class ExtraToken(type(tok)):  # a Python-side rule the Rust backend does not know
+        def __call__(self, texts, **kw):
+            out = super().__call__(texts, **kw)
+            ids = out["input_ids"]
+            out["input_ids"] = [x + [7] for x in ids] if ids and isinstance(ids[0], list) else ids + [7]
+            return out
+
+    odd = load_tokenizer(get_preset("tiny").model_name_or_path)
+    odd.__class__ = ExtraToken
+    texts = [format_example(r) for r in RECORDS[:5]]
+    assert encode_texts(texts, odd) == [x + [7] for x in tok(texts)["input_ids"]]
 
 
 def test_tokenize_records_truncates_and_reports_it(tok, tmp_path):
