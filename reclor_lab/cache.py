@@ -22,6 +22,7 @@ Where: ``$RECLOR_LAB_CACHE`` when set (``off`` turns the cache off), else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -91,13 +92,28 @@ def load(folder: Path, entry: str):
     from datasets import Dataset
 
     try:
-        return Dataset.load_from_disk(str(path), keep_in_memory=True)
+        with _quiet():
+            return Dataset.load_from_disk(str(path), keep_in_memory=True)
     except Exception:  # a damaged entry: ours to remove; the split is simply tokenized again
         shutil.rmtree(path, ignore_errors=True)
         return None
 
 
 _warned: set[str] = set()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No datasets progress bar for the cache's own reads and writes (they take milliseconds)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def store(folder: Path, entry: str, ds) -> Path | None:
@@ -107,7 +123,8 @@ def store(folder: Path, entry: str, ds) -> Path | None:
     tmp = folder / f".tmp-{entry}-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        ds.save_to_disk(str(tmp))
+        with _quiet():
+            ds.save_to_disk(str(tmp))
         try:
             os.replace(tmp, path)
         except OSError:  # another process stored the same entry first: theirs is identical

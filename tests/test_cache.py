@@ -164,3 +164,13 @@ def test_tokenizers_without_a_fast_backend_are_not_cached(tok, tmp_path):
     assert entries(tmp_path) == []
     assert ds[0]["input_ids"][:2] == [1, len(format_example(RECORDS[0]).split()[0])]
     assert json.dumps(column(ds, "length"))  # a complete dataset all the same
+
+
+def test_cache_reads_and_writes_print_no_progress_bars_and_leave_the_setting_alone(tok, tmp_path, capsys):
+    import datasets
+
+    datasets.enable_progress_bars()
+    tokenize_records(RECORDS, tok, 128, cache=tmp_path)  # a write
+    tokenize_records(RECORDS, tok, 128, cache=tmp_path)  # a read
+    assert "Saving the dataset" not in capsys.readouterr().err
+    assert not datasets.are_progress_bars_disabled()
