@@ -156,6 +156,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def reference_cleanup(device) -> None:
+    """What the reference solution does after every step, measured as it is: clear the CUDA
+    cache (on a CPU, which has none, ``gc.collect()`` stands in: a forced clean-up per step)."""
+    import gc
+
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        gc.collect()
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -225,6 +238,5 @@ def default_tokenizer_path() -> str:
 def check_model_dir(path: str, what: str = "--tokenizer") -> None:
     """Fail with a fix when a local model / tokenizer folder is missing (never download)."""
     if not Path(path).exists():
-        raise SystemExit(f"{path} does not exist. Build the tiny model first "
-                         "(python -c 'from reclor_lab.tiny import build_tiny_model; build_tiny_model()') "
+        raise SystemExit(f"{path} does not exist. Build the tiny model first (reclor-lab tiny build) "
                          f"or pass {what} PATH to a local model folder (nothing is downloaded).")

@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from common import Report, finish, parser
+from common import Report, finish, parser, reference_cleanup
 
 GOAL_SPEEDUP = 1.5
 GOAL_PEAK_GIB = 12.0
@@ -104,7 +104,7 @@ def build_model(args, device, dtype):
     model.quantization_method = "bitsandbytes"
     sync(device)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # once: return the freed bf16 weights before anything is measured
     log(f"quantized {n} linear layers to NF4 (double quant, {str(dtype).removeprefix('torch.')} compute) "
         f"({time.perf_counter() - t0:.1f} s)")
     return model
@@ -155,7 +155,7 @@ def fresh_memory(model, device) -> float:
     model.zero_grad(set_to_none=True)
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # between variants, not steps: each starts from the same memory
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**30
     return 0.0
@@ -211,10 +211,7 @@ def run_loop(model, ds, lengths, bs, args, device, dtype, cfg, reference: bool =
         optimizer_step(model, optimizer, args.lr, args.max_grad_norm)
         if reference:
             loss.item()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            else:
-                gc.collect()
+            reference_cleanup(device)
         sync(device)  # per-step timing needs it; costs every variant the same
         step_ends.append(time.perf_counter())
     del optimizer
@@ -266,7 +263,6 @@ def profile_step(model, ds, bs, args, device, dtype, cfg) -> dict:
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         out["kernels"] = len(kernels)
         out["kernel_ms"] = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
-    del optimizer
     return out
 
 

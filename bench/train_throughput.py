@@ -20,6 +20,7 @@ its own subprocess, because the peak RSS (the CPU's peak memory) is a per-proces
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -28,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, Report, check_model_dir, default_tokenizer_path, finish, parser
+from common import (
+    REPO_ROOT, Report, check_model_dir, default_tokenizer_path, finish, parser, reference_cleanup,
+)
 
 VARIANTS = {
     "kit": "kit loop (reclor_lab.train.fit)",
@@ -87,7 +90,6 @@ def child(variant: str, model: str, data_dir: str, examples: int, eval_examples:
 
 def reference_loop(run) -> list[dict]:
     """The reference solution's loop: one example per step, ``.item()`` and a cache clear per step."""
-    import gc
     import random
 
     import torch
@@ -120,10 +122,7 @@ def reference_loop(run) -> list[dict]:
             optimizer.step()
             optimizer.zero_grad()
             total_loss += loss.item()  # a host sync every step (free on a CPU, not on a GPU)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            else:
-                gc.collect()  # the CPU stand-in for torch.cuda.empty_cache()
+            reference_cleanup(device)
         seconds = time.perf_counter() - t0
         rows.append({"epoch": epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds})
     return rows
@@ -151,8 +150,8 @@ def main() -> None:
     p.add_argument("--eval-examples", type=int, default=8, help="validation examples (kept tiny: see above)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per variant; the median epoch is reported")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
-    p.add_argument("--child", choices=list(VARIANTS), help=argparse_hidden())
-    p.add_argument("--out", help=argparse_hidden())
+    p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args.model, args.data_dir, args.examples, args.eval_examples, args.epochs, args.out)
@@ -201,12 +200,6 @@ def main() -> None:
     if "kit" in tps and "reference" in tps:
         report.add("kit loop / reference-style loop", tps["kit"] / tps["reference"], "x")
     finish(report, args.json)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

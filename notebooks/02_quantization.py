@@ -37,20 +37,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import sys
-from importlib.metadata import version
+from reclor_lab.config import get_preset
+from reclor_lab.notebook import start_notebook
 
-from reclor_lab.config import REPO_ROOT, get_preset
-
-os.chdir(REPO_ROOT)  # relative paths below read like the README's commands
-print(f"python {sys.version_info.major}.{sys.version_info.minor}")
-for package in ("reclor-lab", "torch", "transformers", "bitsandbytes"):
-    print(f"{package:<13} {version(package)}")
+start_notebook("torch", "transformers", "bitsandbytes")  # cd to the repo root, print versions
 
 cfg = get_preset(PRESET)
 print()
-for name in ("preset", "model_name_or_path", "quantization", "double_quant", "compute_dtype"):
-    print(f"{name:<19} {cfg.repo_relative.get(name, getattr(cfg, name))!r}")
+print(cfg.summary("preset", "model_name_or_path", "quantization", "double_quant", "compute_dtype"))
 
 # %%
 import matplotlib.pyplot as plt

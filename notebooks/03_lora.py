@@ -43,20 +43,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import sys
-from importlib.metadata import version
+from reclor_lab.config import get_preset
+from reclor_lab.notebook import start_notebook
 
-from reclor_lab.config import REPO_ROOT, get_preset
-
-os.chdir(REPO_ROOT)  # relative paths below read like the README's commands
-print(f"python {sys.version_info.major}.{sys.version_info.minor}")
-for package in ("reclor-lab", "torch", "transformers", "peft", "bitsandbytes"):
-    print(f"{package:<13} {version(package)}")
+start_notebook("torch", "transformers", "peft", "bitsandbytes")  # cd to the repo root, print versions
 
 cfg = get_preset(PRESET)
 print()
-for name in ("preset", "model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"):
-    print(f"{name:<19} {cfg.repo_relative.get(name, getattr(cfg, name))!r}")
+print(cfg.summary("preset", "model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"))
 
 # %%
 import bitsandbytes.functional as bnbf

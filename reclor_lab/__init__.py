@@ -2,9 +2,11 @@
 
 The notebooks in ``notebooks/`` teach the ideas; this package does the plumbing. One module per
 job: ``config`` (the run config and presets), ``data`` (ReClor files → tokenized datasets),
-``synth`` (the bundled ReClor-format data), ``tiny`` (the offline tiny Llama), ``modeling``
-(4-bit loading), ``lora`` (adapter injection), ``metrics``, ``loss``, ``train`` (the manual loop),
-``trainer`` (the Hugging Face Trainer path), ``plots`` and ``cli``.
+``cache`` (tokenized splits kept on disk), ``synth`` (the bundled ReClor-format data), ``tiny``
+(the offline tiny Llama), ``modeling`` (4-bit loading), ``lora`` (adapter injection),
+``metrics``, ``loss``, ``train`` (the manual loop), ``trainer`` (the Hugging Face Trainer path),
+``runs`` and ``plots`` (a run's results), ``checks`` and ``course`` (the student exercises),
+``notebook`` (the notebooks' first cell) and ``cli``.
 """
 
 __version__ = "0.1.0"

@@ -226,6 +226,11 @@ class RunConfig:
             raise ConfigError(f"unknown config fields {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
 
+    def summary(self, *names: str) -> str:
+        """Some fields, one ``name  value`` line each (paths repo-relative, like :meth:`describe`)."""
+        shown = self.repo_relative
+        return "\n".join(f"{name:<19} {shown.get(name, getattr(self, name))!r}" for name in names)
+
     def describe(self) -> str:
         """A readable table of every field, its value and its help text."""
         shown = {f.name: getattr(self, f.name) for f in fields(self)} | self.repo_relative

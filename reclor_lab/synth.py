@@ -26,7 +26,8 @@ import random
 from pathlib import Path
 from typing import Callable, Literal
 
-from .config import BUNDLED_DATA_DIR, NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
+from .config import BUNDLED_DATA_DIR, NUM_LABELS, OPTION_LETTERS
+from .data import format_example
 
 Split = Literal["train", "val", "test"]
 
@@ -678,12 +679,6 @@ def write_bundled_data(out_dir: Path = BUNDLED_DATA_DIR, sizes: dict | None = No
     return paths
 
 
-def format_record(rec: dict, template: str = REFERENCE_TEMPLATE) -> str:
-    """One record as model input text (the reference layout by default)."""
-    a, b, c, d = rec["answers"]
-    return template.format(context=rec["context"], question=rec["question"], a=a, b=b, c=c, d=d)
-
-
 def pretraining_corpus(n: int = 3000, seed: int = PRETRAIN_SEED, with_answer: bool = True) -> list[str]:
     """Texts for the tiny model's causal-LM pre-training: fresh records from their own stream
     (never the bundled val/test records), in the reference layout, each followed by
@@ -694,7 +689,7 @@ def pretraining_corpus(n: int = 3000, seed: int = PRETRAIN_SEED, with_answer: bo
     recs = _generate("pretrain", n, seed, seen=avoid)
     texts = []
     for r in recs:
-        t = format_record(r)
+        t = format_example(r)
         if with_answer:
             t += f" Answer: {OPTION_LETTERS[r['label']]}"
         texts.append(t)

@@ -7,6 +7,7 @@ import pytest
 
 from reclor_lab import synth
 from reclor_lab.config import BUNDLED_DATA_DIR, NUM_LABELS
+from reclor_lab.data import format_example
 
 
 def test_same_seed_same_records():
@@ -47,7 +48,7 @@ def test_splits_disjoint_and_pretraining_avoids_eval():
     te = {key(r) for r in synth.generate_split("test", sizes["test"], synth.DEFAULT_SEED)}
     assert not (tr & va) and not (tr & te) and not (va & te)
     corpus = set(synth.pretraining_corpus(300, with_answer=False))
-    evals = {synth.format_record({"context": c, "question": q, "answers": list(a)}) for c, q, a in va | te}
+    evals = {format_example({"context": c, "question": q, "answers": list(a)}) for c, q, a in va | te}
     assert not (corpus & evals)
 
 

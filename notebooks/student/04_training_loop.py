@@ -39,15 +39,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import sys
-from importlib.metadata import version
+from reclor_lab.config import get_preset
+from reclor_lab.notebook import start_notebook
 
-from reclor_lab.config import REPO_ROOT, get_preset
-
-os.chdir(REPO_ROOT)  # relative paths below read like the README's commands
-print(f"python {sys.version_info.major}.{sys.version_info.minor}")
-for package in ("reclor-lab", "torch", "transformers", "peft", "bitsandbytes", "accelerate"):
-    print(f"{package:<13} {version(package)}")
+start_notebook("torch", "transformers", "peft", "bitsandbytes", "accelerate")  # cd to the repo root, print versions
 
 cfg = get_preset(PRESET, output_dir=f"runs/notebook-{PRESET}")
 print()
