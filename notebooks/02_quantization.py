@@ -24,7 +24,8 @@
 # 1. `BitsAndBytesConfig`, field by field,
 # 2. NF4 on one weight matrix: quantize by hand, dequantize, look at the error,
 # 3. the memory table: fp32 / bf16 / 4-bit, for this model and for Llama-2-7B,
-# 4. the model loaded in 4 bits, and what one `Linear4bit` layer holds.
+# 4. the model loaded in 4 bits, and what one `Linear4bit` layer holds,
+# 5. which kernel computes a 4-bit layer: on a GPU, and on this CPU.
 #
 # **Stand-alone.** This notebook reads only the model from disk; it needs no other notebook.
 # One exercise: `lora_targets`.
@@ -53,6 +54,7 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
 
 from reclor_lab import checks
+from reclor_lab.cpu4bit import cpu_kernel_report, is_repacked
 from reclor_lab.modeling import (
     NF4_BLOCKSIZE, NF4_CODE, bnb_config, is_4bit, load_model, load_tokenizer, logical_numel,
     memory_report, nf4_roundtrip, pick_device,
@@ -204,6 +206,45 @@ x = torch.randn(3, qs.shape[1], generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     y = layer(x.to(w4.device, layer.compute_dtype)).float().cpu()
 print("layer(x) ≈ x @ deq.T:", torch.allclose(y, x @ deq.T, atol=1e-2, rtol=1e-2))
+
+# %% [markdown]
+# ## 5. Which kernel computes a 4-bit layer?
+#
+# "4-bit" names how the weights are **stored**. To compute, every path expands them again; which
+# kernel does that depends on the hardware:
+#
+# * **On a GPU** (the instructor's run), bitsandbytes' CUDA kernels dequantize each weight block
+#   to bf16 and hand it to a bf16 matmul; a single-token forward uses a fused 4-bit kernel instead.
+#   Autograd sees an ordinary matmul, so LoRA's gradients are exact up to bf16 rounding.
+# * **On a CPU**, bitsandbytes 0.50 has two paths. Every CPU can *dequantize + matmul* in the
+#   compute dtype (fp32 here), just as the GPU does in bf16. CPUs whose flags include
+#   `avx512_bf16` (recent Intel Xeons, AMD Zen 4/5) also have a *packed bf16 kernel*: the first
+#   evaluation pass repacks the weights into a CPU-specific layout (and expands the
+#   double-quantized scales to bf16), and from then on every forward pass, training too, runs
+#   that kernel. It has no backward rule, so the gradients reaching the LoRA matrices below a
+#   repacked layer come out wrong (torch warns "an autograd kernel was not registered … silently
+#   incorrect behavior"), and a run would train differently on different laptops.
+#
+# The kit therefore keeps every 4-bit layer on the *dequantize + matmul* path on every CPU
+# (`load_model` calls `reclor_lab.cpu4bit.use_portable_kernels`): the same fp32 arithmetic and
+# the same numbers whatever the CPU, at the cost of a slower evaluation on `avx512_bf16` CPUs.
+# What this machine has and what bitsandbytes would do here (this output depends on the CPU
+# that ran the notebook, so nbval does not compare it):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(cpu_kernel_report(model).lines())
+
+# %% [markdown]
+# An evaluation pass leaves the layers as they were loaded: not repacked, still double quantized,
+# still computing in the compute dtype.
+
+# %%
+model.eval()
+with torch.no_grad():
+    model(**tokenizer(["Context: a short passage. Question: why?"], return_tensors="pt").to(w4.device))
+print("after an evaluation pass: repacked:", is_repacked(layer), "| double quantized:", layer.weight.quant_state.nested,
+      "| path:", cpu_kernel_report(model).model_path if w4.device.type == "cpu" else "CUDA kernels")
 
 # %% [markdown]
 # **Exercise 3.** LoRA (notebook 03) adapts every 4-bit linear layer except the head. peft

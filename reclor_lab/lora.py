@@ -222,6 +222,43 @@ class LoRALinear(nn.Module):
         return self.base.weight + (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
 
+# --- how close "equal" can be in floating point --------------------------------------------------
+
+def rounding_gamma(n: int, dtype: torch.dtype) -> float:
+    """Higham's ``γ_n = n·u / (1 − n·u)``: the relative error bound of ``n`` chained roundings in
+    ``dtype`` (``u`` = half its machine epsilon), whatever order a kernel sums in.
+
+    >>> f"{rounding_gamma(64, torch.float32):.2e}", f"{rounding_gamma(64, torch.bfloat16):.2e}"
+    ('3.81e-06', '3.33e-01')
+    """
+    u = torch.finfo(dtype).eps / 2
+    if n * u >= 1:
+        raise ValueError(f"{n} roundings in {dtype} can lose every digit; no bound")
+    return n * u / (1 - n * u)
+
+
+def lora_error_bound(x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                     scaling: float, layer_dtype: torch.dtype,
+                     reference_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Elementwise bound on ``|layer(x) − x @ (W0 + scaling·B·A).T|`` when the adapted layer
+    computes in ``layer_dtype`` and the merged product is computed in ``reference_dtype``.
+
+    Both sides are sums of the same products ``W0[i,j]·x[j]`` and ``scaling·B[i,k]·A[k,j]·x[j]``.
+    The matmul kernels (CPU fp32 and bf16, GPU tensor cores) accumulate in fp32: at most
+    ``in + r + 4`` fp32 roundings along any path. Rounding to the layer's own dtype happens only
+    at the casts (``x`` and ``W0`` into it, the result out of it, the final add): at most 4. So
+    each side lies within ``(γ_4(dtype) + γ_{in+r+4}(fp32))·S`` of the exact value, with
+    ``S = |W0|·|x| + |scaling|·|B|·|A|·|x|``, and their difference within the sum of the two.
+    A tolerance derived from the dtypes actually used, not a guessed constant: ~1e-5 of ``S``
+    in fp32, ~3 % in bf16.
+    """
+    x, W0, A, B = (t.detach().double().abs() for t in (x, W0, A, B))
+    S = x @ W0.T + abs(scaling) * (x @ A.T) @ B.T
+    accumulate = rounding_gamma(W0.shape[1] + A.shape[0] + 4, torch.float32)
+    per_side = [rounding_gamma(4, dtype) + accumulate for dtype in (layer_dtype, reference_dtype)]
+    return sum(per_side) * S
+
+
 __all__ = [
     "CLASSIFIER_HEAD",
     "HEAD_NAMES",
@@ -230,6 +267,8 @@ __all__ = [
     "find_lora_targets",
     "inject_lora",
     "lora_config",
+    "lora_error_bound",
     "predicted_lora_params",
+    "rounding_gamma",
     "trainable_report",
 ]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import NUM_LABELS, RunConfig
+from .cpu4bit import use_portable_kernels
 
 # The transformers / bitsandbytes imports are heavy (seconds); modules that only need the
 # constants below (a notebook plotting NF4 codes, the config printer) should not pay for them.
@@ -183,7 +184,8 @@ def load_model(cfg: RunConfig, tokenizer):  # -> PreTrainedModel
     The head (``score``) is new and randomly initialised; transformers prints a load report saying
     ``score.weight`` is MISSING (and ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint):
     that is expected here. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot
-    quantize on this platform.
+    quantize on this platform. On a CPU every 4-bit layer computes by dequantize + fp32 matmul,
+    whatever the CPU's flags (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -207,6 +209,10 @@ def load_model(cfg: RunConfig, tokenizer):  # -> PreTrainedModel
     # Without it Llama's classifier cannot find the last real token of a padded batch and
     # refuses batches larger than 1.
     model.config.pad_token_id = tokenizer.pad_token_id
+    if quant is not None:
+        # One 4-bit CPU path on every CPU, chosen before the first forward pass: without this an
+        # avx512_bf16 CPU switches to a kernel without autograd after the first evaluation.
+        use_portable_kernels(model)
     return model
 
 
@@ -254,8 +260,9 @@ def _quant_state_bytes(param: torch.Tensor) -> int:
     if state is None:
         return 0
     tensors = [state.absmax, state.code]
-    if state.state2 is not None:
-        tensors += [state.state2.absmax, state.state2.code, state.offset]
+    nested = getattr(state, "state2", None)  # bitsandbytes deletes it when it repacks for bf16
+    if nested is not None:
+        tensors += [nested.absmax, nested.code, state.offset]
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
@@ -375,7 +382,7 @@ def memory_report(model: nn.Module, double_quant: bool | None = None) -> MemoryR
         double_quant = True
         for p in model.parameters():
             if is_4bit(p) and getattr(p, "quant_state", None) is not None:
-                double_quant = p.quant_state.state2 is not None
+                double_quant = getattr(p.quant_state, "state2", None) is not None
                 break
     seen: set[int] = set()
     params = 0

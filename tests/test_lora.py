@@ -175,3 +175,27 @@ def test_teaching_lora_layer_starts_as_the_base_layer():
     trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
     assert trainable == {"lora_A.weight", "lora_B.weight"}
     assert layer.lora_A.weight.shape == (2, 8) and layer.lora_B.weight.shape == (3, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_error_bound_holds_and_still_catches_a_wrong_update(dtype):
+    """The notebook's "equal within rounding": true for the two ways of computing the adapted
+    layer in fp32 and in bf16, false for a layer with the wrong scale (alpha/r inverted) or a
+    missing term."""
+    from reclor_lab.lora import lora_error_bound
+
+    g = torch.Generator().manual_seed(0)
+    n_in, n_out, r, alpha = 64, 64, 16, 32
+    W0 = torch.randn(n_out, n_in, generator=g) * 0.05
+    A = torch.randn(r, n_in, generator=g) / n_in**0.5
+    B = torch.randn(n_out, r, generator=g) / r**0.5
+    x = torch.randn(8, n_in, generator=g)
+    scaling = alpha / r
+    merged = x @ (W0 + scaling * B @ A).T  # the reference, fp32
+    low = lambda t: t.to(dtype)  # noqa: E731
+    layer = (low(x) @ low(W0).T).float() + scaling * (x @ A.T) @ B.T  # the base matmul in `dtype`
+    bound = lora_error_bound(x, W0, A, B, scaling, dtype)
+    assert ((layer.double() - merged.double()).abs() <= bound).all()
+    wrong_scale = x @ W0.T + (r / alpha) * (x @ A.T) @ B.T
+    assert not ((wrong_scale.double() - merged.double()).abs() <= bound).all()
+    assert not ((x @ W0.T).double() - merged.double()).abs().le(bound).all()

@@ -92,7 +92,9 @@ def _adapter(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
     return load_file(epoch_dir(run_dir, epoch) / "adapter_model.safetensors")
 
 
-def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path):
+def test_stop_and_resume_equals_an_uninterrupted_run(cpu_class, tmp_path):
+    """Bit for bit, on both CPU classes: the resumed process runs no baseline evaluation, so
+    a kernel that changed after an evaluation pass would show here."""
     straight = get_preset("tiny", output_dir=str(tmp_path / "straight"), **SHORT)
     h1 = fit(setup(straight, verbose=False), straight.output_dir, verbose=False)
 
@@ -102,11 +104,12 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path):
     h2 = fit(setup(split, verbose=False), split.output_dir, resume=True, verbose=False)
 
     assert [e["accuracy"] for e in h2.evals] == [e["accuracy"] for e in h1.evals]
-    assert [s["loss"] for s in h2.steps] == pytest.approx([s["loss"] for s in h1.steps], rel=1e-5)
+    assert [e["eval_loss"] for e in h2.evals] == [e["eval_loss"] for e in h1.evals]
+    assert [s["loss"] for s in h2.steps] == [s["loss"] for s in h1.steps]
     a, b = _adapter(tmp_path / "straight", 2), _adapter(tmp_path / "split", 2)
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_resume_without_a_run_is_refused(tmp_path):
@@ -145,7 +148,7 @@ def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
-def test_trainer_path_matches_the_manual_loop(tmp_path):
+def test_trainer_path_matches_the_manual_loop(cpu_class, tmp_path):
     from reclor_lab.trainer import fit_with_trainer
 
     cfg = get_preset("tiny", output_dir=str(tmp_path / "manual"), **SHORT)
