@@ -50,16 +50,45 @@ def test_loads_as_4bit_sequence_classifier():
     assert logits.shape == (2, NUM_LABELS) and torch.isfinite(logits).all()
 
 
-@pytest.mark.slow
-def test_rebuild_reproduces_committed(tmp_path):
+def _same_files(a, b):
     from safetensors.torch import load_file
 
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert json.loads((a / name).read_text()) == json.loads((b / name).read_text()), name
+    new, old = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert new.keys() == old.keys()
+    return new, old
+
+
+def test_build_is_bit_for_bit_deterministic_on_one_machine(tmp_path):
+    """Same seed, same machine, same files: a shortened build twice (the full one is below)."""
     from reclor_lab.tiny import build_tiny_model
 
-    out = build_tiny_model(tmp_path / "tiny", verbose=False)
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
-        assert json.loads((out / name).read_text()) == json.loads((TINY_MODEL_DIR / name).read_text()), name
-    new, old = load_file(out / "model.safetensors"), load_file(TINY_MODEL_DIR / "model.safetensors")
-    assert new.keys() == old.keys()
+    a = build_tiny_model(tmp_path / "a", verbose=False, steps=15)
+    b = build_tiny_model(tmp_path / "b", verbose=False, steps=15)
+    new, old = _same_files(a, b)
     for k in old:
-        assert torch.allclose(new[k], old[k], atol=1e-4, rtol=1e-3), k
+        assert torch.equal(new[k], old[k]), k
+
+
+@pytest.mark.slow
+def test_rebuild_reproduces_the_committed_model(tmp_path):
+    """Across CPUs a rebuild reproduces the tokenizer and config exactly and the model's quality,
+    not its last bits (see reclor_lab/tiny.py): fp32 AdamW over 700 steps amplifies each
+    instruction set's rounding, so the committed weights (built on an AMD EPYC) and a rebuild
+    elsewhere differ by ~0.3 % of their norm.
+
+    Stated tolerances. The mean next-token loss averages ~30,000 tokens; three builds on two
+    instruction sets agreed to 1e-4, so 1 % is a wide margin that a broken build (a changed
+    corpus, schedule or architecture) still misses by far. The answer accuracy is a proportion
+    over 400 texts, standard error ~2.5 points: a rebuild must come within two of them (5 points).
+    """
+    from reclor_lab.tiny import build_tiny_model, pretraining_quality
+
+    out = build_tiny_model(tmp_path / "tiny", verbose=False)
+    new, old = _same_files(out, TINY_MODEL_DIR)
+    assert all(new[k].shape == old[k].shape for k in old)
+    rebuilt, committed = pretraining_quality(out), pretraining_quality(TINY_MODEL_DIR)
+    assert rebuilt["loss"] == pytest.approx(committed["loss"], rel=0.01), (rebuilt, committed)
+    assert abs(rebuilt["answer_accuracy"] - committed["answer_accuracy"]) <= 0.05, (rebuilt, committed)
+    assert committed["answer_accuracy"] > 0.4  # far above chance (0.25): the build taught the task layout
