@@ -10,6 +10,8 @@ import tempfile
 
 import pytest
 
+from helpers_models import force_cpu_class
+
 # Nothing in the kit may reach the Hugging Face hub (or anything else off this machine).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -25,20 +27,6 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_reclor_cache", ""), ignore_errors=True)
-
-
-def force_cpu_class(monkeypatch, has_avx512_bf16: bool) -> None:
-    """Make bitsandbytes believe this CPU has (or lacks) ``avx512_bf16``.
-
-    Its 4-bit layers read the flag when they are built (``Linear4bit.support_avx512bf16_for_cpu``)
-    and choose their CPU kernel from it, so a model loaded under this patch takes the path of the
-    other CPU class. Only the native bf16 *kernel* itself cannot be forced where the CPU lacks it.
-    """
-    import bitsandbytes.functional as bnbf
-    import bitsandbytes.nn.modules as bnb_modules
-
-    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: has_avx512_bf16)
-    monkeypatch.setattr(bnbf, "has_avx512bf16", lambda: has_avx512_bf16)
 
 
 @pytest.fixture(params=[False, True], ids=["cpu-without-avx512bf16", "cpu-with-avx512bf16"])

@@ -1,4 +1,5 @@
-"""A tiny random Llama (causal LM + tokenizer) written to disk, for the modeling and LoRA tests.
+"""A tiny random Llama (causal LM + tokenizer) written to disk, for the modeling and LoRA tests,
+and the switch that makes bitsandbytes take either CPU class's 4-bit path.
 
 Built in seconds, offline, with the same architecture as Llama-2 (7 projections per layer,
 RMSNorm, no biases) so the 4-bit + LoRA code path is the reference's, only smaller.
@@ -47,3 +48,17 @@ def make_tiny_llama(path: Path, seed: int = 0) -> Path:
     )
     tokenizer.save_pretrained(path)
     return path
+
+
+def force_cpu_class(monkeypatch, has_avx512_bf16: bool) -> None:
+    """Make bitsandbytes believe this CPU has (or lacks) ``avx512_bf16``.
+
+    Its 4-bit layers read the flag when they are built (``Linear4bit.support_avx512bf16_for_cpu``)
+    and choose their CPU kernel from it, so a model loaded under this patch takes the path of the
+    other CPU class. Only the native bf16 *kernel* itself cannot be forced where the CPU lacks it.
+    """
+    import bitsandbytes.functional as bnbf
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: has_avx512_bf16)
+    monkeypatch.setattr(bnbf, "has_avx512bf16", lambda: has_avx512_bf16)

@@ -17,7 +17,7 @@ import warnings
 import pytest
 import torch
 
-from helpers_models import make_tiny_llama
+from helpers_models import force_cpu_class, make_tiny_llama
 from reclor_lab.config import get_preset
 from reclor_lab.cpu4bit import (
     BNB_CPU_LOGGER, KERNELS_HUB_NOTICE, RepackedWeightsError, cpu_kernel_report, is_repacked,
@@ -99,8 +99,6 @@ def _lora_grads(model, batch, labels) -> dict[str, torch.Tensor]:
 def test_bitsandbytes_alone_repacks_on_eval_and_drops_double_quant(monkeypatch, cfg, tokenizer):
     """The hazard the kit guards against, pinned: if a bitsandbytes upgrade changes it, this fails
     and reclor_lab/cpu4bit.py needs a fresh look."""
-    from conftest import force_cpu_class
-
     force_cpu_class(monkeypatch, True)
     model = _raw_4bit_model(cfg, tokenizer)
     layer = model.model.layers[0].self_attn.q_proj
