@@ -1,22 +1,40 @@
-# The two commands of the README's Quickstart. Each creates .venv on first use (Python 3.11 and
-# pip are all it needs), installs the pinned packages, registers the notebooks' Jupyter kernel,
-# then runs. Offline at run time: nothing is fetched from the Hugging Face hub.
-PYTHON ?= python3.11
+# The two commands of the README's Quickstart. Each creates .venv on first use (Python 3.11, 3.12
+# or 3.13 and pip are all it needs), installs the kit at the exact versions of
+# requirements-lock.txt, registers the notebooks' Jupyter kernel, then runs. Offline at run time:
+# nothing is fetched from the Hugging Face hub.
+#
+# Python: the newest of python3.13, python3.12, python3.11 that runs here (a pyenv shim of a
+# version that pyenv has not selected does not run, so it does not count); override with
+# `make test PYTHON=python3.11`. Another version than the one .venv was made with rebuilds .venv.
+# What it costs: on 3.12 and 3.13, torch comes from PyPI as its CUDA build (it runs on a CPU too,
+# but the download is a few GB); the course machines keep the CPU build for 3.11 on disk.
+SUPPORTED := 3.13 3.12 3.11
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach v,$(SUPPORTED),$(shell python$(v) -c '' >/dev/null 2>&1 && echo python$(v))))
+endif
+PYVER  := $(if $(PYTHON),$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null))
+LOCK   := requirements-lock.txt
 VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test notebooks lab clean-runs
+.PHONY: install demo test lab lock
 
-$(BIN)/python:
+# One stamp per interpreter version: switching PYTHON to another version starts a fresh .venv.
+$(VENV)/.python-$(PYVER):
+	$(if $(filter $(PYVER),$(SUPPORTED)),,@echo "error: '$(PYTHON)' is not a Python 3.11, 3.12 or 3.13 that runs here; \
+	  install one, or name it: make test PYTHON=/usr/bin/python3.12" >&2; exit 1)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
+	touch $@
 
-# Re-run the install whenever the pins change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Re-run the install whenever the ranges, the pins or the interpreter change. The display name
+# carries no minor version: the notebooks' stored metadata is the same on every Python.
+$(VENV)/.installed: pyproject.toml $(LOCK) $(VENV)/.python-$(PYVER)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name reclor-lab --display-name "reclor-lab (Python 3.11)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c $(LOCK)
+	$(BIN)/python -m ipykernel install --sys-prefix --name reclor-lab --display-name "reclor-lab (Python 3)"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,3 +50,13 @@ test: install
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
+
+# Re-resolve the lock after editing a pin in it or a range in pyproject.toml: a fresh venv on
+# $(PYTHON), the kit under the current lock, then pip freeze (its header kept, torch's local label
+# such as +cpu dropped so that the same line matches the CPU and the CUDA builds).
+lock:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install --quiet -e '.[dev]' -c $(LOCK) && \
+	{ sed -n '1,/^$$/p' $(LOCK); "$$tmp/venv/bin/python" -m pip freeze --exclude-editable | sed 's/+[A-Za-z0-9.]*$$//'; } > "$$tmp/lock" && \
+	mv "$$tmp/lock" $(LOCK) && echo "$(LOCK): $$(grep -c '==' $(LOCK)) pins, resolved on $(PYTHON) ($(PYVER))"
