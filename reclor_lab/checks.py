@@ -6,8 +6,12 @@ Each ``check_X(fn, ...)`` runs a student's function on small test cases and prin
 * ``⏳ Exercise N (title): not done yet …``: the function still raises ``NotImplementedError``;
 * ``❌ Exercise N (title): <which case failed, what was expected in kind, a hint> …``.
 
-On anything but a pass the check returns the package's reference implementation and says so, so
-the cells after an unsolved exercise still run. A check never prints the solution itself.
+On anything but a pass the check returns a :class:`Fallback`: it runs the package's reference
+implementation, so the cells after an unsolved exercise still run, but it remembers the student's
+own function. Checking the name again therefore judges the student's code (still ⏳ or ❌), never
+the reference: a ✅ always means the student's own function passed. :func:`summary` (the last cell
+of each student notebook) re-judges every exercise of the notebook as the functions stand. A check
+never prints the solution itself.
 
 >>> format_record = check_format_record(format_record)       # doctest: +SKIP
 ✅ Exercise 1 (format a record): correct.
@@ -82,24 +86,114 @@ class _Fail(Exception):
     """A failed test case; the message is what the student reads."""
 
 
-def _run(number: int, title: str, fn: Callable, reference: Callable, test: Callable[[], None]) -> Callable:
-    """Run ``test`` (which raises :class:`_Fail`), print the one-line verdict, return the function to use."""
-    head = f"Exercise {number} ({title})"
-    try:
-        test()
-    except NotImplementedError:
-        print(f"⏳ {head}: not done yet (`{_name(fn)}` still raises NotImplementedError). "
-              f"Replace the TODO with your code and re-run the cell; {FALLBACK}")
-        return reference
-    except _Fail as e:
-        print(f"❌ {head}: {e} Fix it and re-run the cell; {FALLBACK}")
-        return reference
-    except Exception as e:  # the student's code crashed: show what, not a traceback
-        print(f"❌ {head}: `{_name(fn)}` raised {type(e).__name__}: {_short(str(e))}. "
-              f"Fix it and re-run the cell; {FALLBACK}")
-        return reference
-    print(f"✅ {head}: correct.")
+class Fallback:
+    """The reference implementation standing in for a student's function that did not pass.
+
+    Calling it runs the reference (so later cells work). It keeps the student's function in
+    ``student``: a check given a ``Fallback`` judges ``student``, so re-running only the check cell
+    repeats the ⏳ or ❌ instead of passing the reference off as the student's work.
+    """
+
+    def __init__(self, reference: Callable, student: Callable, verdict: str) -> None:
+        self.reference = reference
+        self.student = student
+        self.verdict = verdict  # "⏳" or "❌"
+        self.__name__ = _name(student)
+        self.__doc__ = reference.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.reference(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__}: the reference implementation, standing in for yours ({self.verdict})>"
+
+
+def _own(fn: Callable) -> Callable:
+    """The student's own function behind ``fn`` (a Fallback is unwrapped, however often)."""
+    while isinstance(fn, Fallback):
+        fn = fn.student
     return fn
+
+
+#: Each exercise: (notebook, title, the function's name in the notebook).
+EXERCISES: dict[int, tuple[str, str, str]] = {
+    1: ("01", "format a record", "format_record"),
+    2: ("01", "class weights", "class_weights_by_hand"),
+    3: ("02", "find the LoRA targets", "lora_targets"),
+    4: ("03", "count the LoRA parameters", "count_lora_params"),
+    5: ("04", "weighted cross-entropy", "weighted_ce"),
+    6: ("04", "one training step", "one_train_step"),
+    7: ("05", "accuracy over examples", "accuracy_over_examples"),
+}
+
+#: What :func:`summary` needs to judge an exercise again: its test and the function last checked.
+_CHECKED: dict[int, tuple[Callable[[Callable], None], Callable]] = {}
+
+
+def _judge(number: int, fn: Callable, test: Callable[[Callable], None]) -> tuple[str, str]:
+    """Run ``test(fn)``; return the verdict symbol and the line a student reads (no fallback note)."""
+    head = f"Exercise {number} ({EXERCISES[number][1]})"
+    try:
+        test(fn)
+    except NotImplementedError:
+        return "⏳", f"⏳ {head}: not done yet (`{_name(fn)}` still raises NotImplementedError)."
+    except _Fail as e:
+        return "❌", f"❌ {head}: {e}"
+    except Exception as e:  # the student's code crashed: show what, not a traceback
+        return "❌", f"❌ {head}: `{_name(fn)}` raised {type(e).__name__}: {_short(str(e))}."
+    return "✅", f"✅ {head}: correct."
+
+#: What a student is told to do next, after the verdict line.
+_NEXT = {"⏳": "Replace the TODO with your code and re-run the cell;", "❌": "Fix it and re-run the cell;"}
+
+
+def _run(number: int, fn: Callable, reference: Callable, test: Callable[[Callable], None]) -> Callable:
+    """Judge the student's own function, print the one-line verdict, return what to use from now on:
+    the function itself when it passed, else a :class:`Fallback` to the reference."""
+    fn = _own(fn)
+    _CHECKED[number] = (test, fn)
+    symbol, line = _judge(number, fn, test)
+    if symbol == "✅":
+        print(line)
+        return fn
+    print(f"{line} {_NEXT[symbol]} {FALLBACK}")
+    return Fallback(reference, fn, symbol)
+
+
+def summary(namespace: dict | None = None) -> None:
+    """Every exercise of the notebooks checked in this session, judged again on the student's
+    functions as they stand now (looked up by name in the notebook, else the one last checked):
+    one line each, then the count. The last cell of every student notebook."""
+    if namespace is None:
+        namespace = _notebook_namespace()
+    notebooks = sorted({EXERCISES[n][0] for n in _CHECKED})
+    if not notebooks:
+        print("No exercise checked yet: run the notebook's cells from the top (Run All), then this one.")
+        return
+    done = total = 0
+    for number, (notebook, title, name) in sorted(EXERCISES.items()):
+        if notebook not in notebooks:
+            continue
+        total += 1
+        if number not in _CHECKED:
+            print(f"⏳ Exercise {number} ({title}): not checked yet (its check cell has not run).")
+            continue
+        test, last = _CHECKED[number]
+        current = namespace.get(name, last)
+        symbol, line = _judge(number, _own(current) if callable(current) else last, test)
+        done += symbol == "✅"
+        print(line)
+    print(f"{done} of {total} exercises done.")
+
+
+def _notebook_namespace() -> dict:
+    """The running notebook's variables (empty outside IPython)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    return dict(shell.user_ns) if shell is not None else {}
 
 
 def _name(fn: Callable) -> str:
@@ -152,7 +246,7 @@ def _format_hint(got: str, record: dict) -> str:
 def check_format_record(fn: Callable[[dict], str]) -> Callable[[dict], str]:
     """Exercise 1: ``fn(record) -> str`` in the reference layout, on several hand-written records."""
 
-    def test() -> None:
+    def test(fn: Callable) -> None:
         for k, record in enumerate(CHECK_RECORDS):
             got = fn(dict(record, answers=list(record["answers"])))
             if not isinstance(got, str):
@@ -160,7 +254,7 @@ def check_format_record(fn: Callable[[dict], str]) -> Callable[[dict], str]:
             if got != reference_format_record(record):
                 raise _Fail(f"on test record {k}: {_format_hint(got, record)}")
 
-    return _run(1, "format a record", fn, reference_format_record, test)
+    return _run(1, fn, reference_format_record, test)
 
 
 # --- 2. class weights ------------------------------------------------------------------------------
@@ -203,7 +297,7 @@ def _weights_hint(got: list[float], labels: list[int]) -> str:
 def check_class_weights(fn: Callable[[list[int]], list[float]]) -> Callable[[list[int]], list[float]]:
     """Exercise 2: ``fn(labels) -> list[float]`` equal to ``N / (4 · n_c)``, balanced and skewed."""
 
-    def test() -> None:
+    def test(fn: Callable) -> None:
         for what, labels in _WEIGHT_CASES:
             try:
                 got = fn(list(labels))
@@ -223,7 +317,7 @@ def check_class_weights(fn: Callable[[list[int]], list[float]]) -> Callable[[lis
                 shown = "[" + ", ".join(f"{x:.3g}" for x in got) + "]"
                 raise _Fail(f"for {what} it returned {shown}: {_weights_hint(got, labels)}")
 
-    return _run(2, "class weights", fn, reference_class_weights, test)
+    return _run(2, fn, reference_class_weights, test)
 
 
 # --- 3. LoRA targets -----------------------------------------------------------------------------------
@@ -239,7 +333,7 @@ def check_lora_targets(fn: Callable[[nn.Module], list[str]], model: nn.Module) -
     """Exercise 3: ``fn(model)`` → sorted unique leaf names of every 4-bit linear layer but ``score``."""
     want = reference_lora_targets(model)
 
-    def test() -> None:
+    def test(fn: Callable) -> None:
         got = fn(model)
         if isinstance(got, (str, bytes)) or not isinstance(got, (list, tuple)):
             raise _Fail(f"it returned {type(got).__name__}; return a list of module names (str).")
@@ -263,7 +357,7 @@ def check_lora_targets(fn: Callable[[nn.Module], list[str]], model: nn.Module) -
         if got != want:
             raise _Fail("right names, wrong order: return them sorted.")
 
-    return _run(3, "find the LoRA targets", fn, reference_lora_targets, test)
+    return _run(3, fn, reference_lora_targets, test)
 
 
 # --- 4. count LoRA parameters -----------------------------------------------------------------------------
@@ -304,7 +398,7 @@ def _count_hint(got: int, shapes: list[tuple[int, int]], r: int) -> str:
 def check_count_lora_params(fn: Callable[[list[tuple[int, int]], int], int]) -> Callable:
     """Exercise 4: ``fn(shapes, r) -> int`` = Σ r·(in + out) over ``(out, in)`` shapes."""
 
-    def test() -> None:
+    def test(fn: Callable) -> None:
         for what, shapes, r in _COUNT_CASES:
             got = fn(list(shapes), r)
             if isinstance(got, bool) or not isinstance(got, int):
@@ -315,7 +409,7 @@ def check_count_lora_params(fn: Callable[[list[tuple[int, int]], int], int]) -> 
             if got != want:
                 raise _Fail(f"for {what} it returned {got:,}: {_count_hint(got, shapes, r)}")
 
-    return _run(4, "count the LoRA parameters", fn, reference_count_lora_params, test)
+    return _run(4, fn, reference_count_lora_params, test)
 
 
 # --- 5. weighted cross-entropy ------------------------------------------------------------------------------
@@ -355,7 +449,7 @@ def _ce_hint(got: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weig
 def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
     """Exercise 5: ``fn(logits, labels, weights)`` → the scalar loss of ``F.cross_entropy(weight=w)``."""
 
-    def test() -> None:
+    def test(fn: Callable) -> None:
         for what, logits, labels, weights in _ce_cases():
             x = logits.clone().requires_grad_(True)
             got = fn(x, labels.clone(), weights.clone())
@@ -374,7 +468,7 @@ def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
                 raise _Fail(f"for {what} it returned {got.item():.4f}: "
                             f"{_ce_hint(got, logits, labels, weights)}")
 
-    return _run(5, "weighted cross-entropy", fn, reference_weighted_ce, test)
+    return _run(5, fn, reference_weighted_ce, test)
 
 
 # --- 6. one training step ----------------------------------------------------------------------------------
@@ -407,80 +501,96 @@ def _checksum(p: torch.Tensor) -> float:
 def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch.Tensor | None) -> Callable:
     """Exercise 6: ``fn(model, batch, optimizer, weights) -> float`` does one full optimizer step.
 
-    Runs the reference step and the student's from the same parameters and the same dropout seed
-    and compares: the returned loss (the loss before the step), the new trainable parameters
-    (which also checks clipping at 0.3), untouched frozen parameters, and zeroed gradients.
-    The model is left exactly as it was: parameters, gradients, train/eval mode and torch's RNG.
+    Runs two reference steps and two of the student's from the same parameters and the same
+    dropout seed, and compares: the returned losses (each the loss before its step), the
+    trainable parameters after each step (which also checks clipping at 0.3), untouched frozen
+    parameters. Two steps, because the gradients may be cleared before ``backward()`` (PyTorch's
+    tutorials, Raschka's book) or after ``step()`` (the kit's loop): both are right, and only a
+    second step shows a missing ``zero_grad``. The model is left exactly as it was: parameters,
+    gradients, train/eval mode and torch's RNG.
     """
     named = [(n, p) for n, p in model.named_parameters()]
     trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
         raise ValueError("check_train_step needs a model with trainable parameters (call inject_lora first)")
     frozen = [(n, p) for n, p in named if not p.requires_grad]
-    saved = [p.detach().clone() for _, p in trainable]
-    saved_grads = [None if p.grad is None else p.grad.detach().clone() for _, p in trainable]
-    frozen_sums = [_checksum(p) for _, p in frozen]
-    was_training = model.training
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def reset() -> None:
         with torch.no_grad():
             for (_, p), s in zip(trainable, saved):
                 p.copy_(s)
                 p.grad = None
-        model.train()  # dropout on, as in training; the same masks for both steps (same seed)
+        model.train()  # dropout on, as in training; the same masks for both runs (same seed)
         torch.manual_seed(_CHECK_SEED)
 
-    def one_step(step_fn: Callable) -> tuple[Any, list[torch.Tensor]]:
+    def steps(step_fn: Callable, n: int = 2) -> tuple[list[Any], list[list[torch.Tensor]]]:
+        """``n`` steps from the saved parameters with a fresh SGD optimizer and seeded dropout."""
         reset()
         optimizer = torch.optim.SGD([p for _, p in trainable], lr=_CHECK_LR)
-        out = step_fn(model, dict(batch), optimizer, weights)  # a copy: the caller's batch stays whole
-        return out, [p.detach().clone() for _, p in trainable]
+        losses, params = [], []
+        for _ in range(n):
+            losses.append(step_fn(model, dict(batch), optimizer, weights))  # a copy: the batch stays whole
+            params.append([p.detach().clone() for _, p in trainable])
+        return losses, params
 
-    def test() -> None:
-        want_loss, want_params = one_step(reference_train_step)
-        got_loss, got_params = one_step(fn)
-        grads_left = any(p.grad is not None and bool(p.grad.any()) for _, p in trainable)
-        if isinstance(got_loss, torch.Tensor):
-            raise _Fail("it returned a tensor; return loss.item(), a Python float (a kept tensor also "
-                        "keeps the batch's whole graph in memory).")
-        if isinstance(got_loss, bool) or not isinstance(got_loss, (int, float)):
-            raise _Fail(f"it returned {type(got_loss).__name__}; return the loss as a Python float.")
-        if any(not math.isclose(_checksum(p), s, rel_tol=0, abs_tol=0) for (_, p), s in zip(frozen, frozen_sums)):
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.allclose(x, y, rtol=1e-3, atol=1e-6) for x, y in zip(a, b))
+
+    def judge(fn: Callable) -> None:
+        want_losses, want_params = steps(reference_train_step)
+        got_losses, got_params = steps(fn)
+        for got_loss in got_losses:
+            if isinstance(got_loss, torch.Tensor):
+                raise _Fail("it returned a tensor; return loss.item(), a Python float (a kept tensor also "
+                            "keeps the batch's whole graph in memory).")
+            if isinstance(got_loss, bool) or not isinstance(got_loss, (int, float)):
+                raise _Fail(f"it returned {type(got_loss).__name__}; return the loss as a Python float.")
+        if any(_checksum(p) != s for (_, p), s in zip(frozen, frozen_sums)):
             raise _Fail("a frozen parameter changed; only the trainable (LoRA and head) parameters may "
                         "move: build nothing new, just step the optimizer you are given.")
-        if all(torch.equal(a, b) for a, b in zip(got_params, saved)):
+        if all(torch.equal(a, b) for a, b in zip(got_params[0], saved)):
             raise _Fail("no trainable parameter changed; after loss.backward() call optimizer.step().")
-        if grads_left:
-            raise _Fail("the gradients were left in the parameters; call optimizer.zero_grad() after "
-                        "the step, or the next step adds its gradients to these.")
-        if not _close(float(got_loss), want_loss):
-            reset()  # the unweighted loss of the same parameters and dropout masks
-            plain = _plain_loss(model, batch)
-            if _close(float(got_loss), plain):
+        if not _close(float(got_losses[0]), want_losses[0]):
+            reset()  # back to the saved parameters: the loss they give unweighted
+            if _close(float(got_losses[0]), _plain_loss(model, batch)):
                 raise _Fail("the returned loss is the unweighted cross-entropy; pass the class weights.")
-            raise _Fail(f"it returned the loss {float(got_loss):.4f}, not the weighted cross-entropy of "
-                        "the batch before the step; compute it from model(...).logits and the batch's labels.")
-        if not all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(got_params, want_params)):
-            _, unclipped = one_step(_unclipped_step)  # only to explain the failure
-            if all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(got_params, unclipped)):
+            raise _Fail(f"it returned the loss {float(got_losses[0]):.4f}, not the weighted cross-entropy "
+                        "of the batch before the step; compute it from model(...).logits and the batch's labels.")
+        if not same(got_params[0], want_params[0]):
+            _, unclipped = steps(_unclipped_step, n=1)  # only to explain the failure
+            if same(got_params[0], unclipped[0]):
                 raise _Fail(f"the step was not clipped; call torch.nn.utils.clip_grad_norm_ on the "
                             f"trainable parameters with max_norm={MAX_GRAD_NORM} between backward() and step().")
             raise _Fail(f"the parameters after the step differ from one clipped (max_norm={MAX_GRAD_NORM}) "
-                        "optimizer step on the weighted loss; order: backward, clip, step, zero_grad.")
+                        "optimizer step on the weighted loss; order: backward, clip, step.")
+        if not same(got_params[1], want_params[1]):
+            raise _Fail("the first step is right, the second is not: the first step's gradients were still "
+                        "in the parameters when the second ran backward(), which adds to them. Clear them "
+                        "once per step with optimizer.zero_grad(), before backward() or after step().")
 
-    try:
-        return _run(6, "one training step", fn, reference_train_step, test)
-    finally:
-        with torch.no_grad():
-            for (_, p), s, g in zip(trainable, saved, saved_grads):
-                p.copy_(s)
-                p.grad = g
-        model.train(was_training)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+    def test(fn: Callable) -> None:
+        nonlocal saved, frozen_sums
+        saved = [p.detach().clone() for _, p in trainable]
+        saved_grads = [None if p.grad is None else p.grad.detach().clone() for _, p in trainable]
+        frozen_sums = [_checksum(p) for _, p in frozen]
+        was_training = model.training
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            judge(fn)
+        finally:
+            with torch.no_grad():
+                for (_, p), s, g in zip(trainable, saved, saved_grads):
+                    p.copy_(s)
+                    p.grad = g
+            model.train(was_training)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+
+    saved: list[torch.Tensor] = []
+    frozen_sums: list[float] = []
+    return _run(6, fn, reference_train_step, test)
 
 
 def _unclipped_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
@@ -527,7 +637,7 @@ def _accuracy_hint(got: float, batches: list[tuple[list[int], list[int]]]) -> st
 def check_accuracy(fn: Callable[[list[tuple[list[int], list[int]]]], float]) -> Callable:
     """Exercise 7: ``fn(batches) -> float`` = correct over EXAMPLES, with unequal batch sizes."""
 
-    def test() -> None:
+    def test(fn: Callable) -> None:
         for what, batches in _ACCURACY_CASES:
             got = fn([(list(p), list(y)) for p, y in batches])
             if isinstance(got, torch.Tensor) and got.dim() == 0:
@@ -538,11 +648,13 @@ def check_accuracy(fn: Callable[[list[tuple[list[int], list[int]]]], float]) -> 
             if not _close(float(got), want):
                 raise _Fail(f"for {what} it returned {float(got):.3f}: {_accuracy_hint(float(got), batches)}")
 
-    return _run(7, "accuracy over examples", fn, reference_accuracy, test)
+    return _run(7, fn, reference_accuracy, test)
 
 
 __all__ = [
     "CHECK_RECORDS",
+    "EXERCISES",
+    "Fallback",
     "MAX_GRAD_NORM",
     "check_accuracy",
     "check_class_weights",
@@ -558,4 +670,5 @@ __all__ = [
     "reference_lora_targets",
     "reference_train_step",
     "reference_weighted_ce",
+    "summary",
 ]

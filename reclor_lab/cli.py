@@ -204,6 +204,20 @@ def cmd_course_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_course_grade(args: argparse.Namespace) -> int:
+    from reclor_lab import grade
+
+    if args.csv is not None and args.csv.exists() and not args.overwrite:
+        raise UsageError(f"{args.csv} exists; choose another --csv file or pass --overwrite")
+    subs = grade.grade(args.submissions, timeout=args.timeout)
+    print()
+    print(grade.table(subs))
+    if args.csv is not None:
+        grade.write_csv(subs, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the student set goes (default: notebooks/student/)")
     cb.add_argument("--check", action="store_true", help="only check that the student set is up to date")
     cb.set_defaults(func=cmd_course_build)
+    cg = csub.add_parser("grade", help="run students' notebooks offline and tabulate their exercises")
+    cg.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION",
+                    help="student .ipynb files, or folders searched for them")
+    cg.add_argument("--timeout", type=_positive_int, default=300,
+                    help="seconds any one cell may run before the notebook counts as timed out (default: 300)")
+    cg.add_argument("--csv", type=Path, help="also write the table as CSV to this file")
+    cg.add_argument("--overwrite", action="store_true", help="let --csv replace an existing file")
+    cg.set_defaults(func=cmd_course_grade)
     return p
 
 
@@ -299,12 +321,13 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from reclor_lab.course import CourseError
     from reclor_lab.data import DataError
+    from reclor_lab.grade import GradeError
     from reclor_lab.train import RunDirError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError, RunDirError, CourseError, OSError) as e:
+    except (DataError, ConfigError, UsageError, RunDirError, CourseError, GradeError, OSError) as e:
         print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

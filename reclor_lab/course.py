@@ -172,11 +172,21 @@ def put_back_solutions(student_text: str, reference_text: str) -> str:
 
 # --- notebooks -----------------------------------------------------------------------------------
 
-def _student_notebook(text: str):  # -> nbformat.NotebookNode
-    """The percent-format source as a notebook without outputs, fixed metadata and cell ids."""
+#: The last two cells of a student notebook that has exercises: where the student stands.
+SUMMARY_MARKDOWN = ("## Your exercises\n\nEach exercise of this notebook, judged again on your functions as "
+                    "they stand now (✅ done, ❌ not yet right, ⏳ not started).")
+SUMMARY_CODE = "checks.summary()"
+
+
+def _student_notebook(text: str, with_summary: bool = False):  # -> nbformat.NotebookNode
+    """The percent-format source as a notebook without outputs, fixed metadata and cell ids; with
+    ``with_summary``, ending in the exercises' summary (:data:`SUMMARY_CODE`)."""
     import jupytext
+    import nbformat
 
     nb = jupytext.reads(text, fmt="py:percent")
+    if with_summary:
+        nb.cells += [nbformat.v4.new_markdown_cell(SUMMARY_MARKDOWN), nbformat.v4.new_code_cell(SUMMARY_CODE)]
     nb.metadata = {"jupytext": {"formats": JUPYTEXT_FORMATS}, "kernelspec": dict(KERNELSPEC),
                    "language_info": {"name": "python"}}
     for k, cell in enumerate(nb.cells):
@@ -193,7 +203,7 @@ def render_student(text: str, path: str | Path = "<source>", first_exercise: int
     import nbformat
 
     source, regions = student_source(text, path, first_exercise)
-    nb = _student_notebook(source)
+    nb = _student_notebook(source, with_summary=bool(regions))
     py = jupytext.writes(nb, fmt="py:percent")
     ipynb = nbformat.writes(nb)
     return py if py.endswith("\n") else py + "\n", ipynb + "\n", regions

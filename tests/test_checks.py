@@ -1,5 +1,6 @@
 """The exercises' self-checks: pass on the reference, and on a stub or a typical wrong answer say
-so in one line and hand back the reference implementation."""
+so in one line and hand back a stand-in that runs the reference but is never passed off as the
+student's work: checking it again says ⏳ or ❌ again. ``checks.summary`` re-judges them all."""
 
 from __future__ import annotations
 
@@ -38,20 +39,83 @@ def assert_passes(capsys, check, fn, *args, number: int):
     assert line.startswith(f"✅ Exercise {number} (") and line.endswith("correct."), line
 
 
+def _stands_in(got, reference, student) -> None:
+    assert isinstance(got, checks.Fallback), got
+    assert got.reference is reference and got.student is student
+
+
 def assert_not_done(capsys, check, *args, reference, number: int):
-    assert check(stub, *args) is reference
+    got = check(stub, *args)
+    _stands_in(got, reference, stub)
     line = verdict(capsys)
     assert line.startswith(f"⏳ Exercise {number} (") and "not done yet" in line, line
     assert line.endswith(FALLBACK), line
+    again = check(got, *args)  # re-running only the check cell: still the student's stub
+    _stands_in(again, reference, stub)
+    assert verdict(capsys) == line
 
 
 def assert_fails(capsys, check, fn, *args, reference, number: int, hint: str) -> str:
-    assert check(fn, *args) is reference
+    got = check(fn, *args)
+    _stands_in(got, reference, fn)
     line = verdict(capsys)
     assert line.startswith(f"❌ Exercise {number} ("), line
     assert hint in line, line
     assert line.endswith(FALLBACK), line
+    again = check(got, *args)  # re-running only the check cell: still the student's wrong answer
+    _stands_in(again, reference, fn)
+    assert verdict(capsys) == line
     return line
+
+
+@pytest.fixture(autouse=True)
+def fresh_checks():
+    """Each test starts with no exercise checked (summary() reads what the checks recorded)."""
+    checks._CHECKED.clear()
+    yield
+    checks._CHECKED.clear()
+
+
+def test_the_fallback_runs_the_reference_and_names_the_student():
+    got = checks.check_accuracy(stub)
+    assert got([([0, 1], [0, 0])]) == 0.5  # later cells get the reference's answer
+    assert got.__name__ == "stub" and "standing in for yours (⏳)" in repr(got)
+
+
+def test_summary_judges_the_functions_as_they_stand(capsys):
+    checks.summary({})
+    assert "No exercise checked yet" in capsys.readouterr().out
+
+    def weights_by_hand(labels):
+        n = len(labels)
+        return [n / (4 * labels.count(c)) if labels.count(c) else 1.0 for c in range(4)]
+
+    format_record = checks.check_format_record(stub)           # ⏳, a stand-in from now on
+    class_weights_by_hand = checks.check_class_weights(weights_by_hand)  # ✅
+    capsys.readouterr()
+    # as the notebook stands: exercise 1 still the stand-in for the stub, exercise 2 solved
+    checks.summary({"format_record": format_record, "class_weights_by_hand": class_weights_by_hand})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("⏳ Exercise 1 (format a record): not done yet"), lines
+    assert lines[1] == "✅ Exercise 2 (class weights): correct."
+    assert lines[2] == "1 of 2 exercises done."
+    # the student fixes exercise 1 and breaks exercise 2 without re-running either check
+    checks.summary({"format_record": checks.reference_format_record,
+                    "class_weights_by_hand": lambda labels: [1.0, 1.0, 1.0, 1.0]})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "✅ Exercise 1 (format a record): correct."
+    assert lines[1].startswith("❌ Exercise 2 (class weights):"), lines
+    assert lines[2] == "1 of 2 exercises done."
+
+
+def test_summary_lists_the_notebooks_unchecked_exercises(capsys):
+    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercise 6
+    capsys.readouterr()
+    checks.summary({})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["✅ Exercise 5 (weighted cross-entropy): correct.",
+                     "⏳ Exercise 6 (one training step): not checked yet (its check cell has not run).",
+                     "1 of 2 exercises done."]
 
 
 def test_check_records_are_the_mini_fixtures():
@@ -243,8 +307,10 @@ def _good_step(model, batch, optimizer, weights):
     return loss.item()
 
 
-def _step(*, weighted=True, clip=True, zero=True, step=True, item=True):
+def _step(*, weighted=True, clip=True, zero=True, step=True, item=True, zero_first=False):
     def fn(model, batch, optimizer, weights):
+        if zero_first:
+            optimizer.zero_grad()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         loss = F.cross_entropy(model(**inputs).logits.float(), batch["labels"],
                                weight=weights if weighted else None)
@@ -273,20 +339,26 @@ def test_train_step(capsys, lora_run):
     assert run(_good_step) is _good_step
     line = verdict(capsys)
     assert line.startswith("✅ Exercise 6 (") and line.endswith("correct."), line
-    assert run(stub) is ref
+    zero_first = _step(zero_first=True, zero=False)  # PyTorch's tutorials' and Raschka's order
+    assert run(zero_first) is zero_first
+    assert verdict(capsys) == "✅ Exercise 6 (one training step): correct."
+    _stands_in(run(stub), ref, stub)
     line = verdict(capsys)
     assert "not done yet" in line and line.endswith(FALLBACK), line
     wrong = {
         "the step was not clipped": _step(clip=False),
         "unweighted cross-entropy": _step(weighted=False),
-        "call optimizer.zero_grad()": _step(zero=False),
+        "the second ran backward()": _step(zero=False),
         "call optimizer.step()": _step(step=False),
         "return loss.item()": _step(item=False),
     }
     for hint, fn in wrong.items():
-        assert run(fn) is ref, hint
+        got = run(fn)
+        _stands_in(got, ref, fn)
         line = verdict(capsys)
         assert line.startswith("❌ Exercise 6 (") and hint in line and line.endswith(FALLBACK), line
+        _stands_in(run(got), ref, fn)  # checked again: the same verdict, never ✅
+        assert verdict(capsys) == line
 
     # the caller's model, batch and RNG are exactly as they were
     after = _state(model)
@@ -334,6 +406,6 @@ def test_a_crash_is_one_line_naming_the_error(capsys):
     def crashes(record):
         return record["answer"]
 
-    assert checks.check_format_record(crashes) is checks.reference_format_record
+    _stands_in(checks.check_format_record(crashes), checks.reference_format_record, crashes)
     line = verdict(capsys)
     assert line.startswith("❌ Exercise 1 (") and "raised KeyError: 'answer'" in line, line

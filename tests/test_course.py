@@ -183,6 +183,17 @@ def test_committed_student_set_is_up_to_date():
                        + "; run `reclor-lab course build` and commit notebooks/student/")
 
 
+def test_checks_know_every_exercise_and_its_notebook():
+    """checks.EXERCISES (what summary() lists per notebook) matches the checks in the notebooks."""
+    from reclor_lab import checks
+
+    found = {}
+    for ref in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")):
+        for name in re.findall(r"^(\w+) = checks\.check_\w+\(\1\b", ref.read_text(encoding="utf-8"), re.M):
+            found[name] = ref.name[:2]
+    assert found == {name: notebook for notebook, _, name in checks.EXERCISES.values()}
+
+
 def test_reference_notebooks_hold_enough_exercises_each_followed_by_its_check():
     total = 0
     for ref in _references():
@@ -286,3 +297,8 @@ def test_student_notebook_runs_on_stubs_and_checks_pass_with_solutions(name):
         assert re.search(r"^⏳ Exercise \d+ \(.*\): not done yet.*using the reference implementation so "
                          r"the rest of the notebook runs\.$", stub_line, re.M), stub_line
         assert re.search(r"^✅ Exercise \d+ \(.*\): correct\.$", solved_line, re.M), solved_line
+    summary = _text(nb.cells[-1]).splitlines()  # checks.summary(): every exercise still the stub's
+    assert nb.cells[-1].source == "checks.summary()"
+    assert len(summary) == len(marks) + 1, summary
+    assert all(line.startswith("⏳ Exercise ") and "not done yet" in line for line in summary[:-1]), summary
+    assert summary[-1] == f"0 of {len(marks)} exercises done."

@@ -279,3 +279,11 @@ print("pad id = eos id =", tokenizer.pad_token_id)
 #
 # A record → one string → token ids (≤ `max_len`) → padded batches with a mask and labels, plus
 # the class weights of the loss. Notebook 02 loads the model these batches go into, in 4 bits.
+
+# %% [markdown]
+# ## Your exercises
+#
+# Each exercise of this notebook, judged again on your functions as they stand now (✅ done, ❌ not yet right, ⏳ not started).
+
+# %%
+checks.summary()

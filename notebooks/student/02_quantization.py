@@ -273,3 +273,11 @@ print("head:", type(model.score).__name__, tuple(model.score.weight.shape), mode
 # ## What you have now
 #
 # The model in 4 bits, and the list of layers LoRA will adapt. Notebook 03 adds the adapters.
+
+# %% [markdown]
+# ## Your exercises
+#
+# Each exercise of this notebook, judged again on your functions as they stand now (✅ done, ❌ not yet right, ⏳ not started).
+
+# %%
+checks.summary()

@@ -254,3 +254,11 @@ widgets.VBox([rank, chosen, result])
 #
 # A 4-bit model whose only trainable parts are the LoRA matrices and the head. Notebook 04
 # builds the same model through `reclor_lab.train.setup` and trains it.
+
+# %% [markdown]
+# ## Your exercises
+#
+# Each exercise of this notebook, judged again on your functions as they stand now (✅ done, ❌ not yet right, ⏳ not started).
+
+# %%
+checks.summary()

@@ -221,3 +221,11 @@ print(f"{npy.with_suffix('.json').name}: {len(readable)} entries, e.g. {test[0][
 #   reference (~25 % → ~60 %).
 # * Try a cue at the end of the input (`template=REFERENCE_TEMPLATE + " Answer:"`), another rank
 #   (`lora_r`), or fewer target layers, and compare the curves.
+
+# %% [markdown]
+# ## Your exercises
+#
+# Each exercise of this notebook, judged again on your functions as they stand now (✅ done, ❌ not yet right, ⏳ not started).
+
+# %%
+checks.summary()
