@@ -9,7 +9,7 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: reclor-lab (Python 3.11)
+#     display_name: reclor-lab (Python 3)
 #     language: python
 #     name: reclor-lab
 # ---

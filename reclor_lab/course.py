@@ -38,7 +38,7 @@ from pathlib import Path
 #: Reference notebooks: two-digit prefix, jupytext percent sources.
 SOURCE_GLOB = "[0-9][0-9]_*.py"
 #: The Jupyter kernel the student notebooks run in (``make install`` registers it).
-KERNELSPEC = {"display_name": "reclor-lab (Python 3.11)", "language": "python", "name": "reclor-lab"}
+KERNELSPEC = {"display_name": "reclor-lab (Python 3)", "language": "python", "name": "reclor-lab"}
 #: The student pair: the notebook and its percent-format twin (jupytext keeps them in sync).
 JUPYTEXT_FORMATS = "ipynb,py:percent"
 GENERIC_HINT = "write the body of `{name}` (its docstring says what it returns)"
