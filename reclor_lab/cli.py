@@ -62,6 +62,44 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_types(args: argparse.Namespace) -> int:
+    from reclor_lab.data import DataError, read_reclor
+    from reclor_lab.qtypes import QUESTION_TYPES, agreement, classify_question, official_type
+
+    report = []
+    for path in args.paths:
+        records = read_reclor(path)
+        rows = []
+        for i, r in enumerate(records):
+            try:
+                official = official_type(r)
+            except ValueError as e:
+                raise DataError(f"{path}: record {i}: {e}") from None
+            inferred = classify_question(r["question"])
+            rows.append({"id_string": r["id_string"], "inferred": inferred, "inferred_name": QUESTION_TYPES[inferred],
+                         "official": official,
+                         "official_name": None if official is None else QUESTION_TYPES[official]})
+        agree = agreement(records)
+        report.append({"path": str(path), "records": rows, "agreement": None if agree is None else {
+            "per_type": {QUESTION_TYPES[t]: {"agree": a, "records": n} for t, (a, n) in agree.per_type.items()},
+            "agreeing": agree.agreeing, "total": agree.total, "overall": agree.rate}})
+        if args.json:
+            continue
+        print(f"{path}: {len(records)} records")
+        print(f"  {'id_string':<20} {'inferred type':<26} official type")
+        for row in rows:
+            official = "-" if row["official"] is None else f"{row['official']:>2} {row['official_name']}"
+            print(f"  {row['id_string']:<20} {row['inferred']:>2} {row['inferred_name']:<23} {official}")
+        if agree is None:
+            print("  no official question_type in this file: nothing to compare the inferred types with")
+        else:
+            print("  agreement of the inferred type with the official one:")
+            print("\n".join("  " + line for line in agree.table().splitlines()))
+    if args.json:
+        print(json.dumps({"files": report}, indent=2))
+    return 0
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from reclor_lab.synth import write_bundled_data
 
@@ -222,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--index", type=int, default=0)
     show.add_argument("--template", default=None, help="input layout (default: the reference layout)")
     show.set_defaults(func=cmd_data_show)
+    types = dsub.add_parser("types", help="question type of each record: inferred from the stem, and the official one")
+    types.add_argument("paths", nargs="+", type=Path, metavar="FILE")
+    types.add_argument("--json", action="store_true", help="print everything as JSON instead of tables")
+    types.set_defaults(func=cmd_data_types)
     gen = dsub.add_parser("generate", help="regenerate the bundled ReClor-format data set")
     gen.add_argument("--output", default="data", help="folder for train/val/test.json (default: data)")
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
