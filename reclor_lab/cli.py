@@ -205,6 +205,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from reclor_lab.runs import evaluate_run, saved_metrics
 
+    if args.zero_shot:
+        return _lm_baseline(args)
+    if args.shots is not None:
+        raise UsageError("--shots goes with --zero-shot (LM scoring with K examples in front)")
+    if args.run_dir is None:
+        raise UsageError("give a RUN_DIR to evaluate, or --zero-shot --preset P for the untrained LM baseline")
+    if args.preset or args.model or args.set:
+        raise UsageError("--preset, --model and --set go with --zero-shot; a run is evaluated with its own config.json")
+
     result = evaluate_run(args.run_dir, split=args.split)
     if args.split == "val" and (args.run_dir / "metrics.json").exists():
         saved = saved_metrics(args.run_dir)
@@ -215,6 +224,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _lm_baseline(args: argparse.Namespace) -> int:
+    import json
+
+    from reclor_lab.baselines import lm_baseline, results_table, trivial_baselines, write_baseline
+    from reclor_lab.config import RunConfig
+    from reclor_lab.data import load_split
+
+    shots = args.shots or 0
+    if args.run_dir is not None:
+        if args.preset or args.model or args.set:
+            raise UsageError("with a RUN_DIR the run's config.json is used: drop --preset, --model and --set")
+        saved = args.run_dir / "config.json"
+        if not saved.is_file():
+            raise UsageError(f"{args.run_dir}: not a run directory (no config.json); or give --preset instead")
+        cfg = RunConfig.load(saved)
+    else:
+        args.preset = args.preset or "tiny"
+        cfg = _config_from_args(args)
+    result = lm_baseline(cfg, shots=shots, split=args.split)
+    records = load_split(cfg.data_dir, args.split)
+    if args.split == "val":
+        records = records[: cfg.eval_limit]
+    rows = trivial_baselines([r["label"] for r in load_split(cfg.data_dir, "train")], [r["label"] for r in records])
+    print(results_table(rows + [result]))
+    if args.run_dir is not None:
+        print(f"wrote {write_baseline(result, args.run_dir)}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "probabilities")}, indent=2))
     return 0
 
 
@@ -293,10 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--trainer", action="store_true", help="train with the Hugging Face Trainer instead of the manual loop")
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it")
-    ev.add_argument("run_dir", type=Path)
+    ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it; or the zero-shot LM baseline")
+    ev.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR",
+                    help="a run directory (with --zero-shot: its config is used and the result JSON written there)")
     ev.add_argument("--split", choices=["val", "train"], default="val")
     ev.add_argument("--json", action="store_true", help="also print every metric as JSON")
+    ev.add_argument("--zero-shot", action="store_true",
+                    help="score the untrained model as a causal LM: next-token logits of the letters after ' Answer:'")
+    ev.add_argument("--shots", type=_non_negative_int, metavar="K",
+                    help="with --zero-shot: K labelled training examples in front of each question (k-shot)")
+    from reclor_lab.config import PRESETS
+
+    ev.add_argument("--preset", choices=list(PRESETS), help="with --zero-shot and no RUN_DIR: the configuration (default: tiny)")
+    ev.add_argument("--model", help="with --zero-shot: model id or local directory (default: the preset's)")
+    ev.add_argument("--set", action="append", metavar="FIELD=VALUE", help="with --zero-shot: override a config field")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict answers for a split (e.g. the unlabeled test split)")
@@ -328,6 +378,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "--set gradient_checkpointing=false); values are read as JSON")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -339,6 +399,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reclor_lab.baselines import BaselineError
     from reclor_lab.course import CourseError
     from reclor_lab.data import DataError
     from reclor_lab.train import RunDirError
@@ -346,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError, RunDirError, CourseError, OSError) as e:
+    except (DataError, ConfigError, UsageError, RunDirError, CourseError, BaselineError, OSError) as e:
         print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
