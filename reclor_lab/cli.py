@@ -62,6 +62,44 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_types(args: argparse.Namespace) -> int:
+    from reclor_lab.data import DataError, read_reclor
+    from reclor_lab.qtypes import QUESTION_TYPES, agreement, classify_question, official_type
+
+    report = []
+    for path in args.paths:
+        records = read_reclor(path)
+        rows = []
+        for i, r in enumerate(records):
+            try:
+                official = official_type(r)
+            except ValueError as e:
+                raise DataError(f"{path}: record {i}: {e}") from None
+            inferred = classify_question(r["question"])
+            rows.append({"id_string": r["id_string"], "inferred": inferred, "inferred_name": QUESTION_TYPES[inferred],
+                         "official": official,
+                         "official_name": None if official is None else QUESTION_TYPES[official]})
+        agree = agreement(records)
+        report.append({"path": str(path), "records": rows, "agreement": None if agree is None else {
+            "per_type": {QUESTION_TYPES[t]: {"agree": a, "records": n} for t, (a, n) in agree.per_type.items()},
+            "agreeing": agree.agreeing, "total": agree.total, "overall": agree.rate}})
+        if args.json:
+            continue
+        print(f"{path}: {len(records)} records")
+        print(f"  {'id_string':<20} {'inferred type':<26} official type")
+        for row in rows:
+            official = "-" if row["official"] is None else f"{row['official']:>2} {row['official_name']}"
+            print(f"  {row['id_string']:<20} {row['inferred']:>2} {row['inferred_name']:<23} {official}")
+        if agree is None:
+            print("  no official question_type in this file: nothing to compare the inferred types with")
+        else:
+            print("  agreement of the inferred type with the official one:")
+            print("\n".join("  " + line for line in agree.table().splitlines()))
+    if args.json:
+        print(json.dumps({"files": report}, indent=2))
+    return 0
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from reclor_lab.synth import write_bundled_data
 
@@ -167,6 +205,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from reclor_lab.runs import evaluate_run, saved_metrics
 
+    if args.zero_shot:
+        return _lm_baseline(args)
+    if args.shots is not None:
+        raise UsageError("--shots goes with --zero-shot (LM scoring with K examples in front)")
+    if args.run_dir is None:
+        raise UsageError("give a RUN_DIR to evaluate, or --zero-shot --preset P for the untrained LM baseline")
+    if args.preset or args.model or args.set:
+        raise UsageError("--preset, --model and --set go with --zero-shot; a run is evaluated with its own config.json")
+
     result = evaluate_run(args.run_dir, split=args.split)
     if args.split == "val" and (args.run_dir / "metrics.json").exists():
         saved = saved_metrics(args.run_dir)
@@ -177,6 +224,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _lm_baseline(args: argparse.Namespace) -> int:
+    import json
+
+    from reclor_lab.baselines import lm_baseline, results_table, trivial_baselines, write_baseline
+    from reclor_lab.config import RunConfig
+    from reclor_lab.data import load_split
+
+    shots = args.shots or 0
+    if args.run_dir is not None:
+        if args.preset or args.model or args.set:
+            raise UsageError("with a RUN_DIR the run's config.json is used: drop --preset, --model and --set")
+        saved = args.run_dir / "config.json"
+        if not saved.is_file():
+            raise UsageError(f"{args.run_dir}: not a run directory (no config.json); or give --preset instead")
+        cfg = RunConfig.load(saved)
+    else:
+        args.preset = args.preset or "tiny"
+        cfg = _config_from_args(args)
+    result = lm_baseline(cfg, shots=shots, split=args.split)
+    records = load_split(cfg.data_dir, args.split)
+    if args.split == "val":
+        records = records[: cfg.eval_limit]
+    rows = trivial_baselines([r["label"] for r in load_split(cfg.data_dir, "train")], [r["label"] for r in records])
+    print(results_table(rows + [result]))
+    if args.run_dir is not None:
+        print(f"wrote {write_baseline(result, args.run_dir)}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "probabilities")}, indent=2))
     return 0
 
 
@@ -236,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--index", type=int, default=0)
     show.add_argument("--template", default=None, help="input layout (default: the reference layout)")
     show.set_defaults(func=cmd_data_show)
+    types = dsub.add_parser("types", help="question type of each record: inferred from the stem, and the official one")
+    types.add_argument("paths", nargs="+", type=Path, metavar="FILE")
+    types.add_argument("--json", action="store_true", help="print everything as JSON instead of tables")
+    types.set_defaults(func=cmd_data_types)
     gen = dsub.add_parser("generate", help="regenerate the bundled ReClor-format data set")
     gen.add_argument("--output", default="data", help="folder for train/val/test.json (default: data)")
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -265,10 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--trainer", action="store_true", help="train with the Hugging Face Trainer instead of the manual loop")
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it")
-    ev.add_argument("run_dir", type=Path)
+    ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it; or the zero-shot LM baseline")
+    ev.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR",
+                    help="a run directory (with --zero-shot: its config is used and the result JSON written there)")
     ev.add_argument("--split", choices=["val", "train"], default="val")
     ev.add_argument("--json", action="store_true", help="also print every metric as JSON")
+    ev.add_argument("--zero-shot", action="store_true",
+                    help="score the untrained model as a causal LM: next-token logits of the letters after ' Answer:'")
+    ev.add_argument("--shots", type=_non_negative_int, metavar="K",
+                    help="with --zero-shot: K labelled training examples in front of each question (k-shot)")
+    from reclor_lab.config import PRESETS
+
+    ev.add_argument("--preset", choices=list(PRESETS), help="with --zero-shot and no RUN_DIR: the configuration (default: tiny)")
+    ev.add_argument("--model", help="with --zero-shot: model id or local directory (default: the preset's)")
+    ev.add_argument("--set", action="append", metavar="FIELD=VALUE", help="with --zero-shot: override a config field")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict answers for a split (e.g. the unlabeled test split)")
@@ -308,6 +400,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "--set gradient_checkpointing=false); values are read as JSON")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -319,6 +421,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reclor_lab.baselines import BaselineError
     from reclor_lab.course import CourseError
     from reclor_lab.data import DataError
     from reclor_lab.grade import GradeError
@@ -327,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError, RunDirError, CourseError, GradeError, OSError) as e:
+    except (DataError, ConfigError, UsageError, RunDirError, CourseError, GradeError, BaselineError,
+            OSError) as e:
         print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -40,6 +40,7 @@ TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama"
 Quantization = Literal["nf4", "none"]
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
 Schedule = Literal["constant", "cosine"]
+HeadInit = Literal["random", "letters"]
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,9 @@ class RunConfig:
     )
     gradient_checkpointing: bool = _f(
         False, "Recompute activations in backward: much less memory, ~30% slower steps."
+    )
+    head_init: HeadInit = _f(
+        "random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, i.e. the zero-shot scorer."
     )
     # --- data ------------------------------------------------------------------------------
     data_dir: str = _f(
@@ -157,6 +161,11 @@ class RunConfig:
         choice("compute_dtype", get_args(ComputeDtype))
         choice("lr_schedule", get_args(Schedule))
         choice("lora_bias", ("none", "all", "lora_only"))
+        choice("head_init", get_args(HeadInit))
+        if self.head_init == "letters" and isinstance(self.template, str) and not self.template.endswith(" Answer:"):
+            p.append("`head_init` letters reads the hidden state where the model names the answer letter, so "
+                     "`template` must end with ' Answer:' (the tiny preset's does; e.g. "
+                     "--set template=\"...Option D: {d} Answer:\")")
         for name in ("max_len", "lora_r", "lora_alpha", "epochs", "batch_size", "eval_batch_size",
                      "grad_accum_steps"):
             positive_int(name)

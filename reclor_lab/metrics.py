@@ -13,12 +13,19 @@ imports it from there; nothing is written into the package.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .config import NUM_LABELS
+
+#: z for a two-sided 95 % interval of a normal distribution.
+Z95 = 1.959963984540054
+#: Bootstrap resamples for :func:`bootstrap_interval`: the 2.5 % and 97.5 % quantiles of 2,000
+#: resamples move by about 0.2 points between seeds on 500 examples; more costs time, not truth.
+BOOTSTRAP_RESAMPLES = 2000
 
 #: The metric scripts shipped with the package, one folder per metric (``<name>/<name>.py``).
 METRIC_MODULES_DIR = Path(__file__).resolve().parent / "metric_modules"
@@ -49,8 +56,8 @@ def load_metric(name: str):  # -> evaluate.EvaluationModule
 def compute_classification_metrics(
     predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray
 ) -> dict[str, Any]:
-    """Accuracy, macro precision / recall / F1 over the ``NUM_LABELS`` options, and the confusion
-    matrix (``NUM_LABELS`` × ``NUM_LABELS`` nested list, rows = true label, columns = predicted).
+    """Accuracy with its Wilson 95 % interval (``accuracy_ci95``: ``[low, high]``), macro
+    precision / recall / F1 over the ``NUM_LABELS`` options, and the confusion matrix (``NUM_LABELS`` × ``NUM_LABELS`` nested list, rows = true label, columns = predicted).
 
     An option that occurs but is never predicted counts in the macro average with precision 0:
     so a model that always answers "A" scores ~25% accuracy but a low macro F1. Options absent
@@ -71,6 +78,7 @@ def compute_classification_metrics(
     )
     return {
         "accuracy": acc["accuracy"],
+        "accuracy_ci95": list(wilson_interval(int((predictions == references).sum()), predictions.size)),
         "precision_macro": multi["precision_macro"],
         "recall_macro": multi["recall_macro"],
         "f1_macro": multi["f1_macro"],
@@ -121,3 +129,65 @@ def _to_numpy(x: Any) -> Any:
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return x
+
+
+# --- intervals ----------------------------------------------------------------------------------
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy of ``correct`` out of ``n`` (95 % by default).
+
+    Unlike the normal ("Wald") interval ``p ± z·sqrt(p(1-p)/n)`` it never leaves [0, 1] and keeps
+    its coverage near 0 and 1 and for small ``n``. On 500 examples at 60 % it is about ±4.3
+    points: 1 standard error is 2.2 points.
+
+    >>> [round(x, 4) for x in wilson_interval(300, 500)]
+    [0.5565, 0.642]
+    >>> wilson_interval(0, 10)[0], round(wilson_interval(10, 10)[1], 6)
+    (0.0, 1.0)
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"wilson_interval needs n >= 1 examples, got {n!r}")
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct must be in 0..n ({n}), got {correct!r}")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_interval(statistic, *arrays, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*arrays)``: resample the examples (the same
+    indices in every array) ``resamples`` times and take the middle ``level`` of the results.
+
+    For statistics without a formula: macro F1, the difference of two models' accuracies on the
+    same examples (pass both prediction arrays and the labels), a calibration error.
+    Deterministic for a given ``seed``.
+
+    >>> y = np.array([0, 1, 2, 3] * 25); p = y.copy(); p[:40] = (p[:40] + 1) % 4   # 60 % right
+    >>> lo, hi = bootstrap_interval(lambda a, b: float((a == b).mean()), p, y)
+    >>> 0.49 < lo < 0.6 < hi < 0.71
+    True
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    if n == 0 or any(len(a) != n for a in arrays):
+        raise ValueError(f"bootstrap_interval needs non-empty arrays of one length, got {[len(a) for a in arrays]}")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(*(a[idx] for a in arrays))
+                       for idx in rng.integers(0, n, size=(resamples, n))])
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def format_accuracy(accuracy: float, ci: Sequence[float] | None) -> str:
+    """``0.621 [0.560, 0.678]``: an accuracy with its 95 % interval (the interval left out when
+    a record has none, e.g. a run written before intervals were kept).
+
+    >>> format_accuracy(0.6, [0.5565, 0.6421])
+    '0.600 [0.556, 0.642]'
+    """
+    if ci is None:
+        return f"{accuracy:.3f}"
+    return f"{accuracy:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"

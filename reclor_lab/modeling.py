@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -177,7 +177,7 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     return tokenizer
 
 
-def load_model(cfg: RunConfig, tokenizer):  # -> PreTrainedModel
+def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causal-lm"] = "classification"):  # -> PreTrainedModel
     """``AutoModelForSequenceClassification`` with ``NUM_LABELS`` outputs, 4-bit NF4 unless
     ``cfg.quantization == "none"``, on the device picked from the hardware.
 
@@ -186,8 +186,16 @@ def load_model(cfg: RunConfig, tokenizer):  # -> PreTrainedModel
     that is expected here. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot
     quantize on this platform. On a CPU every 4-bit layer computes by dequantize + fp32 matmul,
     whatever the CPU's flags (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
+
+    ``cfg.head_init == "letters"`` starts the head from the LM head's rows of the four answer
+    letters (:func:`reclor_lab.baselines.init_letter_head`) instead of at random.
+    ``task="causal-lm"`` loads the same 4-bit model with its LM head instead (the zero-shot
+    scorer of :mod:`reclor_lab.baselines`), through the same kernels.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in ("classification", "causal-lm"):
+        raise ValueError(f"task must be 'classification' or 'causal-lm', got {task!r}")
 
     device = pick_device()
     dtype = resolve_compute_dtype(cfg)
@@ -197,9 +205,11 @@ def load_model(cfg: RunConfig, tokenizer):  # -> PreTrainedModel
     # Everything on the one picked device: with 4-bit weights a CPU-offloaded layer would fail
     # in bitsandbytes, and "auto" would silently offload when the model does not fit.
     device_map = {"": device}
-    model = AutoModelForSequenceClassification.from_pretrained(
+    auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
+                       if task == "classification" else (AutoModelForCausalLM, {}))
+    model = auto.from_pretrained(
         cfg.model_name_or_path,
-        num_labels=NUM_LABELS,
+        **head_args,
         quantization_config=quant,
         dtype=dtype,  # transformers 5 name (was torch_dtype); the dtype of the unquantized weights
         device_map=device_map,
@@ -213,6 +223,10 @@ def load_model(cfg: RunConfig, tokenizer):  # -> PreTrainedModel
         # One 4-bit CPU path on every CPU, chosen before the first forward pass: without this an
         # avx512_bf16 CPU switches to a kernel without autograd after the first evaluation.
         use_portable_kernels(model)
+    if task == "classification" and cfg.head_init == "letters":
+        from reclor_lab.baselines import init_letter_head
+
+        init_letter_head(model, cfg, tokenizer)
     return model
 
 

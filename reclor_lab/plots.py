@@ -1,4 +1,5 @@
-"""The figures of a run: train loss per step, eval loss and accuracy per epoch, confusion matrix.
+"""The figures of a run: train loss per step, eval loss and accuracy per epoch, confusion matrix;
+and of its analysis: baselines, accuracy by question type, calibration, position bias.
 
 Each function takes the history (or metrics) as data, returns the matplotlib ``Figure`` and,
 given ``save=path``, writes a PNG. The notebooks show the figures; the CLI saves them.
@@ -70,7 +71,11 @@ def plot_eval(history: dict, save: str | Path | None = None):
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("eval loss")
     ax1.set_title("Validation loss")
-    ax2.plot(epochs, [e["accuracy"] for e in evals], marker="o", label="val accuracy")
+    accs = [e["accuracy"] for e in evals]
+    ax2.plot(epochs, accs, marker="o", label="val accuracy")
+    if all(e.get("accuracy_ci95") for e in evals):  # runs written before intervals have none
+        lo, hi = zip(*(e["accuracy_ci95"] for e in evals))
+        ax2.fill_between(epochs, lo, hi, alpha=0.2, label="95 % interval (Wilson)")
     ax2.axhline(CHANCE, color="grey", ls="--", label="chance (25 %)")
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch")
@@ -110,3 +115,94 @@ def save_run_plots(history: dict, confusion, run_dir: str | Path) -> list[Path]:
     plot_eval(history, paths[1])
     plot_confusion(confusion, paths[2])
     return paths
+
+
+# --- baselines and error analysis ---------------------------------------------------------------
+
+def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> np.ndarray:
+    lo, hi = np.asarray(intervals, dtype=float).T
+    v = np.asarray(values, dtype=float)
+    return np.vstack([v - lo, hi - v])
+
+
+def plot_results(rows: Sequence[dict], title: str = "Val accuracy with 95 % intervals",
+                 save: str | Path | None = None):
+    """One horizontal bar per result row (``method``, ``accuracy``, ``accuracy_ci95``), its
+    interval as an error bar, the value written beside it, and the 25 % chance line."""
+    names = [r["method"] for r in rows]
+    accs = [r["accuracy"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, accs, xerr=_error_bars(accs, [r["accuracy_ci95"] for r in rows]), color="tab:blue",
+            alpha=0.75, capsize=3)
+    for yi, r in zip(y, rows):
+        ax.text(r["accuracy_ci95"][1] + 0.01, yi, f"{r['accuracy']:.3f}", va="center", fontsize=8)
+    ax.axvline(CHANCE, color="grey", ls="--", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy")
+    ax.set_title(title)
+    return _finish(fig, save)
+
+
+def plot_accuracy_by_type(by_type: dict, overall: float | None = None, title: str = "Val accuracy by question type",
+                          save: str | Path | None = None):
+    """A bar per question type (from :func:`reclor_lab.analysis.accuracy_by_type`) with its Wilson
+    interval; each bar is labelled with its count (n), so a bar of 5 examples is not read as a
+    bar of 50."""
+    names = list(by_type)
+    accs = [by_type[k]["accuracy"] for k in names]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, accs, xerr=_error_bars(accs, [by_type[k]["accuracy_ci95"] for k in names]),
+            color="tab:green", alpha=0.75, capsize=3)
+    for yi, k in zip(y, names):
+        ax.text(1.01, yi, f"n={by_type[k]['n']}", va="center", fontsize=8, transform=ax.get_yaxis_transform())
+    ax.axvline(CHANCE, color="grey", ls="--", lw=0.8, label="chance")
+    if overall is not None:
+        ax.axvline(overall, color="black", ls=":", lw=0.8, label="overall")
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _finish(fig, save)
+
+
+def plot_reliability(bins: Sequence[dict], ece: float, title: str = "Reliability diagram (val)",
+                     save: str | Path | None = None):
+    """Accuracy against confidence per bin (from :func:`reclor_lab.analysis.reliability`), the
+    diagonal of perfect calibration, the counts per bin, and the ECE in the title."""
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(4.5, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = bins[0]["high"] - bins[0]["low"]
+    full = [b for b in bins if b["count"]]
+    ax.bar([b["low"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfect calibration")
+    ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], "o", color="tab:red",
+            ms=4, label="(mean confidence, accuracy)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}: ECE {ece:.3f}")
+    ax.legend(loc="upper left", fontsize=8)
+    axn.bar([b["low"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="grey")
+    axn.set_xlabel("confidence (top probability)")
+    axn.set_ylabel("count")
+    axn.set_xlim(0, 1)
+    return _finish(fig, save)
+
+
+def plot_position_bias(bias: dict, title: str = "Predicted vs correct position (val)",
+                       save: str | Path | None = None):
+    """Side-by-side bars per letter: how often it is predicted, and how often it is the answer."""
+    letters = list(bias)
+    x = np.arange(len(letters))
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.bar(x - 0.2, [bias[c]["predicted"] for c in letters], width=0.4, label="predicted")
+    if "gold" in bias[letters[0]]:
+        ax.bar(x + 0.2, [bias[c]["gold"] for c in letters], width=0.4, label="correct answer")
+    ax.set_xticks(x, letters)
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _finish(fig, save)

@@ -15,33 +15,63 @@ import numpy as np
 
 from reclor_lab.config import OPTION_LETTERS, RunConfig
 from reclor_lab.data import class_weights, load_split, tokenize_records
+from reclor_lab.metrics import format_accuracy
 from reclor_lab.plots import save_run_plots
 from reclor_lab.train import (
     HISTORY_FILE, History, RunDirError, _write_json, best_adapter_dir, evaluate, fit, read_state, setup,
 )
 
 METRICS_FILE = "metrics.json"
+#: Per validation example of the best epoch: id, question type, label, prediction, probabilities.
+VAL_PREDICTIONS_FILE = "val-predictions.json"
 
 
 def summary_table(history: dict) -> str:
     """One row per evaluation: epoch, eval loss, accuracy and macro P/R/F1."""
-    lines = ["epoch  eval_loss  accuracy  precision  recall  f1",
-             "-----  ---------  --------  ---------  ------  -----"]
+    lines = ["epoch  eval_loss  accuracy  95 % interval   precision  recall  f1",
+             "-----  ---------  --------  --------------  ---------  ------  -----"]
     for e in history["evals"]:
-        lines.append(f"{e['epoch']:>5}  {e['eval_loss']:>9.4f}  {e['accuracy']:>8.3f}  "
+        ci = e.get("accuracy_ci95")
+        interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        lines.append(f"{e['epoch']:>5}  {e['eval_loss']:>9.4f}  {e['accuracy']:>8.3f}  {interval:<14}  "
                      f"{e['precision_macro']:>9.3f}  {e['recall_macro']:>6.3f}  {e['f1_macro']:>5.3f}")
     return "\n".join(lines)
 
 
-def finish_run(run_dir: Path, history: History) -> dict:
-    """Write metrics.json (the best epoch's val metrics) and the plots; return the metrics."""
+def finish_run(run_dir: Path, history: History, run=None) -> dict:
+    """Write metrics.json (the best epoch's val metrics) and the plots; return the metrics.
+
+    Given the ``run`` that trained (its model in memory), the best epoch's adapter is loaded into
+    it and its val predictions analysed (:func:`reclor_lab.analysis.val_analysis`): accuracy by
+    question type, position bias, calibration, the most confident wrong answers go into
+    metrics.json, the per-example probabilities into ``val-predictions.json``.
+    """
     state = read_state(run_dir)
     best = next(e for e in history.evals if e["epoch"] == state["best_epoch"])
     metrics = {"best_epoch": state["best_epoch"], "last_epoch": state["last_epoch"],
-               "baseline_accuracy": history.evals[0]["accuracy"], **best}
+               "baseline_accuracy": history.evals[0]["accuracy"],
+               "baseline_accuracy_ci95": history.evals[0].get("accuracy_ci95"), **best}
+    if run is not None:
+        metrics.update(_analyse_best_epoch(run, run_dir))
     _write_json(run_dir / METRICS_FILE, metrics)
     save_run_plots(history.to_dict(), best["confusion_matrix"], run_dir)
     return metrics
+
+
+def _analyse_best_epoch(run, run_dir: Path) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from reclor_lab.analysis import predict_proba, record_types, val_analysis
+
+    set_peft_model_state_dict(run.model, load_file(best_adapter_dir(run_dir) / "adapter_model.safetensors"))
+    records = load_split(run.cfg.data_dir, "val")[: run.cfg.eval_limit]
+    probs = predict_proba(run.model, run.val_ds, run.tokenizer, run.cfg.eval_batch_size, run.device, run.dtype)
+    rows = [{"id_string": r["id_string"], "question_type": t, "label": r["label"], "predicted": int(p.argmax()),
+             "probabilities": [round(float(x), 6) for x in p]}
+            for r, t, p in zip(records, record_types(records), probs)]
+    _write_json(run_dir / VAL_PREDICTIONS_FILE, rows)
+    return val_analysis(records, probs)
 
 
 def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
@@ -61,11 +91,13 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
         check_run_dir(run_dir, resume)  # before minutes of loading, not after
         run = setup(cfg, verbose=verbose)
         history = fit(run, run_dir, resume=resume, verbose=verbose)
-    metrics = finish_run(run_dir, history)
+    metrics = finish_run(run_dir, history, run)
     if verbose:
         print(summary_table(history.to_dict()))
-        print(f"best epoch {metrics['best_epoch']}: val accuracy {metrics['accuracy']:.3f} "
-              f"(before training {metrics['baseline_accuracy']:.3f}); run directory {run_dir}")
+        print(f"best epoch {metrics['best_epoch']}: val accuracy "
+              f"{format_accuracy(metrics['accuracy'], metrics.get('accuracy_ci95'))} (before training "
+              f"{format_accuracy(metrics['baseline_accuracy'], metrics.get('baseline_accuracy_ci95'))}); "
+              f"run directory {run_dir}")
     return metrics
 
 
@@ -114,7 +146,8 @@ def evaluate_run(run_dir: str | Path, split: Literal["train", "val"] = "val", ve
     result.pop("predictions")
     if verbose:
         print(f"{split}: {result['n']} examples, eval loss {result['eval_loss']:.4f}, "
-              f"accuracy {result['accuracy']:.3f}, macro F1 {result['f1_macro']:.3f}")
+              f"accuracy {format_accuracy(result['accuracy'], result['accuracy_ci95'])}, "
+              f"macro F1 {result['f1_macro']:.3f}")
     return result
 
 
@@ -146,6 +179,13 @@ def predict_run(run_dir: str | Path, split: Literal["train", "val", "test"] = "t
         counts = np.bincount(preds, minlength=len(OPTION_LETTERS))
         print(f"{len(preds)} predictions for {split} → {npy} (and {npy.with_suffix('.json').name}); "
               "per option: " + ", ".join(f"{l} {c}" for l, c in zip(OPTION_LETTERS, counts)))
+    if split == "test":  # no labels: only distributions, per question type and EASY / HARD part
+        from reclor_lab.analysis import format_test_summary, summarize_test_predictions
+
+        summary = summarize_test_predictions(records, preds)
+        _write_json(npy.with_name(npy.stem + "-summary.json"), summary)
+        if verbose:
+            print(format_test_summary(summary))
     return npy
 
 

@@ -28,16 +28,10 @@ from typing import Callable, Literal
 
 from .config import BUNDLED_DATA_DIR, NUM_LABELS, OPTION_LETTERS
 from .data import format_example
+from .qtypes import QUESTION_TYPES
 
 Split = Literal["train", "val", "test"]
 
-#: ReClor's 17 question types, in the order of the integer ``question_type`` of its test split.
-QUESTION_TYPES = (
-    "Necessary Assumptions", "Sufficient Assumptions", "Strengthen", "Weaken", "Evaluation",
-    "Implication", "Conclusion/Main Point", "Most Strongly Supported", "Explain or Resolve",
-    "Principle", "Dispute", "Technique", "Role", "Identify a Flaw", "Match Flaws",
-    "Match Structures", "Others",
-)
 QT = {name: i for i, name in enumerate(QUESTION_TYPES)}
 
 #: Share of each answer position among the labels (A, B, C, D): uneven, as in real ReClor.

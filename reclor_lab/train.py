@@ -397,5 +397,7 @@ def _eval_row(epoch: int, result: dict) -> dict:
 
 def _eval_line(epoch: int, r: dict) -> str:
     label = "baseline (before training)" if epoch == 0 else f"epoch {epoch}"
-    return (f"{label}: eval loss {r['eval_loss']:.4f}, accuracy {r['accuracy']:.3f}, "
+    from reclor_lab.metrics import format_accuracy
+
+    return (f"{label}: eval loss {r['eval_loss']:.4f}, accuracy {format_accuracy(r['accuracy'], r.get('accuracy_ci95'))}, "
             f"macro F1 {r['f1_macro']:.3f}")

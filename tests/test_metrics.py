@@ -31,7 +31,7 @@ F1 = [1 / 2, 0.8, 0.0, 1.0]
 
 def test_metrics_match_a_hand_computation():
     m = compute_classification_metrics(PREDICTIONS, REFERENCES)
-    assert set(m) == {"accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"}
+    assert set(m) == {"accuracy", "accuracy_ci95", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"}
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == CONFUSION
     assert m["precision_macro"] == pytest.approx(np.mean(PRECISION))

@@ -24,6 +24,7 @@ EXPECTED = {
     "03_lora": 1,
     "04_training_loop": 2,
     "05_results": 1,
+    "06_baselines_and_errors": 0,
 }
 FIX = ("run `.venv/bin/jupytext --sync notebooks/{name}.py` (or save it in Jupyter with the "
        "jupytext extension), then re-execute the .ipynb")

@@ -53,6 +53,27 @@ def test_tiny_run_learns_and_writes_its_files(tiny_run):
     assert (best / "adapter_model.safetensors").is_file() and (best / "adapter_config.json").is_file()
     n_val = len(load_split(get_preset("tiny").data_dir, "val"))
     assert np.asarray(metrics["confusion_matrix"]).sum() == n_val
+    lo, hi = metrics["accuracy_ci95"]
+    assert lo < metrics["accuracy"] < hi and hi - lo < 0.15
+
+
+def test_tiny_run_analyses_its_best_epoch(tiny_run):
+    """metrics.json holds the analysis of the best epoch's val predictions, and
+    val-predictions.json the predictions themselves: both agree with the saved accuracy."""
+    run_dir, metrics = tiny_run
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    by_type = saved["accuracy_by_type"]
+    assert sum(t["n"] for t in by_type.values()) == 256 and len(by_type) >= 5
+    assert sum(t["correct"] for t in by_type.values()) == round(metrics["accuracy"] * 256)
+    assert 0 <= saved["calibration"]["ece"] <= 1 and len(saved["calibration"]["bins"]) == 10
+    assert sum(v["predicted"] for v in saved["position_bias"].values()) == 256
+    rows = json.loads((run_dir / "val-predictions.json").read_text())
+    preds = np.array([r["predicted"] for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    assert np.mean(preds == labels) == pytest.approx(metrics["accuracy"])
+    wrong = saved["most_confident_wrong"]
+    assert len(wrong) == 10 and all(w["predicted"] != w["label"] for w in wrong)
+    assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
 
 
 def test_evaluate_reproduces_saved_metrics(tiny_run):
@@ -77,6 +98,10 @@ def test_predict_writes_one_index_per_test_record(tiny_run):
     readable = json.loads(npy.with_suffix(".json").read_text())
     assert list(readable) == [r["id_string"] for r in test]
     assert [("ABCD").index(v) for v in readable.values()] == preds.tolist()
+    summary = json.loads((run_dir / "predictions-test-summary.json").read_text())
+    assert summary["letters"] == {c: int((preds == i).sum()) for i, c in enumerate("ABCD")}
+    assert summary["types_source"] == "official"  # the bundled test.json carries question_type
+    assert sum(sum(v.values()) for v in summary["by_type"].values()) == len(test)
 
 
 def test_existing_run_dir_is_refused_unless_resume(tiny_run):
