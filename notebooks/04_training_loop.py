@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader
 
 from reclor_lab import checks
 from reclor_lab.data import make_collator, model_inputs
+from reclor_lab.rundir import RunDir
 from reclor_lab.runs import finish_run, summary_table
 from reclor_lab.train import fit, get_lr, setup
 from reclor_lab.trainer import fit_with_trainer
@@ -80,7 +81,7 @@ disable_progress_bar()  # datasets' progress bars: tokenizing is not what this n
 #         loss.backward()
 #         clip_grad_norm_(trainable, max_grad_norm); optimizer.step(); optimizer.zero_grad()
 #     evaluate(model, val)                      # eval loss, accuracy, macro F1
-#     save_checkpoint(run_dir, epoch)           # adapter + head + optimizer + RNG: resumable
+#     run_dir.save_checkpoint(...)              # adapter + head + optimizer + RNG: resumable
 # ```
 #
 # ## 1. The weighted loss
@@ -224,27 +225,34 @@ print(summary_table(history.to_dict()))
 #
 # Everything to reload, evaluate or resume the run, and nothing more: the base model is not
 # copied (it is on disk already); each checkpoint holds only the adapter and the head (a few
-# hundred KB on the tiny model, ~160 MB on Llama-2-7B) plus the optimizer and RNG state for an
-# exact resume. Only the last and the best epoch are kept.
+# hundred KB on the tiny model, ~160 MB on Llama-2-7B), the optimizer and RNG state for an exact
+# resume, and the history up to that point. `state.json` names the last and the best checkpoint
+# and is written last, so a crash at any moment leaves a complete checkpoint behind.
+# `RunDir` (`reclor_lab.rundir`) owns this layout; `.lock` keeps a second process out while a
+# run trains.
 
 # %%
+rd = RunDir(run_dir)
 for path in sorted(run_dir.iterdir()):
     print(f"{path.name}/" if path.is_dir() else path.name)
-last = run_dir / "checkpoints" / f"epoch-{cfg.epochs:03d}"
-print(f"\n{last}:")
+last = rd.last_dir()
+print(f"\n{last.relative_to(run_dir)}:")
 for path in sorted(last.iterdir()):
     print("  ", path.name)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (which epoch is best depends on the accuracies)
-print(json.dumps(json.loads((run_dir / "state.json").read_text()), indent=2))
-print("kept checkpoints:", sorted(p.name for p in (run_dir / "checkpoints").iterdir()))
+print(json.dumps(rd.read_state(), indent=2))
+print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 
 # %% [markdown]
-# An interrupted run (Ctrl-C, a closed laptop) loses at most the current epoch:
-# `fit(run, run_dir, resume=True)` (or `reclor-lab train --resume`) continues from the last
-# checkpoint with the same batch order and RNG state it would have had.
+# An interrupted run (Ctrl-C, SIGTERM from a cluster's scheduler, a closed laptop) loses at
+# most the optimizer step it was in when it could write a checkpoint, or what came after the
+# last checkpoint when it was killed outright: set `save_every_steps` to checkpoint inside an
+# epoch too. `fit(run, run_dir, resume=True)` (or `reclor-lab train --resume`) continues from
+# the last checkpoint, skipping the batches already seen, with the same batch order and RNG
+# state it would have had: on a CPU the result is bit for bit that of an uninterrupted run.
 #
 # ## 5. The same with the Hugging Face `Trainer`
 #

@@ -6,7 +6,8 @@ job: ``config`` (the run config and presets), ``data`` (ReClor files → tokeniz
 (the offline tiny Llama), ``modeling`` (4-bit loading), ``cpu4bit`` (which 4-bit kernel a CPU
 runs), ``lora`` (adapter injection),
 ``metrics``, ``loss``, ``train`` (the manual loop), ``trainer`` (the Hugging Face Trainer path),
-``runs`` and ``plots`` (a run's results), ``checks`` and ``course`` (the student exercises),
+``rundir`` (a run directory's layout, checkpoints and lock), ``runs`` and ``plots`` (a run's
+results), ``errors`` (``ReclorLabError``, the one base of every expected error), ``checks`` and ``course`` (the student exercises),
 ``notebook`` (the notebooks' first cell) and ``cli``.
 """
 

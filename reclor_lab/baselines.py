@@ -32,6 +32,7 @@ import torch
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, RunConfig
 from reclor_lab.data import format_example
+from reclor_lab.errors import ReclorLabError
 
 #: The answer cue the tiny model was pre-trained with (``TINY_TEMPLATE`` ends with it); LM
 #: scoring appends it to a template that does not end with it.
@@ -44,7 +45,7 @@ ELLIPSIS = " …"
 LM_HEAD_TENSOR = "lm_head.weight"
 
 
-class BaselineError(ValueError):
+class BaselineError(ReclorLabError, ValueError):
     """A baseline that cannot be computed as asked; the message says why and what to change."""
 
 
@@ -276,10 +277,10 @@ def baseline_line(result: dict) -> str:
 
 def write_baseline(result: dict, run_dir: str | Path) -> Path:
     """Write ``result`` as ``baseline-<method>.json`` beside the run's metrics.json."""
-    from reclor_lab.train import _write_json
+    from reclor_lab.rundir import write_json
 
     path = Path(run_dir) / f"baseline-{result['method']}.json"
-    _write_json(path, result)
+    write_json(path, result)
     return path
 
 

@@ -34,7 +34,7 @@ ENV_VAR = "RECLOR_LAB_CACHE"
 #: Values of ``$RECLOR_LAB_CACHE`` that turn the cache off.
 OFF_VALUES = ("off", "0", "false", "no", "none")
 #: Bumped whenever the layout of a cached split changes, so old entries are not read.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUBDIR = "tokenized"
 
 
@@ -84,8 +84,55 @@ def key(table: dict[str, list], tokenizer, max_len: int) -> str | None:
     return h.hexdigest()[:40]
 
 
-def load(folder: Path, entry: str):
-    """The cached split, in memory (no files stay open), or None when there is none."""
+#: The columns a cached split must have, and the file holding their checksum.
+COLUMNS = ("id_string", "input_ids", "attention_mask", "full_length", "length")
+CHECKSUM_FILE = "reclor-lab-checksum.txt"
+
+
+def checksum(ds) -> str:
+    """A hash of the columns training reads (ids, labels, token ids, lengths), computed on the
+    Arrow buffers: tens of milliseconds for all of ReClor."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in COLUMNS + ("labels",):
+        if name not in ds.column_names:
+            continue
+        col = ds.data.column(name).combine_chunks()
+        if name == "id_string":
+            h.update("\x00".join(col.to_pylist()).encode("utf-8", "surrogatepass"))
+        elif hasattr(col, "flatten"):  # token lists: the values and each list's length
+            h.update(np.asarray(col.flatten()).tobytes())
+            h.update(np.asarray(col.value_lengths()).tobytes())
+        else:
+            h.update(np.asarray(col).tobytes())
+    return h.hexdigest()
+
+
+def verify(ds, table: dict[str, list], max_len: int) -> str | None:
+    """What is wrong with a cached split for these inputs, or None: every column there, the ids
+    and labels those of the records, lengths consistent with ``max_len``, and the checksum
+    stored when it was written."""
+    import numpy as np
+
+    missing = [c for c in COLUMNS + (("labels",) if "labels" in table else ()) if c not in ds.column_names]
+    if missing:
+        return f"missing columns {missing}"
+    if ds.data.column("id_string").to_pylist() != table["id_string"]:
+        return "other records"
+    if "labels" in table and ds.data.column("labels").to_pylist() != table["labels"]:
+        return "other labels"
+    length = np.asarray(ds.data.column("length").combine_chunks())
+    full = np.asarray(ds.data.column("full_length").combine_chunks())
+    ids_len = np.asarray(ds.data.column("input_ids").combine_chunks().value_lengths())
+    if not (np.array_equal(length, np.minimum(full, max_len)) and np.array_equal(ids_len, length)):
+        return "lengths that do not match its tokens"
+    return None
+
+
+def load(folder: Path, entry: str, table: dict[str, list] | None = None, max_len: int | None = None):
+    """The cached split, in memory (no files stay open), or None when there is none or it fails
+    :func:`verify` against ``table`` (then it is removed and the split tokenized again)."""
     path = folder / entry
     if not path.is_dir():
         return None
@@ -93,10 +140,17 @@ def load(folder: Path, entry: str):
 
     try:
         with _quiet():
-            return Dataset.load_from_disk(str(path), keep_in_memory=True)
-    except Exception:  # a damaged entry: ours to remove; the split is simply tokenized again
+            ds = Dataset.load_from_disk(str(path), keep_in_memory=True)
+        problem = None if table is None else verify(ds, table, max_len)
+        if problem is None and (path / CHECKSUM_FILE).read_text().strip() != checksum(ds):
+            problem = "a checksum that does not match its contents"
+    except Exception as e:  # a damaged entry: ours to remove; the split is simply tokenized again
+        problem = f"unreadable ({type(e).__name__})"
+    if problem is not None:
+        warnings.warn(f"token cache: entry {path} has {problem}; tokenizing again", stacklevel=3)
         shutil.rmtree(path, ignore_errors=True)
         return None
+    return ds
 
 
 _warned: set[str] = set()
@@ -125,6 +179,7 @@ def store(folder: Path, entry: str, ds) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
         with _quiet():
             ds.save_to_disk(str(tmp))
+        (tmp / CHECKSUM_FILE).write_text(checksum(ds) + "\n")
         try:
             os.replace(tmp, path)
         except OSError:  # another process stored the same entry first: theirs is identical

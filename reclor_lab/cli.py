@@ -18,21 +18,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from reclor_lab.config import OPTION_LETTERS, REPO_ROOT, TINY_MODEL_DIR, ConfigError
+from reclor_lab.config import OPTION_LETTERS, REPO_ROOT, TINY_MODEL_DIR
+from reclor_lab.errors import ReclorLabError, TrainingInterrupted
 
 
-class UsageError(Exception):
+class UsageError(ReclorLabError):
     """A problem with what the user asked for; printed as one line, exit status 1."""
 
 
 # --- data ----------------------------------------------------------------------------------
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
     from reclor_lab.data import label_distribution, read_reclor, tokenize_records
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    from reclor_lab.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
     for path in args.paths:
         records = read_reclor(path)
         labeled = "label" in records[0]
@@ -41,7 +42,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             dist = label_distribution(records)
             n = len(records)
             print("  labels: " + ", ".join(f"{k} {v} ({100 * v / n:.1f}%)" for k, v in dist.items()))
-        _, stats = tokenize_records(records, tokenizer, args.max_len)
+        _, stats = tokenize_records(records, tokenizer, args.max_len, cache=False)  # a check writes nothing
         print("  " + stats.line())
     return 0
 
@@ -50,6 +51,10 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     from reclor_lab.config import REFERENCE_TEMPLATE
     from reclor_lab.data import format_example, read_reclor
 
+    from reclor_lab.config import template_problems
+
+    if args.template is not None and (problems := template_problems(args.template)):
+        raise UsageError(f"--template {args.template!r}: " + "; ".join(problems))
     records = read_reclor(args.path)
     if not -len(records) <= args.index < len(records):
         raise UsageError(f"--index {args.index} is out of range: {args.path} has {len(records)} records (0-{len(records) - 1})")
@@ -182,20 +187,19 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from reclor_lab.rundir import RunDir
     from reclor_lab.runs import train_run
-
-    from reclor_lab.config import RunConfig
 
     cfg = _config_from_args(args)
     if args.resume:
-        # A resumed run keeps its own saved config; only --epochs may extend it.
+        # A resumed run keeps its own saved config; only --epochs may extend it. The directory
+        # named on the command line is the run, whatever output_dir its config.json recorded.
         if args.set:
             raise UsageError("--set cannot change a resumed run (it keeps its saved config.json; "
                              "only --epochs may extend it): drop --set, or start a new run")
-        saved = Path(cfg.output_dir) / "config.json"
-        if not saved.exists():
-            raise UsageError(f"{cfg.output_dir}: nothing to resume (no config.json); start a new run without --resume")
-        cfg = RunConfig.load(saved).replace(**({"epochs": args.epochs} if args.epochs else {}))
+        rd = RunDir(cfg.output_dir)
+        rd.decide(resume=True)  # "nothing to resume" before reading a config that is not there
+        cfg = rd.load_config().replace(**({"epochs": args.epochs} if args.epochs else {}))
     train_run(cfg, resume=args.resume, use_trainer=args.trainer)
     return 0
 
@@ -421,17 +425,13 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reclor_lab.baselines import BaselineError
-    from reclor_lab.course import CourseError
-    from reclor_lab.data import DataError
-    from reclor_lab.grade import GradeError
-    from reclor_lab.train import RunDirError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError, RunDirError, CourseError, GradeError, BaselineError,
-            OSError) as e:
+    except TrainingInterrupted as e:  # SIGTERM / SIGINT: a checkpoint was written
+        print(f"reclor-lab: {e}", file=sys.stderr)
+        return e.exit_code
+    except (ReclorLabError, OSError) as e:  # every expected problem: one line, no traceback
         print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,7 +16,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+import functools
+import math
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 #: ReClor has four answer options per question; the classifier has one logit per option.
 NUM_LABELS = 4
@@ -40,18 +42,68 @@ TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama"
 Quantization = Literal["nf4", "none"]
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
 Schedule = Literal["constant", "cosine"]
+LoraBias = Literal["none", "all", "lora_only"]
 HeadInit = Literal["random", "letters"]
 
 
-class ConfigError(ValueError):
+from reclor_lab.errors import ReclorLabError
+
+
+class ConfigError(ReclorLabError, ValueError):
     """A run configuration with one or more invalid values (all listed in the message)."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+# --- constraints, declared beside each field ---------------------------------------------------
+# A check takes a field's value and returns what is wrong with it, or None. Choices (``Literal``)
+# and booleans need none: the one validator, ``RunConfig.problems``, reads them from the type.
+
+Check = Callable[[Any], "str | None"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 1 else f"must be a positive integer, got {v!r}"
+
+
+def non_negative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else f"must be a non-negative integer, got {v!r}"
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
+    """A finite number in [lo, hi] (``(`` / ``)`` where open). NaN and infinities are refused:
+    NaN compares False with everything, so a plain range check would let it through."""
+    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return f"must be a finite number, got {v!r}"
+        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+            return f"must be in {left}{lo:g}, {hi:g}{right}, got {v!r}"
+        return None
+
+    return check
+
+
+def non_empty_str(v: Any) -> str | None:
+    return None if isinstance(v, str) and v.strip() else f"must be a non-empty path or id, got {v!r}"
+
+
+def module_names(v: Any) -> str | None:
+    if v is None or (v and all(isinstance(t, str) and t for t in v)):
+        return None
+    return f"must be None or a non-empty list of module names, got {v!r}"
+
+
+def _f(default: Any, help: str, check: Check | None = None) -> Any:
+    """A dataclass field with a help text and, where its type does not say it all, a check."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 @dataclass(frozen=True)
@@ -63,12 +115,14 @@ class RunConfig:
     model_name_or_path: str = _f(
         str(TINY_MODEL_DIR),
         "Hugging Face model id or local directory. Llama-2 needs its weights on disk offline.",
+        non_empty_str,
     )
     quantization: Quantization = _f(
         "nf4", "`nf4`: 4-bit NormalFloat weights (QLoRA, ~4x less memory); `none`: plain weights."
     )
     double_quant: bool = _f(
-        True, "Quantize the 4-bit scales too: saves ~0.4 bit/param (~0.4 GB on 7B) for a little compute."
+        True, "Quantize the 4-bit scales too: saves ~0.4 bit/param (~0.4 GB on 7B) for a little compute. "
+              "Ignored with quantization `none`."
     )
     compute_dtype: ComputeDtype = _f(
         "auto", "Dtype of the matmuls. `auto`: bf16 where the hardware supports it, else fp32."
@@ -83,43 +137,58 @@ class RunConfig:
     data_dir: str = _f(
         str(BUNDLED_DATA_DIR),
         "Folder with train.json / val.json / test.json in the official ReClor format.",
+        non_empty_str,
     )
     template: str = _f(
         REFERENCE_TEMPLATE,
         "Input layout; fields {context} {question} {a} {b} {c} {d}. Append ' Answer:' to try a cue.",
+        lambda v: "; ".join(template_problems(v)) or None,
     )
     max_len: int = _f(
-        512, "Tokens kept per example; longer inputs are truncated (counted and reported)."
+        512, "Tokens kept per example; longer inputs are truncated (counted and reported).", positive_int
     )
     group_by_length: bool = _f(
         True, "Batch examples of similar length: far less padding, batches stay shuffled."
     )
-    train_limit: int | None = _f(None, "Use only the first N training records (None: all). For quick tries.")
-    eval_limit: int | None = _f(None, "Use only the first N validation records (None: all).")
+    train_limit: int | None = _f(None, "Use only the first N training records (None: all). For quick tries.",
+                                 optional(positive_int))
+    eval_limit: int | None = _f(None, "Use only the first N validation records (None: all).",
+                                optional(positive_int))
     # --- LoRA ------------------------------------------------------------------------------
-    lora_r: int = _f(16, "Rank of the LoRA update: more capacity and more trainable parameters.")
-    lora_alpha: int = _f(16, "LoRA scale numerator; the update is multiplied by alpha / r.")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA input: regularises small data sets.")
-    lora_bias: Literal["none", "all", "lora_only"] = _f("none", "Which biases train (`none` like the reference).")
+    lora_r: int = _f(16, "Rank of the LoRA update: more capacity and more trainable parameters.", positive_int)
+    lora_alpha: int = _f(16, "LoRA scale numerator; the update is multiplied by alpha / r.", positive_int)
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input: regularises small data sets.",
+                             in_range(0.0, 1.0, hi_open=True))
+    lora_bias: LoraBias = _f("none", "Which biases train (`none` like the reference).")
     lora_targets: tuple[str, ...] | None = _f(
-        None, "Module names to adapt; None: every (4-bit) linear layer except the head."
+        None, "Module names to adapt; None: every (4-bit) linear layer except the head.", module_names
     )
     # --- optimisation ----------------------------------------------------------------------
-    learning_rate: float = _f(1e-4, "AdamW peak learning rate.")
-    weight_decay: float = _f(0.001, "AdamW decoupled weight decay on the trainable weights.")
-    epochs: int = _f(3, "Passes over the training set.")
-    batch_size: int = _f(2, "Examples per forward pass; memory grows with it and with max_len.")
-    eval_batch_size: int = _f(8, "Examples per forward pass during evaluation (no gradients).")
-    grad_accum_steps: int = _f(1, "Micro-batches per optimizer step: a bigger effective batch, same memory.")
-    max_grad_norm: float = _f(0.3, "Clip the gradient norm to this (QLoRA's value); 0 disables clipping.")
-    warmup_ratio: float = _f(0.1, "Fraction of optimizer steps with a linear warm-up from 0.")
+    learning_rate: float = _f(1e-4, "AdamW peak learning rate.", in_range(0.0, 1.0, lo_open=True))
+    weight_decay: float = _f(0.001, "AdamW decoupled weight decay on the trainable weights.", in_range(0.0, 1.0))
+    epochs: int = _f(3, "Passes over the training set.", positive_int)
+    batch_size: int = _f(2, "Examples per forward pass; memory grows with it and with max_len.", positive_int)
+    eval_batch_size: int = _f(8, "Examples per forward pass during evaluation (no gradients).", positive_int)
+    grad_accum_steps: int = _f(1, "Micro-batches per optimizer step: a bigger effective batch, same memory.",
+                               positive_int)
+    max_grad_norm: float = _f(0.3, "Clip the gradient norm to this (QLoRA's value); 0 disables clipping.",
+                              in_range(0.0, 1e9))
+    warmup_ratio: float = _f(0.1, "Fraction of optimizer steps with a linear warm-up from 0.",
+                             in_range(0.0, 1.0, hi_open=True))
     lr_schedule: Schedule = _f("constant", "After warm-up: `constant` like the reference, or `cosine` decay.")
     class_weighting: bool = _f(
         True, "Weight the cross-entropy by inverse answer-position frequency (the reference's loss)."
     )
-    seed: int = _f(42, "Seeds Python, NumPy and torch once at the start: same seed, same machine, same numbers.")
+    seed: int = _f(42, "Seeds Python, NumPy and torch once at the start: same seed, same machine, same numbers.",
+                   non_negative_int)
     # --- output ----------------------------------------------------------------------------
-    output_dir: str = _f("runs/tiny", "Run directory: adapter, config, history, metrics, plots.")
+    output_dir: str = _f("runs/tiny", "Run directory: adapter, config, history, metrics, plots.", non_empty_str)
+    save_every_steps: int | None = _f(
+        None, "Also checkpoint every N optimizer steps inside an epoch (None: at epoch ends only); "
+              "each costs one adapter + optimizer write.", optional(positive_int))
+    keep_last_checkpoints: int = _f(
+        1, "Checkpoints kept: the last N plus the best epoch's; each is adapter + optimizer state.",
+        positive_int)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_targets, list):
@@ -131,68 +200,25 @@ class RunConfig:
             )
 
     def problems(self) -> list[str]:
-        """Every invalid value, one sentence each, naming the field in backticks."""
+        """Every invalid value, one sentence each, naming the field in backticks: the checks
+        declared beside the fields, the choices and booleans their types declare, and the one
+        rule that spans two fields."""
         p: list[str] = []
-
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                p.append(f"`{name}` is {value!r}; choose one of {', '.join(map(repr, allowed))}")
-
-        def positive_int(name: str, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                p.append(f"`{name}` must be a positive integer, got {value!r}")
-
-        def number(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                p.append(f"`{name}` must be a number, got {value!r}")
-                return
-            too_low = value <= lo if lo_open else value < lo
-            too_high = value >= hi if hi_open else value > hi
-            if too_low or too_high:
-                left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
-                p.append(f"`{name}` must be in {left}{lo}, {hi}{right}, got {value!r}")
-
-        choice("quantization", get_args(Quantization))
-        choice("compute_dtype", get_args(ComputeDtype))
-        choice("lr_schedule", get_args(Schedule))
-        choice("lora_bias", ("none", "all", "lora_only"))
-        choice("head_init", get_args(HeadInit))
+        hints = _field_types()
+        for f in fields(self):
+            value, kind = getattr(self, f.name), hints[f.name]
+            if get_origin(kind) is Literal and value not in get_args(kind):
+                p.append(f"`{f.name}` is {value!r}; choose one of {', '.join(map(repr, get_args(kind)))}")
+            elif kind is bool and not isinstance(value, bool):
+                p.append(f"`{f.name}` must be true or false, got {value!r}")
+            elif f.metadata.get("check") and (problem := f.metadata["check"](value)):
+                p.append(problem if problem.startswith("`") else f"`{f.name}` {problem}")
         if self.head_init == "letters" and isinstance(self.template, str) and not self.template.endswith(" Answer:"):
             p.append("`head_init` letters reads the hidden state where the model names the answer letter, so "
                      "`template` must end with ' Answer:' (the tiny preset's does; e.g. "
                      "--set template=\"...Option D: {d} Answer:\")")
-        for name in ("max_len", "lora_r", "lora_alpha", "epochs", "batch_size", "eval_batch_size",
-                     "grad_accum_steps"):
-            positive_int(name)
-        positive_int("train_limit", allow_none=True)
-        positive_int("eval_limit", allow_none=True)
-        number("lora_dropout", 0.0, 1.0, hi_open=True)
-        number("learning_rate", 0.0, 1.0, lo_open=True)
-        number("weight_decay", 0.0, 1.0)
-        number("max_grad_norm", 0.0, float("inf"))
-        number("warmup_ratio", 0.0, 1.0, hi_open=True)
-        for f in fields(self):
-            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
-                p.append(f"`{f.name}` must be true or false, got {getattr(self, f.name)!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            p.append(f"`seed` must be a non-negative integer, got {self.seed!r}")
-        for name in ("model_name_or_path", "data_dir", "output_dir"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
-                p.append(f"`{name}` must be a non-empty path or id, got {getattr(self, name)!r}")
-        if self.lora_targets is not None and (
-            not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)
-        ):
-            p.append(f"`lora_targets` must be None or a non-empty list of module names, got {self.lora_targets!r}")
-        if self.quantization == "none" and self.double_quant:
-            pass  # harmless: ignored without 4-bit weights (modeling warns when it matters)
         if self.compute_dtype == "float16" and self.quantization == "nf4":
             p.append("`compute_dtype` float16 overflows in 4-bit training on Llama; use bfloat16 or auto")
-        p.extend(_template_problems(self.template))
         return p
 
     # --- persistence -----------------------------------------------------------------------
@@ -270,7 +296,8 @@ class RunConfig:
         return out
 
 
-def _template_problems(template: str) -> list[str]:
+def template_problems(template: str) -> list[str]:
+    """What is wrong with an input layout (unknown or missing fields), as sentences."""
     import string
 
     if not isinstance(template, str):
@@ -287,6 +314,11 @@ def _template_problems(template: str) -> list[str]:
     if missing:
         out.append(f"`template` must show every part of a record; missing {sorted(missing)}")
     return out
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(RunConfig)
 
 
 # --- presets ---------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from reclor_lab.errors import ReclorLabError
+
 #: Reference notebooks: two-digit prefix, jupytext percent sources.
 SOURCE_GLOB = "[0-9][0-9]_*.py"
 #: The Jupyter kernel the student notebooks run in (``make install`` registers it).
@@ -52,7 +54,7 @@ _STUB_TODO = re.compile(r"^[ \t]*# TODO: ")
 _STUB_RAISE = re.compile(r'^[ \t]*raise NotImplementedError\("Exercise \d+')
 
 
-class CourseError(ValueError):
+class CourseError(ReclorLabError, ValueError):
     """A reference notebook the student set cannot be built from; the message names file and line."""
 
 

@@ -12,7 +12,6 @@ never written.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from torch.utils.data import Sampler
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
+from reclor_lab.errors import ReclorLabError
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -34,7 +34,7 @@ REQUIRED_KEYS = ("context", "question", "answers", "id_string")
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
-class DataError(ValueError):
+class DataError(ReclorLabError, ValueError):
     """A ReClor file or record that cannot be used; the message says where and why."""
 
 
@@ -45,6 +45,15 @@ def _where(path: Path, index: int, record: Any) -> str:
     if isinstance(ident, str):
         return f"{path}: record {index} (id_string {ident!r})"
     return f"{path}: record {index}"
+
+
+def _check_text(where: str, what: str, text: str) -> None:
+    """A JSON escape such as ``"\\ud800"`` decodes to a lone surrogate: not text any tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: {what} holds an invalid character {text[e.start]!r} at position "
+                        f"{e.start} (a lone UTF-16 surrogate)") from None
 
 
 def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> None:
@@ -59,6 +68,7 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
             raise DataError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__}")
         if not rec[key].strip():
             raise DataError(f"{where}: {key!r} is empty")
+        _check_text(where, key, rec[key])
     answers = rec["answers"]
     if not isinstance(answers, list):
         raise DataError(f"{where}: 'answers' must be a list of {NUM_LABELS} strings, got {type(answers).__name__}")
@@ -69,6 +79,7 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
             raise DataError(f"{where}: option {OPTION_LETTERS[j]} must be a string, got {type(ans).__name__}")
         if not ans.strip():
             raise DataError(f"{where}: option {OPTION_LETTERS[j]} is empty")
+        _check_text(where, f"option {OPTION_LETTERS[j]}", ans)
     if "label" in rec:
         label = rec["label"]
         if not isinstance(label, int) or isinstance(label, bool):
@@ -102,6 +113,10 @@ def read_reclor(path: str | Path, labeled: bool | None = None) -> list[dict]:
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a ReClor file (JSON nested too deeply to read)") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"{path}: not a ReClor file ({e})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got a JSON {type(records).__name__}")
     if not records:
@@ -228,7 +243,7 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
 
     folder = token_cache.resolve(cache)
     key = token_cache.key(table, tokenizer, max_len) if folder is not None else None
-    ds = token_cache.load(folder, key) if key is not None else None
+    ds = token_cache.load(folder, key, table, max_len) if key is not None else None
     if ds is None:
         full = encode_texts(table["text"], tokenizer)
         ids = [x[:max_len] for x in full]
@@ -353,7 +368,3 @@ def padding_fraction(lengths: Sequence[int], batches: list[list[int]]) -> float:
     real = sum(lengths[i] for b in batches for i in b)
     total = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return 1.0 - real / total if total else 0.0
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)

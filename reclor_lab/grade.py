@@ -27,6 +27,7 @@ from pathlib import Path
 
 from reclor_lab.checks import EXERCISES
 from reclor_lab.config import REPO_ROOT
+from reclor_lab.errors import ReclorLabError
 from reclor_lab.notebook import WORKDIR_ENV
 
 #: Per-cell time limit (seconds) by default: a tiny-preset notebook's slowest cell (the training
@@ -41,7 +42,7 @@ PASSED, WRONG, NOT_STARTED = "✅", "❌", "⏳"
 ERROR, TIMEOUT, NOT_A_NOTEBOOK = "error", "timeout", "not a notebook"
 
 
-class GradeError(ValueError):
+class GradeError(ReclorLabError, ValueError):
     """Submissions that cannot be graded at all (no such file, no notebook found)."""
 
 

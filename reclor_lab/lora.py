@@ -83,7 +83,14 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    targets = list(cfg.lora_targets) if cfg.lora_targets else find_lora_targets(model)
+    available = find_lora_targets(model)
+    targets = list(cfg.lora_targets) if cfg.lora_targets else available
+    unknown = sorted(set(targets) - set(available))
+    if unknown:
+        from reclor_lab.config import ConfigError
+
+        raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
+                          f"linear layers; choose from {available} (or null for all of them)")
     quantized = bool(getattr(model, "is_loaded_in_4bit", False))
     with warnings.catch_warnings():
         for message in _PEFT_DEPRECATION_NOISE:

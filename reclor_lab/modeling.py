@@ -13,9 +13,13 @@ same code path runs on the bundled tiny Llama (bitsandbytes quantizes to 4-bit o
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -23,6 +27,7 @@ from torch import nn
 
 from .config import NUM_LABELS, RunConfig
 from .cpu4bit import use_portable_kernels
+from .errors import ModelError, ReclorLabError
 
 # The transformers / bitsandbytes imports are heavy (seconds); modules that only need the
 # constants below (a notebook plotting NF4 codes, the config printer) should not pay for them.
@@ -73,7 +78,7 @@ _DTYPES: dict[str, torch.dtype] = {
 _BYTES_PER_GB = 1e9  # decimal GB, the unit model cards and nvidia-smi's marketing use
 
 
-class QuantizationUnavailable(RuntimeError):
+class QuantizationUnavailable(ReclorLabError, RuntimeError):
     """bitsandbytes cannot quantize to 4-bit on this platform/device."""
 
 
@@ -157,6 +162,35 @@ def _check_4bit_support(device: str) -> None:
 
 # --- loading -----------------------------------------------------------------------------------
 
+def check_model_source(path: str) -> None:
+    """Refuse, in one line, a ``--model`` that cannot be a model: a file, a directory without a
+    ``config.json``, or a path that does not exist (not mistaken for a hub id)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        raise ModelError(f"{path}: is a file; --model takes a model directory (with config.json) or a hub id")
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{path}: not a model directory (no config.json); point --model at the folder "
+                             "that save_pretrained wrote")
+        return
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", path) and not path.startswith((".", "~"))
+    if not hub_id or len(Path(path).parts) > 2:
+        raise ModelError(f"{path}: no such model directory")
+
+
+@contextlib.contextmanager
+def _load_errors(path: str, what: str):
+    """transformers' loading errors (missing files, offline hub, bad JSON) as one ModelError."""
+    try:
+        yield
+    except ReclorLabError:
+        raise
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: cannot load the {what} ({first}); the kit runs offline: use a local "
+                         "directory or a model already in the Hugging Face cache") from None
+
+
 def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """The model's tokenizer with ``pad_token = eos_token`` and right padding, nothing else changed.
 
@@ -166,9 +200,12 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_model_source(path)
+    with _load_errors(path, "tokenizer"):
+        # never run code a model or run directory ships (an auto_map would ask y/N in a terminal)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.eos_token is None:
-        raise ValueError(
+        raise ModelError(
             f"tokenizer at {path!r} has no eos_token, so it cannot double as the pad token; "
             "set tokenizer.eos_token (and save it) before training"
         )
@@ -207,13 +244,16 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     device_map = {"": device}
     auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
                        if task == "classification" else (AutoModelForCausalLM, {}))
-    model = auto.from_pretrained(
-        cfg.model_name_or_path,
-        **head_args,
-        quantization_config=quant,
-        dtype=dtype,  # transformers 5 name (was torch_dtype); the dtype of the unquantized weights
-        device_map=device_map,
-    )
+    check_model_source(cfg.model_name_or_path)
+    with _load_errors(cfg.model_name_or_path, "model"):
+        model = auto.from_pretrained(
+            cfg.model_name_or_path,
+            **head_args,
+            quantization_config=quant,
+            dtype=dtype,  # transformers 5 name (was torch_dtype); the dtype of the unquantized weights
+            device_map=device_map,
+            trust_remote_code=False,
+        )
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with reclor_lab.modeling.load_tokenizer")
     # Without it Llama's classifier cannot find the last real token of a padded batch and

@@ -338,10 +338,6 @@ def _pick_other(rng: random.Random, pool: tuple, *exclude) -> object:
             return x
 
 
-def _fill(rng: random.Random, text: str, slots: dict) -> str:
-    return text.format(**slots)
-
-
 def _fillers(rng: random.Random, slots: dict, lo: int, hi: int) -> list[str]:
     k = rng.randint(lo, hi)
     return [f.format(**slots) for f in rng.sample(FILLERS, k)]

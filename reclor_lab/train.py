@@ -1,28 +1,21 @@
-"""The manual training loop: setup → fit → validate, with checkpoints that resume exactly.
+"""The manual training loop: setup → fit → evaluate, with checkpoints that resume exactly.
 
-A run directory holds::
-
-    config.json            the RunConfig of the run
-    tokenizer files        the tokenizer the run used (pad = eos)
-    checkpoints/epoch-N/   LoRA adapter + head (adapter_model.safetensors, loadable with
-                           PeftModel.from_pretrained) and trainer_state.pt (optimizer, RNG, epoch)
-    state.json             which epoch is the last and which is the best (by val accuracy)
-    history.json           per-step train loss and lr, per-epoch eval loss and metrics
-    metrics.json, *.png    written when the run finishes
-
-Every file is written to a temporary name and renamed, so an interrupt (Ctrl-C, SIGTERM, a
-killed process) leaves the last completed epoch and its history intact.
+``fit`` is the loop on one screen: a baseline evaluation, then per epoch
+:func:`train_one_epoch`, :func:`evaluate` and a checkpoint. Checkpoints also come every
+``save_every_steps`` optimizer steps inside an epoch, and when SIGTERM or SIGINT arrives (a
+cluster preempting the job, Ctrl-C): the loop finishes the optimizer step it is in, writes a
+checkpoint and stops. A resume from any checkpoint skips the batches already seen, in the same
+order, with the same RNG state: on a CPU it ends bit for bit where an uninterrupted run ends.
+The run directory's layout and files belong to :class:`reclor_lab.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import resource
-import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +30,13 @@ from reclor_lab.data import (
     BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
     tokenize_records,
 )
+from reclor_lab.errors import TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
+from reclor_lab.metrics import format_accuracy
+from reclor_lab.rundir import RunDir
 
-STATE_FILE = "state.json"
-HISTORY_FILE = "history.json"
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.pt"
-
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked (exists already, or nothing to resume)."""
+#: Exit status of a run stopped by a signal: 128 + the signal number, as shells report it.
+SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
 # --- small pure helpers --------------------------------------------------------------------------
@@ -101,15 +91,10 @@ def autocast_for(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @dataclass
 class History:
-    """What happened, as data: one row per optimizer step, one row per evaluation."""
+    """What happened, as plain data (floats, no tensors): one row per optimizer step, one per
+    evaluation, one per epoch."""
 
     steps: list[dict] = field(default_factory=list)   # {"step", "epoch", "loss", "lr"}
     evals: list[dict] = field(default_factory=list)   # {"epoch", "eval_loss", "accuracy", ...}
@@ -120,28 +105,40 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(steps=d["steps"], evals=d["evals"], epochs=d.get("epochs", []))
+        return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "History":
-        return cls.from_dict(json.loads((Path(run_dir) / HISTORY_FILE).read_text()))
+        return cls.from_dict(RunDir(run_dir).load_history())
+
+
+def eval_row(epoch: int, result: dict) -> dict:
+    """The history row of one evaluation (no per-example predictions)."""
+    return {"epoch": epoch, **{k: v for k, v in result.items() if k not in ("predictions", "n")}}
+
+
+def eval_line(epoch: int, r: dict) -> str:
+    """One printed line per evaluation."""
+    label = "baseline (before training)" if epoch == 0 else f"epoch {epoch}"
+    return (f"{label}: eval loss {r['eval_loss']:.4f}, "
+            f"accuracy {format_accuracy(r['accuracy'], r.get('accuracy_ci95'))}, macro F1 {r['f1_macro']:.3f}")
 
 
 # --- setup --------------------------------------------------------------------------------------
 
 @dataclass
 class Run:
-    """Everything a run needs, built by :func:`setup`."""
+    """Everything a run needs, built by :func:`setup` (a reloaded run has no data)."""
 
     cfg: RunConfig
     tokenizer: Any
     model: Any            # the PeftModel
     device: torch.device
     dtype: torch.dtype
-    train_ds: Any
-    val_ds: Any
-    weights: torch.Tensor | None
-    stats: dict           # token statistics per split
+    train_ds: Any = None
+    val_ds: Any = None
+    weights: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)  # token statistics per split
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tensor | None]:
@@ -178,9 +175,9 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 # --- evaluation ---------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model, ds, tokenizer, batch_size: int, device: torch.device, dtype: torch.dtype,
-             weights: torch.Tensor | None = None, desc: str = "eval") -> dict:
-    """Eval loss and metrics over every example of ``ds`` (predictions only when unlabeled).
+def evaluate(run: Run, ds, desc: str = "eval") -> dict:
+    """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
+    when unlabeled), with the run's class weights in the loss.
 
     Switches the model to eval() (no dropout) and back. Accuracy counts correct predictions
     over examples, never an average of per-batch accuracies.
@@ -189,22 +186,23 @@ def evaluate(model, ds, tokenizer, batch_size: int, device: torch.device, dtype:
 
     from reclor_lab.metrics import compute_classification_metrics
 
+    model, device = run.model, run.device
     was_training = model.training
     model.eval()
-    loader = DataLoader(model_inputs(ds), batch_size=batch_size, collate_fn=make_collator(tokenizer))
+    loader = DataLoader(model_inputs(ds), batch_size=run.cfg.eval_batch_size,
+                        collate_fn=make_collator(run.tokenizer))
     logits_all, loss_sum, n = [], torch.zeros((), device=device), 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels", None)
-        with autocast_for(device, dtype):
+        with autocast_for(device, run.dtype):
             logits = model(**batch).logits.float()
         if labels is not None:
-            loss_sum += weighted_cross_entropy(logits, labels, weights) * len(labels)
+            loss_sum += weighted_cross_entropy(logits, labels, run.weights) * len(labels)
         logits_all.append(logits.cpu())
         n += len(logits)
     model.train(was_training)
-    logits = torch.cat(logits_all)
-    preds = logits.argmax(-1).numpy()
+    preds = torch.cat(logits_all).argmax(-1).numpy()
     out: dict[str, Any] = {"predictions": preds.tolist(), "n": n}
     if "labels" in ds.column_names:
         out["eval_loss"] = loss_sum.item() / n
@@ -212,96 +210,16 @@ def evaluate(model, ds, tokenizer, batch_size: int, device: torch.device, dtype:
     return out
 
 
-# --- checkpoints ----------------------------------------------------------------------------------
-
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run, and refuse to resume from nothing."""
-    has_run = (run_dir / STATE_FILE).exists()
-    if resume and not has_run:
-        raise RunDirError(f"{run_dir}: nothing to resume (no {STATE_FILE}); start a new run without --resume")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"{run_dir} already exists and is not empty; pass --resume to continue it, "
-                          "or choose another --output-dir")
-
-
-def read_state(run_dir: Path) -> dict:
-    return json.loads((run_dir / STATE_FILE).read_text())
-
-
-def epoch_dir(run_dir: Path, epoch: int) -> Path:
-    return run_dir / CHECKPOINTS / f"epoch-{epoch:03d}"
-
-
-def best_adapter_dir(run_dir: str | Path) -> Path:
-    """The checkpoint folder of the best epoch by val accuracy (its adapter is the run's result)."""
-    run_dir = Path(run_dir)
-    return epoch_dir(run_dir, read_state(run_dir)["best_epoch"])
-
-
-def save_checkpoint(run: Run, run_dir: Path, epoch: int, optimizer, history: History,
-                    total_steps: int, warmup_steps: int) -> None:
-    """Write epoch ``epoch``'s adapter and resume state, then point state.json at it.
-
-    The folder is written under a temporary name and renamed; state.json is replaced last, so
-    a crash at any moment leaves state.json naming a complete checkpoint.
-    """
-    final = epoch_dir(run_dir, epoch)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    run.model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json (head included)
-    torch.save({
-        "epoch": epoch,
-        "optimizer": optimizer.state_dict(),
-        "total_steps": total_steps,
-        "warmup_steps": warmup_steps,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python_rng": random.getstate(),
-        "numpy_rng": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-    }, tmp / TRAINER_STATE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _write_json(run_dir / HISTORY_FILE, history.to_dict())
-
-    accs = {e["epoch"]: e["accuracy"] for e in history.evals if e["epoch"] >= 1}
-    best = max(accs, key=lambda e: (accs[e], -e))  # the earliest of equally good epochs
-    previous = read_state(run_dir) if (run_dir / STATE_FILE).exists() else {}
-    _write_json(run_dir / STATE_FILE, {"last_epoch": epoch, "best_epoch": best,
-                                       "best_accuracy": accs[best], "total_steps": total_steps,
-                                       "warmup_steps": warmup_steps})
-    # keep only the last and the best checkpoints
-    for old in {previous.get("last_epoch"), previous.get("best_epoch")} - {epoch, best, None}:
-        shutil.rmtree(epoch_dir(run_dir, old), ignore_errors=True)
-
-
-def load_checkpoint(run: Run, run_dir: Path, optimizer) -> tuple[int, History, dict]:
-    """Restore the adapter, head, optimizer and RNG of the last completed epoch."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = read_state(run_dir)
-    folder = epoch_dir(run_dir, state["last_epoch"])
-    set_peft_model_state_dict(run.model, load_file(folder / "adapter_model.safetensors"))
-    ts = torch.load(folder / TRAINER_STATE, weights_only=True)
-    optimizer.load_state_dict(ts["optimizer"])
-    torch.set_rng_state(ts["torch_rng"])
-    if ts["cuda_rng"]:
-        torch.cuda.set_rng_state_all(ts["cuda_rng"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in ts["python_rng"]))
-    kind, keys, pos, has_gauss, gauss = ts["numpy_rng"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    return state["last_epoch"], History.load(run_dir), ts
-
-
-# --- the loop ---------------------------------------------------------------------------------------
+# --- one step ------------------------------------------------------------------------------------
 
 def train_step(model, batch: dict, weights: torch.Tensor | None, dtype: torch.dtype,
                accum_steps: int = 1) -> torch.Tensor:
-    """Forward, weighted loss, backward for one micro-batch; returns the (detached) loss."""
-    labels = batch.pop("labels")
-    with autocast_for(labels.device, dtype):
-        logits = model(**batch).logits
-    loss = weighted_cross_entropy(logits, labels, weights)
+    """Forward, weighted loss, backward for one micro-batch; returns the (detached) loss.
+    The caller's ``batch`` is left as it was."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with autocast_for(batch["labels"].device, dtype):
+        logits = model(**inputs).logits
+    loss = weighted_cross_entropy(logits, batch["labels"], weights)
     (loss / accum_steps).backward()  # gradients add up over the micro-batches of one step
     return loss.detach()
 
@@ -316,88 +234,212 @@ def optimizer_step(model, optimizer, lr: float, max_grad_norm: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: int | None = None,
-        verbose: bool = True) -> History:
-    """Train ``run.model`` for ``cfg.epochs`` epochs, evaluating and checkpointing after each.
+# --- where the loop is, and its checkpoints ------------------------------------------------------
 
-    ``stop_after_epoch`` ends the call after that epoch (as an interrupt would), for teaching
-    and testing resume.
-    """
+@dataclass
+class Loop:
+    """Where the loop is: exactly what a checkpoint saves and a resume restores."""
+
+    optimizer: torch.optim.Optimizer
+    history: History
+    total_steps: int
+    warmup_steps: int
+    epoch: int = 1              # the epoch in progress (or the next to start)
+    batch: int = 0              # micro-batches of that epoch already done
+    step: int = 0               # optimizer steps done over the whole run
+    epoch_tokens: int = 0       # tokens and training seconds of the epoch so far
+    epoch_seconds: float = 0.0
+    pending: list = field(default_factory=list)  # (history row, loss tensor): one host sync later
+
+    def flush(self) -> None:
+        """Turn the pending step losses into floats (one GPU sync for many steps)."""
+        for row, loss in self.pending:
+            row["loss"] = loss.item()
+        self.pending.clear()
+
+    def trainer_state(self) -> dict:
+        self.flush()
+        return {
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
+            "optimizer": self.optimizer.state_dict(),
+            "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": random.getstate(),
+            "numpy_rng": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+        }
+
+    def restore(self, ts: dict, history: dict) -> None:
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.history = History.from_dict(history)
+        self.epoch, self.batch, self.step = ts["epoch"], ts["batch"], ts["step"]
+        self.epoch_tokens, self.epoch_seconds = ts["epoch_tokens"], ts["epoch_seconds"]
+        self.warmup_steps = ts["warmup_steps"]  # keep the run's warm-up when --epochs extends it
+        torch.set_rng_state(ts["torch_rng"])
+        if ts.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in ts["python_rng"]))
+        kind, keys, pos, has_gauss, gauss = ts["numpy_rng"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def save(run: Run, rd: RunDir, loop: Loop, epoch_end: bool, accuracy: float | None = None,
+         extra=None) -> str:
+    """A checkpoint of the loop where it is; returns its name."""
+    epoch = loop.epoch - 1 if epoch_end else loop.epoch  # an epoch end has already moved on
+    return rd.save_checkpoint(run.model, loop.trainer_state(), loop.history.to_dict(), epoch=epoch,
+                              step=loop.step, epoch_end=epoch_end, accuracy=accuracy,
+                              keep_last=run.cfg.keep_last_checkpoints, extra=extra).name
+
+
+class StopSignals:
+    """Within ``with``: SIGTERM / SIGINT set ``signum`` instead of killing the process, so the
+    loop can finish its optimizer step and write a checkpoint. A second signal stops at once
+    (SIGINT raises KeyboardInterrupt, SIGTERM exits 143), leaving the previous checkpoint intact.
+    Outside the main thread (where Python allows no handlers) it does nothing."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            import os
+
+            os._exit(SIGNAL_EXIT.get(signum, 128 + signum))
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNAL_EXIT:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+def start(run: Run, rd: RunDir, decision: str, verbose: bool) -> Loop:
+    """A fresh loop (config and tokenizer saved, baseline evaluated) or one restored from the
+    run's last checkpoint."""
+    cfg = run.cfg
+    _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds))
+    loop = Loop(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps)
+    if decision == "resume":
+        rd.check_resume_config(cfg)
+        ts, history = rd.load_checkpoint(run.model)
+        loop.restore(ts, history)
+        rd.save_config(cfg)  # --epochs may have extended the run
+        if verbose:
+            print(f"resuming {rd.path} at epoch {loop.epoch}, batch {loop.batch} (step {loop.step})"
+                  + ("" if loop.epoch <= cfg.epochs else
+                     f"; it already has {cfg.epochs} epochs: pass more --epochs to extend it"))
+        return loop
+    rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
+    rd.save_config(cfg)
+    run.tokenizer.save_pretrained(rd.path)
+    baseline = evaluate(run, run.val_ds, desc="baseline")
+    loop.history.evals.append(eval_row(0, baseline))
+    if verbose:
+        print(eval_line(0, baseline))
+    return loop
+
+
+def train_one_epoch(run: Run, loop: Loop, rd: RunDir, stop: StopSignals,
+                    stop_after_step: int | None = None) -> bool:
+    """Train the rest of epoch ``loop.epoch`` from micro-batch ``loop.batch``, checkpointing
+    every ``save_every_steps`` steps. False when a signal (or ``stop_after_step``) stopped it
+    after a checkpoint; True at the epoch's end."""
     from tqdm.auto import tqdm
 
-    cfg, model, device, dtype = run.cfg, run.model, run.device, run.dtype
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model.to(device)
-    collate = make_collator(run.tokenizer)
-    lengths = column(run.train_ds, "length")
-    steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
-    optimizer = make_optimizer(model, cfg, device)
-    history, start = History(), 1
-    if resume:
-        done, history, ts = load_checkpoint(run, run_dir, optimizer)
-        warmup_steps = ts["warmup_steps"]  # keep the run's warm-up when it is extended
-        start = done + 1
-        cfg.save(run_dir / "config.json")  # --epochs may have extended the run
-        if verbose:
-            print(f"resuming {run_dir} after epoch {done} (step {done * steps_per_epoch})"
-                  + ("" if start <= cfg.epochs else f"; it already has {done} epochs: pass more --epochs to extend it"))
-    else:
-        cfg.save(run_dir / "config.json")
-        run.tokenizer.save_pretrained(run_dir)
-        baseline = evaluate(model, run.val_ds, run.tokenizer, cfg.eval_batch_size, device, dtype,
-                            run.weights, desc="baseline")
-        history.evals.append(_eval_row(0, baseline))
-        if verbose:
-            print(_eval_line(0, baseline))
-
-    data = model_inputs(run.train_ds)
-    for epoch in range(start, cfg.epochs + 1):
-        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-        loader = DataLoader(data, batch_sampler=BatchListSampler(batches), collate_fn=collate)
-        step = (epoch - 1) * steps_per_epoch
-        model.train()
-        losses, tokens, t0 = [], 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=None)
-        for micro, batch in enumerate(bar):
-            tokens += int(batch["attention_mask"].sum())  # counted on the host: no GPU sync
-            batch = {k: v.to(device) for k, v in batch.items()}
-            losses.append(train_step(model, batch, run.weights, dtype, cfg.grad_accum_steps))
-            if (micro + 1) % cfg.grad_accum_steps == 0 or micro + 1 == len(batches):
-                lr = get_lr(step, cfg, total_steps, warmup_steps)
-                optimizer_step(model, optimizer, lr, cfg.max_grad_norm)
-                step_loss = torch.stack(losses[-cfg.grad_accum_steps:]).mean()
-                history.steps.append({"step": step + 1, "epoch": epoch, "loss": step_loss, "lr": lr})
-                if step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
-                    bar.set_postfix(loss=f"{step_loss.item():.4f}", lr=f"{lr:.2e}")
-                step += 1
-        bar.close()
-        seconds = time.perf_counter() - t0
-        for row in history.steps:  # one host sync per epoch instead of one per step
-            if isinstance(row["loss"], torch.Tensor):
-                row["loss"] = row["loss"].item()
-        result = evaluate(model, run.val_ds, run.tokenizer, cfg.eval_batch_size, device, dtype, run.weights)
-        history.evals.append(_eval_row(epoch, result))
-        history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
-                               "tokens_per_second": tokens / seconds,
-                               "peak_memory_mb": peak_memory_mb(device)})
-        save_checkpoint(run, run_dir, epoch, optimizer, history, total_steps, warmup_steps)
-        if verbose:
-            print(_eval_line(epoch, result) + f" | {tokens / seconds:,.0f} tokens/s, "
-                  f"peak memory {peak_memory_mb(device):,.0f} MB")
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    return history
+    cfg, model = run.cfg, run.model
+    batches = epoch_batches(column(run.train_ds, "length"), cfg.batch_size, cfg.seed, loop.epoch,
+                            cfg.group_by_length)
+    # Its own generator: a DataLoader draws a seed from the global RNG when it starts iterating,
+    # which a mid-epoch resume would draw at another point than the uninterrupted run.
+    loader = DataLoader(model_inputs(run.train_ds), batch_sampler=BatchListSampler(batches[loop.batch:]),
+                        collate_fn=make_collator(run.tokenizer), generator=torch.Generator())
+    model.train()
+    losses, t0 = [], time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {loop.epoch}/{cfg.epochs}", initial=loop.batch, total=len(batches),
+               disable=None)
+    for batch in bar:
+        loop.epoch_tokens += int(batch["attention_mask"].sum())  # counted on the host: no GPU sync
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        losses.append(train_step(model, batch, run.weights, run.dtype, cfg.grad_accum_steps))
+        loop.batch += 1
+        if loop.batch % cfg.grad_accum_steps and loop.batch < len(batches):
+            continue  # more micro-batches before this optimizer step
+        lr = get_lr(loop.step, cfg, loop.total_steps, loop.warmup_steps)
+        optimizer_step(model, optimizer=loop.optimizer, lr=lr, max_grad_norm=cfg.max_grad_norm)
+        step_loss = torch.stack(losses).mean()
+        losses.clear()
+        row = {"step": loop.step + 1, "epoch": loop.epoch, "loss": None, "lr": lr}
+        loop.history.steps.append(row)
+        loop.pending.append((row, step_loss))
+        loop.step += 1
+        if loop.step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
+            bar.set_postfix(loss=f"{step_loss.item():.4f}", lr=f"{lr:.2e}")
+        stopping = stop.signum is not None or loop.step == stop_after_step
+        due = cfg.save_every_steps and loop.step % cfg.save_every_steps == 0
+        if loop.batch == len(batches):
+            break  # the epoch's end evaluates and saves (and a stop waits for that)
+        if stopping or due:
+            loop.epoch_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(run, rd, loop, epoch_end=False)
+        if stopping:
+            bar.close()
+            return False
+    bar.close()
+    loop.epoch_seconds += time.perf_counter() - t0
+    loop.flush()
+    return True
 
 
-def _eval_row(epoch: int, result: dict) -> dict:
-    return {"epoch": epoch, **{k: v for k, v in result.items() if k not in ("predictions", "n")}}
+def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
+    """Evaluate, record the epoch, and write its checkpoint."""
+    result = evaluate(run, run.val_ds)
+    loop.history.evals.append(eval_row(loop.epoch, result))
+    tokens, seconds, memory = loop.epoch_tokens, loop.epoch_seconds, peak_memory_mb(run.device)
+    loop.history.epochs.append({"epoch": loop.epoch, "seconds": seconds, "tokens": tokens,
+                                "tokens_per_second": tokens / seconds, "peak_memory_mb": memory})
+    if verbose:
+        print(eval_line(loop.epoch, result) + f" | {tokens / seconds:,.0f} tokens/s, peak memory {memory:,.0f} MB")
+    loop.epoch, loop.batch, loop.epoch_tokens, loop.epoch_seconds = loop.epoch + 1, 0, 0, 0.0
+    save(run, rd, loop, epoch_end=True, accuracy=result["accuracy"])
 
 
-def _eval_line(epoch: int, r: dict) -> str:
-    label = "baseline (before training)" if epoch == 0 else f"epoch {epoch}"
-    from reclor_lab.metrics import format_accuracy
+def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: int | None = None,
+        stop_after_step: int | None = None, verbose: bool = True) -> History:
+    """Train ``run.model`` for ``cfg.epochs`` epochs, evaluating and checkpointing after each.
 
-    return (f"{label}: eval loss {r['eval_loss']:.4f}, accuracy {format_accuracy(r['accuracy'], r.get('accuracy_ci95'))}, "
-            f"macro F1 {r['f1_macro']:.3f}")
+    ``stop_after_epoch`` / ``stop_after_step`` end the call there, after a checkpoint (as an
+    interrupt would), for teaching and testing resume. SIGTERM / SIGINT do the same, then raise
+    :class:`TrainingInterrupted` with the command that resumes.
+    """
+    cfg, rd = run.cfg, RunDir(run_dir)
+    decision = rd.decide(resume)
+    with rd.lock(), StopSignals() as stop:
+        run.model.to(run.device)
+        loop = start(run, rd, decision, verbose)
+        stopped = False
+        while loop.epoch <= cfg.epochs and not stopped:
+            if train_one_epoch(run, loop, rd, stop, stop_after_step):
+                end_epoch(run, rd, loop, verbose)
+            stopped = (stop.signum is not None or loop.batch > 0  # a mid-epoch stop
+                       or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        raise TrainingInterrupted(
+            f"{name}: stopped after step {loop.step}, checkpoint written; resume with: "
+            f"reclor-lab train --resume --output-dir {rd.path}", SIGNAL_EXIT[stop.signum])
+    return loop.history

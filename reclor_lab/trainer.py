@@ -20,9 +20,13 @@ from reclor_lab.config import RunConfig
 from reclor_lab.data import column, epoch_batches, make_collator, model_inputs
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
+from reclor_lab.errors import RunDirError
+from reclor_lab.rundir import RunDir
+
+#: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
+TRAINER_STATE_JSON = "trainer_state.json"
 from reclor_lab.train import (
-    History, Run, RunDirError, _eval_line, check_run_dir, get_lr, make_optimizer, peak_memory_mb,
-    save_checkpoint, schedule_steps,
+    History, Loop, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, save, schedule_steps,
 )
 
 
@@ -74,47 +78,56 @@ class WeightedLossTrainer(Trainer):
 
 
 class HistoryCallback(TrainerCallback):
-    """Fills the same History as the manual loop, prints one line per evaluation, checkpoints."""
+    """Fills the same History as the manual loop, prints one line per evaluation, and writes the
+    same checkpoints (plus the Trainer's own optimizer, scheduler, RNG and state files, so that
+    ``Trainer.train(resume_from_checkpoint=...)`` continues from them)."""
 
-    def __init__(self, run: Run, run_dir: Path, history: History, total_steps: int, warmup_steps: int,
-                 verbose: bool):
-        self.run, self.run_dir, self.history = run, run_dir, history
-        self.total_steps, self.warmup_steps, self.verbose = total_steps, warmup_steps, verbose
+    def __init__(self, run: Run, rd: RunDir, loop: Loop, verbose: bool, stop_after_epoch: int | None = None):
+        self.run, self.rd, self.loop, self.verbose = run, rd, loop, verbose
+        self.stop_after_epoch = stop_after_epoch
         self.trainer: WeightedLossTrainer | None = None
-        self.t0, self.seconds = time.perf_counter(), 0.0
+        self.t0 = time.perf_counter()
 
     def on_epoch_begin(self, args, state, control, **kw):
-        self.t0, self.seconds = time.perf_counter(), 0.0
+        self.t0 = time.perf_counter()
 
     def on_epoch_end(self, args, state, control, **kw):
-        self.seconds = time.perf_counter() - self.t0  # training only: the evaluation comes after
+        self.loop.epoch_seconds = time.perf_counter() - self.t0  # training only: the evaluation comes after
 
     def on_step_end(self, args, state, control, **kw):
-        t = self.trainer
+        t, loop = self.trainer, self.loop
         losses = t.step_losses[-args.gradient_accumulation_steps:]
         t.step_losses.clear()
         step = state.global_step
         epoch = math.ceil(state.epoch - 1e-9) if state.epoch else 1
-        self.history.steps.append({"step": step, "epoch": epoch, "loss": torch.stack(losses).mean(),
-                                   "lr": get_lr(step - 1, self.run.cfg, self.total_steps, self.warmup_steps)})
+        row = {"step": step, "epoch": epoch, "loss": None,
+               "lr": get_lr(step - 1, self.run.cfg, loop.total_steps, loop.warmup_steps)}
+        loop.history.steps.append(row)
+        loop.pending.append((row, torch.stack(losses).mean()))
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
-        epoch = round(state.epoch or 0)
-        for r in self.history.steps:  # one host sync per evaluation, not one per step
-            if isinstance(r["loss"], torch.Tensor):
-                r["loss"] = r["loss"].item()
+        loop, epoch = self.loop, round(state.epoch or 0)
+        loop.flush()  # one host sync per evaluation, not one per step
         row = {"epoch": epoch, "eval_loss": metrics["eval_loss"], **self.trainer.last_metrics}
-        self.history.evals.append(row)
+        loop.history.evals.append(row)
         if epoch >= 1:
-            seconds = self.seconds
-            tokens = sum(column(self.run.train_ds, "length"))
-            self.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
+            seconds, tokens = loop.epoch_seconds, sum(column(self.run.train_ds, "length"))
+            loop.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
                                         "tokens_per_second": tokens / seconds,
                                         "peak_memory_mb": peak_memory_mb(self.run.device)})
-            save_checkpoint(self.run, self.run_dir, epoch, self.trainer.optimizer, self.history,
-                            self.total_steps, self.warmup_steps)
+            loop.epoch, loop.batch, loop.step, loop.epoch_seconds = epoch + 1, 0, state.global_step, 0.0
+            save(self.run, self.rd, loop, epoch_end=True, accuracy=row["accuracy"], extra=self.trainer_files)
+            if epoch == self.stop_after_epoch:
+                control.should_training_stop = True
         if self.verbose:
-            print(_eval_line(epoch, row))
+            print(eval_line(epoch, row))
+
+    def trainer_files(self, folder: Path) -> None:
+        """The Trainer's own resume files, beside the kit's, in the same checkpoint folder."""
+        t = self.trainer
+        t._save_optimizer_and_scheduler(str(folder))
+        t._save_rng_state(str(folder))
+        t.state.save_to_json(str(folder / TRAINER_STATE_JSON))
 
 
 def trainer_metrics(trainer: WeightedLossTrainer, eval_pred) -> dict:
@@ -149,40 +162,51 @@ def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> T
     )
 
 
-def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> History:
-    """Train with :class:`WeightedLossTrainer`; returns the same History as :func:`train.fit`."""
-    cfg = run.cfg
-    run_dir = Path(run_dir)
-    if resume:
-        raise RunDirError("--resume continues a run of the manual loop; the Trainer path always starts fresh "
-                          "(drop --trainer to resume, or --resume to start a new Trainer run)")
-    check_run_dir(run_dir, resume=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    run.tokenizer.save_pretrained(run_dir)
-
-    lengths = column(run.train_ds, "length")
-    steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
-    # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
-    # exempts biases and norms from weight decay; the manual loop does not).
-    optimizer = make_optimizer(run.model, cfg, run.device)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: get_lr(s, cfg, total_steps, warmup_steps) / cfg.learning_rate)
-    history = History()
-    callback = HistoryCallback(run, run_dir, history, total_steps, warmup_steps, verbose)
-    trainer = WeightedLossTrainer(
-        model=run.model,
-        args=training_arguments(cfg, run_dir, steps_per_epoch),
-        train_dataset=model_inputs(run.train_ds),
-        eval_dataset=model_inputs(run.val_ds),
-        data_collator=make_collator(run.tokenizer),
-        compute_metrics=lambda p: trainer_metrics(trainer, p),
-        optimizers=(optimizer, schedule),
-        callbacks=[callback],
-        class_weights=run.weights,
-        batch_order=EpochBatches(lengths, cfg),
-    )
-    callback.trainer = trainer
-    trainer.evaluate()  # the baseline, before training (epoch 0)
-    trainer.train()
-    return history
+def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbose: bool = True,
+                     stop_after_epoch: int | None = None) -> History:
+    """Train with :class:`WeightedLossTrainer`; returns the same History as :func:`train.fit`.
+    ``resume`` continues from the last checkpoint through the Trainer's own resume (the Trainer
+    path checkpoints at epoch ends only); ``stop_after_epoch`` ends the call after that epoch."""
+    cfg, rd = run.cfg, RunDir(run_dir)
+    decision = rd.decide(resume)
+    with rd.lock():
+        lengths = column(run.train_ds, "length")
+        steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
+        # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
+        # exempts biases and norms from weight decay; the manual loop does not).
+        optimizer = make_optimizer(run.model, cfg, run.device)
+        loop = Loop(optimizer, History(), total_steps, warmup_steps)
+        checkpoint = None
+        if decision == "resume":
+            checkpoint = rd.last_dir()
+            if not (checkpoint / TRAINER_STATE_JSON).is_file():
+                raise RunDirError(f"{checkpoint} was written by the manual loop, not the Trainer: resume it "
+                                  "without --trainer")
+            rd.check_resume_config(cfg)
+            ts, history = rd.load_checkpoint(run.model)  # checks the adapter; the Trainer reloads it
+            loop.history, loop.warmup_steps = History.from_dict(history), ts["warmup_steps"]
+            rd.save_config(cfg)
+        else:
+            rd.prune({"checkpoints": []})
+            rd.save_config(cfg)
+            run.tokenizer.save_pretrained(rd.path)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: get_lr(s, cfg, total_steps, loop.warmup_steps) / cfg.learning_rate)
+        callback = HistoryCallback(run, rd, loop, verbose, stop_after_epoch)
+        trainer = WeightedLossTrainer(
+            model=run.model,
+            args=training_arguments(cfg, rd.path, steps_per_epoch),
+            train_dataset=model_inputs(run.train_ds),
+            eval_dataset=model_inputs(run.val_ds),
+            data_collator=make_collator(run.tokenizer),
+            compute_metrics=lambda p: trainer_metrics(trainer, p),
+            optimizers=(optimizer, schedule),
+            callbacks=[callback],
+            class_weights=run.weights,
+            batch_order=EpochBatches(lengths, cfg),
+        )
+        callback.trainer = trainer
+        if checkpoint is None:
+            trainer.evaluate()  # the baseline, before training (epoch 0)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return loop.history

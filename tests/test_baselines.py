@@ -160,7 +160,7 @@ def test_zero_shot_beats_chance_and_the_letter_head_starts_there(tmp_path):
     assert np.allclose(np.sum(zero["probabilities"], axis=1), 1, atol=1e-5)
 
     run = setup(cfg, verbose=False)
-    baseline = evaluate(run.model, run.val_ds, run.tokenizer, cfg.eval_batch_size, run.device, run.dtype)
+    baseline = evaluate(run, run.val_ds)
     assert baseline["accuracy"] == zero["accuracy"]
     assert baseline["predictions"] == zero["predictions"]
 

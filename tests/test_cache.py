@@ -174,3 +174,31 @@ def test_cache_reads_and_writes_print_no_progress_bars_and_leave_the_setting_alo
     tokenize_records(RECORDS, tok, 128, cache=tmp_path)  # a read
     assert "Saving the dataset" not in capsys.readouterr().err
     assert not datasets.are_progress_bars_disabled()
+
+
+@pytest.mark.parametrize("poison", ["lengths", "labels", "tokens", "column"])
+def test_a_poisoned_entry_under_the_right_key_is_not_served(tok, tmp_path, poison):
+    """Defect 9: an entry whose contents were replaced (same key) is checked against the records
+    and its stored checksum, dropped, and rebuilt; the statistics are the real ones."""
+    good, stats = tokenize_records(RECORDS, tok, 128, cache=tmp_path)
+    (entry,) = entries(tmp_path)
+    path = tmp_path / token_cache.SUBDIR / entry
+    checksum_file = (path / token_cache.CHECKSUM_FILE).read_text()
+    bad = good.to_dict()
+    if poison == "lengths":
+        bad["full_length"] = [99_999] * len(RECORDS)
+    elif poison == "labels":
+        bad["labels"] = [(x + 1) % 4 for x in bad["labels"]]
+    elif poison == "tokens":
+        bad["input_ids"] = [[7] * len(x) for x in bad["input_ids"]]
+    else:
+        del bad["length"]
+    import datasets
+    import shutil
+
+    shutil.rmtree(path)
+    datasets.Dataset.from_dict(bad).save_to_disk(str(path))
+    (path / token_cache.CHECKSUM_FILE).write_text(checksum_file)
+    with pytest.warns(UserWarning, match="tokenizing again"):
+        again, again_stats = tokenize_records(RECORDS, tok, 128, cache=tmp_path)
+    assert again.to_dict() == good.to_dict() and again_stats == stats

@@ -61,7 +61,7 @@ def test_train_refuses_an_existing_run_dir_before_loading_anything(tmp_path, cap
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "run"))
-    assert code == 1 and "already exists and is not empty; pass --resume" in err
+    assert code == 1 and "already exists and is not empty" in err and "--resume" in err
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "new"), "--resume")
     assert code == 1 and "nothing to resume" in err
@@ -111,3 +111,102 @@ def test_set_overrides_any_config_field_and_bad_values_get_one_clear_error(tmp_p
     (tmp_path / "run").mkdir()
     code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "run"), "--resume", "--set", "batch_size=4")
     assert code == 1 and "--set cannot change a resumed run" in err
+
+
+def _fake_run(path: Path, output_dir: str, epochs: int = 3) -> None:
+    """A run directory as `train` leaves it after epoch 1 (the checkpoint's contents are not read
+    before the model loads)."""
+    from reclor_lab.config import get_preset
+    from reclor_lab.rundir import RunDir
+
+    rd = RunDir(path)
+    rd.path.mkdir(parents=True)
+    rd.save_config(get_preset("tiny", output_dir=output_dir, epochs=epochs, seed=1))
+    (rd.checkpoint_dir("epoch-001")).mkdir(parents=True)
+    (rd.checkpoint_dir("epoch-001") / "trainer_state.pt").write_bytes(b"")
+    rd.state_path.write_text(json.dumps({
+        "last": "epoch-001", "best": "epoch-001", "last_epoch": 1, "total_steps": 9, "warmup_steps": 1,
+        "checkpoints": [{"name": "epoch-001", "epoch": 1, "step": 3, "epoch_end": True, "accuracy": 0.5}]}))
+
+
+def test_resume_trains_the_directory_named_not_the_one_its_config_recorded(tmp_path, monkeypatch, capsys):
+    """Defect 1: `train --resume --output-dir w/runA` continues w/runA, even though its
+    config.json says w/runs-tiny (where another run now lives), and from any working directory."""
+    import reclor_lab.runs
+
+    seen = []
+
+    def setup(cfg, verbose):  # train_run's checks all ran; stop before loading a model
+        seen.append(cfg)
+        raise reclor_lab.runs.RunDirError("stopped here")
+
+    monkeypatch.setattr(reclor_lab.runs, "setup", setup)
+    _fake_run(tmp_path / "w" / "runA", output_dir="w/runs-tiny")
+    _fake_run(tmp_path / "w" / "runs-tiny", output_dir="w/runs-tiny")
+    monkeypatch.chdir(tmp_path / "w")  # not where the run was created
+    code, _, err = run(capsys, "train", "--resume", "--output-dir", "runA", "--epochs", "4")
+    assert code == 1 and "stopped here" in err, err
+    (cfg,) = seen
+    assert cfg.output_dir == "runA" and cfg.epochs == 4 and cfg.seed == 1
+    code, _, err = run(capsys, "train", "--resume", "--output-dir", "runA", "--epochs", "2")
+    assert code == 1 and "3-epoch run; --epochs 2 would shrink it" in err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("learning_rate=NaN", "`learning_rate` must be a finite number, got nan"),
+    ("weight_decay=NaN", "`weight_decay` must be a finite number"),
+    ("warmup_ratio=NaN", "`warmup_ratio` must be a finite number"),
+    ("max_grad_norm=NaN", "`max_grad_norm` must be a finite number"),
+    ("save_every_steps=0", "`save_every_steps` must be a positive integer"),
+])
+def test_non_finite_numbers_are_refused(capsys, tmp_path, setting, message):
+    code, _, err = run(capsys, "train", "--output-dir", str(tmp_path / "r"), "--set", setting)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_a_model_path_that_is_no_model_gets_one_line(tmp_path, capsys):
+    (tmp_path / "file.bin").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for model, message in ((tmp_path / "file.bin", "is a file; --model takes a model directory"),
+                           (tmp_path / "empty", "not a model directory (no config.json)"),
+                           ("/nonexistent", "/nonexistent: no such model directory")):
+        code, _, err = run(capsys, "model", "info", "--model", str(model))
+        assert code == 1 and message in err and "Repo id" not in err, err
+        code, _, err = run(capsys, "data", "check", str(MINI / "val.json"), "--model", str(model))
+        assert code == 1 and message in err
+
+
+def test_bad_data_files_and_templates_get_one_line(tmp_path, capsys):
+    cases = {"big-int.json": '[{"label": 1' + "0" * 5000 + "}]",
+             "deep.json": "[" * 100_000 + "]" * 100_000,
+             "surrogate.json": json.dumps([{"context": "a\ud800", "question": "q", "answers": ["a", "b", "c", "d"],
+                                            "label": 0, "id_string": "s1"}])}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+        code, _, err = run(capsys, "data", "check", str(tmp_path / name))
+        assert code == 1 and err.startswith(f"reclor-lab: error: {tmp_path / name}") and err.count("\n") == 1, err
+    code, _, err = run(capsys, "data", "show", str(MINI / "val.json"), "--template", "{foo}")
+    assert code == 1 and "--template '{foo}'" in err and "unknown fields ['foo']" in err
+
+
+def test_expected_errors_never_reach_the_user_as_a_traceback(capsys, monkeypatch):
+    from reclor_lab import modeling
+
+    def unavailable(device):
+        raise modeling.QuantizationUnavailable("bitsandbytes cannot quantize to 4-bit here; set quantization=\"none\"")
+
+    monkeypatch.setattr(modeling, "_check_4bit_support", unavailable)
+    code, _, err = run(capsys, "model", "info")
+    assert code == 1 and err.startswith("reclor-lab: error: bitsandbytes cannot quantize")
+
+
+def test_unknown_lora_targets_are_named_with_the_choices(capsys):
+    code, _, err = run(capsys, "model", "info", "--set", 'lora_targets=["nonexistent"]')
+    assert code == 1 and "`lora_targets` names ['nonexistent']" in err and "'q_proj'" in err
+
+
+def test_data_check_writes_no_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RECLOR_LAB_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(capsys, "data", "check", str(MINI / "val.json"))
+    assert code == 0, err
+    assert not (tmp_path / "cache").exists()

@@ -172,3 +172,44 @@ def test_nf4_roundtrip_error_small_but_nonzero():
     nearest = (deq.unsqueeze(-1) - levels.unsqueeze(1)).abs().amin(dim=-1)
     assert nearest.max() < 1e-6
     assert nf4_roundtrip(w, double_quant=True).bytes_after < r.bytes_after
+
+
+def test_a_run_directory_with_an_auto_map_never_runs_its_code_nor_asks(tmp_path, monkeypatch):
+    """Defect 8: a tokenizer_config.json with an ``auto_map`` (someone's code in a run directory)
+    is loaded with trust_remote_code=False: no y/N prompt on a terminal, no code executed."""
+    import io
+    import json
+    import shutil
+
+    from reclor_lab.config import TINY_MODEL_DIR
+    from reclor_lab.errors import ModelError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(TINY_MODEL_DIR, run_dir)
+    marker = tmp_path / "code-ran"
+    (run_dir / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                     "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    conf = json.loads((run_dir / "tokenizer_config.json").read_text())
+    conf["auto_map"] = {"AutoTokenizer": [None, "evil.EvilTokenizer"]}
+    conf.pop("tokenizer_class", None)  # no local class to fall back on: the case that asked y/N
+    (run_dir / "tokenizer_config.json").write_text(json.dumps(conf))
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+
+    class NoInput(io.StringIO):
+        def readline(self, *a):
+            raise AssertionError("asked the user a question")
+
+        read = readline
+
+    monkeypatch.setattr("sys.stdin", NoInput())
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "n")
+    try:
+        tok = load_tokenizer(str(run_dir))
+        assert tok.pad_token == tok.eos_token
+        load_model(get_preset("tiny", model_name_or_path=str(run_dir)), tok)
+    except ModelError as e:  # refusing is fine too; running the code or asking is not
+        assert "trust_remote_code" in str(e) or "cannot load" in str(e)
+    assert not asked and not marker.exists()

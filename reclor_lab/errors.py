@@ -1,0 +1,29 @@
+"""The one base class of every error the kit expects a user to meet.
+
+Bad files, bad config values, a run directory that cannot be used, a model that cannot be loaded:
+each raises a subclass of :class:`ReclorLabError` whose message says what is wrong, where, and
+how to fix it. ``reclor-lab`` (``cli.main``) catches this one class and prints the message as one
+line; anything else is a bug in the kit and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ReclorLabError(Exception):
+    """An expected problem, with the fix in the message (printed by the CLI as one line)."""
+
+
+class RunDirError(ReclorLabError):
+    """A run directory that cannot be used as asked (exists already, nothing to resume, damaged)."""
+
+
+class ModelError(ReclorLabError):
+    """A model or tokenizer that cannot be loaded from the path or id given."""
+
+
+class TrainingInterrupted(ReclorLabError):
+    """SIGTERM or SIGINT stopped a run after it wrote a checkpoint; ``exit_code`` is 143 or 130."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
