@@ -46,7 +46,7 @@ demo: install
 
 # Unit tests, the tiny end-to-end run, and every notebook under nbval.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
