@@ -270,7 +270,9 @@ def test_lr_schedule_warms_up_then_holds_or_decays():
 
 
 #: The kill loop's run: 4 optimizer steps per epoch, a checkpoint after every one.
-KILL = dict(train_limit=32, eval_limit=16, epochs=2, save_every_steps=1)
+#: 8 optimizer steps an epoch, a checkpoint after each: room for five interruptions.
+KILL = dict(train_limit=64, eval_limit=16, epochs=2, save_every_steps=1)
+KILL_STEPS = 2 * 8
 
 
 def _train(run_dir: Path, resume: bool) -> subprocess.Popen:
@@ -297,7 +299,11 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
     """Section 2's test: five interruptions of one run, each followed by a resume: kill -9 at
     random moments, once while a checkpoint folder is being written, once SIGTERM (exit 143,
     one line saying how to resume, and the next process resumes at that very step). The
-    finished run equals an uninterrupted one bit for bit."""
+    finished run equals an uninterrupted one bit for bit.
+
+    The moments are drawn in terms of progress, not wall time (a fast machine would finish the
+    run before a timed kill): each kill waits until the run has passed a drawn step, then a
+    drawn fraction of a step longer."""
     straight = get_preset("tiny", output_dir=str(tmp_path / "straight"), **KILL)
     h1 = fit(setup(straight, verbose=False), straight.output_dir, verbose=False)
 
@@ -305,11 +311,14 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
     rd = RunDir(run_dir)
     writing = lambda: rd.checkpoints_dir.is_dir() and any(p.suffix == ".tmp" for p in rd.checkpoints_dir.iterdir())
     stopped_at = None
+    last_step = lambda: rd.read_state()["last_step"] if rd.has_run() else 0  # noqa: E731
+    targets = iter([2, 5, None, None, 12])  # kill -9 once past these steps (attempts 2, 3: below)
     for attempt in range(5):
         proc = _train(run_dir, resume=rd.config_path.exists())
+        target = next(targets)
         try:
             if attempt == 2:  # while a checkpoint is being written
-                _wait_for(proc, writing)
+                assert _wait_for(proc, writing), "the run ended without a checkpoint write to interrupt"
                 proc.send_signal(signal.SIGKILL)
             elif attempt == 3:  # SIGTERM inside an epoch
                 before = rd.read_state()["last_step"] if rd.has_run() else 0
@@ -323,7 +332,9 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
                 stopped_at = int(line.split("stopped after step ")[1].split(",")[0])
                 assert rd.read_state()["last_step"] == stopped_at
             else:
-                time.sleep(rng.uniform(2.0, 8.0))
+                assert _wait_for(proc, lambda: last_step() >= target, poll=0.01), "the run ended early"
+                time.sleep(rng.uniform(0.0, 0.05))  # somewhere inside the next step or its checkpoint
+                assert proc.poll() is None, "the run ended before the kill"
                 proc.send_signal(signal.SIGKILL)
         finally:
             proc.kill()
@@ -335,7 +346,7 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
 
     h2 = rd.load_history()
     assert [s["loss"] for s in h2["steps"]] == [s["loss"] for s in h1.steps]
-    assert [s["step"] for s in h2["steps"]] == list(range(1, 2 * 4 + 1))  # no step twice, none missing
+    assert [s["step"] for s in h2["steps"]] == list(range(1, KILL_STEPS + 1))  # no step twice, none missing
     assert [e["accuracy"] for e in h2["evals"]] == [e["accuracy"] for e in h1.evals]
     assert [e["eval_loss"] for e in h2["evals"]] == [e["eval_loss"] for e in h1.evals]
     a = load_file(RunDir(straight.output_dir).last_dir() / "adapter_model.safetensors")
