@@ -80,7 +80,7 @@ from reclor_lab.plots import (
     plot_accuracy_by_type, plot_confusion, plot_position_bias, plot_reliability, plot_results,
 )
 from reclor_lab.qtypes import agreement
-from reclor_lab.runs import load_run, predict_run, saved_history, saved_metrics, train_run
+from reclor_lab.runs import ensure_trained, load_run, predict_run, saved_history, saved_metrics
 from reclor_lab.train import evaluate, fit, setup
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes)
@@ -89,13 +89,7 @@ disable_progress_bar()  # datasets' progress bars (token-cache writes)
 # NBVAL_IGNORE_OUTPUT
 # (the message depends on whether notebook 04 ran before)
 run_dir = Path(cfg.output_dir)
-if (run_dir / "metrics.json").exists():
-    print(f"found {run_dir} (written by notebook 04)")
-else:
-    print(f"{run_dir} is missing or unfinished: run notebook 04 first, or wait for this cell to train it")
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run cannot be reused: start it over
-    train_run(cfg, verbose=False)
-    print(f"trained {run_dir}")
+print(ensure_trained(cfg))  # trains it now if notebook 04 has not run (a minute on a CPU)
 
 # %% [markdown]
 # ## 1. What guessing scores

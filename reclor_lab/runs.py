@@ -8,6 +8,7 @@ finished run from its directory, the way a student reloads the adapter later.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +99,18 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
               f"{format_accuracy(metrics['baseline_accuracy'], metrics.get('baseline_accuracy_ci95'))}); "
               f"run directory {rd.path}")
     return metrics
+
+
+def ensure_trained(cfg: RunConfig) -> str:
+    """Make sure ``cfg.output_dir`` holds a finished run (notebooks 05 and 06 read notebook 04's):
+    if it has no metrics.json, train it now with :func:`train_run` (an unfinished run is started
+    over). Returns a line saying which happened."""
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "metrics.json").exists():
+        return f"found {run_dir} (written by notebook 04)"
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run cannot be reused: start it over
+    train_run(cfg, verbose=False)
+    return f"{run_dir} was missing or unfinished: trained it now, as notebook 04 does"
 
 
 def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):

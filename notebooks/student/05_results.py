@@ -48,7 +48,6 @@ print("run directory:", cfg.output_dir)
 
 # %%
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,25 +57,21 @@ from reclor_lab import checks
 from reclor_lab.config import OPTION_LETTERS
 from reclor_lab.data import load_split
 from reclor_lab.plots import plot_confusion, plot_eval, plot_train_loss
-from reclor_lab.runs import evaluate_run, predict_run, saved_history, saved_metrics, summary_table, train_run
+from reclor_lab.runs import (
+    ensure_trained, evaluate_run, predict_run, saved_history, saved_metrics, summary_table,
+)
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes)
 
 # %% [markdown]
-# Is notebook 04's run there? If not, train it now with `train_run`, which is what notebook 04
-# does (same config, same seed), minus the explanations.
+# Is notebook 04's run there? If not, `ensure_trained` trains it now with `train_run`: what
+# notebook 04 does (same config, same seed), minus the explanations.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (the message depends on whether notebook 04 ran before)
 run_dir = Path(cfg.output_dir)
-if (run_dir / "metrics.json").exists():
-    print(f"found {run_dir} (written by notebook 04)")
-else:
-    print(f"{run_dir} is missing or unfinished: run notebook 04 first, or wait for this cell to train it")
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run cannot be reused: start it over
-    train_run(cfg, verbose=False)
-    print(f"trained {run_dir}")
+print(ensure_trained(cfg))  # trains it now if notebook 04 has not run (a minute on a CPU)
 
 # %% [markdown]
 # ## 1. The curves
