@@ -184,6 +184,33 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reclor_lab.plan import (
+        GIB, Planner, PlanSettings, choose_batch, model_shape, parse_memory, plan_table,
+    )
+
+    cfg = _config_from_args(args)
+    budget = parse_memory(args.gpu_memory) if args.gpu_memory is not None else (
+        parse_memory(cfg.gpu_memory) if cfg.gpu_memory is not None else None)
+    shape, source = model_shape(cfg.model_name_or_path)
+    compute_bytes = 4 if cfg.compute_dtype == "float32" else 2
+    planner = Planner(shape, PlanSettings.from_config(cfg, compute_bytes))
+    s = planner.settings
+    print(f"model shape ({source}): hidden {shape.hidden}, intermediate {shape.intermediate}, "
+          f"{shape.layers} layers, {shape.heads} heads ({shape.kv_heads} key/value), vocab {shape.vocab}")
+    print(f"settings: NF4{' + double quant' if s.double_quant else ''}, compute {compute_bytes * 8}-bit, "
+          f"LoRA r={s.lora_r} on all 7 projections, dropout {'on' if s.dropout else 'off'}, "
+          f"upcast `{s.upcast}` (residual stream {s.stream_bytes * 8}-bit)")
+    lengths = args.max_len or sorted({256, cfg.max_len, 640})
+    print(plan_table(planner, budget, args.batch_sizes or (1, 2, 4, 8, 16), lengths))
+    if budget is not None:
+        choice = choose_batch(planner, cfg, budget)
+        print(f"batch_size auto ({cfg.auto_batch}) at max_len {cfg.max_len} for {budget / GIB:.2f} GiB: {choice.reason}")
+        if args.breakdown and choice.estimate is not None:
+            print(choice.estimate.breakdown())
+    return 0
+
+
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -341,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(info)
     info.set_defaults(func=cmd_model_info)
 
+    plan = sub.add_parser("plan", help="predict peak GPU memory per batch size, length and checkpointing")
+    _add_config_args(plan)
+    plan.add_argument("--gpu-memory", metavar="SIZE",
+                      help="memory budget, e.g. 24GiB, 80GB, 16384MiB: marks what fits and what auto picks")
+    plan.add_argument("--batch-sizes", type=_int_list, help="comma-separated micro-batch sizes (default 1,2,4,8,16)")
+    plan.add_argument("--max-len", type=_int_list, help="comma-separated lengths (default 256, the preset's, 640)")
+    plan.add_argument("--breakdown", action="store_true", help="with --gpu-memory: every component of auto's pick")
+    plan.set_defaults(func=cmd_plan)
+
     train = sub.add_parser("train", help="fine-tune with 4-bit + LoRA (the kit's main job)")
     _add_config_args(train)
     train.add_argument("--data-dir", type=Path, help="folder with train.json / val.json (default: the preset's)")
@@ -419,6 +455,11 @@ def _int_at_least(minimum: int, what: str):
 
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 _positive_int = _int_at_least(1, "a positive integer")
+
+
+def _int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers, e.g. ``1,2,8``."""
+    return [_positive_int(part.strip()) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,12 +76,11 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     """Freeze the base model and add LoRA adapters (targets from ``cfg.lora_targets`` or
     :func:`find_lora_targets`).
 
-    A 4-bit model first goes through peft's ``prepare_model_for_kbit_training``: it freezes
-    everything, casts the non-quantized weights (embeddings, norms, head) to fp32 for stable
-    training (costs 2x their memory: ~0.5 GB more on Llama-2-7B) and enables gradient
-    checkpointing when configured.
+    A 4-bit model is first prepared by :func:`prepare_kbit` (frozen, fp32 where
+    ``cfg.kbit_upcast`` says, gradient checkpointing when configured); the trained weights (LoRA
+    and the head) are fp32 either way.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     available = find_lora_targets(model)
     targets = list(cfg.lora_targets) if cfg.lora_targets else available
@@ -96,11 +95,7 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
         for message in _PEFT_DEPRECATION_NOISE:
             warnings.filterwarnings("ignore", message=message, category=FutureWarning)
         if quantized:
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=cfg.gradient_checkpointing,
-                gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS),
-            )
+            model = prepare_kbit(model, cfg.kbit_upcast, cfg.gradient_checkpointing)
         elif cfg.gradient_checkpointing:
             _enable_checkpointing(model)
         if cfg.gradient_checkpointing:
@@ -108,7 +103,36 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
             # transformers would switch it off on the first forward with a printed notice.
             model.config.use_cache = False
         peft_model = get_peft_model(model, lora_config(cfg, targets))
+    for p in peft_model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # AdamW on 16-bit weights would round most updates away
     return peft_model
+
+
+def prepare_kbit(model: nn.Module, upcast: str, checkpointing: bool) -> nn.Module:
+    """Freeze a 4-bit model for LoRA training.
+
+    ``upcast="peft"``: peft's ``prepare_model_for_kbit_training``, which also casts every
+    non-4-bit weight (embeddings, norms, head) to fp32. On Llama-2-7B that is +0.25 GiB of
+    weights, and it turns the whole residual stream fp32 (the embeddings' output is fp32, so
+    every residual add is): about twice the activation memory of the bf16 stream, and a cast
+    before and after every 4-bit matmul. ``upcast="trainable"``: only what trains is fp32 (LoRA
+    and the head, done by :func:`inject_lora`); embeddings, norms and the stream stay in the
+    compute dtype, as in ordinary bf16 training. RMSNorm computes its variance in fp32 either way.
+    On a CPU the tiny model loads in fp32, so the two are the same there.
+    """
+    if upcast == "peft":
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                               gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (peft's input hook is
+        # only for the re-entrant variant).
+        _enable_checkpointing(model)
+    return model
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -273,6 +297,7 @@ __all__ = [
     "TrainableReport",
     "find_lora_targets",
     "inject_lora",
+    "prepare_kbit",
     "lora_config",
     "lora_error_bound",
     "predicted_lora_params",

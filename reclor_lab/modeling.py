@@ -251,6 +251,9 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
             **head_args,
             quantization_config=quant,
             dtype=dtype,  # transformers 5 name (was torch_dtype); the dtype of the unquantized weights
+            # torch's fused attention (flash / memory-efficient kernels on a GPU): one call per
+            # layer instead of eager's matmul, mask, softmax, matmul, and no T x T scores saved
+            attn_implementation="sdpa",
             device_map=device_map,
             trust_remote_code=False,
         )

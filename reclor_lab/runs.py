@@ -78,7 +78,10 @@ def _analyse_best_epoch(run: Run, rd: RunDir) -> dict:
 def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
               verbose: bool = True) -> dict:
     """The main job: fine-tune per ``cfg`` into ``cfg.output_dir``; returns the final metrics."""
+    from reclor_lab.plan import resolve_batch
+
     rd = RunDir(cfg.output_dir)
+    cfg = resolve_batch(cfg, verbose=verbose)  # the saved config records the batch actually used
     # refuse, or check the directory can be written, before minutes of loading
     if rd.decide(resume) == "resume":
         rd.check_resume_config(cfg)
@@ -121,7 +124,9 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     ``PeftModel.from_pretrained`` would load them). Nothing in the run directory is executed
     (``trust_remote_code=False``).
     """
-    from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftConfig, get_peft_model
+
+    from reclor_lab.lora import prepare_kbit
 
     from reclor_lab.modeling import load_model, load_tokenizer
     from reclor_lab.rundir import load_adapter
@@ -134,7 +139,7 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     tokenizer = load_tokenizer(str(rd.path))
     base = load_model(cfg, tokenizer)
     if cfg.quantization != "none":
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        base = prepare_kbit(base, cfg.kbit_upcast, checkpointing=False)
     try:
         adapter_config = PeftConfig.from_pretrained(str(folder))
     except Exception as e:  # missing or bad adapter_config.json

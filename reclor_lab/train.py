@@ -152,10 +152,14 @@ def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tenso
 
 
 def setup(cfg: RunConfig, verbose: bool = True) -> Run:
-    """Seed, load the tokenizer and the 4-bit model, inject LoRA, tokenize the data."""
+    """Seed, load the tokenizer and the 4-bit model, inject LoRA, tokenize the data.
+    ``batch_size="auto"`` is settled first (:func:`reclor_lab.plan.resolve_batch`): the run's
+    config holds the batch it trains with."""
     from reclor_lab.lora import inject_lora, trainable_report
     from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
+    from reclor_lab.plan import resolve_batch
 
+    cfg = resolve_batch(cfg, verbose=verbose)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     train_ds, val_ds, stats, weights = prepare_data(cfg, tokenizer)

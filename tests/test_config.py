@@ -13,7 +13,9 @@ def test_presets_are_valid_and_reference_matches_the_solution():
     assert ref.model_name_or_path == "meta-llama/Llama-2-7b-hf"
     assert (ref.quantization, ref.double_quant, ref.compute_dtype) == ("nf4", True, "auto")
     assert (ref.lora_r, ref.lora_alpha, ref.lora_dropout, ref.lora_bias) == (16, 16, 0.05, "none")
-    assert (ref.learning_rate, ref.batch_size, ref.epochs) == (1e-4, 2, 3)
+    assert (ref.learning_rate, ref.base_batch_size, ref.epochs) == (1e-4, 2, 3)
+    # auto picks the micro-batch; accumulation keeps the reference's 2 examples per step
+    assert (ref.batch_size, ref.auto_batch) == ("auto", "accumulate")
     assert (ref.max_grad_norm, ref.weight_decay, ref.warmup_ratio) == (0.3, 0.001, 0.1)
     assert ref.gradient_checkpointing is True
     assert ref.template == REFERENCE_TEMPLATE
