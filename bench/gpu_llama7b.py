@@ -1,53 +1,51 @@
-"""QLoRA training throughput and peak GPU memory on a Llama-2-7B-shaped model: the kit's loop
-against the Hugging Face Trainer, at batch sizes 1, 2 and 8, with gradient checkpointing.
+"""The instructor's run, side by side on one GPU: QLoRA on a Llama-2-7B-shaped model at ReClor
+lengths, three ways, one table.
 
-The model has Llama-2-7B's shape (32 layers, hidden 4096, intermediate 11008, 32 heads, vocab
-32000) with random weights: nothing is downloaded. It is built in bf16 directly on the GPU (a few
-seconds; ~13.5 GB for a moment), then every decoder linear layer is swapped for a bitsandbytes
-``Linear4bit`` and quantized to NF4 with double quantization in place, layer by layer (the bf16
-copy is freed as it goes). The result is what ``from_pretrained(..., quantization_config=NF4)``
-gives, without writing or reading a 13 GB checkpoint. LoRA r=16 goes on every linear layer except
-the head, through the kit's ``inject_lora`` (peft's k-bit preparation, gradient checkpointing).
+- **reference Trainer**: the reference solution's setup: ``transformers.Trainer`` at batch 2 with
+  gradient checkpointing, peft's ``prepare_model_for_kbit_training`` (fp32 embeddings and norms),
+  its own random sampler, bf16 autocast.
+- **kit default (auto)**: what ``--preset llama2-7b`` does: ``batch_size="auto"`` picks the micro-
+  batch and checkpointing from the memory planner for ``--gpu-memory`` (default 24 GiB: the
+  default must fit a 24 GiB card), accumulation keeps 2 examples per optimizer step; the kit's
+  loop over length-grouped batches, the narrow k-bit upcast.
+- **kit at the reference's shape**: the kit's loop and model preparation at batch 2 with
+  checkpointing: what the loop alone changes.
+- optional (``--variants``): **kit auto sqrt-lr**: ``auto_batch="sqrt-lr"``, the largest
+  micro-batch that fits, one per optimizer step (a different optimisation: see README).
 
-The data are random token ids with ReClor-like lengths (log-normal, mean ~235 tokens, capped at
-640) and random labels: speed and memory depend on the lengths, not on the words.
+Columns: real (non-padding) tokens/s over the timed steps, median step time, GPU busy (summed
+kernel time / wall time of one profiled step, torch profiler; CUDA only), peak memory
+(``torch.cuda.max_memory_allocated``, the model included), and the planner's prediction of that
+peak for the variant's shape (its longest padded batch).
 
-- kit: ``reclor_lab.train.train_step`` / ``optimizer_step`` over ``epoch_batches(...,
-  group_by_length=True)`` (each batch padded to its own longest example).
-- Trainer: ``transformers.Trainer`` with its own sampler (random order, no grouping), bf16
-  autocast like the kit, the same AdamW learning rate / weight decay / clipping. A subclass only
-  *counts* the real tokens of each batch; nothing else is changed.
-- reference (at the reference's batch size, 2): the reference solution's habits: shuffled
-  batches, the default (foreach) AdamW, ``loss.item()`` and ``torch.cuda.empty_cache()`` every step.
+The model has Llama-2-7B's shape with random weights (nothing is downloaded): built in bf16 on the
+GPU, every decoder linear swapped for a bitsandbytes NF4 ``Linear4bit`` (double quantization) in
+place; rebuilt for each variant, since their preparations differ. The data are random token ids
+with ReClor-like lengths (log-normal, mean ~235 tokens, capped at ``--max-len``) and random labels.
 
-``--profile`` adds a diagnosis of one kit step at batch 1 and at the largest batch: the operator
-calls dispatched on the host (counted), the GPU kernels launched and their summed time (torch
-profiler), against the step's wall time. A step whose kernels cover a small part of its wall time
-is bound by the host issuing work, not by the GPU.
+``--dry-run`` runs every variant on the CPU with a tiny model of the same architecture in seconds
+(a code-path check; its numbers mean nothing). Without CUDA and without ``--dry-run`` it says so
+and exits 0.
 
-Both run ``--warmup`` untimed steps, then ``--steps`` timed steps; tokens/s counts real
-(non-padding) tokens. Peak memory is ``torch.cuda.max_memory_allocated`` after a reset before each
-variant (the 4-bit model itself included). Every figure is printed as soon as it is known.
-
-On a machine without CUDA the script says so and exits 0. ``--allow-cpu --layers 1 --hidden 256``
-runs the same code path on a tiny model on the CPU (bitsandbytes quantizes on the CPU too) to
-check that it works; its numbers mean nothing.
-
-    python bench/gpu_llama7b.py [--steps 10] [--batch-sizes 1,2,8] [--json PATH]
+    python bench/gpu_llama7b.py [--steps 15] [--gpu-memory 24GiB] [--json PATH]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import sys
 import tempfile
 import time
 
-from common import Report, finish, parser, reference_cleanup
+from common import Report, finish, parser
 
-GOAL_SPEEDUP = 1.5
-GOAL_PEAK_GIB = 12.0
+GOAL_SPEEDUP = 2.0          # kit default / reference Trainer, real tokens/s
+GOAL_TOKENS_PER_SECOND = 5000  # kit default on an H100/H200-class GPU
+PLANNER_TOLERANCE = 0.15    # |prediction / measured peak - 1|
+#: The tiny architecture of ``--dry-run`` (the shape of models/tiny-llama).
+DRY_RUN_SHAPE = dict(layers=2, hidden=64, intermediate=128, heads=4, vocab=2048)
 #: Pad token id of the random data (random ids are drawn above it, so no real token is a pad).
 PAD_ID = 0
 NUM_EXAMPLES = 4638  # ReClor's training split: the pool the batches are drawn from
@@ -75,11 +73,12 @@ def build_model(args, device, dtype):
         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
     t0 = time.perf_counter()
-    # Built straight on the device in bf16: no fp32 copy, no host round trip.
+    # Built straight on the device in the compute dtype (bf16 on a GPU; what load_model gives the
+    # unquantized weights): no fp32 copy, no host round trip.
     with torch.device(device):
-        model = LlamaForSequenceClassification._from_config(config, dtype=torch.bfloat16)
+        model = LlamaForSequenceClassification._from_config(config, dtype=dtype, attn_implementation="sdpa")
     sync(device)
-    log(f"built bf16 model on {device.type}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params "
+    log(f"built {str(dtype).removeprefix('torch.')} model on {device.type}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params "
         f"({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
@@ -182,120 +181,110 @@ def summarize(start: float, step_ends: list[float], step_tokens: list[int], warm
             "median_step_seconds": sorted(times)[len(times) // 2]}
 
 
-def run_loop(model, ds, lengths, bs, args, device, dtype, cfg, reference: bool = False) -> dict:
-    """The kit's loop (length-grouped batches, the kit's optimizer), or with ``reference`` the
-    reference solution's habits (shuffled batches, default AdamW, a loss ``.item()`` and a cache
-    clear every step)."""
-    import torch
+def run_loop(model, ds, lengths, bs, accum, args, device, dtype, cfg, profile_at: int | None) -> dict:
+    """The kit's loop: length-grouped micro-batches of ``bs``, ``accum`` of them per optimizer
+    step, the kit's optimizer. The micro-batch at index ``profile_at`` runs under the profiler."""
     from torch.utils.data import DataLoader
 
     from reclor_lab.data import BatchListSampler, epoch_batches
     from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
-    n_steps = args.warmup + args.steps
-    batches = epoch_batches(lengths, bs, args.seed, 1, group_by_length=not reference)[:n_steps]
+    n_micro = (args.warmup + args.steps) * accum
+    batches = epoch_batches(lengths, bs, args.seed, 1, group_by_length=True)[:n_micro]
     loader = DataLoader(ds, batch_sampler=BatchListSampler(batches), collate_fn=collate)
-    if reference:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                      lr=args.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = make_optimizer(model, cfg, device)
-    model.train()
-    step_ends, step_tokens = [], []
-    sync(device)
-    t_start = time.perf_counter()
-    for batch in loader:
-        step_tokens.append(int(batch["attention_mask"].sum()))  # counted on the host: no GPU sync
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = train_step(model, batch, None, dtype)
-        optimizer_step(model, optimizer, args.lr, args.max_grad_norm)
-        if reference:
-            loss.item()
-            reference_cleanup(device)
-        sync(device)  # per-step timing needs it; costs every variant the same
-        step_ends.append(time.perf_counter())
-    del optimizer
-    return summarize(t_start, step_ends, step_tokens, args.warmup)
-
-
-def profile_step(model, ds, bs, args, device, dtype, cfg) -> dict:
-    """One kit step at batch ``bs`` (after one untimed step): its wall time, the operator calls
-    it dispatches on the host, and the GPU kernels it launches with their summed time."""
-    import collections
-
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from reclor_lab.train import make_optimizer, optimizer_step, train_step
-
-    class CountOps(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = collections.Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
-
     optimizer = make_optimizer(model, cfg, device)
     model.train()
-    batch = collate(ds[:bs])
-    tokens = int(batch["attention_mask"].sum())
-    batch = {k: v.to(device) for k, v in batch.items()}
-
-    def step():
-        train_step(model, dict(batch), None, dtype)
-        optimizer_step(model, optimizer, args.lr, args.max_grad_norm)
-        sync(device)
-
-    step()
-    t0 = time.perf_counter()
-    step()
-    wall = time.perf_counter() - t0
-    with CountOps() as counter:
-        step()
-    out = {"batch": bs, "tokens": tokens, "wall_ms": wall * 1e3, "ops": sum(counter.calls.values()),
-           "top_ops": counter.calls.most_common(6)}
-    if device.type == "cuda":
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step()
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        out["kernels"] = len(kernels)
-        out["kernel_ms"] = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+    step_ends, step_tokens, busy, tokens = [], [], None, 0
+    sync(device)
+    t_start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        tokens += int(batch["attention_mask"].sum())  # counted on the host: no GPU sync
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with profiled(device, enabled=i == profile_at) as prof:
+            train_step(model, batch, None, dtype, accum)
+            if (i + 1) % accum == 0:
+                optimizer_step(model, optimizer, cfg.learning_rate, args.max_grad_norm)
+            sync(device)
+        if prof.result is not None:
+            busy = prof.result
+        if (i + 1) % accum == 0:
+            step_ends.append(time.perf_counter())
+            step_tokens.append(tokens)
+            tokens = 0
+    del optimizer
+    out = summarize(t_start, step_ends, step_tokens, args.warmup)
+    out["gpu_busy"] = busy
+    out["longest_batch"] = max(max(lengths[j] for j in b) for b in batches)
     return out
 
 
+class profiled:
+    """``with profiled(device, enabled) as p``: on CUDA, ``p.result`` is the fraction of the
+    block's wall time the GPU spent in kernels (summed kernel time / wall time)."""
+
+    def __init__(self, device, enabled: bool):
+        self.on = enabled and device.type == "cuda"
+        self.result = None
+
+    def __enter__(self):
+        if self.on:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            import torch
+
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(*exc)
+            kernels = [e for e in self.prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            self.result = sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / wall
+        return False
+
+
 def run_trainer(model, ds, bs, args, device, dtype, cfg) -> dict:
+    """The stock Trainer at batch ``bs``; a subclass only counts each batch's real tokens, a
+    callback times the steps and profiles one."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class CountingTrainer(Trainer):
-        """The stock Trainer; only counts each batch's real tokens (kept on the device: no sync)."""
-
         counts: list
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self.counts.append(inputs["attention_mask"].sum())
+            self.counts.append(inputs["attention_mask"].sum())  # kept on the device: no sync
             return super().training_step(model, inputs, num_items_in_batch)
 
     class StepClock(TrainerCallback):
         def __init__(self):
             self.ends: list[float] = []
+            self.prof = None
+            self.busy = None
 
         def on_train_begin(self, a, state, control, **kw):
             sync(device)
             self.start = time.perf_counter()
 
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == args.warmup:
+                self.prof = profiled(device, True).__enter__()
+
         def on_step_end(self, a, state, control, **kw):
             sync(device)
+            if self.prof is not None:
+                self.prof.__exit__(None, None, None)
+                self.busy, self.prof = self.prof.result, None
             self.ends.append(time.perf_counter())
 
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=bs, max_steps=args.warmup + args.steps,
-            learning_rate=args.lr, weight_decay=cfg.weight_decay, max_grad_norm=args.max_grad_norm,
+            learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, max_grad_norm=args.max_grad_norm,
             bf16=dtype == torch.bfloat16, report_to="none", save_strategy="no", eval_strategy="no",
             logging_steps=10**6, remove_unused_columns=False, dataloader_num_workers=0, seed=args.seed,
             disable_tqdm=True, use_cpu=device.type == "cpu",
@@ -307,7 +296,42 @@ def run_trainer(model, ds, bs, args, device, dtype, cfg) -> dict:
         trainer.train()
         counts = [int(c) for c in trainer.counts]
         del trainer
-    return summarize(clock.start, clock.ends, counts, args.warmup)
+    out = summarize(clock.start, clock.ends, counts, args.warmup)
+    out["gpu_busy"] = clock.busy
+    return out
+
+
+@dataclasses.dataclass
+class Variant:
+    """One row of the table: who trains, at which shape, with which preparation."""
+
+    name: str
+    cfg: object            # the RunConfig the model is prepared with (and the kit loop uses)
+    batch: int
+    accum: int
+    trainer: bool = False
+    note: str = ""
+
+
+def variants(args, budget: float, shape) -> list[Variant]:
+    from reclor_lab.config import get_preset
+    from reclor_lab.plan import Planner, PlanSettings, choose_batch
+
+    base = get_preset("llama2-7b", seed=args.seed, max_len=args.max_len, max_grad_norm=args.max_grad_norm)
+    ref = base.replace(batch_size=2, gradient_checkpointing=True)
+    out = {
+        "trainer": Variant("reference Trainer", ref.replace(kbit_upcast="peft"), 2, 1, trainer=True,
+                           note="bs 2, checkpointing, peft's upcast, random order"),
+        "kit-ref": Variant("kit at the reference's shape", ref, 2, 1, note="bs 2, checkpointing, kit loop"),
+    }
+    for key, mode in (("kit-auto", "accumulate"), ("kit-sqrt", "sqrt-lr")):
+        cfg = base.replace(auto_batch=mode)
+        c = choose_batch(Planner(shape, PlanSettings.from_config(cfg)), cfg, budget)
+        cfg = cfg.replace(batch_size=c.batch_size, grad_accum_steps=c.grad_accum_steps,
+                          gradient_checkpointing=c.gradient_checkpointing, learning_rate=c.learning_rate)
+        label = "kit default (auto)" if mode == "accumulate" else "kit auto sqrt-lr"
+        out[key] = Variant(label, cfg, c.batch_size, c.grad_accum_steps, note=c.reason)
+    return [out[k] for k in args.variants]
 
 
 def main() -> None:
@@ -317,134 +341,136 @@ def main() -> None:
     p.add_argument("--intermediate", type=int, default=None, help="MLP size (default: 11008 x hidden/4096)")
     p.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden/128)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
-    p.add_argument("--batch-sizes", default="1,2,8", help="comma-separated batch sizes")
-    p.add_argument("--variants", default="kit,trainer,reference",
-                   help="comma-separated: kit, trainer, reference (the last at the reference's batch size only)")
-    p.add_argument("--profile", action="store_true",
-                   help="diagnose one kit step at batch 1 and at the largest batch (host ops, GPU kernel time)")
-    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant and batch size")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
-    p.add_argument("--max-len", type=int, default=640, help="longest sequence (ReClor's longest ~640 tokens)")
-    p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--variants", default="trainer,kit-auto,kit-ref",
+                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt")
+    p.add_argument("--gpu-memory", default="24GiB", help="the budget auto plans for (default 24GiB)")
+    p.add_argument("--steps", type=int, default=15, help="timed optimizer steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (one is profiled after)")
+    p.add_argument("--max-len", type=int, default=512, help="longest sequence (the preset's max_len)")
     p.add_argument("--max-grad-norm", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--allow-cpu", action="store_true",
-                   help="run on the CPU when there is no GPU (to test the code path on a tiny --layers/--hidden)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="every variant on the CPU with a tiny model of the same architecture, 2 steps each")
     args = p.parse_args()
-    args.intermediate = args.intermediate or round(11008 * args.hidden / 4096)
-    args.heads = args.heads or max(1, args.hidden // 128)
+    if args.dry_run:
+        for k, v in DRY_RUN_SHAPE.items():
+            setattr(args, k, v)
+        args.steps, args.warmup, args.max_len = 2, 1, 128
     if args.quick:
         args.steps, args.warmup = 3, 1
+    args.intermediate = args.intermediate or round(11008 * args.hidden / 4096)
+    args.heads = args.heads or max(1, args.hidden // 128)
     args.warmup = max(1, args.warmup)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    variants = [v.strip() for v in args.variants.split(",")]
+    args.variants = [v.strip() for v in args.variants.split(",")]
     t_script = time.perf_counter()
 
     import torch
 
-    report = Report("QLoRA on a Llama-2-7B-shaped model: kit loop vs HF Trainer")
-    report.settings = {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
-                       "heads": args.heads, "vocab": args.vocab, "steps": args.steps, "warmup": args.warmup,
-                       "gradient_checkpointing": not args.no_checkpointing, "lora_r": 16}
-    if not torch.cuda.is_available() and not args.allow_cpu:
-        log("no CUDA device: the GPU benchmark is skipped (run it on a machine with a GPU; "
-            "--allow-cpu --layers 1 --hidden 256 tests the code path on the CPU)")
-        report.goal(f"kit >= {GOAL_SPEEDUP}x the Trainer's tokens/s", None, "no GPU")
-        report.goal(f"peak memory <= {GOAL_PEAK_GIB:g} GiB at batch 8 with gradient checkpointing", None, "no GPU")
+    from reclor_lab.plan import GIB, ModelShape, Planner, PlanSettings, parse_memory
+
+    report = Report("QLoRA on a Llama-2-7B-shaped model: reference Trainer vs the kit's default")
+    report.settings = {"layers": args.layers, "hidden": args.hidden, "steps": args.steps, "warmup": args.warmup,
+                       "max_len": args.max_len, "gpu_memory": args.gpu_memory, "lora_r": 16}
+    if not torch.cuda.is_available() and not args.dry_run:
+        log("no CUDA device: the GPU benchmark is skipped (--dry-run checks the code path on the CPU)")
+        report.goal(f"kit default >= {GOAL_SPEEDUP:g}x the reference Trainer's tokens/s", None, "no GPU")
+        report.goal(f"kit default >= {GOAL_TOKENS_PER_SECOND:,} tokens/s", None, "no GPU")
         finish(report, args.json)
         return
 
-    from reclor_lab.config import get_preset
-    from reclor_lab.data import padding_fraction, epoch_batches
-    from reclor_lab.lora import inject_lora, trainable_report
-    from reclor_lab.modeling import measured_bytes, pick_device, resolve_compute_dtype
+    from reclor_lab.lora import inject_lora
+    from reclor_lab.modeling import pick_device, resolve_compute_dtype
 
-    cfg = get_preset("llama2-7b", gradient_checkpointing=not args.no_checkpointing, seed=args.seed,
-                     learning_rate=args.lr, max_grad_norm=args.max_grad_norm)
-    device, dtype = pick_device(), resolve_compute_dtype(cfg)
-    torch.manual_seed(args.seed)
+    shape = ModelShape(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers, heads=args.heads,
+                       kv_heads=args.heads, vocab=args.vocab)
+    budget = parse_memory(args.gpu_memory)
+    rows = variants(args, budget, shape)
+    device = pick_device()
+    dtype = resolve_compute_dtype(rows[0].cfg)
     log(f"device {device} ({report.machine['gpu'] or report.machine['cpu']}), compute dtype "
-        f"{str(dtype).removeprefix('torch.')}; batch sizes {batch_sizes}; {args.warmup} + {args.steps} steps each")
-    model = build_model(args, device, dtype)
-    report.add("4-bit model weights", measured_bytes(model) / 2**30, "GiB", "measured, before LoRA", show=True)
-    model = inject_lora(model, cfg)
-    log(trainable_report(model).line())
-    report.add("build + quantize + LoRA", time.perf_counter() - t_script, "s", "since script start", show=True)
-
+        f"{str(dtype).removeprefix('torch.')}; {args.warmup} + {args.steps} steps per variant")
     lengths = make_lengths(NUM_EXAMPLES, args.max_len, args.seed)
     ds = make_dataset(lengths, args.vocab, args.seed)
-    report.add("sequence length mean / max", f"{sum(lengths) / len(lengths):.0f} / {max(lengths)}", "tokens",
-               f"{len(lengths)} random sequences; each batch size trains on the first (warmup + steps) x batch")
-
-    if args.profile:
-        for bs in sorted({1, max(batch_sizes)}):
-            try:
-                r = profile_step(model, ds, bs, args, device, dtype, cfg)
-            except Exception as e:  # a diagnosis must not cost the measurements below
-                log(f"profile at batch {bs} failed: {type(e).__name__}: {e}")
-                continue
-            note = "; ".join(f"{name} {n:,}" for name, n in r["top_ops"])
-            report.add(f"batch {bs}: one step, wall", r["wall_ms"], "ms", f"{r['tokens']} real tokens", show=True)
-            report.add(f"batch {bs}: operator calls per step", r["ops"], "calls", f"most: {note}", show=True)
-            if "kernels" in r:
-                report.add(f"batch {bs}: GPU kernel time per step", r["kernel_ms"], "ms",
-                           f"{r['kernels']:,} kernels; busy {100 * r['kernel_ms'] / r['wall_ms']:.0f} % of the "
-                           "step's wall time", show=True)
-        fresh_memory(model, device)
-
-    results: dict = {}
-    for bs in batch_sizes:
-        # Both variants train one epoch over the same examples (a random sample of the pool, as the
-        # lengths are drawn independently): the kit in length-grouped batches, the Trainer in its
-        # own random order. Same tokens in total; only the order and the padding differ.
-        n = (args.warmup + args.steps) * bs
+    results = {}
+    for v in rows:
+        log(f"-- {v.name}: {v.note}")
+        torch.manual_seed(args.seed)
+        model = inject_lora(build_model(args, device, dtype), v.cfg)
+        n = (args.warmup + args.steps) * v.batch * v.accum
         pool, pool_lengths = ds[:n], lengths[:n]
-        pad = padding_fraction(pool_lengths, epoch_batches(pool_lengths, bs, args.seed, 1, True))
-        pad_random = padding_fraction(pool_lengths, epoch_batches(pool_lengths, bs, args.seed, 1, False))
-        for variant in variants:
-            if variant == "reference" and bs != cfg.batch_size:
-                continue
-            base = fresh_memory(model, device)
-            try:
-                if variant in ("kit", "reference"):
-                    r = run_loop(model, pool, pool_lengths, bs, args, device, dtype, cfg, variant == "reference")
-                else:
-                    r = run_trainer(model, pool, bs, args, device, dtype, cfg)
-            except torch.OutOfMemoryError as e:
-                log(f"batch {bs}, {variant}: out of memory ({str(e).splitlines()[0]})")
-                report.add(f"batch {bs}, {variant}: tokens/s", "OOM", "", show=True)
-                continue
-            r["peak_gib"], r["start_gib"] = peak_gib(device), base
-            results[bs, variant] = r
-            note = (f"{r['tokens']:,} tokens in {r['seconds']:.1f} s over {r['steps']} steps; "
-                    f"median step {r['median_step_seconds'] * 1e3:.0f} ms")
-            note += (f"; length-grouped, {100 * pad:.1f} % padding" if variant == "kit"
-                     else f"; shuffled, {100 * pad_random:.1f} % padding" if variant == "reference"
-                     else f"; random order, ~{100 * pad_random:.0f} % padding (a shuffled epoch of the same examples)")
-            report.add(f"batch {bs}, {variant}: tokens/s", r["tokens_per_second"], "tokens/s", note, show=True)
-            report.add(f"batch {bs}, {variant}: peak memory", r["peak_gib"], "GiB",
-                       f"{base:.2f} GiB allocated before the variant", show=True)
-        if (bs, "kit") in results and (bs, "trainer") in results:
-            ratio = results[bs, "kit"]["tokens_per_second"] / results[bs, "trainer"]["tokens_per_second"]
-            report.add(f"batch {bs}: kit / Trainer tokens/s", ratio, "x", show=True)
-            report.goal(f"kit >= {GOAL_SPEEDUP}x the Trainer's tokens/s at batch {bs}", ratio >= GOAL_SPEEDUP,
-                        f"{ratio:.2f}x")
-    for bs in batch_sizes:
-        if (bs, "kit") in results and (cfg.batch_size, "reference") in results:
-            ratio = results[bs, "kit"]["tokens_per_second"] / results[cfg.batch_size, "reference"]["tokens_per_second"]
-            report.add(f"kit at batch {bs} / reference loop at batch {cfg.batch_size}", ratio, "x", show=True)
-    if (8, "kit") in results and (2, "trainer") in results:
-        ratio = results[8, "kit"]["tokens_per_second"] / results[2, "trainer"]["tokens_per_second"]
-        report.add("kit at batch 8 / Trainer at batch 2 (the reference's batch size)", ratio, "x", show=True)
-    if (8, "kit") in results and not args.no_checkpointing:
-        peak = results[8, "kit"]["peak_gib"]
-        report.goal(f"peak memory <= {GOAL_PEAK_GIB:g} GiB at batch 8 with gradient checkpointing (kit)",
-                    peak <= GOAL_PEAK_GIB, f"{peak:.2f} GiB")
-    report.add("whole script", time.perf_counter() - t_script, "s")
+        fresh_memory(model, device)
+        try:
+            if v.trainer:
+                r = run_trainer(model, pool, v.batch, args, device, dtype, v.cfg)
+                r["longest_batch"] = max(pool_lengths)  # random order: the longest example is in some batch
+            else:
+                r = run_loop(model, pool, pool_lengths, v.batch, v.accum, args, device, dtype, v.cfg,
+                             profile_at=args.warmup * v.accum)
+        except torch.OutOfMemoryError as e:
+            log(f"{v.name}: out of memory ({str(e).splitlines()[0]})")
+            results[v.name] = None
+            continue
+        finally:
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        settings = PlanSettings.from_config(v.cfg, compute_bytes=2 if dtype == torch.bfloat16 else 4,
+                                            base_saves_input=device.type == "cpu")
+        predicted = Planner(shape, settings).estimate(v.batch, r["longest_batch"], v.cfg.gradient_checkpointing)
+        r["peak_gib"], r["predicted_gib"] = peak_gib(device), predicted.allocated / GIB
+        results[v.name] = r
+        log(f"   {r['tokens_per_second']:,.0f} tokens/s, step {r['median_step_seconds'] * 1e3:.0f} ms, "
+            f"peak {r['peak_gib']:.2f} GiB (planner {r['predicted_gib']:.2f} GiB)")
+        for key, unit in (("tokens_per_second", "tokens/s"), ("median_step_seconds", "s"), ("peak_gib", "GiB"),
+                          ("predicted_gib", "GiB"), ("gpu_busy", "fraction")):
+            if r.get(key) is not None:
+                report.add(f"{v.name}: {key}", r[key], unit, v.note if key == "tokens_per_second" else "")
+
+    print()
+    print(side_by_side(rows, results, device))
+    ref, auto = results.get("reference Trainer"), results.get("kit default (auto)")
     if device.type != "cuda":
-        report.settings["note"] = "CPU code-path test: the numbers mean nothing"
+        report.goal("every variant ran", all(results.values()) and len(results) == len(rows), "CPU dry run")
+        report.settings["note"] = "CPU dry run: the numbers mean nothing"
+        finish(report, args.json)
+        return
+    if ref and auto:
+        ratio = auto["tokens_per_second"] / ref["tokens_per_second"]
+        report.add("kit default / reference Trainer", ratio, "x", show=True)
+        report.goal(f"kit default >= {GOAL_SPEEDUP:g}x the reference Trainer's tokens/s", ratio >= GOAL_SPEEDUP,
+                    f"{ratio:.2f}x")
+    if auto:
+        report.goal(f"kit default >= {GOAL_TOKENS_PER_SECOND:,} tokens/s",
+                    auto["tokens_per_second"] >= GOAL_TOKENS_PER_SECOND, f"{auto['tokens_per_second']:,.0f}")
+        report.goal(f"kit default peak memory fits {args.gpu_memory}", auto["peak_gib"] * 2**30 <= budget,
+                    f"{auto['peak_gib']:.2f} GiB")
+    for name, r in results.items():
+        if r and device.type == "cuda":
+            err = r["predicted_gib"] / r["peak_gib"] - 1
+            report.goal(f"planner within {PLANNER_TOLERANCE:.0%} of {name}'s peak", abs(err) <= PLANNER_TOLERANCE,
+                        f"{err:+.1%}")
+    report.add("whole script", time.perf_counter() - t_script, "s")
     finish(report, args.json)
+
+
+def side_by_side(rows: list[Variant], results: dict, device) -> str:
+    """The run's one table: a row per variant."""
+    head = (f"{'variant':<30} {'shape':<22} {'tokens/s':>9} {'step ms':>8} {'GPU busy':>8} "
+            f"{'peak GiB':>8} {'planner GiB':>11}")
+    lines = [head, "-" * len(head)]
+    for v in rows:
+        r = results.get(v.name)
+        shape = f"{v.batch}x{v.accum}, ckpt {'on' if v.cfg.gradient_checkpointing else 'off'}"
+        if r is None:
+            lines.append(f"{v.name:<30} {shape:<22} {'OOM':>9}")
+            continue
+        busy = f"{100 * r['gpu_busy']:.0f} %" if r.get("gpu_busy") is not None else "-"
+        lines.append(f"{v.name:<30} {shape:<22} {r['tokens_per_second']:>9,.0f} "
+                     f"{r['median_step_seconds'] * 1e3:>8.0f} {busy:>8} {r['peak_gib']:>8.2f} {r['predicted_gib']:>11.2f}")
+    lines.append("(shape: micro-batch x accumulation; tokens/s counts real tokens; peak: max_memory_allocated"
+                 + ("" if device.type == "cuda" else "; CPU: process RSS, not comparable with the planner") + ")")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
