@@ -11,7 +11,9 @@ lengths, three ways, one table.
 - **kit at the reference's shape**: the kit's loop and model preparation at batch 2 with
   checkpointing: what the loop alone changes.
 - optional (``--variants``): **kit auto sqrt-lr**: ``auto_batch="sqrt-lr"``, the largest
-  micro-batch that fits, one per optimizer step (a different optimisation: see README).
+  micro-batch that fits, one per optimizer step (a different optimisation: see README); and
+  ``kit-B-on`` / ``kit-B-off``: the kit at micro-batch B with checkpointing on / off, rows that
+  check the planner's prediction against the measured peak.
 
 Columns: real (non-padding) tokens/s over the timed steps, median step time, GPU busy (summed
 kernel time / wall time of one profiled step, torch profiler; CUDA only), peak memory
@@ -35,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import re
 import sys
 import tempfile
 import time
@@ -331,7 +334,18 @@ def variants(args, budget: float, shape) -> list[Variant]:
                           gradient_checkpointing=c.gradient_checkpointing, learning_rate=c.learning_rate)
         label = "kit default (auto)" if mode == "accumulate" else "kit auto sqrt-lr"
         out[key] = Variant(label, cfg, c.batch_size, c.grad_accum_steps, note=c.reason)
-    return [out[k] for k in args.variants]
+    rows = []
+    for key in args.variants:
+        m = re.fullmatch(r"kit-(\d+)-(on|off)", key)
+        if m:  # a shape of one's own, e.g. for checking the planner: kit-8-off
+            b, ck = int(m.group(1)), m.group(2) == "on"
+            rows.append(Variant(f"kit {b}x1, ckpt {m.group(2)}", base.replace(batch_size=b, gradient_checkpointing=ck),
+                                b, 1, note="a planner check"))
+        elif key in out:
+            rows.append(out[key])
+        else:
+            raise SystemExit(f"--variants: unknown {key!r}; choose from {', '.join(out)} or kit-B-on / kit-B-off")
+    return rows
 
 
 def main() -> None:
@@ -342,7 +356,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden/128)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
     p.add_argument("--variants", default="trainer,kit-auto,kit-ref",
-                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt")
+                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt, and kit-B-on / kit-B-off "
+                        "(the kit at micro-batch B with checkpointing on / off, e.g. to check the planner)")
     p.add_argument("--gpu-memory", default="24GiB", help="the budget auto plans for (default 24GiB)")
     p.add_argument("--steps", type=int, default=15, help="timed optimizer steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (one is profiled after)")

@@ -440,7 +440,7 @@ def plan_table(planner: Planner, budget: float | None, batches: Iterable[int] = 
     return "\n".join(rows)
 
 
-__all__ = ["ALLOCATOR_OVERHEAD", "BatchChoice", "CUDA_CONTEXT_BYTES", "Estimate", "LLAMA2_7B_SHAPE",
+__all__ = ["ALLOCATOR_OVERHEAD", "GIB", "BatchChoice", "CUDA_CONTEXT_BYTES", "Estimate", "LLAMA2_7B_SHAPE",
            "ModelShape", "PlanError", "PlanSettings", "Planner", "backward_transient_bytes", "choose_batch",
            "layer_activation_bytes", "lora_params", "lora_state_bytes", "model_shape", "parse_memory",
            "plan_table", "resolve_batch", "sqrt_lr", "weight_bytes"]
