@@ -102,7 +102,7 @@ def test_set_overrides_any_config_field_and_bad_values_get_one_clear_error(tmp_p
     assert trainable == predicted
     code, _, err = run(capsys, "model", "info", "--set", "batch_size=abc", "--set", "gradient_checkpointing=yes")
     assert code == 1
-    assert "`batch_size` must be a positive integer, got 'abc'" in err
+    assert "`batch_size` must be a positive integer or 'auto', got 'abc'" in err
     assert "`gradient_checkpointing` must be true or false, got 'yes'" in err
     code, _, err = run(capsys, "model", "info", "--set", "no_such_field=1")
     assert code == 1 and "unknown config fields ['no_such_field']" in err
