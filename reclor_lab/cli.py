@@ -186,14 +186,14 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from reclor_lab.plan import (
-        GIB, Planner, PlanSettings, choose_batch, model_shape, parse_memory, plan_table,
+        GIB, Planner, PlanSettings, choose_batch, gpu_compute_bytes, model_shape, parse_memory, plan_table,
     )
 
     cfg = _config_from_args(args)
     budget = parse_memory(args.gpu_memory) if args.gpu_memory is not None else (
         parse_memory(cfg.gpu_memory) if cfg.gpu_memory is not None else None)
     shape, source = model_shape(cfg.model_name_or_path)
-    compute_bytes = 4 if cfg.compute_dtype == "float32" else 2
+    compute_bytes = gpu_compute_bytes(cfg)
     planner = Planner(shape, PlanSettings.from_config(cfg, compute_bytes))
     s = planner.settings
     print(f"model shape ({source}): hidden {shape.hidden}, intermediate {shape.intermediate}, "

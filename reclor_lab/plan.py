@@ -23,6 +23,9 @@ What a training step holds at its peak (the start of the backward pass):
   matmul and frees it after).
 - **logits**: the head's ``(batch, tokens, 4)`` output.
 
+Evaluation runs without gradients and keeps one layer's tensors at a time: at the presets'
+``eval_batch_size`` it needs less than a training step, and is not planned.
+
 >>> plan = Planner(LLAMA2_7B_SHAPE, PlanSettings())
 >>> e = plan.estimate(batch=8, seq_len=512, checkpointing=True)
 >>> 6 < e.allocated / GIB < 9
@@ -387,29 +390,39 @@ def choose_batch(planner: Planner, cfg: RunConfig, budget: float) -> BatchChoice
                     f"more than the budget of {budget / GIB:.1f} GiB; lower `max_len` or raise `gpu_memory`")
 
 
+def gpu_compute_bytes(cfg: RunConfig) -> int:
+    """Bytes per element of a GPU run's compute dtype: 4 with `float32` or on a GPU without bf16
+    (what ``auto`` falls back to), else 2 (bf16)."""
+    import torch
+
+    if cfg.compute_dtype == "float32" or (torch.cuda.is_available() and not torch.cuda.is_bf16_supported()):
+        return 4
+    return 2
+
+
 def resolve_batch(cfg: RunConfig, budget: float | None = None, verbose: bool = True) -> RunConfig:
     """``cfg`` with ``batch_size="auto"`` made concrete (a concrete config comes back as it is).
 
-    On a CUDA device: :func:`choose_batch` for the budget (``budget``, else ``cfg.gpu_memory``,
-    else the device's total memory). Without CUDA there is no device memory to plan for: auto
-    takes ``base_batch_size`` and the configured checkpointing, and says so.
+    On a CUDA device: :func:`choose_batch` for the budget (``cfg.gpu_memory``, else the device's
+    total memory). Without CUDA there is no device memory to plan for: auto takes
+    ``base_batch_size`` and the configured checkpointing, and says so. ``budget`` (bytes) plans
+    for that budget on any machine (what a test or a benchmark asks).
     """
     if cfg.batch_size != "auto":
         return cfg
     import torch
 
-    if budget is None and cfg.gpu_memory is not None:
-        budget = parse_memory(cfg.gpu_memory)
     if budget is None and not torch.cuda.is_available():
         if verbose:
             print(f"batch_size auto: no CUDA device, so batch {cfg.base_batch_size} (base_batch_size) "
                   f"and checkpointing {'on' if cfg.gradient_checkpointing else 'off'} as configured")
         return cfg.replace(batch_size=cfg.base_batch_size)
+    if budget is None and cfg.gpu_memory is not None:
+        budget = parse_memory(cfg.gpu_memory)
     if budget is None:
         budget = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     shape, source = model_shape(cfg.model_name_or_path)
-    compute_bytes = 4 if cfg.compute_dtype == "float32" else 2
-    choice = choose_batch(Planner(shape, PlanSettings.from_config(cfg, compute_bytes)), cfg, budget)
+    choice = choose_batch(Planner(shape, PlanSettings.from_config(cfg, gpu_compute_bytes(cfg))), cfg, budget)
     if verbose:
         print(f"batch_size auto: {choice.reason} (shape from {source})")
     return cfg.replace(batch_size=choice.batch_size, grad_accum_steps=choice.grad_accum_steps,
@@ -440,7 +453,9 @@ def plan_table(planner: Planner, budget: float | None, batches: Iterable[int] = 
     return "\n".join(rows)
 
 
-__all__ = ["ALLOCATOR_OVERHEAD", "GIB", "BatchChoice", "CUDA_CONTEXT_BYTES", "Estimate", "LLAMA2_7B_SHAPE",
-           "ModelShape", "PlanError", "PlanSettings", "Planner", "backward_transient_bytes", "choose_batch",
-           "layer_activation_bytes", "lora_params", "lora_state_bytes", "model_shape", "parse_memory",
-           "plan_table", "resolve_batch", "sqrt_lr", "weight_bytes"]
+__all__ = [
+    "ALLOCATOR_OVERHEAD", "BatchChoice", "CUDA_CONTEXT_BYTES", "Estimate", "GIB", "LLAMA2_7B_SHAPE", "ModelShape",
+    "PlanError", "PlanSettings", "Planner", "backward_transient_bytes", "choose_batch", "gpu_compute_bytes",
+    "layer_activation_bytes", "lora_params", "lora_state_bytes", "model_shape", "parse_memory", "plan_table",
+    "resolve_batch", "sqrt_lr", "weight_bytes",
+]

@@ -154,14 +154,14 @@ def test_auto_sqrt_lr_takes_the_largest_batch_that_fits_and_scales_the_lr():
 
 def test_resolve_batch_with_a_budget_and_without_a_gpu(capsys):
     cfg = get_preset("llama2-7b", gpu_memory="24GiB")
-    r = resolve_batch(cfg)
+    r = resolve_batch(cfg, budget=parse_memory(cfg.gpu_memory))
     assert (r.batch_size, r.grad_accum_steps, r.gradient_checkpointing) == (2, 1, False)
     assert "batch_size auto: 2 x 1 accumulated" in capsys.readouterr().out
-    tight = resolve_batch(cfg.replace(gpu_memory=None), budget=5.5 * GIB)  # between batch 1 (5.3) and batch 2 (5.6) checkpointed
+    tight = resolve_batch(cfg, budget=5.5 * GIB)  # between batch 1 (5.3) and batch 2 (5.6) checkpointed
     assert (tight.batch_size, tight.grad_accum_steps, tight.gradient_checkpointing) == (1, 2, True)
     assert resolve_batch(r) is r  # a concrete config comes back as it is
-    if not torch.cuda.is_available():
-        cpu = resolve_batch(get_preset("llama2-7b"))
+    if not torch.cuda.is_available():  # no device to plan for: gpu_memory alone does not make one
+        cpu = resolve_batch(cfg)
         assert (cpu.batch_size, cpu.gradient_checkpointing) == (2, True)
         assert "no CUDA device" in capsys.readouterr().out
 
