@@ -140,7 +140,7 @@ NUMBER: dict[str, int] = {name: n for n, (_, _, name) in EXERCISES.items()}
 GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "format_record": ("format_example", "REFERENCE_TEMPLATE", "TINY_TEMPLATE", "reference_format_record"),
     "class_weights_by_hand": ("class_weights", "reference_class_weights"),
-    "last_token_index": ("last_token_index", "reference_last_token_index"),
+    "last_token_index": ("modeling.last_token_index", "reference_last_token_index"),
     "nf4_block": ("quantize_4bit", "dequantize_4bit", "nf4_roundtrip", "reference_nf4_block"),
     "lora_targets": ("find_lora_targets", "quantizable_linears", "reference_lora_targets"),
     "count_lora_params": ("predicted_lora_params", "reference_count_lora_params"),
@@ -148,7 +148,7 @@ GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "qlora_memory": ("reference_qlora_memory", "estimate_bytes", "nf4_bytes_per_param", "memory_report"),
     "weighted_ce": ("weighted_cross_entropy", "reference_weighted_ce"),
     "one_train_step": ("train_step", "optimizer_step", "reference_train_step"),
-    "accuracy_over_examples": ("reference_accuracy",),  # and an import of the package's function
+    "accuracy_over_examples": ("metrics.accuracy_over_examples", "reference_accuracy"),
 }
 
 #: What :func:`summary` needs to judge an exercise again: its test and the function last checked.

@@ -218,7 +218,7 @@ class RunConfig:
         if self.compute_dtype == "float16" and self.quantization == "nf4":
             p.append("`compute_dtype` float16 is not supported with nf4: fp16 tops out at 65504, so training "
                      "in it needs loss scaling, which the kit's loop does not do (QLoRA trains in bf16, "
-                     "which has fp32's range); use bfloat16, or auto")
+                     "which has fp32's range); use bfloat16 or auto")
         return p
 
     # --- persistence -----------------------------------------------------------------------
