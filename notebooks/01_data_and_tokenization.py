@@ -37,8 +37,8 @@
 #
 # One variable picks everything: `"tiny"` runs on any CPU, offline, on the bundled data and
 # the bundled tiny Llama. `"llama2-7b"` runs the same cells as the reference solution
-# (Llama-2-7B weights on disk, the official ReClor files in `data/reclor/`, a GPU for the later
-# notebooks). Every later cell reads its settings from `cfg`.
+# (Llama-2-7B weights on disk, the official ReClor files in `data/reclor/`, a GPU for section 7
+# and the later notebooks). Every later cell reads its settings from `cfg`.
 
 # %%
 PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
@@ -321,7 +321,7 @@ model = load_model(cfg, tokenizer)
 # %%
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """Exercise 3: per row, the position of the rightmost token whose id is not pad_token_id."""
-    # BEGIN SOLUTION: a boolean mask of the non-pad ids; of those positions, the largest per row
+    # BEGIN SOLUTION: no loop needed: which positions hold a real (non-pad) id, then one reduction per row
     positions = torch.arange(input_ids.shape[1])
     return (positions * (input_ids != pad_token_id)).argmax(dim=1)
     # END SOLUTION
@@ -345,9 +345,10 @@ for row, i in enumerate(read_at.tolist()):
 # last sub-word of option D: the head would read a hidden state that, in a causal LM, is busy
 # predicting how option D's sentence goes on. The tiny model was pre-trained (on synthetic
 # text, `reclor_lab.tiny`) to name the answer's letter right after `" Answer:"`, so ending the
-# input there hands the head the state in which pre-training put the answer. Llama-2-7B needs
-# no such cue to reach the reference's accuracy, and its preset keeps the exact reference
-# layout. What the head reads under each layout, for the first training record:
+# input there hands the head the state in which pre-training put the answer. The reference
+# fine-tuned Llama-2-7B on the plain layout, and the `llama2-7b` preset keeps it, so its results
+# compare with the reference's. What the head reads under each layout, for the first training
+# record:
 
 # %%
 for name, template in (("REFERENCE_TEMPLATE", REFERENCE_TEMPLATE), ("TINY_TEMPLATE", TINY_TEMPLATE)):

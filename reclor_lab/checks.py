@@ -644,6 +644,22 @@ def reference_lora_forward(x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B
 _ALPHA_FACTORS = (1.0, 4.0, 0.5)
 
 
+class _ReplayDropout(nn.Module):
+    """The dropout peft's layer just applied, replayed: returns the same dropped-out input, so the
+    student's function sees the very mask peft drew (on a GPU, peft's mask comes from the CUDA
+    generator, which a CPU ``nn.Dropout`` cannot reproduce)."""
+
+    def __init__(self, output: torch.Tensor, p: float) -> None:
+        super().__init__()
+        self.output, self.p = output, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.output.shape:
+            raise _Fail(f"dropout was given a tensor of shape {tuple(x.shape)}; apply it to x "
+                        f"{tuple(self.output.shape)}, the input of the update.")
+        return self.output.to(x.device, x.dtype)
+
+
 def _lora_hint(got: torch.Tensor, x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                alpha: float, r: int, dropped: torch.Tensor | None, bound: torch.Tensor) -> str:
     def near(y: torch.Tensor) -> bool:
@@ -671,7 +687,7 @@ def _lora_hint(got: torch.Tensor, x: torch.Tensor, W0: torch.Tensor, A: torch.Te
 def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "default") -> Callable:
     """Exercise 7: ``fn(x, W0, A, B, alpha, r, dropout)`` → the adapted layer's output, compared
     with peft's own ``lora.Linear4bit`` on the same input: in eval mode (dropout off) for three
-    alphas, and in train mode with the same dropout mask (seeded). The tolerance is the rounding
+    alphas, and in train mode with the dropout mask peft drew (replayed). The tolerance is the rounding
     bound of the dtype the layer computes in (:func:`reclor_lab.lora.lora_error_bound`)."""
     import bitsandbytes.functional as bnbf
 
@@ -694,12 +710,19 @@ def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "defa
     cases = [(f"eval mode, alpha = {f * r:g}, r = {r}", f * r, False) for f in _ALPHA_FACTORS]
     cases.append((f"train mode (dropout p = {p:g} on), alpha = {r}, r = {r}", float(r), True))
 
-    def peft_output(alpha: float, training: bool, seed: int) -> torch.Tensor:
+    def peft_output(alpha: float, training: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """peft's output, and in training the dropped-out input its adapter saw."""
         lora_layer.scaling[adapter] = alpha / r
         lora_layer.train(training)
         torch.manual_seed(seed)
-        with torch.no_grad():
-            return lora_layer(x.to(device)).float().cpu()
+        seen: list[torch.Tensor] = []
+        hook = dropout.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().float().cpu()))
+        try:
+            with torch.no_grad():
+                y = lora_layer(x.to(device)).float().cpu()
+        finally:
+            hook.remove()
+        return y, (seen[0] if training else None)
 
     def test(fn: Callable) -> None:
         saved = (a_weight.detach().clone(), b_weight.detach().clone(), lora_layer.scaling[adapter],
@@ -709,15 +732,11 @@ def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "defa
                 a_weight.copy_(A)
                 b_weight.copy_(B)
             for k, (what, alpha, training) in enumerate(cases):
-                want = peft_output(alpha, training, seed=100 + k)
-                dropped = None
-                if training:
-                    torch.manual_seed(100 + k)
-                    dropped = dropout(x.clone())  # the mask peft drew
-                    torch.manual_seed(100 + k)
-                dropout.train(training)
+                want, dropped = peft_output(alpha, training, seed=100 + k)
+                dropout.train(training)  # in eval mode the layer's own dropout: the identity
+                given = _ReplayDropout(dropped, p) if training else dropout
                 try:
-                    got = fn(x.clone(), W0.clone(), A.clone(), B.clone(), alpha, r, dropout)
+                    got = fn(x.clone(), W0.clone(), A.clone(), B.clone(), alpha, r, given)
                 except RuntimeError as e:
                     if "shape" in str(e) or "size" in str(e):
                         raise _Fail(f"for {what} a matmul's shapes do not fit ({_short(str(e), 80)}): x is "

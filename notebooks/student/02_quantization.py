@@ -116,6 +116,7 @@ fig, ax = plt.subplots(figsize=(7, 1.6))
 ax.eventplot(NF4_CODE, lineoffsets=0, linelengths=1)
 ax.set_yticks([])
 ax.set_xlim(-1.05, 1.05)
+ax.set_xlabel("code value (weight / absmax)")
 ax.set_title("The 16 NF4 code values")
 plt.show()
 
@@ -141,7 +142,7 @@ code = torch.tensor(NF4_CODE)  # the 16 values, index 0..15
 
 def nf4_block(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exercise 4: one block of 64 weights → (codes 0..15, absmax, dequantized values)."""
-    # TODO: absmax = largest |w|; code = argmin over the 16 values of |w / absmax − value|
+    # TODO: the three steps above; `code` holds the 16 values (broadcasting compares all at once)
     raise NotImplementedError("Exercise 4: write `nf4_block`")
 
 
@@ -231,7 +232,7 @@ for i, e in enumerate(errors.values()):
 plt.show()
 
 # %% [markdown]
-# NF4 has the smallest error. FP4 has the largest, below even the uniform grid: four of its 16
+# NF4 has the smallest error. FP4 has the largest, worse even than the uniform grid: four of its 16
 # codes sit at about 0 (±0, ±0.005), and the gap from there to ±1/6 is where many normal weights
 # fall. Uniform int4 spends its levels evenly, also on the tails where few weights are. (The
 # block's absmax weight itself is exact in all three.)
