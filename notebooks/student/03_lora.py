@@ -159,7 +159,9 @@ print(peft_model.base_model.model.model.layers[0].self_attn.q_proj)
 # %%
 report = trainable_report(peft_model)
 print(report.line())
-print("as predicted from the shapes:", report.trainable == predicted)
+peft_trainable, peft_total = peft_model.get_nb_trainable_parameters()  # peft's own count
+print("peft's count == your prediction from the shapes:", peft_trainable == predicted,
+      "| == the report above:", (peft_trainable, peft_total) == (report.trainable, report.total))
 trainable_names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
 print(f"{len(trainable_names)} trainable tensors, e.g.:")
 for n in trainable_names[:2] + trainable_names[-1:]:
