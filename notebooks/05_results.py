@@ -137,12 +137,12 @@ plot_confusion(metrics["confusion_matrix"], title=f"Confusion matrix ({cfg.prese
 # as one batch is shorter (the last one usually is). Accuracy is correct answers over
 # **examples**.
 #
-# **Exercise 7.** Write `accuracy_over_examples(batches)`: a list of `(predictions, labels)`
+# **Exercise 11.** Write `accuracy_over_examples(batches)`: a list of `(predictions, labels)`
 # pairs, one per batch (lists of ints) → the fraction of examples predicted correctly.
 
 # %%
 def accuracy_over_examples(batches: list[tuple[list[int], list[int]]]) -> float:
-    """Exercise 7: correct predictions / number of examples, over all the batches."""
+    """Exercise 11: correct predictions / number of examples, over all the batches."""
     # BEGIN SOLUTION: count the correct predictions and the examples over all batches, divide at the end
     correct = sum(int(p == y) for preds, labels in batches for p, y in zip(preds, labels))
     total = sum(len(labels) for _, labels in batches)

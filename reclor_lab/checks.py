@@ -22,6 +22,7 @@ The test records below are hand-written (the same as ``tests/fixtures/mini``), n
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -115,15 +116,39 @@ def _own(fn: Callable) -> Callable:
     return fn
 
 
-#: Each exercise: (notebook, title, the function's name in the notebook).
+#: Each exercise: (notebook, title, the function's name in the notebook), numbered in course order.
 EXERCISES: dict[int, tuple[str, str, str]] = {
     1: ("01", "format a record", "format_record"),
     2: ("01", "class weights", "class_weights_by_hand"),
-    3: ("02", "find the LoRA targets", "lora_targets"),
-    4: ("03", "count the LoRA parameters", "count_lora_params"),
-    5: ("04", "weighted cross-entropy", "weighted_ce"),
-    6: ("04", "one training step", "one_train_step"),
-    7: ("05", "accuracy over examples", "accuracy_over_examples"),
+    3: ("01", "the position the head reads", "last_token_index"),
+    4: ("02", "NF4 on one block", "nf4_block"),
+    5: ("02", "find the LoRA targets", "lora_targets"),
+    6: ("03", "count the LoRA parameters", "count_lora_params"),
+    7: ("03", "the LoRA forward pass", "lora_forward"),
+    8: ("03", "QLoRA memory of Llama-2-7B", "qlora_memory"),
+    9: ("04", "weighted cross-entropy", "weighted_ce"),
+    10: ("04", "one training step", "one_train_step"),
+    11: ("05", "accuracy over examples", "accuracy_over_examples"),
+}
+#: An exercise's number from the name of its function.
+NUMBER: dict[str, int] = {name: n for n, (_, _, name) in EXERCISES.items()}
+
+#: Names in the package (and bitsandbytes) that compute an exercise's answer. A student notebook
+#: must not use them above or inside the exercise, up to its check, nor import a function under
+#: the exercise's own name (a test scans the notebooks): reading the answer off the package would
+#: teach nothing.
+GIVEAWAYS: dict[str, tuple[str, ...]] = {
+    "format_record": ("format_example", "REFERENCE_TEMPLATE", "TINY_TEMPLATE", "reference_format_record"),
+    "class_weights_by_hand": ("class_weights", "reference_class_weights"),
+    "last_token_index": ("modeling.last_token_index", "reference_last_token_index"),
+    "nf4_block": ("quantize_4bit", "dequantize_4bit", "nf4_roundtrip", "reference_nf4_block"),
+    "lora_targets": ("find_lora_targets", "quantizable_linears", "reference_lora_targets"),
+    "count_lora_params": ("predicted_lora_params", "reference_count_lora_params"),
+    "lora_forward": ("LoRALinear", "merged_weight", "reference_lora_forward"),
+    "qlora_memory": ("reference_qlora_memory", "estimate_bytes", "nf4_bytes_per_param", "memory_report"),
+    "weighted_ce": ("weighted_cross_entropy", "reference_weighted_ce"),
+    "one_train_step": ("train_step", "optimizer_step", "reference_train_step"),
+    "accuracy_over_examples": ("metrics.accuracy_over_examples", "reference_accuracy"),
 }
 
 #: What :func:`summary` needs to judge an exercise again: its test and the function last checked.
@@ -254,7 +279,7 @@ def check_format_record(fn: Callable[[dict], str]) -> Callable[[dict], str]:
             if got != reference_format_record(record):
                 raise _Fail(f"on test record {k}: {_format_hint(got, record)}")
 
-    return _run(1, fn, reference_format_record, test)
+    return _run(NUMBER["format_record"], fn, reference_format_record, test)
 
 
 # --- 2. class weights ------------------------------------------------------------------------------
@@ -317,10 +342,204 @@ def check_class_weights(fn: Callable[[list[int]], list[float]]) -> Callable[[lis
                 shown = "[" + ", ".join(f"{x:.3g}" for x in got) + "]"
                 raise _Fail(f"for {what} it returned {shown}: {_weights_hint(got, labels)}")
 
-    return _run(2, fn, reference_class_weights, test)
+    return _run(NUMBER["class_weights_by_hand"], fn, reference_class_weights, test)
 
 
-# --- 3. LoRA targets -----------------------------------------------------------------------------------
+# --- 3. the position the head reads ------------------------------------------------------------------
+
+def reference_last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """:func:`reclor_lab.modeling.last_token_index`: per row, the rightmost non-pad position."""
+    from reclor_lab.modeling import last_token_index
+
+    return last_token_index(input_ids, pad_token_id)
+
+
+def _pooling_cases(tokenizer) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Right-padded batches of the check records' questions (pad = eos): plain, and one whose
+    first row holds an eos id inside its text (the head still reads that row's last token)."""
+    texts = [r["question"] for r in CHECK_RECORDS] + [CHECK_RECORDS[0]["answers"][0]]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    inner = ids.clone()
+    row = int(mask.sum(1).argmax())  # the longest row: no padding
+    inner[row, int(mask[row].sum()) // 2] = tokenizer.pad_token_id
+    short = int(mask.sum(1).argmin())
+    inner[short, 1] = tokenizer.pad_token_id
+    return [
+        ("a right-padded batch of 4 (one row without padding)", ids, mask),
+        ("the same batch with an eos (= pad) id inside the text of two rows", inner, mask),
+    ]
+
+
+def _pooling_hint(got: torch.Tensor, want: torch.Tensor, ids: torch.Tensor, pad: int) -> str:
+    lengths = (ids != pad).sum(1)
+    width = ids.shape[1]
+    if torch.equal(got, want + 1) or torch.equal(got, lengths):
+        return ("one past the last real token: that is where the padding starts; the head reads the "
+                "last token that is not padding.")
+    if bool((got == width - 1).all()):
+        return ("the last column of every row: on a padded row that position holds padding, whose "
+                "hidden state has not seen the text the way the last real token has.")
+    if bool((got < 0).any()):
+        return ("a negative position: a row without padding has no pad token to find; return "
+                "positions 0 … length−1.")
+    if torch.equal(got, lengths - 1):
+        return ("counting the non-pad tokens goes wrong when the pad id (= eos) also occurs inside "
+                "the text: such a token is not padding. The model takes the rightmost position "
+                "whose id is not the pad id.")
+    first_pad = torch.where((ids == pad).any(1), (ids == pad).int().argmax(1), torch.full_like(lengths, width))
+    if torch.equal(got, first_pad - 1):
+        return ("the position before the FIRST pad id is right only when the pad id never occurs "
+                "inside the text; the model takes the rightmost position whose id is not the pad id.")
+    return "for each row, the position of the last token that is not padding (its id is not the pad id)."
+
+
+def check_last_token_index(fn: Callable[[torch.Tensor, int], torch.Tensor], model: nn.Module,
+                           tokenizer) -> Callable:
+    """Exercise 3: ``fn(input_ids, pad_token_id)`` → per row, the position the classification head
+    reads. Judged against the model itself: the head applied to the hidden states at the
+    student's positions must give the model's own logits."""
+    pad = tokenizer.pad_token_id
+    cases = _pooling_cases(tokenizer)
+    body = getattr(model, model.base_model_prefix)
+
+    def model_logits(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the model's own logits, the head's logits at every position)."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                ids, mask = ids.to(device), mask.to(device)
+                own = model(input_ids=ids, attention_mask=mask).logits.float().cpu()
+                hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+                every = model.score(hidden.to(model.score.weight.dtype)).float().cpu()
+        finally:
+            model.train(was_training)
+        return own, every
+
+    def test(fn: Callable) -> None:
+        for what, ids, mask in cases:
+            got = fn(ids.clone(), pad)
+            if isinstance(got, (list, tuple)):
+                got = torch.tensor(got)
+            if not isinstance(got, torch.Tensor) or got.is_floating_point() or got.dtype == torch.bool:
+                raise _Fail(f"for {what} it returned {type(got).__name__}"
+                            f"{'' if not isinstance(got, torch.Tensor) else ' of ' + str(got.dtype)}; "
+                            "return one integer position per row (a LongTensor of shape (batch,)).")
+            got = got.cpu().long()
+            if got.shape != (ids.shape[0],):
+                raise _Fail(f"for {what} it returned shape {tuple(got.shape)}; return one position per row, "
+                            f"shape ({ids.shape[0]},).")
+            want = reference_last_token_index(ids, pad)
+            if bool((got < 0).any()) or bool((got >= ids.shape[1]).any()):
+                raise _Fail(f"for {what} it returned {got.tolist()}: {_pooling_hint(got, want, ids, pad)}")
+            own, every = model_logits(ids, mask)
+            picked = every[torch.arange(ids.shape[0]), got]
+            if not torch.allclose(picked, own, rtol=1e-4, atol=1e-5):
+                raise _Fail(f"for {what} it returned {got.tolist()}, where the head does not give the model's "
+                            f"logits: {_pooling_hint(got, want, ids, pad)}")
+
+    return _run(NUMBER["last_token_index"], fn, reference_last_token_index, test)
+
+
+# --- 4. NF4 on one block ------------------------------------------------------------------------------
+
+def reference_nf4_block(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bitsandbytes' NF4 of one block of 64 weights: ``(codes, absmax, dequantized)``.
+
+    ``quantize_4bit`` packs two 4-bit codes per byte, the first in the high nibble.
+    """
+    import bitsandbytes.functional as bnbf
+
+    from reclor_lab.modeling import NF4_BLOCKSIZE
+
+    block = block.detach().float().cpu().flatten()
+    packed, state = bnbf.quantize_4bit(block, blocksize=NF4_BLOCKSIZE, quant_type="nf4",
+                                       compress_statistics=False)
+    packed = packed.flatten()
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).flatten().long()
+    values = bnbf.dequantize_4bit(packed.reshape(-1, 1), state, quant_type="nf4").flatten()
+    return codes, state.absmax.flatten()[0], values
+
+
+def _nf4_cases() -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(4)
+    weights = torch.randn(64, generator=g) * 0.02
+    outlier = torch.randn(64, generator=g) * 0.02
+    outlier[17] = -0.31  # the absmax is a negative weight
+    skewed = torch.randn(64, generator=g).abs() * 0.05 + 0.01  # all positive
+    return [
+        ("a block of 64 normal weights (std 0.02)", weights),
+        ("a block whose largest |weight| is negative (an outlier, -0.31)", outlier),
+        ("a block of 64 positive weights", skewed),
+    ]
+
+
+def _nf4_hint(part: str, got: torch.Tensor, block: torch.Tensor, codes: torch.Tensor,
+              absmax: torch.Tensor) -> str:
+    from reclor_lab.modeling import NF4_CODE
+
+    code = torch.tensor(NF4_CODE)
+    if part == "absmax":
+        if torch.isclose(got, block.max()):
+            return ("the scale is the block's largest ABSOLUTE value, so that every weight / scale lies in "
+                    "[-1, 1]; the largest value misses a larger negative one.")
+        if torch.isclose(got, block.abs().mean()) or torch.isclose(got, block.std()):
+            return "the scale is the block's absolute maximum, not an average: it maps the block onto [-1, 1]."
+        return "the scale of a block is its absolute maximum (absmax)."
+    if part == "codes":
+        unscaled = (block.unsqueeze(-1) - code).abs().argmin(-1)
+        if torch.equal(got, unscaled):
+            return "those are the codes nearest to the raw weights; divide the block by its absmax first."
+        uniform = torch.round((block / absmax + 1) * 7.5).long()
+        if (got - uniform).abs().max() <= 1:
+            return ("those look like 16 evenly spaced levels (uniform int4); NF4's 16 levels are the values "
+                    "of NF4_CODE, dense near 0: pick the index of the nearest one.")
+        return "for each weight, the index (0–15) of the NF4_CODE value nearest to weight / absmax."
+    if torch.allclose(got, code[codes]):
+        return "those are the code values in [-1, 1]; multiply them by the block's absmax."
+    if torch.allclose(got, block):
+        return "those are the original weights; dequantize from the codes: code value × absmax."
+    return "dequantized value = NF4_CODE[code] × absmax, in float32."
+
+
+def check_nf4_block(fn: Callable[[torch.Tensor], tuple]) -> Callable:
+    """Exercise 4: ``fn(block) -> (codes, absmax, dequantized)`` for one block of 64 weights, equal
+    bit for bit to ``bitsandbytes.functional.quantize_4bit`` / ``dequantize_4bit`` (NF4, block 64)."""
+
+    def test(fn: Callable) -> None:
+        for what, block in _nf4_cases():
+            out = fn(block.clone())
+            if not isinstance(out, (tuple, list)) or len(out) != 3:
+                raise _Fail(f"for {what} it returned {type(out).__name__}; return three things: "
+                            "(codes, absmax, dequantized).")
+            codes, absmax, values = out
+            want_codes, want_absmax, want_values = reference_nf4_block(block)
+            absmax = torch.as_tensor(absmax).detach().float().cpu().flatten()
+            if absmax.numel() != 1:
+                raise _Fail(f"for {what} the absmax has {absmax.numel()} numbers; one block has one scale.")
+            if not torch.equal(absmax[0], want_absmax):
+                raise _Fail(f"for {what} the absmax is {absmax[0].item():.4g}: "
+                            f"{_nf4_hint('absmax', absmax[0], block, want_codes, want_absmax)}")
+            codes = torch.as_tensor(codes).detach().cpu().flatten()
+            if codes.is_floating_point() or codes.numel() != block.numel():
+                raise _Fail(f"for {what} the codes are {codes.numel()} {codes.dtype} values; return one integer "
+                            "index 0–15 per weight.")
+            codes = codes.long()
+            if not torch.equal(codes, want_codes):
+                wrong = int((codes != want_codes).sum())
+                raise _Fail(f"for {what} {wrong} of 64 codes differ from bitsandbytes': "
+                            f"{_nf4_hint('codes', codes, block, want_codes, want_absmax)}")
+            values = torch.as_tensor(values).detach().cpu().flatten()
+            if values.shape != want_values.shape or not torch.equal(values.float(), want_values):
+                raise _Fail(f"for {what} the codes and absmax are right, the dequantized values are not: "
+                            f"{_nf4_hint('values', values.float(), block, want_codes, want_absmax)}")
+
+    return _run(NUMBER["nf4_block"], fn, reference_nf4_block, test)
+
+
+# --- 5. LoRA targets -----------------------------------------------------------------------------------
 
 def reference_lora_targets(model: nn.Module) -> list[str]:
     """:func:`reclor_lab.lora.find_lora_targets`."""
@@ -330,7 +549,7 @@ def reference_lora_targets(model: nn.Module) -> list[str]:
 
 
 def check_lora_targets(fn: Callable[[nn.Module], list[str]], model: nn.Module) -> Callable[[nn.Module], list[str]]:
-    """Exercise 3: ``fn(model)`` → sorted unique leaf names of every 4-bit linear layer but ``score``."""
+    """Exercise 5: ``fn(model)`` → sorted unique leaf names of every 4-bit linear layer but ``score``."""
     want = reference_lora_targets(model)
 
     def test(fn: Callable) -> None:
@@ -357,10 +576,10 @@ def check_lora_targets(fn: Callable[[nn.Module], list[str]], model: nn.Module) -
         if got != want:
             raise _Fail("right names, wrong order: return them sorted.")
 
-    return _run(3, fn, reference_lora_targets, test)
+    return _run(NUMBER["lora_targets"], fn, reference_lora_targets, test)
 
 
-# --- 4. count LoRA parameters -----------------------------------------------------------------------------
+# --- 6. count LoRA parameters -----------------------------------------------------------------------------
 
 def reference_count_lora_params(shapes: Sequence[tuple[int, int]], r: int) -> int:
     """LoRA parameters for layers of ``(out_features, in_features)``: A is r×in and B is out×r.
@@ -396,7 +615,7 @@ def _count_hint(got: int, shapes: list[tuple[int, int]], r: int) -> str:
 
 
 def check_count_lora_params(fn: Callable[[list[tuple[int, int]], int], int]) -> Callable:
-    """Exercise 4: ``fn(shapes, r) -> int`` = Σ r·(in + out) over ``(out, in)`` shapes."""
+    """Exercise 6: ``fn(shapes, r) -> int`` = Σ r·(in + out) over ``(out, in)`` shapes."""
 
     def test(fn: Callable) -> None:
         for what, shapes, r in _COUNT_CASES:
@@ -409,10 +628,290 @@ def check_count_lora_params(fn: Callable[[list[tuple[int, int]], int], int]) -> 
             if got != want:
                 raise _Fail(f"for {what} it returned {got:,}: {_count_hint(got, shapes, r)}")
 
-    return _run(4, fn, reference_count_lora_params, test)
+    return _run(NUMBER["count_lora_params"], fn, reference_count_lora_params, test)
 
 
-# --- 5. weighted cross-entropy ------------------------------------------------------------------------------
+# --- 7. the LoRA forward pass ----------------------------------------------------------------------
+
+def reference_lora_forward(x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                           alpha: float, r: int, dropout: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``W0 x + (alpha / r) · B A dropout(x)`` for a batch of row vectors ``x`` (batch, in):
+    the frozen path sees ``x`` itself, only the update sees the dropped-out input."""
+    return x @ W0.T + (alpha / r) * (dropout(x) @ A.T) @ B.T
+
+
+#: The alphas the check tries per rank r: alpha = r (scale 1, the reference), 4r and r/2.
+_ALPHA_FACTORS = (1.0, 4.0, 0.5)
+
+
+class _ReplayDropout(nn.Module):
+    """The dropout peft's layer just applied, replayed: returns the same dropped-out input, so the
+    student's function sees the very mask peft drew (on a GPU, peft's mask comes from the CUDA
+    generator, which a CPU ``nn.Dropout`` cannot reproduce)."""
+
+    def __init__(self, output: torch.Tensor, p: float) -> None:
+        super().__init__()
+        self.output, self.p = output, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.output.shape:
+            raise _Fail(f"dropout was given a tensor of shape {tuple(x.shape)}; apply it to x "
+                        f"{tuple(self.output.shape)}, the input of the update.")
+        return self.output.to(x.device, x.dtype)
+
+
+def _lora_hint(got: torch.Tensor, x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+               alpha: float, r: int, dropped: torch.Tensor | None, bound: torch.Tensor) -> str:
+    def near(y: torch.Tensor) -> bool:
+        return bool(((got.double() - y.double()).abs() <= bound + 1e-4 * y.abs().double()).all())
+
+    lora_in = x if dropped is None else dropped
+    update = (lora_in @ A.T) @ B.T
+    if near(x @ W0.T):
+        return "that is W0·x alone: the LoRA update (alpha/r)·B·A·x is missing."
+    for scale, what in ((1.0, "unscaled"), (r / alpha, "scaled by r/alpha"), (alpha * r, "scaled by alpha·r"),
+                        (alpha, "scaled by alpha")):
+        if scale != alpha / r and near(x @ W0.T + scale * update):
+            return f"the update is {what}; LoRA scales B·A·x by alpha / r."
+    if near(update * alpha / r):
+        return "that is the update alone; add the frozen layer's output W0·x."
+    if dropped is not None:
+        if near(x @ W0.T + alpha / r * (x @ A.T) @ B.T):
+            return ("in training (this case) dropout must act on the update's input: call `dropout(x)` once and "
+                    "feed that to A.")
+        if near(dropped @ W0.T + alpha / r * update):
+            return "dropout belongs to the LoRA branch only: the frozen W0 sees x unchanged."
+    return "expected W0·x + (alpha/r)·B·(A·dropout(x)) for each row x (x is (batch, in), A (r, in), B (out, r))."
+
+
+def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "default") -> Callable:
+    """Exercise 7: ``fn(x, W0, A, B, alpha, r, dropout)`` → the adapted layer's output, compared
+    with peft's own ``lora.Linear4bit`` on the same input: in eval mode (dropout off) for three
+    alphas, and in train mode with the dropout mask peft drew (replayed). The tolerance is the rounding
+    bound of the dtype the layer computes in (:func:`reclor_lab.lora.lora_error_bound`)."""
+    import bitsandbytes.functional as bnbf
+
+    from reclor_lab.cpu4bit import layer_compute_dtype
+    from reclor_lab.lora import lora_error_bound
+
+    base = lora_layer.get_base_layer()
+    device = base.weight.device
+    W0 = bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).float().cpu()
+    out_features, in_features = W0.shape
+    r = int(lora_layer.r[adapter])
+    a_weight, b_weight = lora_layer.lora_A[adapter].weight, lora_layer.lora_B[adapter].weight
+    dropout = lora_layer.lora_dropout[adapter]
+    p = float(getattr(dropout, "p", 0.0))
+    layer_dtype = layer_compute_dtype(base)
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(r, in_features, generator=g) / in_features ** 0.5
+    B = torch.randn(out_features, r, generator=g) / r ** 0.5  # not zero: as if trained
+    x = torch.randn(3, in_features, generator=g)
+    cases = [(f"eval mode, alpha = {f * r:g}, r = {r}", f * r, False) for f in _ALPHA_FACTORS]
+    cases.append((f"train mode (dropout p = {p:g} on), alpha = {r}, r = {r}", float(r), True))
+
+    def peft_output(alpha: float, training: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """peft's output, and in training the dropped-out input its adapter saw."""
+        lora_layer.scaling[adapter] = alpha / r
+        lora_layer.train(training)
+        torch.manual_seed(seed)
+        seen: list[torch.Tensor] = []
+        hook = dropout.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().float().cpu()))
+        try:
+            with torch.no_grad():
+                y = lora_layer(x.to(device)).float().cpu()
+        finally:
+            hook.remove()
+        return y, (seen[0] if training else None)
+
+    def test(fn: Callable) -> None:
+        saved = (a_weight.detach().clone(), b_weight.detach().clone(), lora_layer.scaling[adapter],
+                 lora_layer.training, torch.get_rng_state())
+        try:
+            with torch.no_grad():
+                a_weight.copy_(A)
+                b_weight.copy_(B)
+            for k, (what, alpha, training) in enumerate(cases):
+                want, dropped = peft_output(alpha, training, seed=100 + k)
+                dropout.train(training)  # in eval mode the layer's own dropout: the identity
+                given = _ReplayDropout(dropped, p) if training else dropout
+                try:
+                    got = fn(x.clone(), W0.clone(), A.clone(), B.clone(), alpha, r, given)
+                except RuntimeError as e:
+                    if "shape" in str(e) or "size" in str(e):
+                        raise _Fail(f"for {what} a matmul's shapes do not fit ({_short(str(e), 80)}): x is "
+                                    f"(batch, in) = {tuple(x.shape)}, A is (r, in) = {tuple(A.shape)}, B is "
+                                    f"(out, r) = {tuple(B.shape)}; y is (batch, out).") from None
+                    raise
+                if not isinstance(got, torch.Tensor):
+                    raise _Fail(f"for {what} it returned {type(got).__name__}; return the output tensor.")
+                got = got.detach().float().cpu()
+                if got.shape != want.shape:
+                    raise _Fail(f"for {what} it returned shape {tuple(got.shape)}; the layer gives "
+                                f"(batch, out) = {tuple(want.shape)}.")
+                scale_x = x / (1 - p) if training else x  # dropout scales what it keeps by 1/(1-p)
+                bound = lora_error_bound(scale_x, W0, A, B, alpha / r, layer_dtype)
+                if not bool(((got.double() - want.double()).abs() <= bound).all()):
+                    raise _Fail(f"for {what} the output differs from peft's layer beyond rounding: "
+                                f"{_lora_hint(got, x, W0, A, B, alpha, r, dropped, bound)}")
+        finally:
+            with torch.no_grad():
+                a_weight.copy_(saved[0])
+                b_weight.copy_(saved[1])
+            lora_layer.scaling[adapter] = saved[2]
+            lora_layer.train(saved[3])
+            torch.set_rng_state(saved[4])
+
+    return _run(NUMBER["lora_forward"], fn, reference_lora_forward, test)
+
+
+# --- 8. QLoRA memory of Llama-2-7B --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape of a Llama-style decoder, all the memory estimate needs."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+
+
+LLAMA2_7B = ModelShape(layers=32, hidden=4096, intermediate=11008, heads=32, vocab=32000)
+LLAMA2_13B = ModelShape(layers=40, hidden=5120, intermediate=13824, heads=40, vocab=32000)
+#: Bits one NF4 weight costs with double quantization: the 4-bit code, an 8-bit absmax per block
+#: of 64, and one fp32 scale per 256 absmaxes.
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+#: Bytes per trained parameter with AdamW: the fp32 weight, its fp32 gradient, AdamW's two fp32
+#: moments (m and v).
+TRAINED_BYTES = 4 + 4 + 4 + 4
+#: Bytes of the kept non-quantized weights (embeddings, norms, head): fp32, because peft's
+#: ``prepare_model_for_kbit_training`` casts them up for stable training.
+KEPT_BYTES = 4
+#: Activation bytes one decoder layer keeps for backward, per sequence of length s: s·(34·h + 5·a·s)
+#: in 16-bit (Korthikanti et al. 2022, "Reducing Activation Recomputation", without recompute).
+ACT_PER_TOKEN_HIDDEN, ACT_ATTENTION = 34, 5
+#: With gradient checkpointing a layer keeps only its input: s·h numbers in bf16.
+CHECKPOINT_BYTES = 2
+
+
+def reference_qlora_memory(shape: ModelShape, batch_size: int, seq_len: int, r: int,
+                           checkpointing: bool) -> dict[str, float]:
+    """Bytes of a QLoRA fine-tune of a Llama-style 4-way classifier, in three parts.
+
+    * ``weights``: the 7 projections of each layer in NF4 with double quantization
+      (:data:`NF4_DQ_BITS` each); embeddings, 2 norms a layer + the final one and the head
+      ``score`` (4 × hidden) in fp32. No ``lm_head``: a classifier never loads it.
+    * ``trained``: the LoRA matrices of all 7 projections (r·(in + out) each) and the head, at
+      :data:`TRAINED_BYTES` each (weight, gradient, AdamW's m and v). The head's weight is
+      counted in ``weights`` as well (a few KB).
+    * ``activations``: per layer ``b·s·(34·h + 5·a·s)`` bytes without checkpointing, all layers
+      kept; with checkpointing each layer keeps its input (``b·s·h`` bf16) and one layer's full
+      activations exist at a time while backward recomputes it.
+
+    >>> m = reference_qlora_memory(LLAMA2_7B, 1, 640, 16, checkpointing=True)
+    >>> round(m["weights"] / 2**30, 2), round(m["trained"] / 2**30, 2), round(m["activations"] / 2**30, 2)
+    (3.6, 0.6, 0.3)
+    """
+    h, m, L = shape.hidden, shape.intermediate, shape.layers
+    quantized = L * (4 * h * h + 3 * h * m)
+    kept = shape.vocab * h + (2 * L + 1) * h + NUM_LABELS * h
+    lora = L * r * (4 * (h + h) + 3 * (h + m))
+    per_layer = batch_size * seq_len * (ACT_PER_TOKEN_HIDDEN * h + ACT_ATTENTION * shape.heads * seq_len)
+    if checkpointing:
+        activations = L * batch_size * seq_len * h * CHECKPOINT_BYTES + per_layer
+    else:
+        activations = L * per_layer
+    return {
+        "weights": quantized * NF4_DQ_BITS / 8 + kept * KEPT_BYTES,
+        "trained": (lora + NUM_LABELS * h) * TRAINED_BYTES,
+        "activations": float(activations),
+    }
+
+
+_MEMORY_CASES: tuple[tuple[str, ModelShape, int, int, int, bool], ...] = (
+    ("Llama-2-7B, batch 1 × 640 tokens, r=16, checkpointing on", LLAMA2_7B, 1, 640, 16, True),
+    ("Llama-2-7B, batch 1 × 640 tokens, r=16, checkpointing off", LLAMA2_7B, 1, 640, 16, False),
+    ("Llama-2-7B, batch 8 × 256 tokens, r=64, checkpointing on", LLAMA2_7B, 8, 256, 64, True),
+    ("Llama-2-13B, batch 2 × 512 tokens, r=8, checkpointing off", LLAMA2_13B, 2, 512, 8, False),
+)
+
+
+def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    h, m, L = shape.hidden, shape.intermediate, shape.layers
+    quantized = L * (4 * h * h + 3 * h * m)
+    kept = shape.vocab * h + (2 * L + 1) * h + NUM_LABELS * h
+    want = reference_qlora_memory(shape, b, s, r, ckpt)[part]
+
+    def near(x: float) -> bool:
+        return math.isclose(got, x, rel_tol=1e-6)
+
+    if part == "weights":
+        if near(want + shape.vocab * h * KEPT_BYTES) or near(want + shape.vocab * h * 2):
+            return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
+        if near(quantized * 0.5 + kept * KEPT_BYTES):
+            return ("4 bits flat misses the scales: each block of 64 also stores an 8-bit absmax, and every 256 "
+                    "absmaxes one fp32 scale.")
+        if near(quantized * 4.5 / 8 + kept * KEPT_BYTES):
+            return ("4.5 bits is NF4 without double quantization (an fp32 absmax per 64); with it the absmax "
+                    "is 8-bit plus one fp32 scale per 256 blocks.")
+        if near(quantized * NF4_DQ_BITS / 8 + kept * 2):
+            return ("the embeddings, norms and head are fp32 while training: prepare_model_for_kbit_training "
+                    "casts every weight that is not 4-bit up.")
+        return ("weights = the 7 projections of every layer at 4 + 8/64 + 32/(64·256) bits, plus embeddings, "
+                "norms (2 a layer + 1) and the 4-way head in fp32.")
+    if part == "trained":
+        lora = L * r * (4 * (h + h) + 3 * (h + m))
+        trained = lora + NUM_LABELS * h
+        for per, what in ((4, "only the weights"), (8, "weights and gradients but no optimizer state"),
+                          (12, "AdamW with one state; it keeps two (m and v)")):
+            if near(trained * per) or near(lora * per):
+                return f"that counts {what}: each trained parameter has an fp32 weight, gradient, m and v."
+        if near(lora * TRAINED_BYTES):
+            return "the head `score` trains too (4 × hidden parameters with their gradient and AdamW states)."
+        return "LoRA's r·(in + out) for each of the 7 projections of each layer, plus the head, at 16 bytes each."
+    per_layer = b * s * (ACT_PER_TOKEN_HIDDEN * h + ACT_ATTENTION * shape.heads * s)
+    if ckpt and near(L * per_layer):
+        return ("that is without checkpointing: with it each layer keeps only its input (b·s·h in bf16), and "
+                "backward recomputes one layer's activations at a time.")
+    if ckpt and near(L * b * s * h * CHECKPOINT_BYTES):
+        return "the layers' inputs are right; add the one layer whose activations backward recomputes."
+    if not ckpt and near(L * b * s * h * CHECKPOINT_BYTES + per_layer):
+        return "that is with checkpointing; without it every layer keeps all of b·s·(34·h + 5·a·s) bytes."
+    if near(want / b) or near(want / s):
+        return "activations grow with the batch size and the sequence length: both are in the formula."
+    return "per layer b·s·(34·h + 5·a·s) bytes; all L layers without checkpointing."
+
+
+def check_qlora_memory(fn: Callable[..., dict]) -> Callable:
+    """Exercise 8: ``fn(shape, batch_size, seq_len, r, checkpointing)`` → bytes of ``weights``,
+    ``trained`` and ``activations``, as :func:`reference_qlora_memory` (two model shapes, so the
+    numbers cannot be copied)."""
+
+    def test(fn: Callable) -> None:
+        for what, shape, b, s, r, ckpt in _MEMORY_CASES:
+            got = fn(shape, b, s, r, ckpt)
+            if not isinstance(got, dict):
+                raise _Fail(f"for {what} it returned {type(got).__name__}; return a dict with 'weights', "
+                            "'trained' and 'activations' (bytes).")
+            want = reference_qlora_memory(shape, b, s, r, ckpt)
+            if set(got) != set(want):
+                raise _Fail(f"for {what} it returned the keys {sorted(got)}; return exactly {sorted(want)}.")
+            for part in ("weights", "trained", "activations"):
+                value = got[part]
+                if isinstance(value, torch.Tensor):
+                    value = value.item()
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise _Fail(f"for {what} '{part}' is {type(value).__name__}; return a number of bytes.")
+                if not math.isclose(float(value), want[part], rel_tol=1e-6):
+                    raise _Fail(f"for {what} '{part}' is {float(value) / 2**30:.3f} GiB: "
+                                f"{_memory_hint(part, float(value), shape, b, s, r, ckpt)}")
+
+    return _run(NUMBER["qlora_memory"], fn, reference_qlora_memory, test)
+
+
+# --- 9. weighted cross-entropy ------------------------------------------------------------------------------
 
 def reference_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """:func:`reclor_lab.loss.weighted_cross_entropy`."""
@@ -447,7 +946,7 @@ def _ce_hint(got: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weig
 
 
 def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-    """Exercise 5: ``fn(logits, labels, weights)`` → the scalar loss of ``F.cross_entropy(weight=w)``."""
+    """Exercise 9: ``fn(logits, labels, weights)`` → the scalar loss of ``F.cross_entropy(weight=w)``."""
 
     def test(fn: Callable) -> None:
         for what, logits, labels, weights in _ce_cases():
@@ -468,10 +967,10 @@ def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
                 raise _Fail(f"for {what} it returned {got.item():.4f}: "
                             f"{_ce_hint(got, logits, labels, weights)}")
 
-    return _run(5, fn, reference_weighted_ce, test)
+    return _run(NUMBER["weighted_ce"], fn, reference_weighted_ce, test)
 
 
-# --- 6. one training step ----------------------------------------------------------------------------------
+# --- 10. one training step ----------------------------------------------------------------------------------
 
 def reference_train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
                          weights: torch.Tensor | None) -> float:
@@ -499,7 +998,7 @@ def _checksum(p: torch.Tensor) -> float:
 
 
 def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch.Tensor | None) -> Callable:
-    """Exercise 6: ``fn(model, batch, optimizer, weights) -> float`` does one full optimizer step.
+    """Exercise 10: ``fn(model, batch, optimizer, weights) -> float`` does one full optimizer step.
 
     Runs two reference steps and two of the student's from the same parameters and the same
     dropout seed, and compares: the returned losses (each the loss before its step), the
@@ -590,7 +1089,7 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
 
     saved: list[torch.Tensor] = []
     frozen_sums: list[float] = []
-    return _run(6, fn, reference_train_step, test)
+    return _run(NUMBER["one_train_step"], fn, reference_train_step, test)
 
 
 def _unclipped_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
@@ -609,7 +1108,7 @@ def _plain_loss(model: nn.Module, batch: dict) -> float:
         return weighted_cross_entropy(model(**inputs).logits, batch["labels"]).item()
 
 
-# --- 7. accuracy over batches --------------------------------------------------------------------------
+# --- 11. accuracy over batches --------------------------------------------------------------------------
 
 def reference_accuracy(batches: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
     """:func:`reclor_lab.metrics.accuracy_over_examples`: correct / number of examples."""
@@ -635,7 +1134,7 @@ def _accuracy_hint(got: float, batches: list[tuple[list[int], list[int]]]) -> st
 
 
 def check_accuracy(fn: Callable[[list[tuple[list[int], list[int]]]], float]) -> Callable:
-    """Exercise 7: ``fn(batches) -> float`` = correct over EXAMPLES, with unequal batch sizes."""
+    """Exercise 11: ``fn(batches) -> float`` = correct over EXAMPLES, with unequal batch sizes."""
 
     def test(fn: Callable) -> None:
         for what, batches in _ACCURACY_CASES:
@@ -648,7 +1147,7 @@ def check_accuracy(fn: Callable[[list[tuple[list[int], list[int]]]], float]) -> 
             if not _close(float(got), want):
                 raise _Fail(f"for {what} it returned {float(got):.3f}: {_accuracy_hint(float(got), batches)}")
 
-    return _run(7, fn, reference_accuracy, test)
+    return _run(NUMBER["accuracy_over_examples"], fn, reference_accuracy, test)
 
 
 __all__ = [

@@ -29,10 +29,8 @@ REFERENCE_TEMPLATE = (
     "Context: {context} Question: {question} "
     "Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
 )
-#: The tiny preset's layout: the reference layout plus a trailing " Answer:". The tiny model was
-#: pre-trained to name the answer's letter right after " Answer:", and the classifier reads the
-#: last token's hidden state, so ending the input there hands the head what pre-training built.
-#: Llama-2 needs no such cue (the llama2-7b preset keeps the exact reference layout).
+#: The tiny preset's layout: the reference layout plus a trailing " Answer:" (why: notebook 01,
+#: section 7). The llama2-7b preset keeps the exact reference layout.
 TINY_TEMPLATE = REFERENCE_TEMPLATE + " Answer:"
 #: Where the kit keeps its bundled data and tiny model, relative to the repository root.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +135,7 @@ class RunConfig:
         "nf4", "`nf4`: 4-bit NormalFloat weights (QLoRA, ~4x less memory); `none`: plain weights."
     )
     double_quant: bool = _f(
-        True, "Quantize the 4-bit scales too: saves ~0.4 bit/param (~0.4 GB on 7B) for a little compute. "
+        True, "Quantize the 4-bit scales too: saves 0.37 bit/param (~0.3 GB on 7B) for a little compute. "
               "Ignored with quantization `none`."
     )
     compute_dtype: ComputeDtype = _f(
@@ -250,7 +248,9 @@ class RunConfig:
                      "`template` must end with ' Answer:' (the tiny preset's does; e.g. "
                      "--set template=\"...Option D: {d} Answer:\")")
         if self.compute_dtype == "float16" and self.quantization == "nf4":
-            p.append("`compute_dtype` float16 overflows in 4-bit training on Llama; use bfloat16 or auto")
+            p.append("`compute_dtype` float16 is not supported with nf4: fp16 tops out at 65504, so training "
+                     "in it needs loss scaling, which the kit's loop does not do (QLoRA trains in bf16, "
+                     "which has fp32's range); use bfloat16 or auto")
         return p
 
     # --- persistence -----------------------------------------------------------------------

@@ -189,6 +189,20 @@ def trainable_report(model: nn.Module) -> TrainableReport:
     return TrainableReport(trainable=trainable, total=total)
 
 
+def target_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:
+    """``(out_features, in_features)`` of every adaptable linear layer, by leaf name; the same
+    before and after :func:`inject_lora` (peft's wrapper keeps the layer as ``….base_layer``).
+
+    >>> target_shapes(tiny_llama)["q_proj"]                   # doctest: +SKIP
+    [(64, 64), (64, 64)]
+    """
+    shapes: dict[str, list[tuple[int, int]]] = {}
+    for name, module in quantizable_linears(model):
+        leaf = [p for p in name.split(".") if p != "base_layer"][-1]
+        shapes.setdefault(leaf, []).append((module.out_features, module.in_features))
+    return dict(sorted(shapes.items()))
+
+
 def predicted_lora_params(model: nn.Module, targets: Sequence[str], r: int) -> int:
     """Trainable parameters LoRA *should* add, from the layer shapes alone: ``r * (in + out)`` per
     adapted layer (A is r×in, B is out×r), plus the classification head trained in full.
@@ -302,5 +316,6 @@ __all__ = [
     "lora_error_bound",
     "predicted_lora_params",
     "rounding_gamma",
+    "target_shapes",
     "trainable_report",
 ]

@@ -62,13 +62,22 @@ LLAMA2_7B_VOCAB = 32000
 LLAMA2_7B_QUANTIZED_PARAMS = LLAMA2_7B_LAYERS * (
     4 * LLAMA2_7B_HIDDEN * LLAMA2_7B_HIDDEN + 3 * LLAMA2_7B_HIDDEN * LLAMA2_7B_INTERMEDIATE
 )  # 6_476_005_376
-#: Everything else stays 16-bit: token embeddings, lm_head, and 2 RMSNorms per layer + 1 final.
+#: The rest of the causal LM: token embeddings, lm_head, and 2 RMSNorms per layer + 1 final.
 LLAMA2_7B_OTHER_PARAMS = (
     2 * LLAMA2_7B_VOCAB * LLAMA2_7B_HIDDEN + (2 * LLAMA2_7B_LAYERS + 1) * LLAMA2_7B_HIDDEN
 )  # 262_410_240
 #: Llama-2-7B (causal LM, with lm_head) parameter count, as the Hub model card reports it.
 LLAMA2_7B_PARAMS = 6_738_415_616
 assert LLAMA2_7B_QUANTIZED_PARAMS + LLAMA2_7B_OTHER_PARAMS == LLAMA2_7B_PARAMS
+#: What a 4-way classifier keeps besides the projections: embeddings, norms and the new head
+#: ``score`` (4 × hidden). It never loads ``lm_head`` (32000 × 4096 = 131 M weights, 0.26 GB in
+#: bf16): transformers reports it UNEXPECTED and drops it.
+LLAMA2_7B_CLASSIFIER_OTHER_PARAMS = (
+    LLAMA2_7B_VOCAB * LLAMA2_7B_HIDDEN + (2 * LLAMA2_7B_LAYERS + 1) * LLAMA2_7B_HIDDEN
+    + NUM_LABELS * LLAMA2_7B_HIDDEN
+)  # 131_354_624
+#: Parameters of Llama-2-7B loaded as a 4-way sequence classifier (what the reference trains).
+LLAMA2_7B_CLASSIFIER_PARAMS = LLAMA2_7B_QUANTIZED_PARAMS + LLAMA2_7B_CLASSIFIER_OTHER_PARAMS  # 6_607_360_000
 
 _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
@@ -194,9 +203,11 @@ def _load_errors(path: str, what: str):
 def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """The model's tokenizer with ``pad_token = eos_token`` and right padding, nothing else changed.
 
-    Llama-2 ships without a pad token; reusing eos is the reference's choice. Right padding
-    matters: Llama's sequence classifier reads the logits at the last non-pad token, found from
-    ``pad_token_id`` (with pad == eos, an eos *inside* the text would confuse it; ReClor has none).
+    Llama-2 ships without a pad token; reusing eos is the reference's choice. The sequence
+    classifier reads the logits at :func:`last_token_index`: the rightmost position whose id is
+    not ``pad_token_id``. With pad == eos an eos that *ends* the text (a tokenizer set to append
+    eos, or a literal ``</s>`` at the end) counts as padding, and the head reads the token before
+    it; an eos followed by more text is harmless. ReClor's texts contain none.
     """
     from transformers import AutoTokenizer
 
@@ -212,6 +223,18 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Per row, the position whose hidden state the sequence-classification head reads: the
+    rightmost token that is not ``pad_token_id`` (transformers 5.24's rule, for right and left
+    padding alike; it looks at the ids only, not at the attention mask).
+
+    >>> last_token_index(torch.tensor([[1, 5, 6, 2, 2], [1, 5, 2, 7, 2]]), pad_token_id=2)
+    tensor([2, 3])
+    """
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return (positions * (input_ids != pad_token_id)).argmax(-1)
 
 
 def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causal-lm"] = "classification"):  # -> PreTrainedModel
@@ -394,7 +417,7 @@ class MemoryReport:
     bf16_bytes: float
     nf4_bytes: float
     measured_bytes: int
-    llama2_7b_params: int = LLAMA2_7B_PARAMS
+    llama2_7b_params: int = LLAMA2_7B_CLASSIFIER_PARAMS
     llama2_7b_fp32_bytes: float = field(default=0.0)
     llama2_7b_bf16_bytes: float = field(default=0.0)
     llama2_7b_nf4_bytes: float = field(default=0.0)
@@ -409,7 +432,7 @@ class MemoryReport:
 
         dq = "with" if self.double_quant else "without"
         rows = [
-            f"{'weights':<28}{'this model':>14}{'Llama-2-7B':>16}",
+            f"{'weights':<28}{'this model':>14}{'Llama-2-7B':>16}",  # both as 4-way classifiers
             f"{'parameters':<28}{self.params:>14,}{self.llama2_7b_params:>16,}",
             f"{'  in quantized projections':<28}{self.quantized_params:>14,}"
             f"{LLAMA2_7B_QUANTIZED_PARAMS:>16,}",
@@ -420,7 +443,7 @@ class MemoryReport:
             f"(4-bit: {nf4_bytes_per_param(self.double_quant) * 8:.3f} bits/weight in the projections, "
             f"{dq} double quant; embeddings, norms and head stay bf16)",
             "(measured: parameters + buffers + 4-bit scales, in the dtypes they have now; "
-            "Llama-2-7B counted with its lm_head)",
+            "Llama-2-7B as a classifier: its lm_head is never loaded)",
         ]
         return "\n".join(rows)
 
@@ -457,10 +480,10 @@ def memory_report(model: nn.Module, double_quant: bool | None = None) -> MemoryR
         bf16_bytes=estimate_bytes(quantized, other, "bf16"),
         nf4_bytes=estimate_bytes(quantized, other, "4bit", double_quant),
         measured_bytes=measured_bytes(model),
-        llama2_7b_fp32_bytes=estimate_bytes(LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_OTHER_PARAMS, "fp32"),
-        llama2_7b_bf16_bytes=estimate_bytes(LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_OTHER_PARAMS, "bf16"),
+        llama2_7b_fp32_bytes=estimate_bytes(LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, "fp32"),
+        llama2_7b_bf16_bytes=estimate_bytes(LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, "bf16"),
         llama2_7b_nf4_bytes=estimate_bytes(
-            LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_OTHER_PARAMS, "4bit", double_quant
+            LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, "4bit", double_quant
         ),
     )
 

@@ -98,23 +98,24 @@ def test_summary_judges_the_functions_as_they_stand(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("⏳ Exercise 1 (format a record): not done yet"), lines
     assert lines[1] == "✅ Exercise 2 (class weights): correct."
-    assert lines[2] == "1 of 2 exercises done."
+    assert lines[2] == "⏳ Exercise 3 (the position the head reads): not checked yet (its check cell has not run)."
+    assert lines[3] == "1 of 3 exercises done."
     # the student fixes exercise 1 and breaks exercise 2 without re-running either check
     checks.summary({"format_record": checks.reference_format_record,
                     "class_weights_by_hand": lambda labels: [1.0, 1.0, 1.0, 1.0]})
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "✅ Exercise 1 (format a record): correct."
     assert lines[1].startswith("❌ Exercise 2 (class weights):"), lines
-    assert lines[2] == "1 of 2 exercises done."
+    assert lines[3] == "1 of 3 exercises done."
 
 
 def test_summary_lists_the_notebooks_unchecked_exercises(capsys):
-    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercise 6
+    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercise 10
     capsys.readouterr()
     checks.summary({})
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["✅ Exercise 5 (weighted cross-entropy): correct.",
-                     "⏳ Exercise 6 (one training step): not checked yet (its check cell has not run).",
+    assert lines == ["✅ Exercise 9 (weighted cross-entropy): correct.",
+                     "⏳ Exercise 10 (one training step): not checked yet (its check cell has not run).",
                      "1 of 2 exercises done."]
 
 
@@ -185,7 +186,97 @@ def test_class_weights(capsys):
                  hint="never occurs gets weight 1.0")
 
 
-# --- 3. LoRA targets ---------------------------------------------------------------------------------------
+# --- 3. the position the head reads ---------------------------------------------------------------
+
+def test_last_token_index(capsys, tiny_run):
+    _, tokenizer, model = tiny_run
+    ref = checks.reference_last_token_index
+    args = (model, tokenizer)
+
+    def by_hand(ids, pad):  # another correct way: flip, find the first non-pad from the right
+        return ids.shape[1] - 1 - (ids != pad).int().flip(1).argmax(1)
+
+    assert_passes(capsys, checks.check_last_token_index, by_hand, *args, number=3)
+    assert_passes(capsys, checks.check_last_token_index, lambda ids, pad: by_hand(ids, pad).tolist(), *args,
+                  number=3)  # a list of ints is fine too
+    assert_not_done(capsys, checks.check_last_token_index, *args, reference=ref, number=3)
+    assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids != pad).sum(1), *args,
+                 reference=ref, number=3, hint="where the padding starts")
+    assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids != pad).sum(1) - 1, *args,
+                 reference=ref, number=3, hint="inside the text")
+    assert_fails(capsys, checks.check_last_token_index,
+                 lambda ids, pad: torch.full((ids.shape[0],), ids.shape[1] - 1), *args,
+                 reference=ref, number=3, hint="last column")
+    assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids == pad).int().argmax(1) - 1, *args,
+                 reference=ref, number=3, hint="no pad token to find")
+    assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids != pad).float().sum(1) - 1, *args,
+                 reference=ref, number=3, hint="one integer position per row")
+
+
+def test_last_token_index_is_where_the_model_reads(tiny_run):
+    """The package's rule against transformers' own pooling, with right and left padding."""
+    _, tokenizer, model = tiny_run
+    from reclor_lab.modeling import last_token_index
+
+    body = getattr(model, model.base_model_prefix)
+    enc = tokenizer(["a b c d e f", "a b", "a b c"], padding=True, return_tensors="pt")
+    for ids, mask in ((enc["input_ids"], enc["attention_mask"]),
+                      (enc["input_ids"].flip(1), enc["attention_mask"].flip(1))):  # left padding
+        with torch.no_grad():
+            own = model(input_ids=ids, attention_mask=mask).logits
+            every = model.score(body(input_ids=ids, attention_mask=mask).last_hidden_state)
+        index = last_token_index(ids, tokenizer.pad_token_id)
+        assert torch.allclose(every[torch.arange(len(ids)), index], own, atol=1e-6)
+
+
+# --- 4. NF4 on one block --------------------------------------------------------------------------
+
+def _nf4_by_hand(block, *, scale=None, levels=None, multiply=True):
+    from reclor_lab.modeling import NF4_CODE
+
+    code = torch.tensor(NF4_CODE)
+    absmax = block.abs().max() if scale is None else scale(block)
+    if levels == "uniform":
+        codes = torch.round((block / absmax + 1) * 7.5).long().clamp(0, 15)
+    elif levels == "unscaled":
+        codes = (block.unsqueeze(-1) - code).abs().argmin(-1)
+    else:
+        codes = (block / absmax).unsqueeze(-1).sub(code).abs().argmin(-1)
+    return codes, absmax, code[codes] * absmax if multiply else code[codes]
+
+
+def test_nf4_block(capsys):
+    ref = checks.reference_nf4_block
+    check = checks.check_nf4_block
+    assert_passes(capsys, check, _nf4_by_hand, number=4)
+    assert_passes(capsys, check, lambda b: tuple(x.tolist() if x.dim() else x for x in _nf4_by_hand(b)),
+                  number=4)  # lists are fine too
+    assert_not_done(capsys, check, reference=ref, number=4)
+    assert_fails(capsys, check, lambda b: _nf4_by_hand(b, scale=lambda x: x.max()), reference=ref, number=4,
+                 hint="ABSOLUTE value")
+    assert_fails(capsys, check, lambda b: _nf4_by_hand(b, levels="uniform"), reference=ref, number=4,
+                 hint="evenly spaced levels")
+    assert_fails(capsys, check, lambda b: _nf4_by_hand(b, levels="unscaled"), reference=ref, number=4,
+                 hint="divide the block by its absmax first")
+    assert_fails(capsys, check, lambda b: _nf4_by_hand(b, multiply=False), reference=ref, number=4,
+                 hint="multiply them by the block's absmax")
+    assert_fails(capsys, check, lambda b: _nf4_by_hand(b)[:2], reference=ref, number=4, hint="three things")
+
+
+def test_nf4_reference_is_bitsandbytes_bit_for_bit():
+    """The hand-made rule (absmax, nearest code) equals bitsandbytes on many random blocks, outliers
+    included: the check can demand equality, not closeness."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(200):
+        block = torch.randn(64, generator=g) * (0.01 + k / 50)
+        if k % 3 == 0:
+            block[k % 64] = -6 * block.abs().max()
+        codes, absmax, values = checks.reference_nf4_block(block)
+        mine = _nf4_by_hand(block)
+        assert torch.equal(codes, mine[0]) and torch.equal(absmax, mine[1]) and torch.equal(values, mine[2])
+
+
+# --- 5. LoRA targets ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -208,21 +299,21 @@ def test_lora_targets(capsys, tiny_run):
     def by_hand(m):
         return sorted({n.split(".")[-1] for n in _linear4bit_names(m) if not n.endswith("score")})
 
-    assert_passes(capsys, checks.check_lora_targets, by_hand, model, number=3)
-    assert_not_done(capsys, checks.check_lora_targets, model, reference=ref, number=3)
+    assert_passes(capsys, checks.check_lora_targets, by_hand, model, number=5)
+    assert_not_done(capsys, checks.check_lora_targets, model, reference=ref, number=5)
     assert_fails(capsys, checks.check_lora_targets, lambda m: by_hand(m) + ["score"], model,
-                 reference=ref, number=3, hint="head `score`")
+                 reference=ref, number=5, hint="head `score`")
     assert_fails(capsys, checks.check_lora_targets, lambda m: _linear4bit_names(m), model,
-                 reference=ref, number=3, hint="full paths")
+                 reference=ref, number=5, hint="full paths")
     assert_fails(capsys, checks.check_lora_targets, lambda m: by_hand(m)[1:], model,
-                 reference=ref, number=3, hint="missing")
+                 reference=ref, number=5, hint="missing")
     assert_fails(capsys, checks.check_lora_targets, lambda m: by_hand(m)[::-1], model,
-                 reference=ref, number=3, hint="sorted")
+                 reference=ref, number=5, hint="sorted")
     assert_fails(capsys, checks.check_lora_targets, lambda m: [n.split(".")[-1] for n in _linear4bit_names(m)],
-                 model, reference=ref, number=3, hint="repeated")
+                 model, reference=ref, number=5, hint="repeated")
 
 
-# --- 4. count LoRA parameters ---------------------------------------------------------------------------------
+# --- 6. count LoRA parameters ---------------------------------------------------------------------------------
 
 def test_count_lora_params(capsys):
     ref = checks.reference_count_lora_params
@@ -234,19 +325,101 @@ def test_count_lora_params(capsys):
             total += r * in_f + out_f * r
         return total
 
-    assert_passes(capsys, checks.check_count_lora_params, by_hand, number=4)
-    assert_not_done(capsys, checks.check_count_lora_params, reference=ref, number=4)
+    assert_passes(capsys, checks.check_count_lora_params, by_hand, number=6)
+    assert_not_done(capsys, checks.check_count_lora_params, reference=ref, number=6)
     assert_fails(capsys, checks.check_count_lora_params, lambda s, r: sum(r * o * i for o, i in s),
-                 reference=ref, number=4, hint="not r·in·out")
+                 reference=ref, number=6, hint="not r·in·out")
     assert_fails(capsys, checks.check_count_lora_params, lambda s, r: sum(r * i for o, i in s),
-                 reference=ref, number=4, hint="only one of the two")
+                 reference=ref, number=6, hint="only one of the two")
     assert_fails(capsys, checks.check_count_lora_params, lambda s, r: sum(o * i for o, i in s),
-                 reference=ref, number=4, hint="full weights")
+                 reference=ref, number=6, hint="full weights")
     assert_fails(capsys, checks.check_count_lora_params, lambda s, r: float(by_hand(s, r)),
-                 reference=ref, number=4, hint="return an int")
+                 reference=ref, number=6, hint="return an int")
 
 
-# --- 5. weighted cross-entropy -------------------------------------------------------------------------------------
+# --- 7. the LoRA forward pass ------------------------------------------------------------------------
+
+def _lora_layer(model):
+    return model.base_model.model.model.layers[0].self_attn.q_proj
+
+
+def _forward(*, scale="alpha/r", dropout_on="update", base=True):
+    def fn(x, W0, A, B, alpha, r, dropout):
+        s = {"alpha/r": alpha / r, "r/alpha": r / alpha, "none": 1.0}[scale]
+        xd = dropout(x) if dropout_on in ("update", "both") else x
+        xb = xd if dropout_on == "both" else x
+        return (xb @ W0.T if base else 0) + s * (xd @ A.T) @ B.T
+    return fn
+
+
+def test_lora_forward(capsys, lora_run):
+    model = lora_run[0]
+    layer = _lora_layer(model)
+    before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    scaling, training = dict(layer.scaling), layer.training
+    ref = checks.reference_lora_forward
+    check = checks.check_lora_forward
+    assert_passes(capsys, check, _forward(), layer, number=7)
+    assert_not_done(capsys, check, layer, reference=ref, number=7)
+    assert_fails(capsys, check, _forward(scale="none"), layer, reference=ref, number=7, hint="unscaled")
+    assert_fails(capsys, check, _forward(scale="r/alpha"), layer, reference=ref, number=7, hint="r/alpha")
+    assert_fails(capsys, check, _forward(base=False), layer, reference=ref, number=7, hint="add the frozen")
+    assert_fails(capsys, check, _forward(dropout_on="none"), layer, reference=ref, number=7,
+                 hint="dropout must act on the update's input")
+    assert_fails(capsys, check, _forward(dropout_on="both"), layer, reference=ref, number=7,
+                 hint="the frozen W0 sees x unchanged")
+    assert_fails(capsys, check, lambda x, W0, A, B, alpha, r, d: x @ W0.T + alpha / r * (x @ B.T) @ A.T, layer,
+                 reference=ref, number=7, hint="A is (r, in)")
+    # the check leaves the layer as it found it: adapter weights, scale, mode
+    assert all(torch.equal(p, before[n]) for n, p in layer.named_parameters())
+    assert dict(layer.scaling) == scaling and layer.training == training
+
+
+# --- 8. QLoRA memory -------------------------------------------------------------------------------
+
+def _memory(*, lm_head=False, bits=checks.NF4_DQ_BITS, kept_bytes=4, per_param=16, head=True, ckpt_works=True):
+    def fn(shape, b, s, r, checkpointing):
+        L, h, m = shape.layers, shape.hidden, shape.intermediate
+        quantized = L * (4 * h * h + 3 * h * m)
+        kept = shape.vocab * h * (2 if lm_head else 1) + (2 * L + 1) * h + 4 * h
+        trained = L * r * (8 * h + 3 * (h + m)) + (4 * h if head else 0)
+        one = b * s * (34 * h + 5 * shape.heads * s)
+        acts = L * b * s * h * 2 + one if checkpointing and ckpt_works else L * one
+        return {"weights": quantized * bits / 8 + kept * kept_bytes, "trained": trained * per_param,
+                "activations": acts}
+    return fn
+
+
+def test_qlora_memory(capsys):
+    ref = checks.reference_qlora_memory
+    check = checks.check_qlora_memory
+    assert_passes(capsys, check, _memory(), number=8)
+    assert_not_done(capsys, check, reference=ref, number=8)
+    assert_fails(capsys, check, _memory(lm_head=True), reference=ref, number=8, hint="lm_head")
+    assert_fails(capsys, check, _memory(bits=4), reference=ref, number=8, hint="misses the scales")
+    assert_fails(capsys, check, _memory(bits=4.5), reference=ref, number=8, hint="without double quantization")
+    assert_fails(capsys, check, _memory(kept_bytes=2), reference=ref, number=8, hint="fp32 while training")
+    assert_fails(capsys, check, _memory(per_param=12), reference=ref, number=8, hint="AdamW with one state")
+    assert_fails(capsys, check, _memory(per_param=4), reference=ref, number=8, hint="only the weights")
+    assert_fails(capsys, check, _memory(head=False), reference=ref, number=8, hint="head `score` trains too")
+    assert_fails(capsys, check, _memory(ckpt_works=False), reference=ref, number=8, hint="without checkpointing")
+    assert_fails(capsys, check, lambda *a: list(ref(*a).values()), reference=ref, number=8, hint="return a dict")
+
+
+def test_qlora_memory_reference_matches_the_package_counts():
+    """The formula's parts agree with the package's own counts for Llama-2-7B as a classifier."""
+    from reclor_lab.modeling import LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, LLAMA2_7B_QUANTIZED_PARAMS, estimate_bytes
+
+    got = checks.reference_qlora_memory(checks.LLAMA2_7B, 1, 512, 16, checkpointing=True)
+    bf16_kept = estimate_bytes(LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, "4bit")
+    assert got["weights"] == pytest.approx(bf16_kept + 2 * LLAMA2_7B_CLASSIFIER_OTHER_PARAMS)  # fp32 = bf16 + 2 B
+    assert got["trained"] == (39_976_960 + 4 * 4096) * 16
+    off = checks.reference_qlora_memory(checks.LLAMA2_7B, 1, 512, 16, checkpointing=False)
+    assert off["activations"] > 10 * got["activations"]  # checkpointing is the lever
+    double = checks.reference_qlora_memory(checks.LLAMA2_7B, 2, 512, 16, checkpointing=False)
+    assert double["activations"] == 2 * off["activations"]
+
+# --- 9. weighted cross-entropy -------------------------------------------------------------------------------------
 
 def test_weighted_ce(capsys):
     ref = checks.reference_weighted_ce
@@ -259,22 +432,22 @@ def test_weighted_ce(capsys):
     def by_batch_size(logits, labels, weights):
         return (weights[labels] * F.cross_entropy(logits, labels, reduction="none")).mean()
 
-    assert_passes(capsys, checks.check_weighted_ce, by_hand, number=5)
-    assert_passes(capsys, checks.check_weighted_ce, lambda x, y, w: F.cross_entropy(x, y, weight=w), number=5)
-    assert_not_done(capsys, checks.check_weighted_ce, reference=ref, number=5)
-    line = assert_fails(capsys, checks.check_weighted_ce, by_batch_size, reference=ref, number=5,
+    assert_passes(capsys, checks.check_weighted_ce, by_hand, number=9)
+    assert_passes(capsys, checks.check_weighted_ce, lambda x, y, w: F.cross_entropy(x, y, weight=w), number=9)
+    assert_not_done(capsys, checks.check_weighted_ce, reference=ref, number=9)
+    line = assert_fails(capsys, checks.check_weighted_ce, by_batch_size, reference=ref, number=9,
                         hint="divides by the batch size")
     assert "weights [1, 2, 2, 0.5]" in line
     assert_fails(capsys, checks.check_weighted_ce, lambda x, y, w: F.cross_entropy(x, y), reference=ref,
-                 number=5, hint="plain cross-entropy")
+                 number=9, hint="plain cross-entropy")
     assert_fails(capsys, checks.check_weighted_ce, lambda x, y, w: by_hand(x, y, w).item(), reference=ref,
-                 number=5, hint="no .item()")
+                 number=9, hint="no .item()")
     assert_fails(capsys, checks.check_weighted_ce,
                  lambda x, y, w: F.cross_entropy(x, y, weight=w, reduction="none"), reference=ref,
-                 number=5, hint="one scalar")
+                 number=9, hint="one scalar")
 
 
-# --- 6. one training step ------------------------------------------------------------------------------------------
+# --- 10. one training step ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
@@ -338,10 +511,10 @@ def test_train_step(capsys, lora_run):
 
     assert run(_good_step) is _good_step
     line = verdict(capsys)
-    assert line.startswith("✅ Exercise 6 (") and line.endswith("correct."), line
+    assert line.startswith("✅ Exercise 10 (") and line.endswith("correct."), line
     zero_first = _step(zero_first=True, zero=False)  # PyTorch's tutorials' and Raschka's order
     assert run(zero_first) is zero_first
-    assert verdict(capsys) == "✅ Exercise 6 (one training step): correct."
+    assert verdict(capsys) == "✅ Exercise 10 (one training step): correct."
     _stands_in(run(stub), ref, stub)
     line = verdict(capsys)
     assert "not done yet" in line and line.endswith(FALLBACK), line
@@ -356,7 +529,7 @@ def test_train_step(capsys, lora_run):
         got = run(fn)
         _stands_in(got, ref, fn)
         line = verdict(capsys)
-        assert line.startswith("❌ Exercise 6 (") and hint in line and line.endswith(FALLBACK), line
+        assert line.startswith("❌ Exercise 10 (") and hint in line and line.endswith(FALLBACK), line
         _stands_in(run(got), ref, fn)  # checked again: the same verdict, never ✅
         assert verdict(capsys) == line
 
@@ -375,7 +548,7 @@ def test_train_step_needs_trainable_parameters():
         checks.check_train_step(_good_step, frozen, {}, None)
 
 
-# --- 7. accuracy over examples ------------------------------------------------------------------------------------
+# --- 11. accuracy over examples ------------------------------------------------------------------------------------
 
 def test_accuracy(capsys):
     ref = checks.reference_accuracy
@@ -393,12 +566,12 @@ def test_accuracy(capsys):
     def over_batches(batches):
         return sum(sum(p == y for p, y in zip(ps, ys)) for ps, ys in batches) / len(batches)
 
-    assert_passes(capsys, checks.check_accuracy, by_hand, number=7)
-    assert_not_done(capsys, checks.check_accuracy, reference=ref, number=7)
-    line = assert_fails(capsys, checks.check_accuracy, per_batch_mean, reference=ref, number=7,
+    assert_passes(capsys, checks.check_accuracy, by_hand, number=11)
+    assert_not_done(capsys, checks.check_accuracy, reference=ref, number=11)
+    line = assert_fails(capsys, checks.check_accuracy, per_batch_mean, reference=ref, number=11,
                         hint="averages the per-batch accuracies")
     assert "short last batch" in line
-    assert_fails(capsys, checks.check_accuracy, over_batches, reference=ref, number=7,
+    assert_fails(capsys, checks.check_accuracy, over_batches, reference=ref, number=11,
                  hint="number of BATCHES")
 
 

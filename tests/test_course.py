@@ -26,7 +26,7 @@ from reclor_lab.course import (
 NOTEBOOKS = REPO_ROOT / "notebooks"
 STUDENT = NOTEBOOKS / "student"
 #: The exercise contract: at least this many exercises across the reference notebooks.
-MIN_EXERCISES = 6
+MIN_EXERCISES = 9
 #: The student notebooks run on the smallest settings: the checks and the fallback path are the
 #: same at any size, and the full tiny run (notebook 04) takes minutes on a loaded 2-core CPU.
 #: Their own run directory, so the reference notebooks' run (nbval) is never touched.
@@ -206,6 +206,72 @@ def test_reference_notebooks_hold_enough_exercises_each_followed_by_its_check():
         total += len(exercises)
     assert total >= MIN_EXERCISES
 
+
+
+# --- no solution above or inside an exercise --------------------------------------------------------
+
+def _giveaways(student_py: str) -> list[str]:
+    """Each use, in a student notebook, of something that computes an exercise's answer
+    (:data:`reclor_lab.checks.GIVEAWAYS`, any ``reference_…`` of the checks, or an import under the
+    exercise's own name) in the cells from the top down to that exercise's check cell."""
+    from reclor_lab import checks
+
+    cells = _code_cells(student_py)
+    found = []
+    for k, source in enumerate(cells):
+        if "raise NotImplementedError(\"Exercise" not in source:
+            continue
+        name, j = _function_name(source), _check_cell(cells, k)
+        banned = [rf"\b{re.escape(w)}\b" for w in checks.GIVEAWAYS[name]]
+        banned += [r"\breference_\w+", rf"^\s*(from\s+\S+\s+)?import\b.*\b{name}\b"]
+        for i in range(j + 1):
+            code = "\n".join(line.split("#", 1)[0] for line in cells[i].splitlines())  # comments may name it
+            for pattern in banned:
+                if hit := re.search(pattern, code, re.M):
+                    found.append(f"`{name}`: cell {i} uses {hit.group(0).strip()!r} before the exercise is checked")
+    return found
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted(STUDENT.glob("[0-9][0-9]_*.py"))] or ["(none built)"])
+def test_student_notebook_gives_no_exercise_away(name):
+    """A student must not be able to read an exercise's answer off the package above or inside it:
+    no import or use of the reference, or of the package function that computes the same thing,
+    before the exercise's check cell."""
+    path = STUDENT / f"{name}.py"
+    if not path.exists():
+        pytest.skip("no student notebooks built yet (run `reclor-lab course build`)")
+    assert _giveaways(path.read_text(encoding="utf-8")) == []
+
+
+def test_the_giveaway_scan_catches_an_import_above_the_exercise():
+    student, _ = student_source(SAMPLE_WITH_GIVEAWAY, "sample.py")
+    found = _giveaways(student)
+    assert any("'format_example'" in f for f in found), found
+    assert any("import" in f and "format_record" in f for f in found), found
+    assert _giveaways(student.replace("from reclor_lab.data import format_example\n", "")
+                      .replace("from reclor_lab.lib import format_record as fr\n", "")) == []
+
+
+SAMPLE_WITH_GIVEAWAY = '''\
+# %%
+from reclor_lab import checks
+from reclor_lab.data import format_example
+from reclor_lab.lib import format_record as fr
+
+# %%
+def format_record(record: dict) -> str:
+    """Exercise 1: the layout."""
+    # BEGIN SOLUTION
+    return "x"
+    # END SOLUTION
+
+
+# %%
+format_record = checks.check_format_record(format_record)
+
+# %%
+print(format_example({}, "t"))  # after the check: allowed
+'''
 
 # --- executing the student notebooks --------------------------------------------------------------------
 

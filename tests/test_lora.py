@@ -14,6 +14,7 @@ from reclor_lab.lora import (
     inject_lora,
     lora_config,
     predicted_lora_params,
+    target_shapes,
     trainable_report,
 )
 from reclor_lab.modeling import load_model, load_tokenizer
@@ -199,3 +200,14 @@ def test_lora_error_bound_holds_and_still_catches_a_wrong_update(dtype):
     wrong_scale = x @ W0.T + (r / alpha) * (x @ A.T) @ B.T
     assert not ((wrong_scale.double() - merged.double()).abs() <= bound).all()
     assert not ((x @ W0.T).double() - merged.double()).abs().le(bound).all()
+
+
+def test_target_shapes_are_the_same_before_and_after_injection(cfg, tokenizer):
+    """peft renames an adapted layer to `….base_layer`; the shapes by leaf name must survive that
+    (notebook 03's explorer read them after injection and found none)."""
+    model = load_model(cfg, tokenizer)
+    before = target_shapes(model)
+    assert sorted(before) == find_lora_targets(model)
+    assert all(len(v) == TINY_LLAMA["num_hidden_layers"] for v in before.values()), before
+    after = target_shapes(inject_lora(model, cfg))
+    assert after == before

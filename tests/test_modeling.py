@@ -9,6 +9,7 @@ from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA, make_tiny_llama
 from reclor_lab import modeling
 from reclor_lab.config import NUM_LABELS, get_preset
 from reclor_lab.modeling import (
+    LLAMA2_7B_CLASSIFIER_PARAMS,
     LLAMA2_7B_PARAMS,
     NF4_CODE,
     QuantizationUnavailable,
@@ -134,12 +135,14 @@ def test_memory_report_numbers_are_consistent(model_4bit, model_plain):
     assert r4.fp32_bytes == 4 * r4.params
     assert r4.measured_bytes < rp.measured_bytes  # quantization really saved memory
     assert rp.measured_bytes == pytest.approx(rp.fp32_bytes, rel=0.01)  # + rotary buffers only
-    assert r4.llama2_7b_params == LLAMA2_7B_PARAMS
-    assert r4.llama2_7b_bf16_bytes == pytest.approx(13.5e9, rel=0.01)
-    assert r4.llama2_7b_nf4_bytes < 4e9
+    # Llama-2-7B as the classifier it becomes: the model card's count without lm_head, with score
+    assert r4.llama2_7b_params == LLAMA2_7B_CLASSIFIER_PARAMS
+    assert LLAMA2_7B_PARAMS - LLAMA2_7B_CLASSIFIER_PARAMS == 32000 * 4096 - NUM_LABELS * 4096
+    assert r4.llama2_7b_bf16_bytes == 2 * LLAMA2_7B_CLASSIFIER_PARAMS
+    assert r4.llama2_7b_nf4_bytes == pytest.approx(6_476_005_376 * 4.127 / 8 + 2 * 131_354_624, rel=1e-4)
     assert r4.llama2_7b_fp32_bytes == 2 * r4.llama2_7b_bf16_bytes
     table = r4.table()
-    assert "Llama-2-7B" in table and "13.477 GB" in table and "measured" in table
+    assert "Llama-2-7B" in table and "13.215 GB" in table and "lm_head is never loaded" in table
 
 
 def test_nf4_bytes_per_param_matches_qlora_paper():

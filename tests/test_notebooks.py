@@ -19,9 +19,9 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "reclor-lab"
 #: The course order (the reference solution's), and how many exercises each notebook holds.
 EXPECTED = {
-    "01_data_and_tokenization": 2,
-    "02_quantization": 1,
-    "03_lora": 1,
+    "01_data_and_tokenization": 3,
+    "02_quantization": 2,
+    "03_lora": 3,
     "04_training_loop": 2,
     "05_results": 1,
     "06_baselines_and_errors": 0,
@@ -96,3 +96,19 @@ def test_exercise_markers(name):
             assert re.match(rf"{fn} = checks\.check_\w+\({fn}\b", code[i + 1]), (
                 f"{name}: the cell after exercise `{fn}` must be `{fn} = checks.check_…({fn}, …)`")
     assert found == EXPECTED[name], f"{name}: {found} exercises, expected {EXPECTED[name]}"
+
+
+def test_lora_explorer_follows_the_slider():
+    """Notebook 03 drives its LoRA explorer through the slider (as a click would) and prints what the
+    widget then shows: the tiny model's trainable count must change with r, and at the preset's r
+    equal the count peft reported (the widget once read no layer shapes and always said 256)."""
+    nb = nbformat.read(NOTEBOOKS / "03_lora.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    driven = next(c for c in code if "rank.value = value" in c.source)
+    text = "".join(o.get("text", "") for o in driven.outputs if o.output_type == "stream")
+    counts = {int(r): int(n.replace(",", "")) for r, n in re.findall(r"^r = +(\d+): \w+: ([\d,]+) trainable", text, re.M)}
+    assert len(counts) == 3 and len(set(counts.values())) == 3, text
+    assert counts[4] < counts[16] < counts[64], counts
+    report = next(c for c in code if "report = trainable_report(peft_model)" in c.source)
+    reported = re.search(r"trainable params: ([\d,]+)", "".join(o.get("text", "") for o in report.outputs))
+    assert reported and int(reported.group(1).replace(",", "")) == counts[16], (reported, counts)

@@ -24,19 +24,20 @@
 # 3. the tokenizer, and why its pad token is the eos token,
 # 4. how long the inputs are in tokens, and what `max_len` cuts off,
 # 5. the answer-position distribution and the class weights of the loss,
-# 6. what the collator does to a batch.
+# 6. what the collator does to a batch,
+# 7. which position of each row the classification head reads.
 #
 # **Stand-alone.** This notebook needs no other notebook: it reads the data folder and the
-# model's tokenizer from disk, nothing else. Two exercises: `format_record` and
-# `class_weights_by_hand`.
+# model from disk, nothing else. Three exercises: `format_record`, `class_weights_by_hand` and
+# `last_token_index`.
 
 # %% [markdown]
 # ## The preset
 #
 # One variable picks everything: `"tiny"` runs on any CPU, offline, on the bundled data and
 # the bundled tiny Llama. `"llama2-7b"` runs the same cells as the reference solution
-# (Llama-2-7B weights on disk, the official ReClor files in `data/reclor/`, a GPU for the later
-# notebooks). Every later cell reads its settings from `cfg`.
+# (Llama-2-7B weights on disk, the official ReClor files in `data/reclor/`, a GPU for section 7
+# and the later notebooks). Every later cell reads its settings from `cfg`.
 
 # %%
 PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
@@ -65,18 +66,19 @@ from collections import Counter
 
 import matplotlib.pyplot as plt
 import ipywidgets as widgets
+import torch
+import transformers
 from datasets.utils.logging import disable_progress_bar
 from torch.utils.data import DataLoader
 
 from reclor_lab import checks
-from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
-from reclor_lab.data import (
-    class_weights, format_example, label_distribution, load_split, make_collator, model_inputs,
-    tokenize_records,
-)
-from reclor_lab.modeling import load_tokenizer
+from reclor_lab.config import NUM_LABELS, OPTION_LETTERS
+from reclor_lab.data import label_distribution, load_split, make_collator, model_inputs, tokenize_records
+from reclor_lab.modeling import load_model, load_tokenizer
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes): tidier output
+transformers.logging.disable_progress_bar()  # no "Loading weights 0%" bars stored in the notebook
+transformers.logging.set_verbosity_error()  # the model's load report is explained in notebook 02
 
 # %% [markdown]
 # ## 1. A ReClor record
@@ -123,14 +125,22 @@ def format_record(record: dict) -> str:
 format_record = checks.check_format_record(format_record)
 
 # %% [markdown]
-# The package does the same with a template string, `cfg.template` (the reference layout unless
-# you change it in the config: appending `" Answer:"` is a cheap experiment).
+# The package does the same with a template string, `cfg.template`. The `llama2-7b` preset uses
+# the reference layout, `REFERENCE_TEMPLATE`. The `tiny` preset uses `TINY_TEMPLATE`: the same
+# layout with `" Answer:"` appended (section 7 says why). So on the tiny preset, changing the
+# layout means setting `template` in the config; deleting `" Answer:"` is an experiment worth
+# running.
 
 # %%
+from reclor_lab.config import REFERENCE_TEMPLATE, TINY_TEMPLATE
+from reclor_lab.data import format_example
+
 text = format_record(train[0])
 print(text)
 print()
 print("same as the package's format_example:", text == format_example(train[0], REFERENCE_TEMPLATE))
+print("this preset's template:", "TINY_TEMPLATE" if cfg.template == TINY_TEMPLATE else
+      "REFERENCE_TEMPLATE" if cfg.template == REFERENCE_TEMPLATE else "your own")
 
 # %% [markdown]
 # ## 3. The tokenizer, and why pad = eos
@@ -143,9 +153,10 @@ print("same as the package's format_example:", text == format_example(train[0], 
 # safe here for two reasons:
 #
 # * the attention mask is 0 on padding, so the model never attends to it;
-# * Llama's sequence classifier reads its logits at the *last non-pad token* of each row, which
-#   it finds by looking for the first `pad_token_id`. With right padding and no eos inside the
-#   text (ReClor has none) that is exactly the last real token.
+# * Llama's sequence classifier reads its logits at one position per row, chosen from the ids:
+#   in transformers 5.24, the *rightmost* token whose id is not `pad_token_id`. With right
+#   padding that is the last real token, as long as the text does not *end* in an eos (section 7
+#   shows when pad = eos breaks).
 #
 # `load_tokenizer` sets both (pad = eos, right padding) and changes nothing else.
 
@@ -240,6 +251,8 @@ def class_weights_by_hand(labels: list[int]) -> list[float]:
 class_weights_by_hand = checks.check_class_weights(class_weights_by_hand)
 
 # %%
+from reclor_lab.data import class_weights
+
 train_labels = [r["label"] for r in train]
 mine = class_weights_by_hand(train_labels)
 print("class weights (A B C D):", " ".join(f"{w:.4f}" for w in mine))
@@ -275,10 +288,87 @@ print("attention_mask", batch["attention_mask"][row, window].tolist())
 print("pad id = eos id =", tokenizer.pad_token_id)
 
 # %% [markdown]
+# ## 7. Which position does the head read?
+#
+# A decoder is **causal**: position *t* attends only to positions ≤ *t*. So the hidden state of
+# the first token has seen one token, and only the *last real token* has seen the whole
+# context, question and all four options. The classification head (`score`, a 4 × hidden
+# matrix) is applied to that one hidden state per row; that is why a decoder classifier reads
+# the last token, where an encoder (BERT) reads the first.
+#
+# Which position is "last" comes from the ids alone: transformers 5.24 takes, per row, the
+# **rightmost position whose id is not `pad_token_id`** (it handles right and left padding
+# alike, and it does not look at the attention mask).
+#
+# **Exercise 3.** Write `last_token_index(input_ids, pad_token_id)`: for a batch `(batch, length)`
+# of ids, the position the head reads in each row, as a `LongTensor` of shape `(batch,)`. The
+# check feeds your positions to the model's own head and compares with the model's logits.
+#
+# To judge it against the model, the check needs the model: the 4-bit classifier, loaded as in
+# notebook 02 (on the tiny preset that takes a second).
+
+# %%
+model = load_model(cfg, tokenizer)
+
+
+# %%
+def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Exercise 3: per row, the position of the rightmost token whose id is not pad_token_id."""
+    # TODO: no loop needed: which positions hold a real (non-pad) id, then one reduction per row
+    raise NotImplementedError("Exercise 3: write `last_token_index`")
+
+
+# %%
+last_token_index = checks.check_last_token_index(last_token_index, model, tokenizer)
+
+# %% [markdown]
+# The positions in the batch of section 6, and the token the head reads in each row:
+
+# %%
+read_at = last_token_index(batch["input_ids"], tokenizer.pad_token_id)
+print("real tokens per row:", batch["attention_mask"].sum(1).tolist(), "| width:", batch["input_ids"].shape[1])
+print("head reads position:", read_at.tolist())
+for row, i in enumerate(read_at.tolist()):
+    print(f"  row {row}: {tokenizer.convert_ids_to_tokens(int(batch['input_ids'][row, i]))!r}")
+
+# %% [markdown]
+# **Why the tiny preset appends `" Answer:"`.** With the reference layout the last token is the
+# last sub-word of option D: the head would read a hidden state that, in a causal LM, is busy
+# predicting how option D's sentence goes on. The tiny model was pre-trained (on synthetic
+# text, `reclor_lab.tiny`) to name the answer's letter right after `" Answer:"`, so ending the
+# input there hands the head the state in which pre-training put the answer. The reference
+# fine-tuned Llama-2-7B on the plain layout, and the `llama2-7b` preset keeps it, so its results
+# compare with the reference's. What the head reads under each layout, for the first training
+# record:
+
+# %%
+for name, template in (("REFERENCE_TEMPLATE", REFERENCE_TEMPLATE), ("TINY_TEMPLATE", TINY_TEMPLATE)):
+    ids = tokenizer(format_example(train[0], template), return_tensors="pt")["input_ids"]
+    i = int(last_token_index(ids, tokenizer.pad_token_id)[0])
+    tokens = tokenizer.convert_ids_to_tokens(ids[0, i - 2:i + 1].tolist())
+    print(f"{name:<19} ends in {tokens}: the head reads {tokens[-1]!r}")
+
+# %% [markdown]
+# **When pad = eos breaks.** The rule cannot tell an eos that belongs to the text from padding.
+# An eos *followed by* more text is harmless (the rightmost non-pad token is still the last
+# one), but a text that *ends* in eos (a tokenizer set to append eos, or a literal `</s>` at the
+# end of a record) loses it: the head reads the token before it instead, and a model trained one
+# way and used the other reads the wrong hidden state. ReClor's texts contain no eos, and this
+# tokenizer does not append one:
+
+# %%
+ids = tokenizer(["Context: a short passage. Option D: the end.</s>"], return_tensors="pt")["input_ids"]
+print("ids end with:", tokenizer.convert_ids_to_tokens(ids[0, -3:].tolist()))
+print("the head reads:", tokenizer.convert_ids_to_tokens(int(ids[0, last_token_index(ids, tokenizer.pad_token_id)[0]])),
+      "(not the final eos)")
+print("this tokenizer appends eos:", tokenizer("a b")["input_ids"][-1] == tokenizer.eos_token_id)
+
+# %% [markdown]
 # ## What you have now
 #
-# A record → one string → token ids (≤ `max_len`) → padded batches with a mask and labels, plus
-# the class weights of the loss. Notebook 02 loads the model these batches go into, in 4 bits.
+# A record → one string → token ids (≤ `max_len`) → padded batches with a mask and labels, the
+# class weights of the loss, and the one position per row whose hidden state the head turns into
+# four logits. Notebook 02 opens the model's 4-bit weights.
 
 # %% [markdown]
 # ## Your exercises

@@ -21,13 +21,13 @@
 # opens that box:
 #
 # 1. `BitsAndBytesConfig`, field by field,
-# 2. NF4 on one weight matrix: quantize by hand, dequantize, look at the error,
+# 2. NF4 on one block of weights, by hand, then on a whole matrix; NF4 against FP4 and int4,
 # 3. the memory table: fp32 / bf16 / 4-bit, for this model and for Llama-2-7B,
 # 4. the model loaded in 4 bits, and what one `Linear4bit` layer holds,
 # 5. which kernel computes a 4-bit layer: on a GPU, and on this CPU.
 #
 # **Stand-alone.** This notebook reads only the model from disk; it needs no other notebook.
-# One exercise: `lora_targets`.
+# Two exercises: `nf4_block` and `lora_targets`.
 
 # %%
 PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
@@ -47,17 +47,21 @@ print()
 print(cfg.summary("preset", "model_name_or_path", "quantization", "double_quant", "compute_dtype"))
 
 # %%
+import os
+
 import matplotlib.pyplot as plt
 import torch
+import transformers
 import bitsandbytes as bnb
-import bitsandbytes.functional as bnbf
 
 from reclor_lab import checks
 from reclor_lab.cpu4bit import cpu_kernel_report, is_repacked
 from reclor_lab.modeling import (
     NF4_BLOCKSIZE, NF4_CODE, bnb_config, is_4bit, load_model, load_tokenizer, logical_numel,
-    memory_report, nf4_roundtrip, pick_device,
+    pick_device,
 )
+
+transformers.logging.disable_progress_bar()  # no "Loading weights 0%" bars stored in the notebook
 
 # %% [markdown]
 # ## 1. `BitsAndBytesConfig`, field by field
@@ -90,10 +94,14 @@ print("device:", pick_device().type)
 # memory we also measure it, for the table in section 3.
 
 # %%
+from reclor_lab.modeling import measured_bytes
+
 tokenizer = load_tokenizer(cfg.model_name_or_path)
+transformers.logging.set_verbosity_error()  # this load's report is the same as section 3's: shown there
 plain = load_model(cfg.replace(quantization="none"), tokenizer)
+transformers.logging.set_verbosity_warning()
 W = plain.model.layers[0].self_attn.q_proj.weight.detach().float().cpu()
-plain_bytes = memory_report(plain).measured_bytes
+plain_bytes = measured_bytes(plain)
 del plain  # on Llama-2-7B this frees 13.5 GB before the 4-bit load below
 print("W:", tuple(W.shape), W.dtype)
 
@@ -108,42 +116,140 @@ fig, ax = plt.subplots(figsize=(7, 1.6))
 ax.eventplot(NF4_CODE, lineoffsets=0, linelengths=1)
 ax.set_yticks([])
 ax.set_xlim(-1.05, 1.05)
+ax.set_xlabel("code value (weight / absmax)")
 ax.set_title("The 16 NF4 code values")
 plt.show()
 
 # %% [markdown]
-# **Quantize by hand.** Cut the weights into blocks of 64. In each block divide by the block's
-# largest absolute value (its *absmax*, kept as the block's scale), so every weight falls in
-# [-1, 1], and store the index of the nearest code value. To dequantize, look the code value up
-# and multiply by the scale. That is all NF4 is; bitsandbytes does the same in fast kernels.
+# **Quantize one block by hand.** NF4 cuts the weights into blocks of 64. In each block:
+#
+# 1. the block's scale is its largest absolute value, its **absmax** (kept, one per block), so
+#    that every weight / absmax lies in [-1, 1];
+# 2. each weight is stored as the **code**: the index (0–15) of the `NF4_CODE` value nearest to
+#    weight / absmax;
+# 3. to **dequantize**, look the code's value up and multiply it by the absmax.
+#
+# That is all NF4 is; bitsandbytes does the same in fast kernels.
+#
+# **Exercise 4.** Write `nf4_block(block)`: one block of 64 float32 weights → `(codes, absmax,
+# dequantized)`: the 64 codes as an integer tensor, the absmax as a 0-d tensor, the 64
+# dequantized float32 values. The check compares all three, bit for bit, with bitsandbytes'
+# `quantize_4bit` / `dequantize_4bit` (NF4, block size 64).
 
 # %%
-code = torch.tensor(NF4_CODE)
-blocks = W.reshape(-1, NF4_BLOCKSIZE)                          # (n_blocks, 64)
-absmax = blocks.abs().amax(dim=1, keepdim=True)                # one scale per block
-index = ((blocks / absmax).unsqueeze(-1) - code).abs().argmin(-1)  # 4-bit indices 0..15
-W_by_hand = (code[index] * absmax).reshape(W.shape)            # dequantized
+code = torch.tensor(NF4_CODE)  # the 16 values, index 0..15
 
-rt = nf4_roundtrip(W)  # bitsandbytes: quantize_4bit + dequantize_4bit
-print(f"{blocks.shape[0]} blocks of {NF4_BLOCKSIZE}; indices use {index.unique().numel()} of 16 codes")
-print("by hand == bitsandbytes:", torch.equal(W_by_hand, rt.dequantized.float()))
+
+def nf4_block(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exercise 4: one block of 64 weights → (codes 0..15, absmax, dequantized values)."""
+    # TODO: the three steps above; `code` holds the 16 values (broadcasting compares all at once)
+    raise NotImplementedError("Exercise 4: write `nf4_block`")
+
+
+# %%
+nf4_block = checks.check_nf4_block(nf4_block)
+
+# %% [markdown]
+# Your function on the first blocks of the real matrix, against bitsandbytes' round trip of the
+# whole matrix (`nf4_roundtrip`: `quantize_4bit` + `dequantize_4bit`):
+
+# %%
+import bitsandbytes.functional as bnbf
+
+from reclor_lab.modeling import nf4_roundtrip
+
+blocks = W.reshape(-1, NF4_BLOCKSIZE)                  # (n_blocks, 64)
+n = min(len(blocks), 64)                               # a Python loop: a few blocks are enough
+by_hand = torch.stack([nf4_block(b)[2] for b in blocks[:n]])
+rt = nf4_roundtrip(W)
+codes0 = nf4_block(blocks[0])[0]
+print(f"{len(blocks)} blocks of {NF4_BLOCKSIZE}; block 0 uses {codes0.unique().numel()} of the 16 codes")
+print(f"by hand == bitsandbytes on the first {n} blocks:",
+      torch.equal(by_hand, rt.dequantized.float().reshape(-1, NF4_BLOCKSIZE)[:n]))
 print(rt.summary())
 
 # %% [markdown]
 # The error is largest in the blocks with a large absmax (the scale stretches the 16 levels
-# further apart) and is zero only for each block's absmax weight itself (the code holds ±1
-# exactly).
+# further apart) and is zero for each block's absmax weight itself (the code holds ±1 exactly).
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3))
 ax1.hist(W.flatten().numpy(), bins=80, alpha=0.6, label="original")
 ax1.hist(rt.dequantized.flatten().float().numpy(), bins=80, alpha=0.6, label="NF4 round trip")
 ax1.set_title("Weights of q_proj (layer 0)")
+ax1.set_xlabel("weight value")
+ax1.set_ylabel("weights")
 ax1.legend()
 ax2.hist((rt.dequantized.float() - W).flatten().numpy(), bins=80, color="tab:red")
 ax2.set_title("Quantization error (dequantized − original)")
+ax2.set_xlabel("error")
+ax2.set_ylabel("weights")
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# **NF4 against the alternatives.** Three 4-bit formats, each with one absmax per block of 64:
+#
+# * **uniform absmax int4**: round weight / absmax × 7 to an integer in −7 … 7 (15 evenly spaced
+#   levels);
+# * **FP4** (`quant_type="fp4"` in bitsandbytes): a tiny float (sign, exponent, mantissa); its
+#   16 levels are 0 twice (+0 and −0), ±0.005, ±1/6, ±1/4, ±1/3, ±1/2, ±2/3 and ±1;
+# * **NF4**: levels at the quantiles of a normal distribution, so each of the 16 codes is used
+#   about equally often by normally distributed weights.
+#
+# Trained weights are close to normal, so we measure the round-trip error on normally
+# distributed numbers (fixed seed), as a fraction of their standard deviation:
+
+# %%
+g = torch.Generator().manual_seed(0)
+normal = torch.randn(256, 1024, generator=g)
+
+
+def int4_roundtrip(w: torch.Tensor) -> torch.Tensor:
+    b = w.reshape(-1, NF4_BLOCKSIZE)
+    absmax = b.abs().amax(dim=1, keepdim=True)
+    return (torch.round(b / absmax * 7) / 7 * absmax).reshape(w.shape)
+
+
+def bnb_roundtrip(w: torch.Tensor, quant_type: str) -> torch.Tensor:
+    packed, state = bnbf.quantize_4bit(w, blocksize=NF4_BLOCKSIZE, quant_type=quant_type)
+    return bnbf.dequantize_4bit(packed, state, quant_type=quant_type).float()
+
+
+errors = {name: ((rt_ - normal).pow(2).mean().sqrt() / normal.std()).item()
+          for name, rt_ in (("uniform int4", int4_roundtrip(normal)), ("FP4", bnb_roundtrip(normal, "fp4")),
+                            ("NF4", bnb_roundtrip(normal, "nf4")))}
+for name, e in errors.items():
+    print(f"{name:<13} RMS error {e:.4f} of the weights' std")
+
+fig, ax = plt.subplots(figsize=(6, 2.8))
+ax.bar(list(errors), list(errors.values()), color=["tab:gray", "tab:orange", "tab:blue"])
+ax.set_ylabel("RMS round-trip error / std")
+ax.set_xlabel("4-bit format (absmax per block of 64)")
+ax.set_title("Round-trip error on N(0, 1) weights")
+for i, e in enumerate(errors.values()):
+    ax.text(i, e, f"{e:.3f}", ha="center", va="bottom")
+plt.show()
+
+# %% [markdown]
+# NF4 has the smallest error. FP4 has the largest, worse even than the uniform grid: four of its 16
+# codes sit at about 0 (±0, ±0.005), and the gap from there to ±1/6 is where many normal weights
+# fall. Uniform int4 spends its levels evenly, also on the tails where few weights are. (The
+# block's absmax weight itself is exact in all three.)
+#
+# **What double quantization saves.** Plain NF4 keeps one fp32 absmax per 64 weights: 32 / 64 =
+# 0.5 bit per weight on top of the 4-bit code. Double quantization stores those absmaxes as 8-bit
+# codes instead, with one fp32 scale per 256 of them: 8 / 64 + 32 / (64 · 256) ≈ 0.127 bit. The
+# saving is about 0.37 bit per quantized weight, about 0.3 GB on Llama-2-7B's 6.5 billion
+# quantized weights:
+
+# %%
+from reclor_lab.modeling import LLAMA2_7B_QUANTIZED_PARAMS, nf4_bytes_per_param
+
+plain_bits, dq_bits = nf4_bytes_per_param(double_quant=False) * 8, nf4_bytes_per_param(double_quant=True) * 8
+print(f"bits per weight: {plain_bits:.3f} plain, {dq_bits:.3f} double quantized; saved {plain_bits - dq_bits:.3f}")
+print(f"Llama-2-7B: {LLAMA2_7B_QUANTIZED_PARAMS:,} quantized weights → "
+      f"{LLAMA2_7B_QUANTIZED_PARAMS * (plain_bits - dq_bits) / 8 / 1e9:.2f} GB saved")
 
 # %% [markdown]
 # ## 3. The memory table
@@ -151,16 +257,20 @@ plt.show()
 # The model loaded in 4 bits: `load_model` passes `bnb_config(cfg)` to
 # `AutoModelForSequenceClassification.from_pretrained(…, num_labels=4)`.
 #
-# Transformers prints a **load report**: `lm_head.weight` UNEXPECTED (the checkpoint is a
-# causal LM, whose word-prediction head a classifier does not use) and `score.weight` MISSING
-# (the 4-way classification head is new, randomly initialised, and trained by us). Both are
-# what we want.
+# Transformers prints a **load report** (below the cell, on stderr): `lm_head.weight`
+# UNEXPECTED (the checkpoint is a causal LM, whose word-prediction head a classifier does not
+# use, so it is never loaded: 131 M weights on Llama-2-7B) and `score.weight` MISSING (the
+# 4-way classification head is new, randomly initialised, and trained by us; "consider
+# training" is exactly the plan). Both are what we want. The other notebooks hide this report.
 
 # %%
-model = load_model(cfg, tokenizer)
+model_path = cfg.model_name_or_path  # shown relative to the repository root in the report
+model = load_model(cfg.replace(model_name_or_path=os.path.relpath(model_path) if os.path.isabs(model_path)
+                               else model_path), tokenizer)
 
 # %% [markdown]
-# Estimated weight bytes in three precisions, and what the loaded model measures. 4-bit costs
+# Estimated weight bytes in three precisions, and what the loaded model measures; both models as
+# 4-way classifiers (no `lm_head`). 4-bit costs
 # 4.127 bits per projection weight with double quantization (4 bits + 8-bit scales per 64 +
 # fp32 scales per 256·64); embeddings, norms and head are not quantized. They stay in the
 # compute dtype: bf16 on a GPU, but fp32 on a CPU, which is why the measured size of the tiny
@@ -168,6 +278,8 @@ model = load_model(cfg, tokenizer)
 # anyway, so the saving is smaller than on Llama-2-7B (96 % of its weights are projections).
 
 # %%
+from reclor_lab.modeling import memory_report
+
 print(memory_report(model).table())
 print()
 print(f"measured, loaded without quantization: {plain_bytes / 1e3:,.1f} KB"

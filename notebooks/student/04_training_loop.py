@@ -89,15 +89,15 @@ disable_progress_bar()  # datasets' progress bars: tokenizing is not what this n
 # divides by the **sum of the weights** of the batch's labels (as `F.cross_entropy(weight=w)`
 # does), not by the batch size, so the loss scale does not depend on which labels a batch holds.
 #
-# **Exercise 5.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
+# **Exercise 9.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
 # `(batch,)`, `weights` `(4,)` → the scalar loss $\sum_i w_{y_i}\,(-\log p_{i,y_i}) / \sum_i w_{y_i}$.
 # Compute it from `log_softmax` (not with `F.cross_entropy`).
 
 # %%
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Exercise 5: weighted mean cross-entropy, like F.cross_entropy(logits, labels, weight=weights)."""
+    """Exercise 9: weighted mean cross-entropy, like F.cross_entropy(logits, labels, weight=weights)."""
     # TODO: log_softmax; -log p of each row's label; weight by weights[label]; / sum of those weights
-    raise NotImplementedError("Exercise 5: write `weighted_ce`")
+    raise NotImplementedError("Exercise 9: write `weighted_ce`")
 
 
 # %%
@@ -130,7 +130,7 @@ batch = {k: v.to(demo.device) for k, v in next(iter(loader)).items()}
 print({k: tuple(v.shape) for k, v in batch.items()})
 
 # %% [markdown]
-# **Exercise 6.** Write `one_train_step(model, batch, optimizer, weights)`: the five lines of
+# **Exercise 10.** Write `one_train_step(model, batch, optimizer, weights)`: the five lines of
 # every training loop, on one batch (a dict of tensors with `input_ids`, `attention_mask` and
 # `labels`):
 #
@@ -146,9 +146,9 @@ print({k: tuple(v.shape) for k, v in batch.items()})
 
 # %%
 def one_train_step(model, batch: dict, optimizer, weights: torch.Tensor) -> float:
-    """Exercise 6: forward, weighted loss, backward, clip to cfg.max_grad_norm, step, zero_grad."""
+    """Exercise 10: forward, weighted loss, backward, clip to cfg.max_grad_norm, step, zero_grad."""
     # TODO: the five steps listed above; the labels are not a model input
-    raise NotImplementedError("Exercise 6: write `one_train_step`")
+    raise NotImplementedError("Exercise 10: write `one_train_step`")
 
 
 # %%
