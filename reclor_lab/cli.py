@@ -187,9 +187,12 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from reclor_lab.distributed import launched
     from reclor_lab.rundir import RunDir
     from reclor_lab.runs import train_run
 
+    if args.processes > 1 and not launched():
+        return _launch(args.processes, args.argv)
     cfg = _config_from_args(args)
     if args.resume:
         # A resumed run keeps its own saved config; only --epochs may extend it. The directory
@@ -202,6 +205,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = rd.load_config().replace(**({"epochs": args.epochs} if args.epochs else {}))
     train_run(cfg, resume=args.resume, use_trainer=args.trainer)
     return 0
+
+
+def _launch(processes: int, argv: list[str]) -> int:
+    """``reclor-lab train --processes N …``: the same command in N processes on this machine,
+    started by torch's launcher (what ``accelerate launch`` runs too), one per GPU or N on a CPU.
+    Returns the launcher's exit status."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise UsageError(f"--processes {processes}: this machine has {torch.cuda.device_count()} GPU(s); "
+                         "one process per GPU")
+    rest, skip = [], False
+    for a in argv:  # the same arguments, less --processes
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "reclor_lab", *rest]
+    print(f"launching {processes} processes: {' '.join(cmd[1:])}", flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -349,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output-dir after its last epoch")
     train.add_argument("--trainer", action="store_true", help="train with the Hugging Face Trainer instead of the manual loop")
+    train.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                       help="data parallel over N processes on this machine (one per GPU; on a CPU, "
+                            "N processes with the gloo backend); batch_size is per process")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it; or the zero-shot LM baseline")
@@ -423,6 +454,7 @@ _positive_int = _int_at_least(1, "a positive integer")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: a checkpoint was written
