@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.data import (
     BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
-    tokenize_records,
+    split_path, tokenize_records,
 )
 from reclor_lab.distributed import Process, finish, no_sync, on_main, process, shard, wrap
 from reclor_lab.errors import RunDirError, TrainingInterrupted
@@ -149,8 +149,10 @@ def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tenso
     """Tokenized train and val datasets, their token statistics, and the class weights."""
     train = load_split(cfg.data_dir, "train")[: cfg.train_limit]
     val = load_split(cfg.data_dir, "val")[: cfg.eval_limit]
-    train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template)
-    val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template)
+    train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template,
+                                             source=split_path(cfg.data_dir, "train"))
+    val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template,
+                                         source=split_path(cfg.data_dir, "val"))
     weights = class_weights(column(train_ds, "labels")) if cfg.class_weighting else None
     return train_ds, val_ds, {"train": train_stats, "val": val_stats}, weights
 
