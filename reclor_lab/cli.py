@@ -29,7 +29,7 @@ class UsageError(ReclorLabError):
 # --- data ----------------------------------------------------------------------------------
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from reclor_lab.data import label_distribution, read_reclor, tokenize_records
+    from reclor_lab.data import label_distribution, measure_records, read_reclor
 
     from reclor_lab.modeling import load_tokenizer
 
@@ -42,8 +42,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             dist = label_distribution(records)
             n = len(records)
             print("  labels: " + ", ".join(f"{k} {v} ({100 * v / n:.1f}%)" for k, v in dist.items()))
-        _, stats = tokenize_records(records, tokenizer, args.max_len, cache=False)  # a check writes nothing
-        print("  " + stats.line())
+        # chunk by chunk, no tokens kept, no cache entry written: a check of a large file
+        # needs little more memory than its records
+        print("  " + measure_records(records, tokenizer, args.max_len, source=path).line())
+        del records
     return 0
 
 

@@ -19,8 +19,8 @@ RECORDS = load_split(BUNDLED_DATA_DIR, "val")[:40]
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(get_preset("tiny").model_name_or_path)
+def tok(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def entries(folder):
