@@ -213,6 +213,7 @@ def _launch(processes: int, argv: list[str]) -> int:
     """``reclor-lab train --processes N …``: the same command in N processes on this machine,
     started by torch's launcher (what ``accelerate launch`` runs too), one per GPU or N on a CPU.
     Returns the launcher's exit status."""
+    import signal
     import subprocess
 
     import torch
@@ -231,7 +232,26 @@ def _launch(processes: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "reclor_lab", *rest]
     print(f"launching {processes} processes: {' '.join(cmd[1:])}", flush=True)
-    return subprocess.run(cmd).returncode
+    launcher = subprocess.Popen(cmd)
+    # SIGTERM (a scheduler preempting the job) goes on to the launcher, which passes it to every
+    # process; they checkpoint at the same step and exit. Ctrl-C reaches them all through the
+    # terminal's process group already (passing it on would be a second signal: stop at once),
+    # so here it only waits.
+    stopped: list[int] = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        launcher.send_signal(signum)
+
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+           signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))}
+    try:
+        code = launcher.wait()
+        # the launcher itself reports a signal as a failure (1); the processes checkpointed
+        return 128 + stopped[0] if stopped and code else code
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -455,15 +475,20 @@ _positive_int = _int_at_least(1, "a positive integer")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reclor_lab.distributed import is_main_process
+
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    say = is_main_process()  # of several processes, the main one speaks for all
     try:
         return args.func(args)
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: a checkpoint was written
-        print(f"reclor-lab: {e}", file=sys.stderr)
+        if say:
+            print(f"reclor-lab: {e}", file=sys.stderr)
         return e.exit_code
     except (ReclorLabError, OSError) as e:  # every expected problem: one line, no traceback
-        print(f"reclor-lab: error: {e}", file=sys.stderr)
+        if say:
+            print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("reclor-lab: interrupted", file=sys.stderr)

@@ -94,6 +94,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and all(v in os.environ for v in LAUNCH_ENV)
 
 
+def is_main_process() -> bool:
+    """True unless a launcher started this process as one of several and not the first."""
+    return os.environ.get("RANK", "0") == "0" or not launched()
+
+
 def process() -> Process:
     """This process's place in the run; the first call in a launched process joins the process
     group (gloo on a CPU, NCCL on GPUs) through accelerate and selects this process's GPU."""
