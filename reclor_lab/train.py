@@ -30,7 +30,7 @@ from reclor_lab.data import (
     BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
     split_path, tokenize_records,
 )
-from reclor_lab.distributed import Process, finish, no_sync, on_main, process, shard, wrap
+from reclor_lab.distributed import Process, no_sync, on_main, process, shard, wrap
 from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import format_accuracy
