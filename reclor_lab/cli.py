@@ -193,6 +193,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from reclor_lab.rundir import RunDir
     from reclor_lab.runs import train_run
 
+    if args.processes > 1 and args.trainer:
+        raise UsageError("--trainer runs in one process; several processes train with the manual loop "
+                         "(drop --trainer or --processes)")
     if args.processes > 1 and not launched():
         return _launch(args.processes, args.argv)
     cfg = _config_from_args(args)

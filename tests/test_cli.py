@@ -216,3 +216,9 @@ def test_data_check_writes_no_cache(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "data", "check", str(MINI / "val.json"))
     assert code == 0, err
     assert not (tmp_path / "cache").exists()
+
+
+def test_processes_with_the_trainer_is_refused_before_anything_starts(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--processes", "2", "--trainer", "--output-dir", str(tmp_path / "r"))
+    assert code == 1 and "--trainer runs in one process" in err and "launching" not in out
+    assert not (tmp_path / "r").exists()
