@@ -29,7 +29,7 @@ class UsageError(ReclorLabError):
 # --- data ----------------------------------------------------------------------------------
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from reclor_lab.data import label_distribution, read_reclor, tokenize_records
+    from reclor_lab.data import label_distribution, measure_records, read_reclor
 
     from reclor_lab.modeling import load_tokenizer
 
@@ -42,8 +42,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             dist = label_distribution(records)
             n = len(records)
             print("  labels: " + ", ".join(f"{k} {v} ({100 * v / n:.1f}%)" for k, v in dist.items()))
-        _, stats = tokenize_records(records, tokenizer, args.max_len, cache=False)  # a check writes nothing
-        print("  " + stats.line())
+        # chunk by chunk, no tokens kept, no cache entry written: a check of a large file
+        # needs little more memory than its records
+        print("  " + measure_records(records, tokenizer, args.max_len, source=path).line())
+        del records
     return 0
 
 
@@ -214,9 +216,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from reclor_lab.distributed import launched
     from reclor_lab.rundir import RunDir
     from reclor_lab.runs import train_run
 
+    if args.processes > 1 and args.trainer:
+        raise UsageError("--trainer runs in one process; several processes train with the manual loop "
+                         "(drop --trainer or --processes)")
+    if args.processes > 1 and not launched():
+        return _launch(args.processes, args.argv)
     cfg = _config_from_args(args)
     if args.resume:
         # A resumed run keeps its own saved config; only --epochs may extend it. The directory
@@ -229,6 +237,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = rd.load_config().replace(**({"epochs": args.epochs} if args.epochs else {}))
     train_run(cfg, resume=args.resume, use_trainer=args.trainer)
     return 0
+
+
+def _launch(processes: int, argv: list[str]) -> int:
+    """``reclor-lab train --processes N …``: the same command in N processes on this machine,
+    started by torch's launcher (what ``accelerate launch`` runs too), one per GPU or N on a CPU.
+    Returns the launcher's exit status."""
+    import signal
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise UsageError(f"--processes {processes}: this machine has {torch.cuda.device_count()} GPU(s); "
+                         "one process per GPU")
+    rest, skip = [], False
+    for a in argv:  # the same arguments, less --processes
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "reclor_lab", *rest]
+    print(f"launching {processes} processes: {' '.join(cmd[1:])}", flush=True)
+    launcher = subprocess.Popen(cmd)
+    # SIGTERM (a scheduler preempting the job) goes on to the launcher, which passes it to every
+    # process; they checkpoint at the same step and exit. Ctrl-C reaches them all through the
+    # terminal's process group already (passing it on would be a second signal: stop at once),
+    # so here it only waits.
+    stopped: list[int] = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        launcher.send_signal(signum)
+
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+           signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))}
+    try:
+        code = launcher.wait()
+        # the launcher itself reports a signal as a failure (1); the processes checkpointed
+        return 128 + stopped[0] if stopped and code else code
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -385,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output-dir after its last epoch")
     train.add_argument("--trainer", action="store_true", help="train with the Hugging Face Trainer instead of the manual loop")
+    train.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                       help="data parallel over N processes on this machine (one per GPU; on a CPU, "
+                            "N processes with the gloo backend); batch_size is per process")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="reload a run's best adapter and evaluate it; or the zero-shot LM baseline")
@@ -463,14 +519,20 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reclor_lab.distributed import is_main_process
+
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    say = is_main_process()  # of several processes, the main one speaks for all
     try:
         return args.func(args)
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: a checkpoint was written
-        print(f"reclor-lab: {e}", file=sys.stderr)
+        if say:
+            print(f"reclor-lab: {e}", file=sys.stderr)
         return e.exit_code
     except (ReclorLabError, OSError) as e:  # every expected problem: one line, no traceback
-        print(f"reclor-lab: error: {e}", file=sys.stderr)
+        if say:
+            print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("reclor-lab: interrupted", file=sys.stderr)

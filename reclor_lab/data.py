@@ -160,6 +160,9 @@ def format_example(record: dict, template: str = REFERENCE_TEMPLATE) -> str:
 
 # --- tokenization ------------------------------------------------------------------------------
 
+#: What stands where a passage was shortened to fit ``max_len`` (its start and end are kept).
+CUT_MARK = " … "
+
 @dataclass(frozen=True)
 class TokenStats:
     """Token-length statistics of one split under one tokenizer and ``max_len``."""
@@ -169,11 +172,11 @@ class TokenStats:
     p95: float
     max: int
     max_len: int
-    truncated: int
+    truncated: int  # examples longer than max_len, whose passage was shortened to fit
 
     def line(self) -> str:
         return (f"tokens/example: mean {self.mean:.1f}, p95 {self.p95:.0f}, max {self.max}; "
-                f"{self.truncated} of {self.n} truncated at max_len {self.max_len}")
+                f"{self.truncated} of {self.n} passages shortened to fit max_len {self.max_len}")
 
 
 def token_stats(full_lengths: Sequence[int], max_len: int) -> TokenStats:
@@ -210,20 +213,87 @@ def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
     return ids
 
 
+def _units(text: str, tokenizer) -> list[tuple[int, int]]:
+    """Character spans of ``text`` to cut between: its tokens where the tokenizer gives offsets,
+    else its words."""
+    if getattr(tokenizer, "is_fast", False):
+        spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        spans = [(a, b) for a, b in spans if b > a]
+        if spans:
+            return spans
+    import re
+
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def cut_passage(context: str, units: list[tuple[int, int]], drop: int) -> str:
+    """``context`` without ``drop`` of its ``units`` (character spans) from the middle: its start
+    and end kept, :data:`CUT_MARK` where the cut is.
+
+    >>> cut_passage("a b c d e f", [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)], 3)
+    'a b … f'
+    """
+    keep = len(units) - drop
+    head, tail = keep - keep // 2, keep // 2
+    start = context[:units[head - 1][1]] if head else ""
+    end = context[units[len(units) - tail][0]:] if tail else ""
+    return (start.rstrip() + CUT_MARK + end.lstrip()).strip()
+
+
+def fit_passages(records: list[dict], texts: list[str], ids: list[list[int]], tokenizer, max_len: int,
+                 template: str, source: str | Path | None = None,
+                 first_index: int = 0) -> tuple[list[str], list[list[int]]]:
+    """Texts and ids where every example fits ``max_len``: a longer example's passage
+    (``context``) loses tokens from its middle (:func:`cut_passage`); the question, the four
+    options and whatever the template puts after them (the tiny preset's " Answer:") are never
+    cut. An example whose question and options alone do not fit raises one :class:`DataError`
+    naming the record (``source``: the file, ``first_index``: the index of ``records[0]`` in it).
+
+    Each shortened text is encoded again, so its ids are exactly those of the text the model
+    reads; a cut that still overflows (a tokenizer merges differently at the cut) drops more.
+    """
+    texts, ids = list(texts), list(ids)
+    todo = {i: None for i, x in enumerate(ids) if len(x) > max_len}
+    if not todo:
+        return texts, ids
+    units = {i: _units(records[i]["context"], tokenizer) for i in todo}
+    mark = len(encode_texts([CUT_MARK.strip()], tokenizer)[0])
+    drop = {i: min(len(units[i]), len(ids[i]) - max_len + mark) for i in todo}
+    while todo:
+        order = list(todo)
+        cut = [format_example({**records[i], "context": cut_passage(records[i]["context"], units[i], drop[i])},
+                              template) for i in order]
+        for i, text, new in zip(order, cut, encode_texts(cut, tokenizer)):
+            if len(new) <= max_len:
+                texts[i], ids[i] = text, new
+                del todo[i]
+            elif drop[i] == len(units[i]):
+                r = records[i]
+                where = (_where(Path(source), first_index + i, r) if source
+                         else f"record {first_index + i} (id_string {r['id_string']!r})")
+                raise DataError(f"{where}: the question and options alone "
+                                f"take {len(new)} tokens, more than max_len {max_len}; raise max_len")
+            else:
+                drop[i] = min(len(units[i]), drop[i] + len(new) - max_len)
+    return texts, ids
+
+
 def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str = REFERENCE_TEMPLATE,
-                     cache: bool | str | Path = True):
+                     cache: bool | str | Path = True, source: str | Path | None = None):
     """Records → ``datasets.Dataset`` with ``input_ids``, ``attention_mask``, ``length``, and
     ``labels`` when the records are labeled; plus the :class:`TokenStats` of the split.
 
-    All texts are tokenized in one batched call (:func:`encode_texts`). Inputs longer than
-    ``max_len`` keep their first ``max_len`` tokens; ``full_length`` keeps the untruncated count
-    so truncation is reported, not hidden.
+    All texts are tokenized in one batched call (:func:`encode_texts`). An input longer than
+    ``max_len`` has its passage shortened in the middle (:func:`fit_passages`): the question,
+    the options and the answer cue always reach the model. ``full_length`` keeps the count
+    before shortening, so how many were shortened is reported, not hidden.
 
     ``cache``: the tokenized split is kept on disk under a key made of everything that decides
     it (the records, the template, the tokenizer's full definition, ``max_len``), so the next
     run with the same inputs loads it in milliseconds instead of tokenizing again (see
     :mod:`reclor_lab.cache`). True uses the default folder (``$RECLOR_LAB_CACHE``, else
     ``~/.cache/reclor-lab``), a path uses that folder, False never reads or writes one.
+    ``source``: the file the records came from, named in errors.
 
     >>> ds, stats = tokenize_records(records, tok, max_len=256)      # doctest: +SKIP
     >>> ds[0]["input_ids"][:3], ds[0]["labels"]                       # doctest: +SKIP
@@ -246,7 +316,7 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
     ds = token_cache.load(folder, key, table, max_len) if key is not None else None
     if ds is None:
         full = encode_texts(table["text"], tokenizer)
-        ids = [x[:max_len] for x in full]
+        table["text"], ids = fit_passages(records, table["text"], full, tokenizer, max_len, template, source)
         table["input_ids"] = ids
         table["attention_mask"] = [[1] * len(x) for x in ids]
         table["full_length"] = [len(x) for x in full]
@@ -255,6 +325,21 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
         if key is not None:
             token_cache.store(folder, key, ds)
     return ds, token_stats(column(ds, "full_length"), max_len)
+
+
+def measure_records(records: list[dict], tokenizer, max_len: int, template: str = REFERENCE_TEMPLATE,
+                    source: str | Path | None = None, chunk: int = 128) -> TokenStats:
+    """The :class:`TokenStats` that :func:`tokenize_records` reports, without keeping any tokens
+    and without the cache: ``chunk`` records at a time, so memory stays at the records plus one
+    chunk's tokens (``reclor-lab data check`` of a 200 MB file). Raises the same errors."""
+    full: list[int] = []
+    for start in range(0, len(records), chunk):
+        part = records[start:start + chunk]
+        texts = [format_example(r, template) for r in part]
+        ids = encode_texts(texts, tokenizer)
+        full += [len(x) for x in ids]
+        fit_passages(part, texts, ids, tokenizer, max_len, template, source, first_index=start)
+    return token_stats(full, max_len)
 
 
 def column(ds, name: str) -> list:

@@ -16,7 +16,7 @@ import numpy as np
 
 from reclor_lab.config import OPTION_LETTERS, RunConfig
 from reclor_lab.data import class_weights, load_split, tokenize_records
-from reclor_lab.errors import RunDirError
+from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
 from reclor_lab.plots import save_run_plots
 from reclor_lab.rundir import RunDir, write_json
@@ -77,14 +77,27 @@ def _analyse_best_epoch(run: Run, rd: RunDir) -> dict:
 
 def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
               verbose: bool = True) -> dict:
-    """The main job: fine-tune per ``cfg`` into ``cfg.output_dir``; returns the final metrics."""
+    """The main job: fine-tune per ``cfg`` into ``cfg.output_dir``; returns the final metrics.
+
+    Launched as several processes (``--processes N``, ``accelerate launch``), every process
+    trains its share; the main one writes the run directory and returns the metrics, the others
+    return an empty dict.
+    """
+    from reclor_lab.distributed import finish, on_main, process
     from reclor_lab.plan import resolve_batch
 
-    rd = RunDir(cfg.output_dir)
+    rd, proc = RunDir(cfg.output_dir), process()
+    verbose = verbose and proc.is_main
     cfg = resolve_batch(cfg, verbose=verbose)  # the saved config records the batch actually used
-    # refuse, or check the directory can be written, before minutes of loading
-    if rd.decide(resume) == "resume":
-        rd.check_resume_config(cfg)
+    if use_trainer and proc.distributed:
+        raise ReclorLabError("--trainer runs in one process; several processes train with the manual loop "
+                         "(drop --trainer)")
+
+    def check() -> None:  # refuse, or check the directory can be written, before minutes of loading
+        if rd.decide(resume) == "resume":
+            rd.check_resume_config(cfg)
+
+    on_main(proc, check)
     if verbose:
         print(cfg.describe())
     run = setup(cfg, verbose=verbose)
@@ -94,7 +107,11 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
         history = fit_with_trainer(run, rd.path, resume=resume, verbose=verbose)
     else:
         history = fit(run, rd.path, resume=resume, verbose=verbose)
+    if not proc.is_main:
+        finish(proc)
+        return {}
     metrics = finish_run(rd.path, history, run)
+    finish(proc)
     if verbose:
         print(summary_table(history.to_dict()))
         print(f"best epoch {metrics['best_epoch']}: val accuracy "

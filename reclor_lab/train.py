@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from reclor_lab.config import RunConfig
+from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.data import (
     BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
-    tokenize_records,
+    split_path, tokenize_records,
 )
-from reclor_lab.errors import TrainingInterrupted
+from reclor_lab.distributed import Process, no_sync, on_main, process, shard, wrap
+from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import format_accuracy
 from reclor_lab.rundir import RunDir
@@ -58,9 +59,10 @@ def get_lr(step: int, cfg: RunConfig, total_steps: int, warmup_steps: int) -> fl
     return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def schedule_steps(cfg: RunConfig, n_train: int) -> tuple[int, int, int]:
-    """(optimizer steps per epoch, total steps, warm-up steps) for ``n_train`` training examples."""
-    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum_steps)
+def schedule_steps(cfg: RunConfig, n_train: int, processes: int = 1) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, warm-up steps) for ``n_train`` training examples,
+    ``cfg.batch_size`` of them per process and micro-batch."""
+    steps_per_epoch = math.ceil(math.ceil(n_train / (cfg.batch_size * processes)) / cfg.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
     return steps_per_epoch, total_steps, max(1, round(cfg.warmup_ratio * total_steps))
 
@@ -139,14 +141,18 @@ class Run:
     val_ds: Any = None
     weights: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)  # token statistics per split
+    proc: Process = field(default_factory=Process)  # this process among the run's processes
+    train_model: Any = None  # what a training step calls: the model, or its DDP wrapper (set by fit)
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tensor | None]:
     """Tokenized train and val datasets, their token statistics, and the class weights."""
     train = load_split(cfg.data_dir, "train")[: cfg.train_limit]
     val = load_split(cfg.data_dir, "val")[: cfg.eval_limit]
-    train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template)
-    val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template)
+    train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template,
+                                             source=split_path(cfg.data_dir, "train"))
+    val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template,
+                                         source=split_path(cfg.data_dir, "val"))
     weights = class_weights(column(train_ds, "labels")) if cfg.class_weighting else None
     return train_ds, val_ds, {"train": train_stats, "val": val_stats}, weights
 
@@ -159,21 +165,32 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
     from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
     from reclor_lab.plan import resolve_batch
 
+    proc = process()  # one process, or one of several started by a launcher
+    verbose = verbose and proc.is_main
+    if not proc.is_main:  # the main process reports loading; the others stay quiet
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     cfg = resolve_batch(cfg, verbose=verbose)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name_or_path)
-    train_ds, val_ds, stats, weights = prepare_data(cfg, tokenizer)
-    model = inject_lora(load_model(cfg, tokenizer), cfg)
+    with proc.main_first():  # the main process fills the token cache, the others read it
+        train_ds, val_ds, stats, weights = prepare_data(cfg, tokenizer)
+    model = inject_lora(load_model(cfg, tokenizer), cfg)  # on this process's device
     device, dtype = pick_device(), resolve_compute_dtype(cfg)
     if verbose:
         print(f"device {device.type}, compute dtype {str(dtype).removeprefix('torch.')}, "
               f"quantization {cfg.quantization}, seed {cfg.seed}")
+        if proc.distributed:
+            print(f"{proc.world_size} processes, {cfg.batch_size} examples each: effective batch "
+                  f"{cfg.batch_size * proc.world_size * cfg.grad_accum_steps} per optimizer step")
         print(trainable_report(model).line())
         for split, s in stats.items():
             print(f"{split}: {s.n} examples; {s.line()}")
         if weights is not None:
             print("class weights (A B C D): " + " ".join(f"{w:.3f}" for w in weights.tolist()))
-    return Run(cfg, tokenizer, model, device, dtype, train_ds, val_ds, weights, stats)
+    return Run(cfg, tokenizer, model, device, dtype, train_ds, val_ds, weights, stats, proc)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -184,48 +201,78 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     when unlabeled), with the run's class weights in the loss.
 
     Switches the model to eval() (no dropout) and back. Accuracy counts correct predictions
-    over examples, never an average of per-batch accuracies.
+    over examples, never an average of per-batch accuracies. With several processes each
+    evaluates a contiguous part of ``ds`` and the logits are gathered in order: every example
+    counts exactly once (no sampler padding duplicates one), and every process gets the result.
     """
     from tqdm.auto import tqdm
 
     from reclor_lab.metrics import compute_classification_metrics
 
-    model, device = run.model, run.device
+    model, device, proc = run.model, run.device, run.proc
     was_training = model.training
     model.eval()
-    loader = DataLoader(model_inputs(ds), batch_size=run.cfg.eval_batch_size,
-                        collate_fn=make_collator(run.tokenizer))
-    logits_all, loss_sum, n = [], torch.zeros((), device=device), 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels", None)
+    part = shard(range(len(ds)), proc.rank, proc.world_size)
+    loader = DataLoader(model_inputs(ds.select(part) if proc.distributed else ds),
+                        batch_size=run.cfg.eval_batch_size, collate_fn=make_collator(run.tokenizer))
+    logits_all = [torch.zeros(0, NUM_LABELS)]
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if proc.is_main else True):
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with autocast_for(device, run.dtype):
-            logits = model(**batch).logits.float()
-        if labels is not None:
-            loss_sum += weighted_cross_entropy(logits, labels, run.weights) * len(labels)
-        logits_all.append(logits.cpu())
-        n += len(logits)
+            logits_all.append(model(**batch).logits.float().cpu())
     model.train(was_training)
-    preds = torch.cat(logits_all).argmax(-1).numpy()
-    out: dict[str, Any] = {"predictions": preds.tolist(), "n": n}
+    logits = torch.cat(proc.gather(torch.cat(logits_all)))  # every example once, in the order of ds
+    preds = logits.argmax(-1).numpy()
+    out: dict[str, Any] = {"predictions": preds.tolist(), "n": len(logits)}
     if "labels" in ds.column_names:
-        out["eval_loss"] = loss_sum.item() / n
-        out.update(compute_classification_metrics(preds, np.asarray(column(ds, "labels"))))
+        labels = torch.tensor(column(ds, "labels"))
+        out["eval_loss"] = eval_loss(logits, labels, run.weights, run.cfg.eval_batch_size)
+        out.update(compute_classification_metrics(preds, labels.numpy()))
     return out
+
+
+def eval_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
+              batch_size: int) -> float:
+    """The eval loss from all the logits of a split: the mean over examples of the per-batch
+    weighted cross-entropy, batches of ``batch_size`` in order, however many processes
+    computed the logits."""
+    total = torch.zeros(())
+    for lg, lb in zip(logits.split(batch_size), labels.split(batch_size)):
+        total += weighted_cross_entropy(lg, lb, weights) * len(lb)
+    return total.item() / len(labels)
 
 
 # --- one step ------------------------------------------------------------------------------------
 
 def train_step(model, batch: dict, weights: torch.Tensor | None, dtype: torch.dtype,
-               accum_steps: int = 1) -> torch.Tensor:
+               accum_steps: int = 1, scale: float = 1.0) -> torch.Tensor:
     """Forward, weighted loss, backward for one micro-batch; returns the (detached) loss.
-    The caller's ``batch`` is left as it was."""
+    The caller's ``batch`` is left as it was. ``scale`` multiplies the loss that is
+    backpropagated (a process's share of a batch split over several, see :func:`shard_scale`)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with autocast_for(batch["labels"].device, dtype):
         logits = model(**inputs).logits
     loss = weighted_cross_entropy(logits, batch["labels"], weights)
-    (loss / accum_steps).backward()  # gradients add up over the micro-batches of one step
+    (loss * scale / accum_steps).backward()  # gradients add up over the micro-batches of one step
     return loss.detach()
+
+
+def shard_scale(batch: list[int], part: list[int], labels: list[int], weights: torch.Tensor | None,
+                world_size: int) -> float:
+    """How much this process's mean loss over ``part`` of a global ``batch`` counts:
+    ``world_size · W(part) / W(batch)``, W being the sum of the class weights of a set's labels
+    (its size without class weighting). DDP averages the processes' gradients, so the step then
+    follows the gradient of the whole batch's weighted mean loss, as one process holding the
+    whole batch would: unequal parts (a last batch of 5 over 2 processes) and class weights
+    included. An empty part counts 0.
+
+    >>> shard_scale([0, 1, 2], [0, 1], [0, 0, 0], None, 2)
+    1.3333333333333333
+    """
+    if world_size == 1:
+        return 1.0
+    total = (lambda idx: sum(float(weights[labels[i]]) for i in idx)) if weights is not None else len
+    return world_size * total(part) / total(batch)
 
 
 def optimizer_step(model, optimizer, lr: float, max_grad_norm: float) -> None:
@@ -261,38 +308,63 @@ class Loop:
             row["loss"] = loss.item()
         self.pending.clear()
 
-    def trainer_state(self) -> dict:
+    def trainer_state(self, proc: Process = Process()) -> dict:
+        """The loop's state; with several processes also each one's RNG state (their dropout
+        masks differ), gathered from all of them: every process must call it."""
         self.flush()
-        return {
+        ts = {
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
             "optimizer": self.optimizer.state_dict(),
             "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python_rng": random.getstate(),
-            "numpy_rng": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+            **rng_state(),
         }
+        if proc.distributed:
+            ts["processes"] = proc.world_size
+            ts["process_rng"] = proc.gather(rng_state())
+        return ts
 
-    def restore(self, ts: dict, history: dict) -> None:
+    def restore(self, ts: dict, history: dict, proc: Process = Process()) -> None:
+        if ts.get("processes", 1) != proc.world_size:
+            n = ts.get("processes", 1)
+            raise RunDirError(f"this run trained on {n} process{'es' if n > 1 else ''} and cannot resume on "
+                              f"{proc.world_size}: its batches are cut for {n} (resume it with "
+                              f"--processes {n})")
         self.optimizer.load_state_dict(ts["optimizer"])
         self.history = History.from_dict(history)
         self.epoch, self.batch, self.step = ts["epoch"], ts["batch"], ts["step"]
         self.epoch_tokens, self.epoch_seconds = ts["epoch_tokens"], ts["epoch_seconds"]
         self.warmup_steps = ts["warmup_steps"]  # keep the run's warm-up when --epochs extends it
-        torch.set_rng_state(ts["torch_rng"])
-        if ts.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(ts["cuda_rng"])
-        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in ts["python_rng"]))
-        kind, keys, pos, has_gauss, gauss = ts["numpy_rng"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        set_rng_state(ts["process_rng"][proc.rank] if proc.distributed else ts)
+
+
+def rng_state() -> dict:
+    """This process's torch, CUDA, Python and NumPy RNG states, as a checkpoint keeps them."""
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python_rng": random.getstate(),
+        "numpy_rng": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+    }
+
+
+def set_rng_state(ts: dict) -> None:
+    torch.set_rng_state(ts["torch_rng"])
+    if ts.get("cuda_rng"):
+        torch.cuda.set_rng_state_all(ts["cuda_rng"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in ts["python_rng"]))
+    kind, keys, pos, has_gauss, gauss = ts["numpy_rng"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
 def save(run: Run, rd: RunDir, loop: Loop, epoch_end: bool, accuracy: float | None = None,
          extra=None) -> str:
-    """A checkpoint of the loop where it is; returns its name."""
+    """A checkpoint of the loop where it is, written by the main process; returns its name."""
     epoch = loop.epoch - 1 if epoch_end else loop.epoch  # an epoch end has already moved on
-    return rd.save_checkpoint(run.model, loop.trainer_state(), loop.history.to_dict(), epoch=epoch,
+    ts = loop.trainer_state(run.proc)  # every process: it gathers their RNG states
+    if not run.proc.is_main:
+        return ""
+    return rd.save_checkpoint(run.model, ts, loop.history.to_dict(), epoch=epoch,
                               step=loop.step, epoch_end=epoch_end, accuracy=accuracy,
                               keep_last=run.cfg.keep_last_checkpoints, extra=extra).name
 
@@ -334,22 +406,24 @@ class StopSignals:
 def start(run: Run, rd: RunDir, decision: str, verbose: bool) -> Loop:
     """A fresh loop (config and tokenizer saved, baseline evaluated) or one restored from the
     run's last checkpoint."""
-    cfg = run.cfg
-    _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds))
+    cfg, main = run.cfg, run.proc.is_main
+    _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), run.proc.world_size)
     loop = Loop(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps)
     if decision == "resume":
-        rd.check_resume_config(cfg)
-        ts, history = rd.load_checkpoint(run.model)
-        loop.restore(ts, history)
-        rd.save_config(cfg)  # --epochs may have extended the run
+        on_main(run.proc, rd.check_resume_config, cfg)
+        ts, history = rd.load_checkpoint(run.model)  # every process reads it; only the main one writes
+        loop.restore(ts, history, run.proc)
+        if main:
+            rd.save_config(cfg)  # --epochs may have extended the run
         if verbose:
             print(f"resuming {rd.path} at epoch {loop.epoch}, batch {loop.batch} (step {loop.step})"
                   + ("" if loop.epoch <= cfg.epochs else
                      f"; it already has {cfg.epochs} epochs: pass more --epochs to extend it"))
         return loop
-    rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
-    rd.save_config(cfg)
-    run.tokenizer.save_pretrained(rd.path)
+    if main:
+        rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
+        rd.save_config(cfg)
+        run.tokenizer.save_pretrained(rd.path)
     baseline = evaluate(run, run.val_ds, desc="baseline")
     loop.history.evals.append(eval_row(0, baseline))
     if verbose:
@@ -361,30 +435,44 @@ def train_one_epoch(run: Run, loop: Loop, rd: RunDir, stop: StopSignals,
                     stop_after_step: int | None = None) -> bool:
     """Train the rest of epoch ``loop.epoch`` from micro-batch ``loop.batch``, checkpointing
     every ``save_every_steps`` steps. False when a signal (or ``stop_after_step``) stopped it
-    after a checkpoint; True at the epoch's end."""
+    after a checkpoint; True at the epoch's end.
+
+    With several processes, each micro-batch of ``batch_size × processes`` examples is cut into
+    one part per process (:func:`reclor_lab.distributed.shard`); a process whose part is empty
+    runs the batch's first example with weight 0, since every process must take part in the
+    gradient all-reduce.
+    """
     from tqdm.auto import tqdm
 
-    cfg, model = run.cfg, run.model
-    batches = epoch_batches(column(run.train_ds, "length"), cfg.batch_size, cfg.seed, loop.epoch,
+    cfg, model, proc = run.cfg, run.model, run.proc
+    step_model = run.train_model or model
+    lengths, labels = column(run.train_ds, "length"), column(run.train_ds, "labels")
+    batches = epoch_batches(lengths, cfg.batch_size * proc.world_size, cfg.seed, loop.epoch,
                             cfg.group_by_length)
+    parts = [shard(b, proc.rank, proc.world_size) for b in batches[loop.batch:]]
+    scales = [shard_scale(b, p, labels, run.weights, proc.world_size) for b, p in zip(batches[loop.batch:], parts)]
     # Its own generator: a DataLoader draws a seed from the global RNG when it starts iterating,
     # which a mid-epoch resume would draw at another point than the uninterrupted run.
-    loader = DataLoader(model_inputs(run.train_ds), batch_sampler=BatchListSampler(batches[loop.batch:]),
+    loader = DataLoader(model_inputs(run.train_ds),
+                        batch_sampler=BatchListSampler([p or b[:1] for p, b in zip(parts, batches[loop.batch:])]),
                         collate_fn=make_collator(run.tokenizer), generator=torch.Generator())
     model.train()
     losses, t0 = [], time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {loop.epoch}/{cfg.epochs}", initial=loop.batch, total=len(batches),
-               disable=None)
-    for batch in bar:
-        loop.epoch_tokens += int(batch["attention_mask"].sum())  # counted on the host: no GPU sync
+               disable=None if proc.is_main else True)
+    for batch, scale in zip(bar, scales):
+        loop.epoch_tokens += sum(lengths[i] for i in batches[loop.batch])  # the whole batch's, on the host
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        losses.append(train_step(model, batch, run.weights, run.dtype, cfg.grad_accum_steps))
+        last_micro = (loop.batch + 1) % cfg.grad_accum_steps == 0 or loop.batch + 1 == len(batches)
+        with no_sync(step_model, skip=not last_micro):  # all-reduce once per optimizer step
+            loss = train_step(step_model, batch, run.weights, run.dtype, cfg.grad_accum_steps, scale)
+        losses.append(loss * (scale / proc.world_size))  # this process's share of the batch's loss
         loop.batch += 1
-        if loop.batch % cfg.grad_accum_steps and loop.batch < len(batches):
+        if not last_micro:
             continue  # more micro-batches before this optimizer step
         lr = get_lr(loop.step, cfg, loop.total_steps, loop.warmup_steps)
         optimizer_step(model, optimizer=loop.optimizer, lr=lr, max_grad_norm=cfg.max_grad_norm)
-        step_loss = torch.stack(losses).mean()
+        step_loss = proc.sum(torch.stack(losses).mean())  # the whole batch's loss
         losses.clear()
         row = {"step": loop.step + 1, "epoch": loop.epoch, "loss": None, "lr": lr}
         loop.history.steps.append(row)
@@ -392,6 +480,8 @@ def train_one_epoch(run: Run, loop: Loop, rd: RunDir, stop: StopSignals,
         loop.step += 1
         if loop.step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
             bar.set_postfix(loss=f"{step_loss.item():.4f}", lr=f"{lr:.2e}")
+        if proc.distributed:  # every process stops at the same step (a host sync per step on GPUs)
+            stop.signum = proc.max_int(stop.signum or 0, run.device) or None
         stopping = stop.signum is not None or loop.step == stop_after_step
         due = cfg.save_every_steps and loop.step % cfg.save_every_steps == 0
         if loop.batch == len(batches):
@@ -429,21 +519,29 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
     ``stop_after_epoch`` / ``stop_after_step`` end the call there, after a checkpoint (as an
     interrupt would), for teaching and testing resume. SIGTERM / SIGINT do the same, then raise
     :class:`TrainingInterrupted` with the command that resumes.
+
+    With several processes (see :mod:`reclor_lab.distributed`) every process runs this; the main
+    one decides new/resume, holds the lock, prints and writes, and all stop at the same step.
     """
-    cfg, rd = run.cfg, RunDir(run_dir)
-    decision = rd.decide(resume)
-    with rd.lock(), StopSignals() as stop:
+    cfg, rd, proc = run.cfg, RunDir(run_dir), run.proc
+    verbose = verbose and proc.is_main
+    decision = on_main(proc, rd.decide, resume)
+    with rd.lock() if proc.is_main else contextlib.nullcontext(), StopSignals() as stop:
         run.model.to(run.device)
+        run.train_model = wrap(run.model, proc)
         loop = start(run, rd, decision, verbose)
         stopped = False
         while loop.epoch <= cfg.epochs and not stopped:
             if train_one_epoch(run, loop, rd, stop, stop_after_step):
                 end_epoch(run, rd, loop, verbose)
+                if proc.distributed:  # a signal during the evaluation stops every process here
+                    stop.signum = proc.max_int(stop.signum or 0, run.device) or None
             stopped = (stop.signum is not None or loop.batch > 0  # a mid-epoch stop
                        or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise TrainingInterrupted(
             f"{name}: stopped after step {loop.step}, checkpoint written; resume with: "
-            f"reclor-lab train --resume --output-dir {rd.path}", SIGNAL_EXIT[stop.signum])
+            f"reclor-lab train --resume --output-dir {rd.path}"
+            + (f" --processes {proc.world_size}" if proc.distributed else ""), SIGNAL_EXIT[stop.signum])
     return loop.history

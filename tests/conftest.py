@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from helpers_models import force_cpu_class
+from helpers_models import force_cpu_class, make_tiny_llama
 
 # Nothing in the kit may reach the Hugging Face hub (or anything else off this machine).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -27,6 +27,23 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_reclor_cache", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A random tiny Llama and its tokenizer on disk (:func:`helpers_models.make_tiny_llama`),
+    built once per test session; tests read it and never write into it."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The bundled tiny model's tokenizer (``models/tiny-llama``), loaded as the kit loads it.
+    Tests that change its settings restore them."""
+    from reclor_lab.config import TINY_MODEL_DIR
+    from reclor_lab.modeling import load_tokenizer
+
+    return load_tokenizer(str(TINY_MODEL_DIR))
 
 
 @pytest.fixture(params=[False, True], ids=["cpu-without-avx512bf16", "cpu-with-avx512bf16"])

@@ -23,13 +23,6 @@ from reclor_lab.config import TINY_MODEL_DIR, TINY_TEMPLATE, ConfigError, get_pr
 LETTERS = "ABCD"
 
 
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from reclor_lab.modeling import load_tokenizer
-
-    return load_tokenizer(str(TINY_MODEL_DIR))
-
-
 def _fast_tokenizer(model, pre_tokenizer, decoder=None):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast

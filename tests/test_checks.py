@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers_models import make_tiny_llama
 from reclor_lab import checks
 from reclor_lab.config import get_preset
 from reclor_lab.data import class_weights
@@ -279,8 +278,8 @@ def test_nf4_reference_is_bitsandbytes_bit_for_bit():
 # --- 5. LoRA targets ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    path = make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+def tiny_run(tiny_llama_dir):
+    path = tiny_llama_dir
     cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32")
     tokenizer = load_tokenizer(str(path))
     torch.manual_seed(0)
@@ -450,8 +449,8 @@ def test_weighted_ce(capsys):
 # --- 10. one training step ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    path = make_tiny_llama(tmp_path_factory.mktemp("tiny-llama-lora"))
+def lora_run(tiny_llama_dir):
+    path = tiny_llama_dir
     cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32")
     tokenizer = load_tokenizer(str(path))
     torch.manual_seed(0)

@@ -21,12 +21,18 @@ def run(capsys, *argv):
 
 
 def test_data_check_prints_counts_labels_and_lengths(capsys):
-    code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), str(MINI / "test.json"), "--max-len", "40")
+    code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), str(MINI / "test.json"), "--max-len", "115")
     assert code == 0, err
     assert f"{MINI / 'train.json'}: 4 records, labeled" in out
     assert "labels: A 1 (25.0%), B 1 (25.0%), C 1 (25.0%), D 1 (25.0%)" in out
     assert f"{MINI / 'test.json'}: 2 records, unlabeled" in out
-    assert "4 of 4 truncated at max_len 40" in out  # every fixture record is longer than 40 tokens
+    assert "4 of 4 passages shortened to fit max_len 115" in out  # every fixture record is longer
+
+
+def test_data_check_names_a_record_that_cannot_fit(capsys):
+    code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), "--max-len", "40")
+    assert code == 1 and "Traceback" not in err
+    assert f"{MINI / 'train.json'}: record 0 (id_string 'mini_0'): the question and options alone take" in err
 
 
 def test_data_check_accepts_the_bundled_splits(capsys):
@@ -210,3 +216,9 @@ def test_data_check_writes_no_cache(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "data", "check", str(MINI / "val.json"))
     assert code == 0, err
     assert not (tmp_path / "cache").exists()
+
+
+def test_processes_with_the_trainer_is_refused_before_anything_starts(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--processes", "2", "--trainer", "--output-dir", str(tmp_path / "r"))
+    assert code == 1 and "--trainer runs in one process" in err and "launching" not in out
+    assert not (tmp_path / "r").exists()

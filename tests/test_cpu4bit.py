@@ -17,7 +17,7 @@ import warnings
 import pytest
 import torch
 
-from helpers_models import force_cpu_class, make_tiny_llama
+from helpers_models import force_cpu_class
 from reclor_lab.config import get_preset
 from reclor_lab.cpu4bit import (
     BNB_CPU_LOGGER, KERNELS_HUB_NOTICE, RepackedWeightsError, cpu_kernel_report, is_repacked,
@@ -31,19 +31,14 @@ NO_AUTOGRAD = "autograd kernel was not registered"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def cfg(tiny_dir):
+def cfg(tiny_llama_dir):
     # dropout 0: the two models compared below must see the same function
-    return get_preset("tiny", model_name_or_path=str(tiny_dir), compute_dtype="float32", lora_dropout=0.0)
+    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32", lora_dropout=0.0)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    return load_tokenizer(str(tiny_dir))
+def tokenizer(tiny_llama_dir):
+    return load_tokenizer(str(tiny_llama_dir))
 
 
 def _batch(tokenizer):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA, make_tiny_llama
+from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
 from reclor_lab.config import NUM_LABELS, get_preset
 from reclor_lab.lora import (
     LoRALinear,
@@ -21,18 +21,13 @@ from reclor_lab.modeling import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+def cfg(tiny_llama_dir):
+    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def cfg(tiny_dir):
-    return get_preset("tiny", model_name_or_path=str(tiny_dir), compute_dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    return load_tokenizer(str(tiny_dir))
+def tokenizer(tiny_llama_dir):
+    return load_tokenizer(str(tiny_llama_dir))
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA, make_tiny_llama
+from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
 from reclor_lab import modeling
 from reclor_lab.config import NUM_LABELS, get_preset
 from reclor_lab.modeling import (
@@ -26,18 +26,13 @@ N_LAYERS = TINY_LLAMA["num_hidden_layers"]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+def cfg(tiny_llama_dir):
+    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def cfg(tiny_dir):
-    return get_preset("tiny", model_name_or_path=str(tiny_dir), compute_dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    return load_tokenizer(str(tiny_dir))
+def tokenizer(tiny_llama_dir):
+    return load_tokenizer(str(tiny_llama_dir))
 
 
 @pytest.fixture(scope="module")
