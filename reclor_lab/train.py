@@ -179,8 +179,11 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
     when unlabeled), with the run's class weights in the loss.
 
-    Switches the model to eval() (no dropout) and back. Accuracy counts correct predictions
-    over examples, never an average of per-batch accuracies.
+    Switches the model to eval() (no dropout) and back. Both numbers are over examples, never
+    averages of per-batch values: accuracy is correct predictions / examples, and the eval loss
+    is the training loss's definition applied to the whole split at once,
+    ``sum_i w[y_i] * nll_i / sum_i w[y_i]`` (without class weights: the mean per-example
+    cross-entropy). The batch size and the order of the examples cannot change it.
     """
     from tqdm.auto import tqdm
 
@@ -191,22 +194,20 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     model.eval()
     loader = DataLoader(model_inputs(ds), batch_size=run.cfg.eval_batch_size,
                         collate_fn=make_collator(run.tokenizer))
-    logits_all, loss_sum, n = [], torch.zeros((), device=device), 0
+    logits_all = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
         batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels", None)
+        batch.pop("labels", None)
         with autocast_for(device, run.dtype):
-            logits = model(**batch).logits.float()
-        if labels is not None:
-            loss_sum += weighted_cross_entropy(logits, labels, run.weights) * len(labels)
-        logits_all.append(logits.cpu())
-        n += len(logits)
+            logits_all.append(model(**batch).logits.float().cpu())  # (batch, 4): tiny, kept
     model.train(was_training)
-    preds = torch.cat(logits_all).argmax(-1).numpy()
-    out: dict[str, Any] = {"predictions": preds.tolist(), "n": n}
+    logits = torch.cat(logits_all)
+    preds = logits.argmax(-1).numpy()
+    out: dict[str, Any] = {"predictions": preds.tolist(), "n": len(preds)}
     if "labels" in ds.column_names:
-        out["eval_loss"] = loss_sum.item() / n
-        out.update(compute_classification_metrics(preds, np.asarray(column(ds, "labels"))))
+        labels = torch.as_tensor(column(ds, "labels"))
+        out["eval_loss"] = weighted_cross_entropy(logits, labels, run.weights).item()
+        out.update(compute_classification_metrics(preds, labels.numpy()))
     return out
 
 
