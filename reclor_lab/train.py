@@ -175,7 +175,7 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 # --- evaluation ---------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(run: Run, ds, desc: str = "eval") -> dict:
+def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
     """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
     when unlabeled), with the run's class weights in the loss.
 
@@ -184,6 +184,7 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     is the training loss's definition applied to the whole split at once,
     ``sum_i w[y_i] * nll_i / sum_i w[y_i]`` (without class weights: the mean per-example
     cross-entropy). The batch size and the order of the examples cannot change it.
+    ``progress=False`` shows no progress bar.
     """
     from tqdm.auto import tqdm
 
@@ -195,7 +196,7 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     loader = DataLoader(model_inputs(ds), batch_size=run.cfg.eval_batch_size,
                         collate_fn=make_collator(run.tokenizer))
     logits_all = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         batch = {k: v.to(device) for k, v in batch.items()}
         batch.pop("labels", None)
         with autocast_for(device, run.dtype):
