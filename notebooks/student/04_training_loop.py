@@ -395,7 +395,8 @@ print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 # validation numbers. `logging_steps=500` was not why: ReClor's 4,638 training records at batch
 # 2 are about 2,300 steps per epoch, so the training loss was logged four times an epoch. Two
 # defaults were: `eval_strategy="no"` (the Trainer never evaluates during training) and no
-# `compute_metrics` (even an explicit `trainer.evaluate()` returns only the loss, no accuracy).
+# `compute_metrics` (even an explicit `trainer.evaluate()` returns the loss and timings, no
+# accuracy).
 # The defaults, printed from this transformers:
 
 # %%
