@@ -291,7 +291,10 @@ for name, tps in speeds.items():
     print(f"{name:<30} {tps:>8,.0f} tokens/s")
 
 # %% [markdown]
-# On a GPU the gap is wider: a Llama-2-7B step costs about the same at batch 1, 2 or 8 while the
+# The clean-up row is `gc.collect()`, which walks every Python object the process holds at every
+# step: what it costs is the CPU stand-in's price, not `empty_cache()`'s.
+#
+# On a GPU the batch-size gap is wider: a Llama-2-7B step costs about the same at batch 1, 2 or 8 while the
 # GPU is not yet busy, so more examples per step means more tokens per second. The README's
 # Performance section measured the kit at batch 8 at 3.4× a loop with the reference's habits
 # (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on an H200; the cost of
