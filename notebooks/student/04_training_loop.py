@@ -281,11 +281,11 @@ for name, tps in speeds.items():
 # The clean-up row is `gc.collect()`, which walks every Python object the process holds at every
 # step: what it costs is the CPU stand-in's price, not `empty_cache()`'s.
 #
-# On a GPU the batch-size gap is wider: a Llama-2-7B step costs about the same at batch 1, 2 or 8 while the
-# GPU is not yet busy, so more examples per step means more tokens per second. The README's
-# Performance section measured the kit at batch 8 at 3.4× a loop with the reference's habits
-# (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on an H200; the cost of
-# `empty_cache()` alone was not measured separately there.
+# On a GPU the batch-size gap is wider: a Llama-2-7B step costs about the same at batch 1, 2
+# or 8 while the GPU is not yet busy, so more examples per step means more tokens per second.
+# The README's Performance section measured the kit at batch 8 at 3.4× a loop with the
+# reference's habits (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on
+# an H200; the cost of `empty_cache()` alone was not measured separately there.
 #
 # The demo copy stays loaded, so every cell above can be run again. It is small on a CPU; with
 # the `llama2-7b` preset on a small GPU, restart the kernel before section 3 if memory runs out.
