@@ -37,7 +37,12 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(VENV)/.python-$(PYVER)
 	$(BIN)/python -m ipykernel install --sys-prefix --name reclor-lab --display-name "reclor-lab (Python 3)"
 	touch $@
 
-install: $(VENV)/.installed
+# nbconvert's settings (drop progress bars from executed notebooks), read from the environment.
+$(VENV)/etc/jupyter/jupyter_nbconvert_config.py: notebooks/jupyter_nbconvert_config.py $(VENV)/.installed
+	mkdir -p $(dir $@)
+	cp $< $@
+
+install: $(VENV)/.installed $(VENV)/etc/jupyter/jupyter_nbconvert_config.py
 
 # The kit's main job: fine-tune the tiny offline model on the bundled data (about a minute on a
 # 2-core CPU). Each run gets its own directory, so a run is never overwritten.

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets.utils.logging import disable_progress_bar
+from transformers.utils import logging as hf_logging
 
 from reclor_lab.analysis import (
     format_test_summary, most_confident_wrong, predict_proba, summarize_test_predictions, val_analysis,
@@ -74,7 +75,7 @@ from reclor_lab.baselines import (
 )
 from reclor_lab.config import OPTION_LETTERS
 from reclor_lab.data import format_example, load_split, tokenize_records
-from reclor_lab.metrics import format_accuracy
+from reclor_lab.metrics import accuracy_interval, format_accuracy
 from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
 from reclor_lab.plots import (
     plot_accuracy_by_type, plot_confusion, plot_position_bias, plot_reliability, plot_results,
@@ -84,6 +85,7 @@ from reclor_lab.runs import ensure_trained, load_run, predict_run, saved_history
 from reclor_lab.train import evaluate, fit, setup
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes)
+hf_logging.disable_progress_bar()  # and the model loader's
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -204,7 +206,9 @@ metrics = saved_metrics(run_dir)
 
 
 def row(method: str, e: dict) -> dict:
-    return {"method": method, "accuracy": e["accuracy"], "accuracy_ci95": e["accuracy_ci95"], "n": len(val)}
+    """A results-table row of one evaluation; a run written by an older kit, without stored
+    intervals, gets its interval recomputed from the confusion matrix."""
+    return {"method": method, "accuracy": e["accuracy"], "accuracy_ci95": accuracy_interval(e), "n": len(val)}
 
 
 rows = trivial + [zero] + k_shot + [
@@ -256,7 +260,7 @@ val_ds, _ = tokenize_records(val, tokenizer, cfg.max_len, cfg.template)
 probs = predict_proba(model, val_ds, tokenizer, cfg.eval_batch_size, pick_device(), resolve_compute_dtype(cfg))
 report = val_analysis(val, probs)
 preds = probs.argmax(axis=1)
-print(f"reloaded best epoch: accuracy {format_accuracy(float((preds == [r['label'] for r in val]).mean()), metrics['accuracy_ci95'])}"
+print(f"reloaded best epoch: accuracy {format_accuracy(float((preds == [r['label'] for r in val]).mean()), accuracy_interval(metrics))}"
       f" (saved: {metrics['accuracy']:.3f})")
 
 # %% [markdown]

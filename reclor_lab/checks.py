@@ -973,8 +973,9 @@ def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
 # --- 10. one training step ----------------------------------------------------------------------------------
 
 def reference_train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-                         weights: torch.Tensor | None) -> float:
-    """Forward, weighted loss, backward, clip the gradient norm to 0.3, step, zero the gradients.
+                         weights: torch.Tensor | None, max_grad_norm: float = MAX_GRAD_NORM) -> float:
+    """Forward, weighted loss, backward, clip the gradient norm to ``max_grad_norm`` (0.3), step,
+    zero the gradients.
 
     The package's loop (:func:`reclor_lab.train.train_step` + :func:`~reclor_lab.train.optimizer_step`)
     with the optimizer's own learning rate; returns the loss before the step.
@@ -982,7 +983,7 @@ def reference_train_step(model: nn.Module, batch: dict, optimizer: torch.optim.O
     from reclor_lab.train import optimizer_step, train_step
 
     loss = train_step(model, dict(batch), weights, dtype=torch.float32)  # a copy: train_step pops labels
-    optimizer_step(model, optimizer, lr=optimizer.param_groups[0]["lr"], max_grad_norm=MAX_GRAD_NORM)
+    optimizer_step(model, optimizer, lr=optimizer.param_groups[0]["lr"], max_grad_norm=max_grad_norm)
     return loss.item()
 
 
@@ -998,7 +999,8 @@ def _checksum(p: torch.Tensor) -> float:
 
 
 def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch.Tensor | None) -> Callable:
-    """Exercise 10: ``fn(model, batch, optimizer, weights) -> float`` does one full optimizer step.
+    """Exercise 10: ``fn(model, batch, optimizer, weights) -> float`` (its ``max_grad_norm`` left at
+    the default, 0.3) does one full optimizer step.
 
     Runs two reference steps and two of the student's from the same parameters and the same
     dropout seed, and compares: the returned losses (each the loss before its step), the

@@ -156,6 +156,23 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def accuracy_interval(result: dict) -> tuple[float, float]:
+    """The Wilson 95 % interval of an evaluation's accuracy: its ``accuracy_ci95``, or, for a
+    record written before the kit kept intervals (metrics.json or history.json of an older run),
+    the interval recomputed from its confusion matrix (correct = the diagonal, n = the sum).
+
+    >>> [round(x, 4) for x in accuracy_interval({"accuracy": 0.6, "confusion_matrix": [[300, 0], [200, 0]]})]
+    [0.5565, 0.642]
+    """
+    if result.get("accuracy_ci95"):
+        return tuple(result["accuracy_ci95"])
+    if not result.get("confusion_matrix"):
+        raise ValueError("this evaluation record has neither `accuracy_ci95` nor a `confusion_matrix`; "
+                         "re-evaluate the run (reclor-lab evaluate RUN_DIR) to get its interval")
+    cm = np.asarray(result["confusion_matrix"])
+    return wilson_interval(int(np.trace(cm)), int(cm.sum()))
+
+
 def bootstrap_interval(statistic, *arrays, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*arrays)``: resample the examples (the same

@@ -1,4 +1,4 @@
-"""The figures of a run: train loss per step, eval loss and accuracy per epoch, confusion matrix;
+"""The figures of a run: train loss per step with val loss per epoch, accuracy per epoch, confusion matrix;
 and of its analysis: baselines, accuracy by question type, calibration, position bias.
 
 Each function takes the history (or metrics) as data, returns the matplotlib ``Figure`` and,
@@ -7,6 +7,7 @@ given ``save=path``, writes a PNG. The notebooks show the figures; the CLI saves
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -45,45 +46,72 @@ def _finish(fig, save: str | Path | None):
     return fig
 
 
-def plot_train_loss(history: dict, save: str | Path | None = None):
-    """Train loss at every optimizer step, raw and smoothed, with epoch boundaries."""
+def majority_answer(confusion: Sequence[Sequence[int]]) -> tuple[str, float]:
+    """The most frequent correct option of an evaluation set and its share, read from a confusion
+    matrix's rows (one per true option): the accuracy of always giving that one answer.
+
+    >>> majority_answer([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 2, 0, 1]])
+    ('D', 0.5)
+    """
+    counts = np.asarray(confusion).sum(axis=1)
+    return OPTION_LETTERS[int(counts.argmax())], float(counts.max() / counts.sum())
+
+
+def _epoch_ends(history: dict) -> dict[int, int]:
+    """Epoch → the optimizer step it ended on (epoch 0, the baseline, at step 0)."""
+    ends = {0: 0}
+    for row in history["steps"]:
+        ends[row["epoch"]] = row["step"]
+    return ends
+
+
+def plot_loss(history: dict, save: str | Path | None = None):
+    """Train loss at every optimizer step (raw and smoothed) and the validation loss after every
+    epoch, on one axis, with the epoch ends marked and ln 4 (the loss of a uniform guess)."""
     steps = [r["step"] for r in history["steps"]]
     loss = [r["loss"] for r in history["steps"]]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ends = _epoch_ends(history)
+    evals = [e for e in history["evals"] if e["epoch"] in ends]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     ax.plot(steps, loss, alpha=0.3, label="train loss (per step)")
-    ax.plot(steps, smooth(loss), label="smoothed (EMA 0.9)")
-    epoch_ends = [r["step"] for a, r in zip(history["steps"], history["steps"][1:]) if r["epoch"] != a["epoch"]]
-    for s in epoch_ends:
-        ax.axvline(s - 0.5, color="grey", lw=0.8, ls=":")
+    ax.plot(steps, smooth(loss), label="train loss (EMA 0.9)")
+    ax.plot([ends[e["epoch"]] for e in evals], [e["eval_loss"] for e in evals], "o-", color="tab:red",
+            label="val loss (after each epoch)")
+    ax.axhline(math.log(NUM_LABELS), color="grey", ls="--", lw=0.9,
+               label=f"ln {NUM_LABELS} = {math.log(NUM_LABELS):.3f} (uniform guess)")
+    for epoch, step in ends.items():
+        if epoch:
+            ax.axvline(step, color="grey", lw=0.8, ls=":")
+            ax.text(step, 1.0, f"end of epoch {epoch}", transform=ax.get_xaxis_transform(), ha="right",
+                    va="bottom", fontsize=8, color="grey")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("weighted cross-entropy")
-    ax.set_title("Training loss")
-    ax.legend()
+    ax.set_title("Training and validation loss", pad=14)
+    ax.legend(fontsize=8)
     return _finish(fig, save)
 
 
 def plot_eval(history: dict, save: str | Path | None = None):
-    """Eval loss and accuracy per epoch (epoch 0 = before training), with the 25 % chance line."""
+    """Val accuracy per epoch (epoch 0 = before training) with its 95 % interval, beside chance
+    (25 %) and the best constant answer (always the most frequent correct option of the set)."""
     evals = history["evals"]
     epochs = [e["epoch"] for e in evals]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [e["eval_loss"] for e in evals], marker="o")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("eval loss")
-    ax1.set_title("Validation loss")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     accs = [e["accuracy"] for e in evals]
-    ax2.plot(epochs, accs, marker="o", label="val accuracy")
+    ax.plot(epochs, accs, marker="o", label="val accuracy")
     if all(e.get("accuracy_ci95") for e in evals):  # runs written before intervals have none
         lo, hi = zip(*(e["accuracy_ci95"] for e in evals))
-        ax2.fill_between(epochs, lo, hi, alpha=0.2, label="95 % interval (Wilson)")
-    ax2.axhline(CHANCE, color="grey", ls="--", label="chance (25 %)")
-    ax2.set_ylim(0, 1)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy")
-    ax2.set_title("Validation accuracy")
-    ax2.legend(loc="lower right")
-    for ax in (ax1, ax2):
-        ax.set_xticks(epochs)
+        ax.fill_between(epochs, lo, hi, alpha=0.2, label="95 % interval (Wilson)")
+    ax.axhline(CHANCE, color="grey", ls="--", label=f"chance ({CHANCE:.0%})")
+    if evals and evals[0].get("confusion_matrix"):
+        letter, share = majority_answer(evals[0]["confusion_matrix"])
+        ax.axhline(share, color="tab:orange", ls="-.", label=f"always {letter} ({share:.1%})")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("epoch (0 = before training)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Validation accuracy")
+    ax.set_xticks(epochs)
+    ax.legend(loc="upper left", fontsize=8)
     return _finish(fig, save)
 
 
@@ -108,10 +136,11 @@ def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | None =
 
 
 def save_run_plots(history: dict, confusion, run_dir: str | Path) -> list[Path]:
-    """Write loss.png, eval.png and confusion.png into the run directory."""
+    """Write loss.png (train and val loss), eval.png (val accuracy) and confusion.png into the run
+    directory."""
     run_dir = Path(run_dir)
     paths = [run_dir / "loss.png", run_dir / "eval.png", run_dir / "confusion.png"]
-    plot_train_loss(history, paths[0])
+    plot_loss(history, paths[0])
     plot_eval(history, paths[1])
     plot_confusion(confusion, paths[2])
     return paths
@@ -202,6 +231,7 @@ def plot_position_bias(bias: dict, title: str = "Predicted vs correct position (
     if "gold" in bias[letters[0]]:
         ax.bar(x + 0.2, [bias[c]["gold"] for c in letters], width=0.4, label="correct answer")
     ax.set_xticks(x, letters)
+    ax.set_xlabel("answer option")
     ax.set_ylabel("examples")
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -185,7 +185,7 @@ def evaluate_run(run_dir: str | Path, split: Literal["train", "val"] = "val", ve
     records = load_split(cfg.data_dir, split)
     records = records[: cfg.eval_limit] if split == "val" else records[: cfg.train_limit]
     ds, _ = tokenize_records(records, run.tokenizer, cfg.max_len, cfg.template)
-    result = evaluate(run, ds)
+    result = evaluate(run, ds, progress=verbose)
     result.pop("predictions")
     if verbose:
         print(f"{split}: {result['n']} examples, eval loss {result['eval_loss']:.4f}, "
@@ -212,7 +212,7 @@ def predict_run(run_dir: str | Path, split: Literal["train", "val", "test"] = "t
     cfg, run = _reloaded(rd.path)
     records = load_split(cfg.data_dir, split)
     ds, _ = tokenize_records(records, run.tokenizer, cfg.max_len, cfg.template)
-    preds = np.asarray(evaluate(run, ds, desc="predict")["predictions"], dtype=np.int64)
+    preds = np.asarray(evaluate(run, ds, desc="predict", progress=verbose)["predictions"], dtype=np.int64)
     npy.parent.mkdir(parents=True, exist_ok=True)
     np.save(npy, preds)
     written = [npy]

@@ -585,20 +585,28 @@ def _phrase(option: str, prefix: str) -> str:
     return f"{prefix} {option}"
 
 
-def _apply_cue(rng: random.Random, correct: str, bad: list[str]) -> tuple[str, list[str]]:
+def _apply_cue(rng: random.Random, correct: str, bad: list[str],
+               cue_questions: bool = False) -> tuple[str, list[str]]:
+    """The options with the modest / sweeping cue in front. Options that are questions (the
+    Evaluation scheme's "Did … ?") take no prefix: "It is always true that has Priya lived …?" is
+    not English. The prefixes are drawn all the same, so every other record of the stream stays
+    as it was."""
     clause = correct[:1].islower()  # flaw descriptions complete "The argument …"
     modest, sweeping = (MODEST_CLAUSE, SWEEPING_CLAUSE) if clause else (MODEST, SWEEPING)
-    return _phrase(correct, rng.choice(modest)), [_phrase(b, rng.choice(sweeping)) for b in bad]
+    cued = [_phrase(correct, rng.choice(modest))] + [_phrase(b, rng.choice(sweeping)) for b in bad]
+    if correct.endswith("?") and not cue_questions:
+        return correct, bad
+    return cued[0], cued[1:]
 
 
-def _record(rng: random.Random) -> tuple[dict, str]:
+def _record(rng: random.Random, cue_questions: bool = False) -> tuple[dict, str]:
     makers, weights = zip(*SCHEMES)
     while True:
         ctx, question, correct, bad, qtype = rng.choices(makers, weights)[0](rng)
         if len({correct, *bad}) == NUM_LABELS:
             break
     if rng.random() < CUE_SHARE:
-        correct, bad = _apply_cue(rng, correct, list(bad))
+        correct, bad = _apply_cue(rng, correct, list(bad), cue_questions)
     label = rng.choices(range(NUM_LABELS), LABEL_WEIGHTS)[0]
     bad = list(bad)
     rng.shuffle(bad)
@@ -623,12 +631,13 @@ def _key(rec: dict) -> str:
     return rec["context"] + "\x00" + rec["question"] + "\x00" + "\x00".join(rec["answers"])
 
 
-def _generate(split: str, n: int, seed: int, seen: set[str] | None = None) -> list[dict]:
+def _generate(split: str, n: int, seed: int, seen: set[str] | None = None,
+              cue_questions: bool = False) -> list[dict]:
     rng = random.Random(seed * 7919 + _SPLIT_OFFSET[split])
     seen = set() if seen is None else set(seen)
     out: list[dict] = []
     while len(out) < n:
-        rec, qtype = _record(rng)
+        rec, qtype = _record(rng, cue_questions)
         k = _key(rec)
         if k in seen:
             continue
@@ -672,11 +681,17 @@ def write_bundled_data(out_dir: Path = BUNDLED_DATA_DIR, sizes: dict | None = No
 def pretraining_corpus(n: int = 3000, seed: int = PRETRAIN_SEED, with_answer: bool = True) -> list[str]:
     """Texts for the tiny model's causal-LM pre-training: fresh records from their own stream
     (never the bundled val/test records), in the reference layout, each followed by
-    `` Answer: X`` (the letter of the correct option) when ``with_answer``."""
+    `` Answer: X`` (the letter of the correct option) when ``with_answer``.
+
+    This stream keeps the cue in front of question options too (``cue_questions``): the
+    committed tiny model was pre-trained on it as first written, and :mod:`reclor_lab.tiny`
+    rebuilds that model from exactly these texts (its tokenizer bit for bit). The phrasing
+    matters to no one here: these texts teach the layout and the letters, and no student reads
+    them. The bundled splits do not carry it."""
     avoid: set[str] = set()
     for split in ("val", "test"):
         avoid.update(_key(r) for r in generate_split(split, DEFAULT_SIZES[split], DEFAULT_SEED))
-    recs = _generate("pretrain", n, seed, seen=avoid)
+    recs = _generate("pretrain", n, seed, seen=avoid, cue_questions=True)
     texts = []
     for r in recs:
         t = format_example(r)

@@ -196,14 +196,18 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 # --- evaluation ---------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(run: Run, ds, desc: str = "eval") -> dict:
+def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
     """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
     when unlabeled), with the run's class weights in the loss.
 
-    Switches the model to eval() (no dropout) and back. Accuracy counts correct predictions
-    over examples, never an average of per-batch accuracies. With several processes each
-    evaluates a contiguous part of ``ds`` and the logits are gathered in order: every example
-    counts exactly once (no sampler padding duplicates one), and every process gets the result.
+    Switches the model to eval() (no dropout) and back. Both numbers are over examples, never
+    averages of per-batch values: accuracy is correct predictions / examples, and the eval loss
+    is the training loss's definition applied to the whole split at once,
+    ``sum_i w[y_i] * nll_i / sum_i w[y_i]`` (without class weights: the mean per-example
+    cross-entropy). The batch size and the order of the examples cannot change it. With several
+    processes each evaluates a contiguous part of ``ds`` and the logits are gathered in order:
+    every example counts exactly once (no sampler padding duplicates one), and every process
+    gets the result. ``progress=False`` shows no progress bar.
     """
     from tqdm.auto import tqdm
 
@@ -216,7 +220,7 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     loader = DataLoader(model_inputs(ds.select(part) if proc.distributed else ds),
                         batch_size=run.cfg.eval_batch_size, collate_fn=make_collator(run.tokenizer))
     logits_all = [torch.zeros(0, NUM_LABELS)]
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None if proc.is_main else True):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress and proc.is_main else True):
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with autocast_for(device, run.dtype):
             logits_all.append(model(**batch).logits.float().cpu())
@@ -226,20 +230,9 @@ def evaluate(run: Run, ds, desc: str = "eval") -> dict:
     out: dict[str, Any] = {"predictions": preds.tolist(), "n": len(logits)}
     if "labels" in ds.column_names:
         labels = torch.tensor(column(ds, "labels"))
-        out["eval_loss"] = eval_loss(logits, labels, run.weights, run.cfg.eval_batch_size)
+        out["eval_loss"] = weighted_cross_entropy(logits, labels, run.weights).item()
         out.update(compute_classification_metrics(preds, labels.numpy()))
     return out
-
-
-def eval_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
-              batch_size: int) -> float:
-    """The eval loss from all the logits of a split: the mean over examples of the per-batch
-    weighted cross-entropy, batches of ``batch_size`` in order, however many processes
-    computed the logits."""
-    total = torch.zeros(())
-    for lg, lb in zip(logits.split(batch_size), labels.split(batch_size)):
-        total += weighted_cross_entropy(lg, lb, weights) * len(lb)
-    return total.item() / len(labels)
 
 
 # --- one step ------------------------------------------------------------------------------------

@@ -98,3 +98,16 @@ def test_metric_modules_load_offline_without_writing_into_the_package(monkeypatc
     assert load_metric("accuracy") is load_metric("accuracy")  # cached
     with pytest.raises(ValueError, match="unknown metric"):
         load_metric("bleu")
+
+
+def test_accuracy_interval_of_a_record_without_one_is_recomputed():
+    """Runs written before intervals were kept have no accuracy_ci95: the interval comes back from
+    the confusion matrix, equal to the one a new run stores."""
+    from reclor_lab.metrics import accuracy_interval, compute_classification_metrics
+
+    new = compute_classification_metrics([0, 1, 2, 3, 0, 0, 1], [0, 1, 2, 0, 1, 0, 1])
+    old = {k: v for k, v in new.items() if k != "accuracy_ci95"}
+    assert accuracy_interval(new) == tuple(new["accuracy_ci95"])
+    assert accuracy_interval(old) == pytest.approx(new["accuracy_ci95"])
+    with pytest.raises(ValueError, match="re-evaluate"):
+        accuracy_interval({"accuracy": 0.5})

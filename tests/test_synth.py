@@ -58,3 +58,24 @@ def test_committed_data_equals_regeneration(tmp_path):
         committed = BUNDLED_DATA_DIR / f"{split}.json"
         assert committed.read_bytes() == path.read_bytes(), f"{committed} differs from a regeneration"
         assert len(json.loads(committed.read_text())) == synth.DEFAULT_SIZES[split]
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_question_options_carry_no_cue_prefix(split):
+    """A cue prefix in front of a question option is not English ("It is always true that has
+    Priya lived …?"): question options stay bare, and the cued records of other schemes keep it."""
+    prefixes = synth.MODEST + synth.SWEEPING
+    recs = synth.generate_split(split, synth.DEFAULT_SIZES[split], synth.DEFAULT_SEED)
+    answers = [a for r in recs for a in r["answers"]]
+    questions = [a for a in answers if a.endswith("?")]
+    assert questions, "the Evaluation scheme writes question options"
+    assert not [a for a in questions if a.startswith(prefixes)]
+    assert sum(a.startswith(prefixes) for a in answers) > len(answers) / 2  # the cue is still there
+
+
+def test_pretraining_stream_keeps_its_cue_on_questions():
+    """The committed tiny model was pre-trained on this stream as first written (reclor_lab.tiny
+    rebuilds it from these texts), so the pre-training texts still carry the prefix."""
+    texts = synth.pretraining_corpus(300, with_answer=False)
+    assert any(p + " has " in t or p + " was " in t or p + " is " in t
+               for t in texts for p in synth.MODEST + synth.SWEEPING)

@@ -19,12 +19,17 @@
 # The 4-bit model with LoRA adapters (notebooks 02 and 03) meets the batches of notebook 01.
 # This notebook:
 #
-# 1. writes the weighted loss,
-# 2. writes one training step, the five lines every loop is made of, and runs it on a demo copy,
+# 1. writes the weighted loss, and shows when its weights matter,
+# 2. writes one training step, the five lines every loop is made of, runs it on a demo copy,
+#    and measures what batch size 1 costs,
 # 3. trains the run for real with the package's loop: evaluation after every epoch, a checkpoint
 #    after every epoch,
 # 4. looks at what a run directory holds,
-# 5. shows the Hugging Face `Trainer` doing the same.
+# 5. shows the Hugging Face `Trainer` doing the same, and why the reference's `Trainer` showed
+#    no validation numbers,
+# 6. runs the reference report's other habits, each in a cell: a hard-coded GPU index, a metric
+#    from the hub, the wandb prompt,
+# 7. says what changes with several processes (GPUs).
 #
 # **Files.** This notebook needs no other notebook: it reads the model and the data from disk.
 # It **owns the run directory `runs/notebook-<preset>`** (`runs/notebook-tiny` by default): it
@@ -49,55 +54,59 @@ print()
 print(cfg.describe())
 
 # %%
+import gc
+import inspect
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from datasets.utils.logging import disable_progress_bar
 from torch.utils.data import DataLoader
+from transformers.utils import logging as hf_logging
 
 from reclor_lab import checks
-from reclor_lab.data import make_collator, model_inputs
+from reclor_lab.data import class_weights, load_split, make_collator, model_inputs
 from reclor_lab.rundir import RunDir
 from reclor_lab.runs import finish_run, summary_table
 from reclor_lab.train import fit, get_lr, setup
 from reclor_lab.trainer import fit_with_trainer
 
 disable_progress_bar()  # datasets' progress bars: tokenizing is not what this notebook shows
+hf_logging.disable_progress_bar()  # nor is loading the model's 20 tensors
 
 # %% [markdown]
 # ## The loop in one screen
 #
-# `reclor_lab.train.fit` is this, plus timing and logging:
-#
-# ```python
-# evaluate(model, val)                          # epoch 0: the baseline, before training
-# for epoch in 1..epochs:
-#     for batch in batches(train, epoch):       # shuffled, grouped by length, same order every run
-#         loss = weighted_ce(model(batch).logits, batch.labels, class_weights)
-#         loss.backward()
-#         clip_grad_norm_(trainable, max_grad_norm); optimizer.step(); optimizer.zero_grad()
-#     evaluate(model, val)                      # eval loss, accuracy, macro F1
-#     run_dir.save_checkpoint(...)              # adapter + head + optimizer + RNG: resumable
-# ```
-#
+# This is `reclor_lab.train.fit`, the loop section 3 runs, printed from the package itself (what
+# you read is what runs). `start` evaluates the untrained model (epoch 0, the baseline);
+# `train_one_epoch` runs the batches of one epoch (shuffled, grouped by length, the same order
+# every run) through `train_step` and `optimizer_step`, the five lines you write in exercise 6;
+# `end_epoch` evaluates on the validation split and writes a checkpoint. The rest is about
+# stopping cleanly: Ctrl-C or a cluster's SIGTERM finish the current step and save.
+# `inspect.getsource(train_one_epoch)` shows the next level down.
+
+# %%
+print(inspect.getsource(fit))
+
+# %% [markdown]
 # ## 1. The weighted loss
 #
 # Cross-entropy, each example weighted by the class weight of its label (notebook 01). The mean
 # divides by the **sum of the weights** of the batch's labels (as `F.cross_entropy(weight=w)`
 # does), not by the batch size, so the loss scale does not depend on which labels a batch holds.
 #
-# **Exercise 9.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
+# **Exercise 5.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
 # `(batch,)`, `weights` `(4,)` → the scalar loss $\sum_i w_{y_i}\,(-\log p_{i,y_i}) / \sum_i w_{y_i}$.
 # Compute it from `log_softmax` (not with `F.cross_entropy`).
 
 # %%
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Exercise 9: weighted mean cross-entropy, like F.cross_entropy(logits, labels, weight=weights)."""
+    """Exercise 5: weighted mean cross-entropy, like F.cross_entropy(logits, labels, weight=weights)."""
     # TODO: log_softmax; -log p of each row's label; weight by weights[label]; / sum of those weights
-    raise NotImplementedError("Exercise 9: write `weighted_ce`")
+    raise NotImplementedError("Exercise 5: write `weighted_ce`")
 
 
 # %%
@@ -116,6 +125,62 @@ print(f"one wrong answer, weight 0.5: {weighted_ce(confident, labels, w).item():
       f"the same, unweighted: {weighted_ce(confident, labels, torch.ones(4)).item():.4f}")
 
 # %% [markdown]
+# **Does the weighting matter here? Hardly.** The weights are $N / (4\,n_c)$ (notebook 01): on a
+# split whose answer positions are about balanced they are all about 1, and the weighted loss is
+# then about the plain one. The training split of this run:
+
+# %%
+train_labels = [r["label"] for r in load_split(cfg.data_dir, "train")[: cfg.train_limit]]
+counts = [train_labels.count(c) for c in range(4)]
+print("answers A B C D:", " ".join(map(str, counts)), f"of {len(train_labels)}")
+print("class weights:  ", " ".join(f"{x:.3f}" for x in class_weights(train_labels).tolist()))
+
+# %% [markdown]
+# Where it does matter: a **skewed** training split. A toy classifier (a linear layer on four
+# noisy features that point to the right answer) learns from 1,000 examples whose answer is "A"
+# 70 % of the time, then answers 1,000 balanced validation questions. Trained on the plain loss
+# it learns that "A" is usually right and says "A" whenever the features are unclear; the
+# weighted loss counts each position equally in total, so it stops leaning on "A". A few hundred
+# full-batch steps, well under a second.
+
+# %%
+def skewed_demo(weights: torch.Tensor, steps: int = 300) -> list[float]:
+    """Recall per answer position (A B C D) on balanced data, after training on a 70 %-"A" split."""
+    g = torch.Generator().manual_seed(0)
+    y_train = torch.tensor([0] * 700 + [1] * 100 + [2] * 100 + [3] * 100)
+    y_val = torch.arange(4).repeat(250)
+    noisy = lambda y: torch.nn.functional.one_hot(y, 4).float() + 1.2 * torch.randn(len(y), 4, generator=g)  # noqa: E731
+    x_train, x_val = noisy(y_train), noisy(y_val)
+    torch.manual_seed(0)
+    clf = torch.nn.Linear(4, 4)
+    opt = torch.optim.Adam(clf.parameters(), lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        weighted_ce(clf(x_train), y_train, weights).backward()
+        opt.step()
+    with torch.no_grad():
+        pred = clf(x_val).argmax(-1)
+    return [float((pred[y_val == c] == c).float().mean()) for c in range(4)]
+
+
+skew_weights = class_weights([0] * 700 + [1] * 100 + [2] * 100 + [3] * 100)
+recall = {"plain loss": skewed_demo(torch.ones(4)), "weighted loss": skewed_demo(skew_weights)}
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the last digits of a float training run differ across CPUs)
+print("class weights of the skewed split:", " ".join(f"{x:.3f}" for x in skew_weights.tolist()))
+for name, r in recall.items():
+    print(f"{name:<14} recall A {r[0]:.2f}  B {r[1]:.2f}  C {r[2]:.2f}  D {r[3]:.2f}   "
+          f"balanced accuracy {sum(r) / 4:.3f}")
+
+# %%
+plain, weighted = recall["plain loss"], recall["weighted loss"]
+print("plain loss favours A (recall A above every other position):", plain[0] > max(plain[1:]))
+print("weighted loss: higher recall on each of B, C, D and higher balanced accuracy:",
+      all(weighted[c] > plain[c] for c in (1, 2, 3)) and sum(weighted) > sum(plain))
+
+# %% [markdown]
 # ## 2. One training step
 #
 # To try a training step we need a model, batches and class weights. `setup(cfg)` builds all of them exactly
@@ -130,25 +195,27 @@ batch = {k: v.to(demo.device) for k, v in next(iter(loader)).items()}
 print({k: tuple(v.shape) for k, v in batch.items()})
 
 # %% [markdown]
-# **Exercise 10.** Write `one_train_step(model, batch, optimizer, weights)`: the five lines of
-# every training loop, on one batch (a dict of tensors with `input_ids`, `attention_mask` and
-# `labels`):
+# **Exercise 6.** Write `one_train_step(model, batch, optimizer, weights, max_grad_norm)`: the
+# five lines of every training loop, on one batch (a dict of tensors with `input_ids`,
+# `attention_mask` and `labels`):
 #
 # 1. forward: `model(input_ids=…, attention_mask=…).logits`,
 # 2. the loss: your `weighted_ce`,
 # 3. `loss.backward()`,
-# 4. clip the gradient norm of the trainable parameters to `cfg.max_grad_norm` (0.3, QLoRA's
-#    value: one bad batch cannot throw the adapters far), then `optimizer.step()`,
-# 5. `optimizer.zero_grad()`: otherwise the next backward adds to these gradients.
+# 4. clip the gradient norm of the trainable parameters to `max_grad_norm` (0.3 by default,
+#    QLoRA's value: one bad batch cannot throw the adapters far), then `optimizer.step()`,
+# 5. `optimizer.zero_grad()`: gradients add up over `backward()` calls, so clear them once per
+#    step (here after the step, as the kit's loop does; before the backward, as the PyTorch
+#    tutorials do, is just as right).
 #
 # Return the loss as a Python float (`loss.item()`; keeping the tensor would keep the whole
 # graph of the batch in memory). Do not change the caller's `batch`.
 
 # %%
-def one_train_step(model, batch: dict, optimizer, weights: torch.Tensor) -> float:
-    """Exercise 10: forward, weighted loss, backward, clip to cfg.max_grad_norm, step, zero_grad."""
+def one_train_step(model, batch: dict, optimizer, weights: torch.Tensor, max_grad_norm: float = 0.3) -> float:
+    """Exercise 6: forward, weighted loss, backward, clip to max_grad_norm, step, zero_grad."""
     # TODO: the five steps listed above; the labels are not a model input
-    raise NotImplementedError("Exercise 10: write `one_train_step`")
+    raise NotImplementedError("Exercise 6: write `one_train_step`")
 
 
 # %%
@@ -163,9 +230,65 @@ one_train_step = checks.check_train_step(one_train_step, demo.model, batch, demo
 # (losses differ in the last digits across CPUs)
 optimizer = torch.optim.AdamW([p for p in demo.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
 demo.model.train()
-losses = [one_train_step(demo.model, batch, optimizer, demo.weights) for _ in range(8)]
+losses = [one_train_step(demo.model, batch, optimizer, demo.weights, cfg.max_grad_norm) for _ in range(8)]
 print("loss on the same batch:", " ".join(f"{x:.3f}" for x in losses))
-del demo, optimizer, batch, loader  # the real run gets its own model (on a GPU: frees its memory)
+
+# %% [markdown]
+# ### Batch size 1 and a cache clear every step
+#
+# The reference's loop trained one example at a time and called `torch.cuda.empty_cache()`
+# after every step. Both cost time. One example per step means a full optimizer step (clip,
+# AdamW over every LoRA tensor) per example, and a model call too small to keep the hardware
+# busy. `empty_cache()` hands the GPU memory PyTorch keeps for reuse back to the driver, so the
+# next step has to ask for it again (`cudaMalloc`, which waits for the GPU); it frees nothing the
+# program still uses and hides a real memory problem instead of fixing it. A CPU has no such
+# cache; `gc.collect()` is the nearest forced clean-up.
+#
+# Measured on this machine with the package's `train_step` and `optimizer_step` on the demo
+# copy: the same `cfg.batch_size` examples as one batch, and one at a time (with and without a
+# clean-up per step). Real (non-padding) tokens per second; a few seconds in all.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (speeds depend on the machine and on what else runs on it)
+from reclor_lab.train import optimizer_step, train_step  # the package's own step (exercise 6 is done)
+
+
+def tokens_per_second(batch_size: int, cleanup: bool) -> float:
+    """Train the demo copy on its first cfg.batch_size examples at ``batch_size``; real tokens/s."""
+    opt = torch.optim.AdamW([p for p in demo.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    examples = model_inputs(demo.train_ds.select(range(cfg.batch_size)))
+    data = DataLoader(examples, batch_size=batch_size, collate_fn=make_collator(demo.tokenizer))
+    tokens, t0 = 0, time.perf_counter()
+    for b in data:
+        tokens += int(b["attention_mask"].sum())
+        b = {k: v.to(demo.device) for k, v in b.items()}
+        train_step(demo.model, b, demo.weights, demo.dtype).item()  # .item(): the reference read every loss
+        optimizer_step(demo.model, opt, cfg.learning_rate, cfg.max_grad_norm)
+        if cleanup:
+            torch.cuda.empty_cache() if demo.device.type == "cuda" else gc.collect()
+    return tokens / (time.perf_counter() - t0)
+
+
+demo.model.train()
+speeds = {f"batch 1, clean-up every step": tokens_per_second(1, cleanup=True),
+          f"batch 1": tokens_per_second(1, cleanup=False),
+          f"batch {cfg.batch_size} (this run)": tokens_per_second(cfg.batch_size, cleanup=False)}
+for name, tps in speeds.items():
+    print(f"{name:<30} {tps:>8,.0f} tokens/s")
+
+# %% [markdown]
+# The clean-up row is `gc.collect()`, which walks every Python object the process holds at every
+# step: what it costs is the CPU stand-in's price, not `empty_cache()`'s.
+#
+# On a GPU the batch-size gap is wider: a Llama-2-7B step costs about the same at batch 1, 2
+# or 8 while the GPU is not yet busy, so more examples per step means more tokens per second.
+# The README's Performance section measured the kit at batch 8 at 3.4× a loop with the
+# reference's habits (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on
+# an H200; the cost of `empty_cache()` alone was not measured separately there.
+#
+# The demo copy stays loaded, so every cell above can be run again. It is small on a CPU; with
+# the `llama2-7b` preset on a small GPU, restart the kernel before section 3 if memory runs out.
 
 # %% [markdown]
 # ## 3. The real run
@@ -198,7 +321,21 @@ for step in (0, 1, warmup_steps // 2, warmup_steps - 1, warmup_steps, total_step
 # %% [markdown]
 # **Train.** `fit` runs the loop above: a baseline evaluation (epoch 0), then per epoch the
 # training steps (progress bar with the loss), an evaluation on the validation split, and a
-# checkpoint. Before training, accuracy sits near chance (25 %).
+# checkpoint.
+#
+# **The baseline need not be near 25 %.** The new `score` head is random, and two things push
+# its accuracy away from chance, either way:
+#
+# * it tends to favour **one position** for almost every input (the last token's hidden states
+#   of different records are much alike, and a random head turns that common part into a fixed
+#   preference). A head that always answers one letter scores that letter's share of the
+#   validation answers: between 19 % and 29 % on this split;
+# * the last hidden state already carries the pre-trained model's **guess of the answer**
+#   (notebook 06 reads it: well above chance), and a random head maps that guess onto letters at
+#   random. Mapped onto wrong letters, the head is wrong *systematically*, and its accuracy falls
+#   below every position's share; mapped onto the right ones, it starts above chance.
+#
+# The cell after the run prints what this run's head chose.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -206,6 +343,19 @@ for step in (0, 1, warmup_steps // 2, warmup_steps - 1, warmup_steps, total_step
 history = fit(run, run_dir)
 metrics = finish_run(run_dir, history)  # writes metrics.json and the plots, as `reclor-lab train` does
 print(summary_table(history.to_dict()))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the random head's choices depend on the CPU's arithmetic)
+before = history.evals[0]
+cm = before["confusion_matrix"]                      # rows: the correct option, columns: the predicted one
+chosen = [sum(col) for col in zip(*cm)]
+answers = [sum(row) for row in cm]
+top = max(range(4), key=chosen.__getitem__)
+print("before training, predicted A B C D:", " ".join(map(str, chosen)))
+print("correct answers,          A B C D:", " ".join(map(str, answers)))
+print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them right; always {'ABCD'[top]} "
+      f"would score {answers[top] / sum(answers):.3f}, the head scored {before['accuracy']:.3f}")
 
 # %% [markdown]
 # ## 4. What a run directory holds
@@ -244,11 +394,29 @@ print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 # ## 5. The same with the Hugging Face `Trainer`
 #
 # `fit_with_trainer` hands the same model, data order, weighted loss, optimizer and schedule to
-# a `Trainer` subclass. The reference's author gave up on the Trainer because it showed nothing:
-# its default `logging_steps=500` is more steps than a small run has. Here it logs a few times
-# per epoch and shows its live table. A short run, in its own directory
-# (`runs/notebook-<preset>-trainer`, also owned and emptied by this notebook): 96 training
-# examples, 64 validation examples, one epoch.
+# a `Trainer` subclass. The reference's author gave up on the Trainer because it showed no
+# validation numbers. `logging_steps=500` was not why: ReClor's 4,638 training records at batch
+# 2 are about 2,300 steps per epoch, so the training loss was logged four times an epoch. Two
+# defaults were: `eval_strategy="no"` (the Trainer never evaluates during training) and no
+# `compute_metrics` (even an explicit `trainer.evaluate()` returns the loss and timings, no
+# accuracy).
+# The defaults, printed from this transformers:
+
+# %%
+from transformers import TrainingArguments
+
+defaults = TrainingArguments(output_dir="runs/trainer-defaults")  # nothing is written there
+for name in ("eval_strategy", "logging_strategy", "logging_steps", "report_to"):
+    value = getattr(defaults, name)
+    print(f"{name:<17} {getattr(value, 'value', value)!r}")
+print(f"ReClor: 4,638 records at batch 2 = {math.ceil(4638 / 2):,} steps per epoch, "
+      f"a training-loss log every 500: {math.ceil(4638 / 2) // 500} per epoch")
+
+# %% [markdown]
+# `fit_with_trainer` sets `eval_strategy="epoch"`, passes the kit's `compute_metrics` (accuracy,
+# macro F1, confusion matrix), logs a few times per epoch and shows the Trainer's live table. A
+# short run, in its own directory (`runs/notebook-<preset>-trainer`, also owned and emptied by
+# this notebook): 96 training examples, 64 validation examples, one epoch.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -258,6 +426,91 @@ shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
 trainer_history = fit_with_trainer(setup(trainer_cfg, verbose=False), trainer_cfg.output_dir)
 
 # %% [markdown]
+# ## 6. The reference report's other habits, each run once
+#
+# **A hard-coded GPU index.** The reference loaded its model with `device_map={"": 4}`: the fifth
+# GPU of the shared server it ran on. On a machine with fewer than five GPUs that fails; on a CPU
+# (and on the tiny model, so the cell is quick anywhere):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the message depends on how many GPUs the machine has)
+from transformers import AutoModelForSequenceClassification
+
+from reclor_lab.config import TINY_MODEL_DIR
+from reclor_lab.modeling import pick_device
+
+try:
+    AutoModelForSequenceClassification.from_pretrained(TINY_MODEL_DIR, num_labels=4, device_map={"": 4})
+    print('device_map={"": 4} loaded: this machine has at least five GPUs')
+except (RuntimeError, ValueError, AssertionError) as e:
+    print(f"{type(e).__name__}: {e}")
+print("the kit's device, derived from the hardware:", pick_device())
+
+# %% [markdown]
+# With one GPU it fails too: there is no GPU 4 (CUDA calls it an invalid device ordinal). The kit derives the
+# device (`pick_device()`: the current CUDA device, else the CPU) and loads with
+# `device_map={"": device}`; with several processes, each takes its own (section 7).
+#
+# **A metric from the hub.** The reference computed accuracy with `datasets.load_metric`, which
+# datasets removed in version 3.0; its successor `evaluate.load("accuracy")` fetches the metric's
+# script from the Hugging Face hub, so it fails offline. The kit ships its metric scripts and
+# loads them by path:
+
+# %%
+import datasets
+import evaluate
+
+from reclor_lab.metrics import load_metric
+
+print(f"datasets {datasets.__version__}: has load_metric: {hasattr(datasets, 'load_metric')}")
+try:
+    evaluate.load("accuracy")
+except (FileNotFoundError, ConnectionError, OSError) as e:  # offline: nothing to fetch
+    print(f'evaluate.load("accuracy") offline: {type(e).__name__}: {str(e).replace(os.getcwd() + os.sep, "")}')
+print("the kit's local module:", load_metric("accuracy").compute(predictions=[0, 1, 2, 3], references=[0, 1, 2, 0]))
+
+# %% [markdown]
+# **The wandb prompt.** In transformers 4, `TrainingArguments(report_to=...)` defaulted to
+# `"all"`: every installed logging integration. With `wandb` installed, the reference's first
+# `trainer.train()` stopped at wandb's login prompt. transformers 5 defaults to none (the empty
+# `report_to` printed above), and the kit passes `report_to="none"` anyway, so the same code
+# behaves the same on both:
+
+# %%
+from reclor_lab.trainer import training_arguments
+
+print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/trainer-defaults"), 1).report_to)
+
+# %% [markdown]
+# The fifth habit, accuracy divided by the number of batches, is exercise 7 in notebook 05.
+#
+# ## 7. Several processes (GPUs)
+#
+# The notebooks train in one process. On a machine with several GPUs the same run trains data
+# parallel, one process per GPU, from a terminal:
+#
+# ```bash
+# accelerate launch -m reclor_lab train --preset llama2-7b --output-dir runs/llama2-7b-2gpu
+# reclor-lab train --preset llama2-7b --processes 2 --output-dir runs/llama2-7b-2gpu   # the same, started for you
+# ```
+#
+# What changes:
+#
+# * **Each process loads its own 4-bit copy on its own GPU** (`device_map={"": local_process_index}`,
+#   never a fixed index), trains on its own share of every epoch's batches, and the gradients are
+#   averaged across processes before each optimizer step.
+# * **The effective batch is processes × `batch_size` × `grad_accum_steps`.** Two processes at
+#   batch 2 take 4 examples per optimizer step: half the steps per epoch, the same optimisation
+#   as one process at batch 4. To keep the reference's effective batch of 2 on two GPUs, set
+#   `--set batch_size=1`.
+# * **The learning rate is not rescaled for you.** A larger effective batch usually wants a
+#   larger learning rate (the linear rule scales it with the batch; for Adam a square-root rule
+#   is common), and either way it is a new experiment: the reference's ~60 % was measured at an
+#   effective batch of 2 and lr 1e-4.
+# * **Only the main process writes the run directory, prints and shows progress bars**; the
+#   evaluation is split across processes and gathered, each validation example counted once.
+#
 # ## What you have now
 #
 # A trained adapter in `runs/notebook-<preset>`, with its history and metrics. Notebook 05 reads
