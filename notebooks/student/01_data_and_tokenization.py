@@ -22,7 +22,7 @@
 # 1. what a ReClor record is,
 # 2. the text the model reads (the reference layout),
 # 3. the tokenizer, and why its pad token is the eos token,
-# 4. how long the inputs are in tokens, and what `max_len` cuts off,
+# 4. how long the inputs are in tokens, and how a too-long passage is shortened,
 # 5. the answer-position distribution and the class weights of the loss,
 # 6. what the collator does to a batch,
 # 7. which position of each row the classification head reads.
@@ -177,9 +177,13 @@ for i, t in zip(ids[:12], tokenizer.convert_ids_to_tokens(ids[:12])):
 # ## 4. How long are the inputs?
 #
 # Memory and time grow with the sequence length, so the config caps it: `max_len` tokens per
-# example, the rest cut off (the end of the text: option D suffers first). `tokenize_records`
-# tokenizes a whole split, keeps the untruncated length in `full_length` and reports how many
-# examples were truncated: truncation should be counted, not hidden.
+# example. Cutting the *end* of a too-long input would cut option D first (and the " Answer:"
+# cue): a model cannot choose an option it never sees. So the kit shortens the **passage**
+# instead: it keeps the passage's start and end, drops tokens from its middle, and marks the cut
+# with " … "; the question, the four options and the cue always reach the model.
+# `tokenize_records` tokenizes a whole split, keeps the length before shortening in
+# `full_length` and reports how many passages were shortened: a cut should be counted, not
+# hidden.
 
 # %%
 train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template)
@@ -199,6 +203,17 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
+# No bundled record is longer than the tiny preset's `max_len`. To see a cut, tokenize the
+# longest validation record with a `max_len` 40 tokens short of its length:
+
+# %%
+longest = max(range(len(val)), key=lambda i: val_ds[i]["full_length"])
+short_ds, short_stats = tokenize_records([val[longest]], tokenizer, val_ds[longest]["full_length"] - 40,
+                                         cfg.template, cache=False)
+print(short_stats.line())
+print(short_ds[0]["text"])
+
+# %% [markdown]
 # ### Play: browse the records
 #
 # Move the slider to see a validation record as the model reads it, its token count and its
@@ -208,7 +223,7 @@ plt.show()
 def describe_record(i: int) -> str:
     rec = val[i]
     n = val_ds[i]["full_length"]
-    cut = f" (truncated to {cfg.max_len})" if n > cfg.max_len else ""
+    cut = f" (passage shortened to fit {cfg.max_len})" if n > cfg.max_len else ""
     return (f"<b>{rec['id_string']}</b>: {n} tokens{cut}, answer <b>{OPTION_LETTERS[rec['label']]}</b>"
             f"<br><br>{format_example(rec, cfg.template)}")
 

@@ -26,7 +26,7 @@
 # $r\,(\text{in} + \text{out})$ numbers instead of $\text{in} \cdot \text{out}$. This notebook:
 #
 # 1. finds the layers to adapt and counts what will train,
-# 2. injects the adapters (`prepare_model_for_kbit_training` + `get_peft_model`),
+# 2. injects the adapters (freeze the 4-bit model, then peft's `get_peft_model`),
 # 3. writes the adapted layer's forward pass by hand and checks it against peft's,
 # 4. explains alpha, r, the initialisation and LoRA's dropout,
 # 5. estimates what a QLoRA run of Llama-2-7B needs in GPU memory.
@@ -134,12 +134,15 @@ print(f"Llama-2-7B, r=16, all 7 projections: {llama_lora:,} LoRA + {4 * h:,} hea
 # %% [markdown]
 # ## 2. Injecting the adapters
 #
-# `inject_lora(model, cfg)` does the reference's two peft calls:
+# `inject_lora(model, cfg)` does what the reference's two peft calls do:
 #
-# * `prepare_model_for_kbit_training(model)`: freezes every parameter, casts the weights that
-#   are not 4-bit (embeddings, norms, head) to fp32 for stable training, and turns on gradient
-#   checkpointing when the config asks for it (`gradient_checkpointing`: less memory, ~30 %
-#   slower; the 7B preset uses it);
+# * it freezes every parameter and turns on gradient checkpointing when the config asks for it
+#   (`gradient_checkpointing`: less memory, ~30 % slower steps; on a GPU with `batch_size` auto
+#   the memory planner decides). The reference called peft's `prepare_model_for_kbit_training`,
+#   which also casts every weight that is not 4-bit (embeddings, norms) to fp32; that makes the
+#   whole residual stream fp32. The kit's default `kbit_upcast="trainable"` makes fp32 only what
+#   trains (LoRA and the head) and keeps the rest in the compute dtype; `kbit_upcast="peft"`
+#   restores the reference's call;
 # * `get_peft_model(model, LoraConfig(task_type=SEQ_CLS, r, lora_alpha, lora_dropout,
 #   target_modules))`: wraps each target layer in a `lora.Linear4bit` holding the frozen 4-bit
 #   layer plus `lora_A`, `lora_B` and a dropout, and, because of `SEQ_CLS`, keeps a trainable
@@ -347,7 +350,8 @@ for value in (4, 64, cfg.lora_r):
 # * **weights**: the 7 projections of every layer, $L(4h^2 + 3hm)$ weights, in NF4 with double
 #   quantization: $4 + 8/64 + 32/(64 \cdot 256)$ bits each (`checks.NF4_DQ_BITS`). Everything else,
 #   the embeddings ($Vh$), two norms per layer and the final one ($(2L + 1)h$) and the head
-#   `score` ($4h$), in fp32: `prepare_model_for_kbit_training` casts them up. No `lm_head`: a
+#   `score` ($4h$), in fp32, as the reference's `prepare_model_for_kbit_training` casts them (the
+#   kit's default `kbit_upcast="trainable"` keeps them 16-bit: half that). No `lm_head`: a
 #   classifier never loads it.
 # * **trained**: the LoRA matrices of the 7 projections of every layer (exercise 6 with shapes
 #   $(h, h)$ ×4, $(m, h)$ ×2, $(h, m)$) plus the head, at 16 bytes per parameter

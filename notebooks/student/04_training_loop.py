@@ -83,7 +83,7 @@ hf_logging.disable_progress_bar()  # nor is loading the model's 20 tensors
 # This is `reclor_lab.train.fit`, the loop section 3 runs, printed from the package itself (what
 # you read is what runs). `start` evaluates the untrained model (epoch 0, the baseline);
 # `train_one_epoch` runs the batches of one epoch (shuffled, grouped by length, the same order
-# every run) through `train_step` and `optimizer_step`, the five lines you write in exercise 6;
+# every run) through `train_step` and `optimizer_step`, the five lines you write in exercise 10;
 # `end_epoch` evaluates on the validation split and writes a checkpoint. The rest is about
 # stopping cleanly: Ctrl-C or a cluster's SIGTERM finish the current step and save.
 # `inspect.getsource(train_one_epoch)` shows the next level down.
@@ -98,15 +98,15 @@ print(inspect.getsource(fit))
 # divides by the **sum of the weights** of the batch's labels (as `F.cross_entropy(weight=w)`
 # does), not by the batch size, so the loss scale does not depend on which labels a batch holds.
 #
-# **Exercise 5.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
+# **Exercise 9.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
 # `(batch,)`, `weights` `(4,)` → the scalar loss $\sum_i w_{y_i}\,(-\log p_{i,y_i}) / \sum_i w_{y_i}$.
 # Compute it from `log_softmax` (not with `F.cross_entropy`).
 
 # %%
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Exercise 5: weighted mean cross-entropy, like F.cross_entropy(logits, labels, weight=weights)."""
+    """Exercise 9: weighted mean cross-entropy, like F.cross_entropy(logits, labels, weight=weights)."""
     # TODO: log_softmax; -log p of each row's label; weight by weights[label]; / sum of those weights
-    raise NotImplementedError("Exercise 5: write `weighted_ce`")
+    raise NotImplementedError("Exercise 9: write `weighted_ce`")
 
 
 # %%
@@ -195,7 +195,7 @@ batch = {k: v.to(demo.device) for k, v in next(iter(loader)).items()}
 print({k: tuple(v.shape) for k, v in batch.items()})
 
 # %% [markdown]
-# **Exercise 6.** Write `one_train_step(model, batch, optimizer, weights, max_grad_norm)`: the
+# **Exercise 10.** Write `one_train_step(model, batch, optimizer, weights, max_grad_norm)`: the
 # five lines of every training loop, on one batch (a dict of tensors with `input_ids`,
 # `attention_mask` and `labels`):
 #
@@ -213,9 +213,9 @@ print({k: tuple(v.shape) for k, v in batch.items()})
 
 # %%
 def one_train_step(model, batch: dict, optimizer, weights: torch.Tensor, max_grad_norm: float = 0.3) -> float:
-    """Exercise 6: forward, weighted loss, backward, clip to max_grad_norm, step, zero_grad."""
+    """Exercise 10: forward, weighted loss, backward, clip to max_grad_norm, step, zero_grad."""
     # TODO: the five steps listed above; the labels are not a model input
-    raise NotImplementedError("Exercise 6: write `one_train_step`")
+    raise NotImplementedError("Exercise 10: write `one_train_step`")
 
 
 # %%
@@ -251,7 +251,7 @@ print("loss on the same batch:", " ".join(f"{x:.3f}" for x in losses))
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (speeds depend on the machine and on what else runs on it)
-from reclor_lab.train import optimizer_step, train_step  # the package's own step (exercise 6 is done)
+from reclor_lab.train import optimizer_step, train_step  # the package's own step (exercise 10 is done)
 
 
 def tokens_per_second(batch_size: int, cleanup: bool) -> float:
@@ -483,7 +483,7 @@ from reclor_lab.trainer import training_arguments
 print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/trainer-defaults"), 1).report_to)
 
 # %% [markdown]
-# The fifth habit, accuracy divided by the number of batches, is exercise 7 in notebook 05.
+# The fifth habit, accuracy divided by the number of batches, is exercise 11 in notebook 05.
 #
 # ## 7. Several processes (GPUs)
 #
