@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +38,16 @@ _PEFT_DEPRECATION_NOISE = (
     r"`gradient_checkpointing_enable` is deprecated",
     r"`is_gradient_checkpointing` is deprecated",
 )
+
+
+@contextmanager
+def without_peft_noise() -> Iterator[None]:
+    """Calls into peft without transformers' warnings about peft's own deprecated calls
+    (:data:`_PEFT_DEPRECATION_NOISE`); every other warning still shows."""
+    with warnings.catch_warnings():
+        for message in _PEFT_DEPRECATION_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
 
 
 def find_lora_targets(model: nn.Module) -> list[str]:
@@ -91,9 +102,7 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
         raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
                           f"linear layers; choose from {available} (or null for all of them)")
     quantized = bool(getattr(model, "is_loaded_in_4bit", False))
-    with warnings.catch_warnings():
-        for message in _PEFT_DEPRECATION_NOISE:
-            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    with without_peft_noise():
         if quantized:
             model = prepare_kbit(model, cfg.kbit_upcast, cfg.gradient_checkpointing)
         elif cfg.gradient_checkpointing:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -237,13 +238,49 @@ def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor
     return (positions * (input_ids != pad_token_id)).argmax(-1)
 
 
-def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causal-lm"] = "classification"):  # -> PreTrainedModel
+#: What transformers' load report always lists when a classifier is loaded from a causal-LM
+#: checkpoint: the new head ``score`` MISSING (initialised at random), ``lm_head`` UNEXPECTED
+#: (a classifier has none), and the reverse for the causal LM of a classifier's checkpoint.
+EXPECTED_LOAD_REPORT_KEYS = frozenset({"score.weight", "lm_head.weight"})
+
+
+class _ExpectedLoadReport(logging.Filter):
+    """Drops transformers' load report when it lists only :data:`EXPECTED_LOAD_REPORT_KEYS`;
+    a report naming any other weight still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        keys = {line.split("|")[0].strip() for line in message.splitlines() if "|" in line} - {"Key", ""}
+        return not keys <= EXPECTED_LOAD_REPORT_KEYS
+
+
+@contextlib.contextmanager
+def _load_report(show: bool) -> Iterator[None]:
+    """transformers' load report during ``from_pretrained``: as it is when ``show``, else
+    without the expected-only one (:class:`_ExpectedLoadReport`)."""
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils",
+                                                     "transformers.utils.loading_report")]
+    quiet = None if show else _ExpectedLoadReport()
+    for lg in loggers if quiet else ():
+        lg.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for lg in loggers if quiet else ():
+            lg.removeFilter(quiet)
+
+
+def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causal-lm"] = "classification",
+               report: bool = False):  # -> PreTrainedModel
     """``AutoModelForSequenceClassification`` with ``NUM_LABELS`` outputs, 4-bit NF4 unless
     ``cfg.quantization == "none"``, on the device picked from the hardware.
 
-    The head (``score``) is new and randomly initialised; transformers prints a load report saying
+    The head (``score``) is new and randomly initialised; transformers' load report says
     ``score.weight`` is MISSING (and ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint):
-    that is expected here. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot
+    that is expected here, so that report is shown only with ``report=True`` (notebook 02
+    explains it); a report naming any other weight always shows. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot
     quantize on this platform. On a CPU every 4-bit layer computes by dequantize + fp32 matmul,
     whatever the CPU's flags (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
 
@@ -268,7 +305,7 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
                        if task == "classification" else (AutoModelForCausalLM, {}))
     check_model_source(cfg.model_name_or_path)
-    with _load_errors(cfg.model_name_or_path, "model"):
+    with _load_errors(cfg.model_name_or_path, "model"), _load_report(report):
         model = auto.from_pretrained(
             cfg.model_name_or_path,
             **head_args,

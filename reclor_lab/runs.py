@@ -143,7 +143,7 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     """
     from peft import PeftConfig, get_peft_model
 
-    from reclor_lab.lora import prepare_kbit
+    from reclor_lab.lora import prepare_kbit, without_peft_noise
 
     from reclor_lab.modeling import load_model, load_tokenizer
     from reclor_lab.rundir import load_adapter
@@ -156,13 +156,15 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     tokenizer = load_tokenizer(str(rd.path))
     base = load_model(cfg, tokenizer)
     if cfg.quantization != "none":
-        base = prepare_kbit(base, cfg.kbit_upcast, checkpointing=False)
+        with without_peft_noise():
+            base = prepare_kbit(base, cfg.kbit_upcast, checkpointing=False)
     try:
         adapter_config = PeftConfig.from_pretrained(str(folder))
     except Exception as e:  # missing or bad adapter_config.json
         raise RunDirError(f"{folder}: the checkpoint's adapter config cannot be read ({e})") from None
     adapter_config.inference_mode = True
-    model = get_peft_model(base, adapter_config)
+    with without_peft_noise():
+        model = get_peft_model(base, adapter_config)
     load_adapter(model, folder)  # refuses a partial, damaged or foreign adapter instead of random weights
     model.eval()
     return cfg, tokenizer, model

@@ -211,3 +211,41 @@ def test_a_run_directory_with_an_auto_map_never_runs_its_code_nor_asks(tmp_path,
     except ModelError as e:  # refusing is fine too; running the code or asking is not
         assert "trust_remote_code" in str(e) or "cannot load" in str(e)
     assert not asked and not marker.exists()
+
+
+def test_the_expected_load_report_shows_only_when_asked(cfg, tokenizer):
+    """A classifier from a causal-LM checkpoint always reports score MISSING and lm_head
+    UNEXPECTED: notebook 02 shows that report (report=True) and explains it; every other load
+    stays quiet about it."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep, logger = Keep(), logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(keep)
+    try:
+        load_model(cfg, tokenizer)
+        quiet = [m for m in seen if "LOAD REPORT" in m]
+        load_model(cfg, tokenizer, report=True)
+        shown = [m for m in seen if "LOAD REPORT" in m]
+    finally:
+        logger.removeHandler(keep)
+    assert quiet == []
+    assert len(shown) == 1 and "score.weight" in shown[0]
+
+
+def test_a_load_report_naming_any_other_weight_still_shows():
+    import logging
+
+    def record(rows: str) -> logging.LogRecord:
+        text = "LlamaForSequenceClassification LOAD REPORT from: x\nKey | Status |\n----+----+-\n" + rows
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, text, None, None)
+
+    quiet = modeling._ExpectedLoadReport()
+    assert not quiet.filter(record("score.weight | MISSING |\nlm_head.weight | UNEXPECTED |\n"))
+    assert quiet.filter(record("score.weight | MISSING |\nmodel.layers.0.mlp.up_proj.weight | MISSING |\n"))
+    assert quiet.filter(logging.LogRecord("transformers", logging.WARNING, __file__, 1, "other", None, None))

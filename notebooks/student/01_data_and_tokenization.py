@@ -78,7 +78,6 @@ from reclor_lab.modeling import load_model, load_tokenizer
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes): tidier output
 transformers.logging.disable_progress_bar()  # no "Loading weights 0%" bars stored in the notebook
-transformers.logging.set_verbosity_error()  # the model's load report is explained in notebook 02
 
 # %% [markdown]
 # ## 1. A ReClor record

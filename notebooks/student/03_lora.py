@@ -66,7 +66,6 @@ from reclor_lab.modeling import (
 )
 
 transformers.logging.disable_progress_bar()  # no "Loading weights 0%" bars stored in the notebook
-transformers.logging.set_verbosity_error()  # the load report is explained in notebook 02
 
 # %% [markdown]
 # The model in 4 bits, as in notebook 02.
