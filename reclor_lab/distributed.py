@@ -152,8 +152,9 @@ def wrap(model, proc: Process):
     frozen += [n for n, _ in model.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     device = next(p for p in model.parameters() if p.requires_grad).device
+    # every buffer is ignored above, so DDP has none to broadcast (no `broadcast_buffers` needed)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False, find_unused_parameters=False)
+                                   find_unused_parameters=False)
 
 
 def no_sync(ddp_model, skip: bool):
