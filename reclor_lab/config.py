@@ -120,6 +120,13 @@ def _f(default: Any, help: str, check: Check | None = None) -> Any:
     return field(default=default, metadata={"help": help, "check": check})
 
 
+
+#: A config saved before a field existed ran with the behaviour the kit had then, which is not
+#: always the field's default today: loading such a config (to evaluate or resume its run) takes
+#: these values. Runs saved before ``kbit_upcast`` trained with peft's upcast.
+SAVED_BEFORE_FIELD: dict[str, Any] = {"kbit_upcast": "peft"}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one fine-tuning run. Build it from a preset with :func:`get_preset`."""
@@ -283,7 +290,7 @@ class RunConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
-        return cls(**raw)
+        return cls(**{**SAVED_BEFORE_FIELD, **raw})
 
     def replace(self, **overrides: Any) -> "RunConfig":
         """A copy with some fields changed (validated again). Unknown names are an error."""

@@ -70,3 +70,16 @@ def test_every_field_has_help_and_describe_shows_it():
     for f in dataclasses.fields(cfg):
         assert f.metadata.get("help"), f.name
         assert f.name in text
+
+
+def test_a_config_saved_before_kbit_upcast_loads_with_the_upcast_its_run_trained_with(tmp_path):
+    """Runs saved before the field existed trained with peft's upcast: reloading one (evaluate,
+    resume) must rebuild that model, not today's default."""
+    path = get_preset("tiny").save(tmp_path / "config.json")
+    raw = json.loads(path.read_text())
+    assert raw.pop("kbit_upcast") == "trainable"  # today's default, written by today's kit
+    path.write_text(json.dumps(raw))
+    assert RunConfig.load(path).kbit_upcast == "peft"
+    raw["kbit_upcast"] = "trainable"
+    path.write_text(json.dumps(raw))
+    assert RunConfig.load(path).kbit_upcast == "trainable"  # a saved value always wins
