@@ -120,7 +120,6 @@ def _f(default: Any, help: str, check: Check | None = None) -> Any:
     return field(default=default, metadata={"help": help, "check": check})
 
 
-
 #: A config saved before a field existed ran with the behaviour the kit had then, which is not
 #: always the field's default today: loading such a config (to evaluate or resume its run) takes
 #: these values. Runs saved before ``kbit_upcast`` trained with peft's upcast.
