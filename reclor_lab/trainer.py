@@ -111,7 +111,7 @@ class HistoryCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         loop, epoch = self.loop, round(state.epoch or 0)
         loop.flush()  # one host sync per evaluation, not one per step
-        row = {"epoch": epoch, "eval_loss": metrics["eval_loss"], **self.trainer.last_metrics}
+        row = {"epoch": epoch, **self.trainer.last_metrics}  # eval_loss: the kit's, see trainer_metrics
         loop.history.evals.append(row)
         if epoch >= 1:
             seconds, tokens = loop.epoch_seconds, sum(column(self.run.train_ds, "length"))
@@ -134,9 +134,16 @@ class HistoryCallback(TrainerCallback):
 
 
 def trainer_metrics(trainer: WeightedLossTrainer, eval_pred) -> dict:
-    """The kit's metrics (reclor_lab.metrics.compute_metrics), remembered in full on the trainer."""
-    trainer.last_metrics = compute_metrics(eval_pred)
-    return trainer.last_metrics
+    """The kit's metrics (reclor_lab.metrics.compute_metrics), remembered in full on the trainer,
+    with the kit's eval loss: the weighted loss over the whole split at once, as
+    :func:`reclor_lab.train.evaluate` computes it (the Trainer's own ``eval_loss`` is a mean of
+    per-batch means weighted by batch size, which class weights make differ)."""
+    metrics = compute_metrics(eval_pred)
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    loss = weighted_cross_entropy(torch.as_tensor(logits).float(), torch.as_tensor(eval_pred.label_ids),
+                                  trainer.class_weights)
+    trainer.last_metrics = {"eval_loss": loss.item(), **metrics}
+    return metrics
 
 
 def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> TrainingArguments:

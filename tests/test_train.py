@@ -240,7 +240,8 @@ def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
 def test_trainer_path_matches_the_manual_loop(cpu_class, tmp_path):
     from reclor_lab.trainer import fit_with_trainer
 
-    cfg = get_preset("tiny", output_dir=str(tmp_path / "manual"), **SHORT)
+    # eval batches of 40, 40, 16: a mean of per-batch means would differ from the loss over examples
+    cfg = get_preset("tiny", output_dir=str(tmp_path / "manual"), eval_batch_size=40, **SHORT)
     manual = fit(setup(cfg, verbose=False), cfg.output_dir, verbose=False)
     tcfg = cfg.replace(output_dir=str(tmp_path / "trainer"))
     # stopped after epoch 1 and resumed (`train --trainer --resume`): the Trainer's own resume
@@ -254,6 +255,9 @@ def test_trainer_path_matches_the_manual_loop(cpu_class, tmp_path):
     for m, t in zip(manual.evals, trainer.evals):
         assert abs(m["accuracy"] - t["accuracy"]) <= 5 / 96 + 1e-9, (m, t)
         assert t["eval_loss"] == pytest.approx(m["eval_loss"], rel=0.02)
+    # Before training the two models are the same: the same eval loss (the weighted loss over the
+    # whole split, not the Trainer's per-batch means), up to fp32 rounding of the logits.
+    assert trainer.evals[0]["eval_loss"] == pytest.approx(manual.evals[0]["eval_loss"], rel=1e-5)
     assert len(trainer.steps) == len(manual.steps)
     assert [s["lr"] for s in trainer.steps] == pytest.approx([s["lr"] for s in manual.steps])
     assert np.mean([s["loss"] for s in trainer.steps]) == pytest.approx(
