@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import resource
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +80,27 @@ def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.A
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on a CPU."""
+    """Peak memory so far: CUDA allocations on a GPU, the process's peak resident set on a CPU.
+
+    On Linux that is ``VmHWM`` of ``/proc/self/status``: this process's own peak since it
+    started (``ru_maxrss`` can carry over a large parent's peak into a child). Elsewhere
+    ``ru_maxrss``, which macOS reports in bytes and the BSDs in KiB; 0 where neither exists
+    (Windows).
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype):

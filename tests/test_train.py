@@ -357,3 +357,23 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
     b = load_file(rd.last_dir() / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in rd.checkpoints_dir.iterdir()) == sorted({"epoch-002", rd.read_state()["best"]})
+
+
+def test_peak_memory_on_a_cpu_is_this_process_s_own_peak():
+    """A fresh process that touches 256 MiB reports a peak at least that much above its start
+    (in MiB, whatever unit the platform's counter uses), and no more than its real use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from reclor_lab.train import peak_memory_mb\n"
+        "cpu = torch.device('cpu')\n"
+        "before = peak_memory_mb(cpu)\n"
+        "a = np.ones(32 * 2**20)  # 256 MiB of float64, written\n"
+        "print(before, peak_memory_mb(cpu))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after = map(float, out.split())
+    assert 0 < before < after
+    assert 240 <= after - before <= 300, (before, after)
