@@ -165,8 +165,11 @@ def no_sync(ddp_model, skip: bool):
 
 
 def finish(proc: Process) -> None:
-    """Leave the process group (at the end of a launched run)."""
+    """Leave the process group (at the end of a launched run), together: the barrier waits until
+    every process is done (the main one may still be writing a checkpoint), so none tears its
+    connections down while a peer still holds them (gloo aborts a process that sees that)."""
     if proc.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
