@@ -796,6 +796,17 @@ ACT_PER_TOKEN_HIDDEN, ACT_ATTENTION = 34, 5
 CHECKPOINT_BYTES = 2
 
 
+def _memory_terms(shape: ModelShape, batch_size: int, seq_len: int, r: int) -> tuple[int, int, int, int]:
+    """The counts the memory estimate is made of: 4-bit weights, kept (non-4-bit) weights, LoRA
+    parameters, and one layer's activation bytes without checkpointing."""
+    h, m, L = shape.hidden, shape.intermediate, shape.layers
+    quantized = L * (4 * h * h + 3 * h * m)
+    kept = shape.vocab * h + (2 * L + 1) * h + NUM_LABELS * h
+    lora = L * r * (4 * (h + h) + 3 * (h + m))
+    per_layer = batch_size * seq_len * (ACT_PER_TOKEN_HIDDEN * h + ACT_ATTENTION * shape.heads * seq_len)
+    return quantized, kept, lora, per_layer
+
+
 def reference_qlora_memory(shape: ModelShape, batch_size: int, seq_len: int, r: int,
                            checkpointing: bool) -> dict[str, float]:
     """Bytes of a QLoRA fine-tune of a Llama-style 4-way classifier, in three parts.
@@ -814,11 +825,8 @@ def reference_qlora_memory(shape: ModelShape, batch_size: int, seq_len: int, r: 
     >>> round(m["weights"] / 2**30, 2), round(m["trained"] / 2**30, 2), round(m["activations"] / 2**30, 2)
     (3.6, 0.6, 0.3)
     """
-    h, m, L = shape.hidden, shape.intermediate, shape.layers
-    quantized = L * (4 * h * h + 3 * h * m)
-    kept = shape.vocab * h + (2 * L + 1) * h + NUM_LABELS * h
-    lora = L * r * (4 * (h + h) + 3 * (h + m))
-    per_layer = batch_size * seq_len * (ACT_PER_TOKEN_HIDDEN * h + ACT_ATTENTION * shape.heads * seq_len)
+    h, L = shape.hidden, shape.layers
+    quantized, kept, lora, per_layer = _memory_terms(shape, batch_size, seq_len, r)
     if checkpointing:
         activations = L * batch_size * seq_len * h * CHECKPOINT_BYTES + per_layer
     else:
@@ -839,9 +847,8 @@ _MEMORY_CASES: tuple[tuple[str, ModelShape, int, int, int, bool], ...] = (
 
 
 def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
-    h, m, L = shape.hidden, shape.intermediate, shape.layers
-    quantized = L * (4 * h * h + 3 * h * m)
-    kept = shape.vocab * h + (2 * L + 1) * h + NUM_LABELS * h
+    h, L = shape.hidden, shape.layers
+    quantized, kept, lora, per_layer = _memory_terms(shape, b, s, r)
     want = reference_qlora_memory(shape, b, s, r, ckpt)[part]
 
     def near(x: float) -> bool:
@@ -862,7 +869,6 @@ def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: in
         return ("weights = the 7 projections of every layer at 4 + 8/64 + 32/(64·256) bits, plus embeddings, "
                 "norms (2 a layer + 1) and the 4-way head in fp32.")
     if part == "trained":
-        lora = L * r * (4 * (h + h) + 3 * (h + m))
         trained = lora + NUM_LABELS * h
         for per, what in ((4, "only the weights"), (8, "weights and gradients but no optimizer state"),
                           (12, "AdamW with one state; it keeps two (m and v)")):
@@ -871,7 +877,6 @@ def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: in
         if near(lora * TRAINED_BYTES):
             return "the head `score` trains too (4 × hidden parameters with their gradient and AdamW states)."
         return "LoRA's r·(in + out) for each of the 7 projections of each layer, plus the head, at 16 bytes each."
-    per_layer = b * s * (ACT_PER_TOKEN_HIDDEN * h + ACT_ATTENTION * shape.heads * s)
     if ckpt and near(L * per_layer):
         return ("that is without checkpointing: with it each layer keeps only its input (b·s·h in bf16), and "
                 "backward recomputes one layer's activations at a time.")

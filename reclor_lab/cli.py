@@ -188,7 +188,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from reclor_lab.plan import (
-        GIB, Planner, PlanSettings, choose_batch, gpu_compute_bytes, model_shape, parse_memory, plan_table,
+        DEFAULT_BATCHES, GIB, Planner, PlanSettings, choose_batch, gpu_compute_bytes, model_shape, parse_memory,
+        plan_table,
     )
 
     cfg = _config_from_args(args)
@@ -204,7 +205,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"LoRA r={s.lora_r} on all 7 projections, dropout {'on' if s.dropout else 'off'}, "
           f"upcast `{s.upcast}` (residual stream {s.stream_bytes * 8}-bit)")
     lengths = args.max_len or sorted({256, cfg.max_len, 640})
-    print(plan_table(planner, budget, args.batch_sizes or (1, 2, 4, 8, 16), lengths))
+    print(plan_table(planner, budget, args.batch_sizes or DEFAULT_BATCHES, lengths))
     if budget is not None:
         choice = choose_batch(planner, cfg, budget)
         print(f"batch_size auto ({cfg.auto_batch}) at max_len {cfg.max_len} for {budget / GIB:.2f} GiB: {choice.reason}")
@@ -287,6 +288,7 @@ def _launch(processes: int, argv: list[str]) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from reclor_lab.rundir import RunDir
     from reclor_lab.runs import evaluate_run, saved_metrics
 
     if args.zero_shot:
@@ -299,7 +301,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--preset, --model and --set go with --zero-shot; a run is evaluated with its own config.json")
 
     result = evaluate_run(args.run_dir, split=args.split)
-    if args.split == "val" and (args.run_dir / "metrics.json").exists():
+    if args.split == "val" and RunDir(args.run_dir).metrics_path.exists():
         saved = saved_metrics(args.run_dir)
         same = abs(saved["accuracy"] - result["accuracy"]) < 1e-9
         print(f"saved val accuracy {saved['accuracy']:.3f} (epoch {saved['best_epoch']}): "

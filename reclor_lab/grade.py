@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from reclor_lab.checks import EXERCISES
 from reclor_lab.config import REPO_ROOT
+from reclor_lab.course import KERNELSPEC
 from reclor_lab.errors import ReclorLabError
 from reclor_lab.notebook import WORKDIR_ENV
 
@@ -38,7 +38,6 @@ _MARK = "=== reclor-lab grade: exercises ==="
 _GRADE_CELL = f"print({_MARK!r})\nfrom reclor_lab import checks as _grade_checks\n_grade_checks.summary()"
 _LINE = re.compile(r"^(✅|❌|⏳) Exercise (\d+) \(")
 
-PASSED, WRONG, NOT_STARTED = "✅", "❌", "⏳"
 ERROR, TIMEOUT, NOT_A_NOTEBOOK = "error", "timeout", "not a notebook"
 
 
@@ -86,7 +85,7 @@ def _workdir(tmp: Path) -> Path:
     return work
 
 
-def grade_notebook(path: Path, timeout: int = DEFAULT_TIMEOUT, kernel_name: str = "reclor-lab") -> Submission:
+def grade_notebook(path: Path, timeout: int = DEFAULT_TIMEOUT, kernel_name: str = KERNELSPEC["name"]) -> Submission:
     """Execute one submission (a copy of it) and read its exercises' statuses."""
     import nbformat
     from nbclient import NotebookClient
@@ -96,21 +95,20 @@ def grade_notebook(path: Path, timeout: int = DEFAULT_TIMEOUT, kernel_name: str 
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as e:  # not JSON, or JSON that is no notebook
-        sub.problem = f"not a notebook ({type(e).__name__})"
+        sub.problem = f"{NOT_A_NOTEBOOK} ({type(e).__name__})"
         return sub
     nb.cells.append(nbformat.v4.new_code_cell(_GRADE_CELL))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reclor-lab-grade-") as tmp:
         work = _workdir(Path(tmp))
-        env = {WORKDIR_ENV: str(work), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the kernel inherits the grader's environment
+        # the kernel's environment: the grader's, plus these; the grader's own is left as it is
+        env = {**os.environ, WORKDIR_ENV: str(work), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         # allow_errors: a cell that raises does not stop the run, so the checks after it (and the
         # summary) still report; the first error is what the row says.
         client = NotebookClient(nb, kernel_name=kernel_name, timeout=timeout, allow_errors=True,
                                 resources={"metadata": {"path": str(work)}})
         try:
-            client.execute()
+            client.execute(env=env)
             sub.problem = _first_error(nb)
         except CellTimeoutError:
             sub.problem = f"{TIMEOUT}: a cell ran longer than {timeout} s"
@@ -118,13 +116,6 @@ def grade_notebook(path: Path, timeout: int = DEFAULT_TIMEOUT, kernel_name: str 
             sub.problem = f"{ERROR}: the kernel died ({_first_line(str(e))})"
         except Exception as e:  # a kernel that cannot start, a broken notebook structure
             sub.problem = f"{ERROR}: {type(e).__name__}: {_first_line(str(e))}"
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            shutil.rmtree(work / "runs", ignore_errors=True)
     sub.seconds = time.perf_counter() - t0
     sub.results = _statuses(nb, sub.problem)
     return sub
@@ -184,7 +175,7 @@ def _notebooks_named_in(nb) -> set[str]:
             if re.search(rf"^{name} = checks\.check_\w+\({name}\b", source, re.M)}
 
 
-def grade(paths: list[str | Path], timeout: int = DEFAULT_TIMEOUT, kernel_name: str = "reclor-lab",
+def grade(paths: list[str | Path], timeout: int = DEFAULT_TIMEOUT, kernel_name: str = KERNELSPEC["name"],
           progress=print) -> list[Submission]:
     """Grade every submission found in ``paths`` (see :func:`find_submissions`), one by one."""
     subs = []

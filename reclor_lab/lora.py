@@ -57,16 +57,13 @@ def find_lora_targets(model: nn.Module) -> list[str]:
     >>> find_lora_targets(llama)                                # doctest: +SKIP
     ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
     """
-    names = set()
-    for name, _ in quantizable_linears(model):
-        parts = [p for p in name.split(".") if p != "base_layer"]  # already peft-wrapped
-        names.add(parts[-1])
+    names = list(target_shapes(model))  # sorted; a peft-wrapped model gives the same names
     if not names:
         raise ValueError(
             "found no linear layers to adapt (besides the head); pass lora_targets explicitly in "
             "the run config"
         )
-    return sorted(names)
+    return names
 
 
 def lora_config(cfg: RunConfig, targets: Sequence[str]):  # -> peft.LoraConfig
@@ -220,12 +217,8 @@ def predicted_lora_params(model: nn.Module, targets: Sequence[str], r: int) -> i
     plus the 4×4096 head = 39,993,344 trainable (0.6% of 6.6 B). Assumes ``lora_bias="none"``.
     Works on the model before or after :func:`inject_lora`.
     """
-    wanted = set(targets)
-    lora = 0
-    for name, module in quantizable_linears(model):
-        parts = [p for p in name.split(".") if p != "base_layer"]
-        if parts[-1] in wanted:
-            lora += r * (module.in_features + module.out_features)
+    shapes = target_shapes(model)
+    lora = r * sum(out + in_ for t in set(targets) for out, in_ in shapes.get(t, []))
     head = 0
     seen: set[int] = set()
     for name, p in model.named_parameters():

@@ -10,7 +10,7 @@ What a training step holds at its peak (the start of the backward pass):
 
 - **weights**: the 7 projections of every decoder layer in NF4 (4 bits, one 8-bit absmax per
   64 weights, one fp32 scale per 256 absmax with double quantization); embeddings and norms in
-  16 bits, or 32 bits where the k-bit preparation upcasts them (:data:`UPCAST_CHOICES`); the
+  16 bits, or 32 bits where the k-bit preparation upcasts them (``PlanSettings.upcast``); the
   classification head (4 × hidden, no ``lm_head``) in fp32, twice (peft keeps the original
   beside the trained copy).
 - **LoRA state**: parameters, gradients and AdamW's two moments, all fp32 (16 bytes a
@@ -38,9 +38,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
-from reclor_lab.config import NUM_LABELS, RunConfig
+from reclor_lab.config import NUM_LABELS, KbitUpcast, RunConfig
 from reclor_lab.errors import ReclorLabError
 from reclor_lab.modeling import NF4_BLOCKSIZE, nf4_bytes_per_param
 
@@ -52,11 +52,6 @@ CUDA_CONTEXT_BYTES = int(0.5 * GIB)
 #: The caching allocator reserves more than it hands out (block rounding, fragmentation between
 #: differently sized steps): reserved ≈ allocated × (1 + this). A stated constant.
 ALLOCATOR_OVERHEAD = 0.10
-#: Where the k-bit preparation keeps fp32 copies. ``peft``: every non-4-bit weight (embeddings,
-#: norms, head), which makes the residual stream fp32; ``trainable``: only what trains (LoRA and
-#: the head), so embeddings, norms and the residual stream stay in the compute dtype.
-UpcastChoice = Literal["peft", "trainable"]
-UPCAST_CHOICES: tuple[str, ...] = ("peft", "trainable")
 #: Micro-batch sizes and lengths the plan table shows by default.
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_LENGTHS = (256, 512, 640)
@@ -123,12 +118,6 @@ class ModelShape:
         """Embeddings and norms (2 per layer + the final one); the head is counted apart."""
         return self.vocab * self.hidden + (2 * self.layers + 1) * self.hidden
 
-    @classmethod
-    def from_hf_config(cls, c) -> "ModelShape":
-        return cls(hidden=c.hidden_size, intermediate=c.intermediate_size, layers=c.num_hidden_layers,
-                   heads=c.num_attention_heads, kv_heads=getattr(c, "num_key_value_heads", None)
-                   or c.num_attention_heads, vocab=c.vocab_size)
-
 
 #: Llama-2-7B (``meta-llama/Llama-2-7b-hf``'s config.json), for when its files are not on disk.
 LLAMA2_7B_SHAPE = ModelShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
@@ -176,7 +165,7 @@ class PlanSettings:
     lora_r: int = 16
     dropout: bool = True
     double_quant: bool = True
-    upcast: UpcastChoice = "trainable"
+    upcast: KbitUpcast = "trainable"  # see RunConfig.kbit_upcast: where fp32 copies are kept
     #: On a CUDA GPU bitsandbytes' 4-bit matmul saves no activation; on a CPU the kit's
     #: dequantize + ``F.linear`` path (:mod:`reclor_lab.cpu4bit`) saves each layer's input.
     base_saves_input: bool = False
@@ -199,9 +188,8 @@ def weight_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float]:
     """Frozen weights: ``Q·nf4_bytes_per_param`` for the projections (scales included),
     ``E·b`` for embeddings and norms (``b`` = 4 with peft's upcast, else the compute dtype's
     bytes), and the head twice in fp32 (``2·4·labels·hidden``)."""
-    e_bytes = 4 if s.upcast == "peft" else s.compute_bytes
     return {"4-bit projections": shape.quantized_params * nf4_bytes_per_param(s.double_quant, NF4_BLOCKSIZE),
-            "embeddings + norms": shape.sixteen_bit_params * e_bytes,
+            "embeddings + norms": shape.sixteen_bit_params * s.stream_bytes,
             "head (original + trained)": 2 * 4 * shape.num_labels * shape.hidden}
 
 
@@ -438,11 +426,10 @@ def plan_table(planner: Planner, budget: float | None, batches: Iterable[int] = 
     head = (f"{'max_len':>7} {'batch':>5} {'ckpt':>4} {'weights':>8} {'LoRA+opt':>8} {'activ.':>8} "
             f"{'peak alloc':>10} {'device':>8}" + ("  fits" if budget else ""))
     rows = [head, "-" * len(head)]
+    w = sum(weight_bytes(planner.shape, planner.settings).values())  # the same for every row
+    lo = sum(lora_state_bytes(planner.shape, planner.settings).values())
     for e in planner.grid(batches, lengths):
-        c = e.components
-        w = sum(v for k, v in c.items() if k in ("4-bit projections", "embeddings + norms", "head (original + trained)"))
-        lo = sum(v for k, v in c.items() if k.startswith(("LoRA", "AdamW")))
-        act = next(v for k, v in c.items() if k.startswith("activations"))
+        act = next(v for k, v in e.components.items() if k.startswith("activations"))
         row = (f"{e.seq_len:>7} {e.batch:>5} {'on' if e.checkpointing else 'off':>4} {w / GIB:8.2f} {lo / GIB:8.2f} "
                f"{act / GIB:8.2f} {e.allocated / GIB:10.2f} {e.device / GIB:8.2f}")
         if budget:

@@ -42,7 +42,6 @@ METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 LOCK_FILE = ".lock"
 #: Bumped when the layout of state.json changes.
 STATE_VERSION = 2

@@ -126,7 +126,7 @@ def ensure_trained(cfg: RunConfig) -> str:
     if it has no metrics.json, train it now with :func:`train_run` (an unfinished run is started
     over). Returns a line saying which happened."""
     run_dir = Path(cfg.output_dir)
-    if (run_dir / "metrics.json").exists():
+    if RunDir(run_dir).metrics_path.exists():
         return f"found {run_dir} (written by notebook 04)"
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run cannot be reused: start it over
     train_run(cfg, verbose=False)

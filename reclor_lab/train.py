@@ -126,10 +126,6 @@ class History:
     def from_dict(cls, d: dict) -> "History":
         return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])))
 
-    @classmethod
-    def load(cls, run_dir: str | Path) -> "History":
-        return cls.from_dict(RunDir(run_dir).load_history())
-
 
 def eval_row(epoch: int, result: dict) -> dict:
     """The history row of one evaluation (no per-example predictions)."""
