@@ -535,18 +535,16 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
     with rd.lock() if proc.is_main else contextlib.nullcontext(), StopSignals() as stop:
         run.model.to(run.device)
         run.train_model = wrap(run.model, proc)
-        try:
-            loop = start(run, rd, decision, verbose)
-            stopped = False
-            while loop.epoch <= cfg.epochs and not stopped:
-                if train_one_epoch(run, loop, rd, stop, stop_after_step):
-                    end_epoch(run, rd, loop, verbose)
-                    if proc.distributed:  # a signal during the evaluation stops every process here
-                        stop.signum = proc.max_int(stop.signum or 0, run.device) or None
-                stopped = (stop.signum is not None or loop.batch > 0  # a mid-epoch stop
-                           or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
-        finally:
-            run.train_model = None  # DDP's reducer goes while the process group is still there
+        loop = start(run, rd, decision, verbose)
+        stopped = False
+        while loop.epoch <= cfg.epochs and not stopped:
+            if train_one_epoch(run, loop, rd, stop, stop_after_step):
+                end_epoch(run, rd, loop, verbose)
+                if proc.distributed:  # a signal during the evaluation stops every process here
+                    stop.signum = proc.max_int(stop.signum or 0, run.device) or None
+            stopped = (stop.signum is not None or loop.batch > 0  # a mid-epoch stop
+                       or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
+    run.train_model = None  # DDP's reducer goes while the process group is still there
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise TrainingInterrupted(
