@@ -16,6 +16,15 @@ written to a temporary folder and renamed into place, so an interrupted write le
 entry; an entry that cannot be read is removed and rebuilt. The cache is only ever an
 optimisation: when its folder cannot be written the kit warns once and goes on without it.
 
+Integrity, precisely. When an entry is written, a SHA-256 of its key and of every column
+training reads is stored *outside* the entry, in ``checksums/<key>`` beside ``tokenized/``;
+loading recomputes it and serves the entry only on a match. That catches a damaged disk, a
+truncated or half-copied entry, an entry moved under another key, and an entry rewritten in
+place, checksum file inside it included (what an older kit version, another tool or a
+careless edit would do). It does not defend against someone who rewrites both the entry and its
+checksum under ``checksums/``: the cache folder is the user's own, with the same trust as the
+data folder itself (which nothing signs either). Deleting the whole folder is always safe.
+
 Where: ``$RECLOR_LAB_CACHE`` when set (``off`` turns the cache off), else
 ``$XDG_CACHE_HOME/reclor-lab`` or ``~/.cache/reclor-lab``. Deleting the folder is always safe.
 """
@@ -34,7 +43,7 @@ ENV_VAR = "RECLOR_LAB_CACHE"
 #: Values of ``$RECLOR_LAB_CACHE`` that turn the cache off.
 OFF_VALUES = ("off", "0", "false", "no", "none")
 #: Bumped whenever the layout of a cached split changes, so old entries are not read.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 SUBDIR = "tokenized"
 
 
@@ -84,20 +93,24 @@ def key(table: dict[str, list], tokenizer, max_len: int) -> str | None:
     return h.hexdigest()[:40]
 
 
-#: The columns a cached split must have, and the file holding their checksum.
+#: The columns a cached split must have; the checksums folder, beside the entries' folder.
 COLUMNS = ("id_string", "input_ids", "attention_mask", "full_length", "length")
+CHECKSUMS = "checksums"
+#: A copy of the checksum inside the entry, for a person looking at it: never trusted when
+#: loading, since a rewrite of the entry could fake it (kit versions before 4 trusted it).
 CHECKSUM_FILE = "reclor-lab-checksum.txt"
 
 
-def checksum(ds) -> str:
+def checksum(ds, entry: str = "") -> str:
     """A hash of the columns training reads (ids, labels, token ids, lengths), computed on the
-    Arrow buffers: tens of milliseconds for all of ReClor."""
+    Arrow buffers (tens of milliseconds for all of ReClor); with ``entry``, bound to that key."""
     import numpy as np
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(entry.encode())
     for name in COLUMNS + ("labels",):
         if name not in ds.column_names:
             continue
+        h.update(name.encode())
         col = ds.data.column(name).combine_chunks()
         if name == "id_string":
             h.update("\x00".join(col.to_pylist()).encode("utf-8", "surrogatepass"))
@@ -109,32 +122,31 @@ def checksum(ds) -> str:
     return h.hexdigest()
 
 
-def verify(ds, table: dict[str, list], max_len: int) -> str | None:
-    """What is wrong with a cached split for these inputs, or None: every column there, the ids
-    and labels those of the records, lengths consistent with ``max_len``, and the checksum
-    stored when it was written."""
-    import numpy as np
+def _checksum_path(folder: Path, entry: str) -> Path:
+    return folder.parent / CHECKSUMS / entry
 
-    missing = [c for c in COLUMNS + (("labels",) if "labels" in table else ()) if c not in ds.column_names]
+
+def _problem(ds, folder: Path, entry: str, table: dict[str, list] | None) -> str | None:
+    """What is wrong with a cached split, or None: every column there, and the checksum stored
+    outside it when it was written (bound to its key, which hashes the records, tokenizer and
+    max_len: a match means these are the tokens of exactly these inputs)."""
+    wanted = COLUMNS + (("labels",) if table is not None and "labels" in table else ())
+    missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         return f"missing columns {missing}"
-    if ds.data.column("id_string").to_pylist() != table["id_string"]:
-        return "other records"
-    if "labels" in table and ds.data.column("labels").to_pylist() != table["labels"]:
-        return "other labels"
-    length = np.asarray(ds.data.column("length").combine_chunks())
-    full = np.asarray(ds.data.column("full_length").combine_chunks())
-    ids_len = np.asarray(ds.data.column("input_ids").combine_chunks().value_lengths())
-    fits = full <= max_len  # these are whole; the others had their passage shortened to fit
-    if not (np.array_equal(length[fits], full[fits]) and (length <= max_len).all()
-            and np.array_equal(ids_len, length)):
-        return "lengths that do not match its tokens"
+    try:
+        stored = _checksum_path(folder, entry).read_text().strip()
+    except OSError:
+        return "no checksum"
+    if stored != checksum(ds, entry):
+        return "a checksum that does not match its contents"
     return None
 
 
 def load(folder: Path, entry: str, table: dict[str, list] | None = None, max_len: int | None = None):
     """The cached split, in memory (no files stay open), or None when there is none or it fails
-    :func:`verify` against ``table`` (then it is removed and the split tokenized again)."""
+    its checksum (then it is removed and the split tokenized again). ``max_len`` is part of the
+    key already; it is accepted for the callers that pass it."""
     path = folder / entry
     if not path.is_dir():
         return None
@@ -143,9 +155,7 @@ def load(folder: Path, entry: str, table: dict[str, list] | None = None, max_len
     try:
         with _quiet():
             ds = Dataset.load_from_disk(str(path), keep_in_memory=True)
-        problem = None if table is None else verify(ds, table, max_len)
-        if problem is None and (path / CHECKSUM_FILE).read_text().strip() != checksum(ds):
-            problem = "a checksum that does not match its contents"
+        problem = _problem(ds, folder, entry, table)
     except Exception as e:  # a damaged entry: ours to remove; the split is simply tokenized again
         problem = f"unreadable ({type(e).__name__})"
     if problem is not None:
@@ -181,7 +191,12 @@ def store(folder: Path, entry: str, ds) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
         with _quiet():
             ds.save_to_disk(str(tmp))
-        (tmp / CHECKSUM_FILE).write_text(checksum(ds) + "\n")
+        sums = _checksum_path(folder, entry)
+        sums.parent.mkdir(exist_ok=True)
+        sums_tmp = sums.with_name(f".tmp-{entry}-{os.getpid()}")
+        sums_tmp.write_text(checksum(ds, entry) + "\n")
+        (tmp / CHECKSUM_FILE).write_text(sums_tmp.read_text())
+        os.replace(sums_tmp, sums)  # written before the entry appears, so no entry is without one
         try:
             os.replace(tmp, path)
         except OSError:  # another process stored the same entry first: theirs is identical

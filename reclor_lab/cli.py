@@ -159,6 +159,10 @@ def _parse_setting(item: str) -> tuple[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise UsageError(f"--set {name.strip()}=...: {str(e)[:120]}") from None
+    except RecursionError:
+        raise UsageError(f"--set {name.strip()}=...: the value is nested too deeply") from None
     return name.strip(), value
 
 
@@ -217,7 +221,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reclor_lab.distributed import launched
+    from reclor_lab.distributed import launched, process
     from reclor_lab.rundir import RunDir
     from reclor_lab.runs import train_run
 
@@ -227,16 +231,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.processes > 1 and not launched():
         return _launch(args.processes, args.argv)
     cfg = _config_from_args(args)
-    if args.resume:
-        # A resumed run keeps its own saved config; only --epochs may extend it. The directory
-        # named on the command line is the run, whatever output_dir its config.json recorded.
-        if args.set:
-            raise UsageError("--set cannot change a resumed run (it keeps its saved config.json; "
-                             "only --epochs may extend it): drop --set, or start a new run")
-        rd = RunDir(cfg.output_dir)
-        rd.decide(resume=True)  # "nothing to resume" before reading a config that is not there
-        cfg = rd.load_config().replace(**({"epochs": args.epochs} if args.epochs else {}))
-    train_run(cfg, resume=args.resume, use_trainer=args.trainer)
+    if args.resume and args.set:
+        raise UsageError("--set cannot change a resumed run (it keeps its saved config.json; "
+                         "only --epochs may extend it): drop --set, or start a new run")
+    # The run is opened once: its lock, then the decision. A resumed run keeps its own saved
+    # config (None here); only --epochs may extend it. The directory named on the command line
+    # is the run, whatever output_dir its config.json recorded.
+    with RunDir(cfg.output_dir).open(args.resume, None if args.resume else cfg, epochs=args.epochs,
+                                     proc=process()) as start:
+        train_run(start.cfg, resume=args.resume, use_trainer=args.trainer, start=start)
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 import functools
 import math
+import re
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 #: ReClor has four answer options per question; the classifier has one logit per option.
@@ -60,20 +61,36 @@ class ConfigError(ReclorLabError, ValueError):
 Check = Callable[[Any], "str | None"]
 
 
+#: The largest count a field takes (a 32-bit int: torch, NumPy and the tokenizers take no more).
+MAX_INT = 2**31 - 1
+#: The largest seed NumPy accepts, plus one.
+SEED_LIMIT = 2**32
+#: LoRA's rank cannot usefully exceed a layer's width (4,096 in Llama-2-7B).
+MAX_LORA_R = 4096
+#: The widest field a template may pad to (``{context:>50}``): far wider only costs memory.
+MAX_FIELD_WIDTH = 1000
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def positive_int(v: Any) -> str | None:
-    return None if _is_int(v) and v >= 1 else f"must be a positive integer, got {v!r}"
+def _short(v: Any) -> str:
+    """``repr(v)``, cut to a readable length (a 5,000-digit number stays one line)."""
+    text = repr(v) if not (_is_int(v) and v.bit_length() > 200) else f"an integer of {len(str(abs(v)))} digits"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
-def non_negative_int(v: Any) -> str | None:
-    return None if _is_int(v) and v >= 0 else f"must be a non-negative integer, got {v!r}"
+def int_between(lo: int, hi: int, what: str) -> Check:
+    return lambda v: None if _is_int(v) and lo <= v <= hi else f"must be {what} (at most {hi:,}), got {_short(v)}"
+
+
+positive_int = int_between(1, MAX_INT, "a positive integer")
+non_negative_int = int_between(0, MAX_INT, "a non-negative integer")
 
 
 def batch_size_value(v: Any) -> str | None:
-    return None if v == "auto" or positive_int(v) is None else f"must be a positive integer or 'auto', got {v!r}"
+    return None if v == "auto" or positive_int(v) is None else f"must be a positive integer or 'auto', got {_short(v)}"
 
 
 def memory_size(v: Any) -> str | None:
@@ -81,7 +98,7 @@ def memory_size(v: Any) -> str | None:
 
     try:
         parse_memory(v)
-    except PlanError as e:
+    except (PlanError, TypeError) as e:
         return str(e)
     return None
 
@@ -96,23 +113,38 @@ def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
     left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
 
     def check(v: Any) -> str | None:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            return f"must be a finite number, got {v!r}"
+        try:
+            finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            return f"must be a finite number, got {_short(v)}"
         if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
-            return f"must be in {left}{lo:g}, {hi:g}{right}, got {v!r}"
+            return f"must be in {left}{lo:g}, {hi:g}{right}, got {_short(v)}"
         return None
 
     return check
 
 
+def _encodable(v: str) -> bool:
+    """Text a file system and a terminal take: no lone UTF-16 surrogate (``"\\ud800"`` in JSON)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def non_empty_str(v: Any) -> str | None:
-    return None if isinstance(v, str) and v.strip() else f"must be a non-empty path or id, got {v!r}"
+    if isinstance(v, str) and v.strip() and _encodable(v):
+        return None
+    return f"must be a non-empty path or id in valid UTF-8, got {_short(v)}"
 
 
 def module_names(v: Any) -> str | None:
-    if v is None or (v and all(isinstance(t, str) and t for t in v)):
+    if v is None or (isinstance(v, (list, tuple)) and v and all(isinstance(t, str) and t and _encodable(t) for t in v)):
         return None
-    return f"must be None or a non-empty list of module names, got {v!r}"
+    return f"must be None or a non-empty list of module names, got {_short(v)}"
 
 
 def _f(default: Any, help: str, check: Check | None = None) -> Any:
@@ -180,7 +212,8 @@ class RunConfig:
     eval_limit: int | None = _f(None, "Use only the first N validation records (None: all).",
                                 optional(positive_int))
     # --- LoRA ------------------------------------------------------------------------------
-    lora_r: int = _f(16, "Rank of the LoRA update: more capacity and more trainable parameters.", positive_int)
+    lora_r: int = _f(16, "Rank of the LoRA update: more capacity and more trainable parameters.",
+                     int_between(1, MAX_LORA_R, "a positive integer"))
     lora_alpha: int = _f(16, "LoRA scale numerator; the update is multiplied by alpha / r.", positive_int)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input: regularises small data sets.",
                              in_range(0.0, 1.0, hi_open=True))
@@ -216,7 +249,7 @@ class RunConfig:
         True, "Weight the cross-entropy by inverse answer-position frequency (the reference's loss)."
     )
     seed: int = _f(42, "Seeds Python, NumPy and torch once at the start: same seed, same machine, same numbers.",
-                   non_negative_int)
+                   int_between(0, SEED_LIMIT - 1, "a non-negative integer"))
     # --- output ----------------------------------------------------------------------------
     output_dir: str = _f("runs/tiny", "Run directory: adapter, config, history, metrics, plots.", non_empty_str)
     save_every_steps: int | None = _f(
@@ -283,6 +316,12 @@ class RunConfig:
             raise ConfigError(f"{path}: config file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not a JSON config ({e})") from None
+        except ValueError as e:  # an integer of more than 4,300 digits
+            raise ConfigError(f"{path}: not a usable JSON config ({str(e)[:120]})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a JSON config (nested too deeply to read)") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object of config fields")
         known = {f.name for f in fields(cls)}
@@ -339,11 +378,18 @@ def template_problems(template: str) -> list[str]:
     import string
 
     if not isinstance(template, str):
-        return [f"`template` must be a string, got {template!r}"]
+        return [f"`template` must be a string, got {_short(template)}"]
+    if not _encodable(template):
+        return ["`template` holds an invalid character (a lone UTF-16 surrogate)"]
     try:
-        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+        parts = list(string.Formatter().parse(template))
     except ValueError as e:
         return [f"`template` is not a valid format string: {e}"]
+    names = {n for _, n, _, _ in parts if n is not None}
+    for _, name, spec, _ in parts:
+        if spec and ("{" in spec or any(int(n) > MAX_FIELD_WIDTH for n in re.findall(r"\d+", spec))):
+            return [f"`template` field {{{name}:{spec[:20]}}}: widths and precisions may be at most "
+                    f"{MAX_FIELD_WIDTH} and may not be nested fields"]
     allowed = {"context", "question", "a", "b", "c", "d"}
     out = []
     if names - allowed:
@@ -351,6 +397,11 @@ def template_problems(template: str) -> list[str]:
     missing = {"context", "question", "a", "b", "c", "d"} - names
     if missing:
         out.append(f"`template` must show every part of a record; missing {sorted(missing)}")
+    if not out:
+        try:  # a format spec or conversion that text does not take ({context:d}, {a!x})
+            template.format(**{n: "x" for n in allowed})
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            out.append(f"`template` cannot format a record: {e}")
     return out
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import Sampler
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
 from reclor_lab.errors import ReclorLabError
+from reclor_lab.qtypes import QUESTION_TYPES
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -88,8 +89,10 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
             raise DataError(f"{where}: 'label' must be 0-{NUM_LABELS - 1}, got {label}")
     elif labeled:
         raise DataError(f"{where}: missing 'label' (this split must be labeled)")
-    if "question_type" in rec and (not isinstance(rec["question_type"], int) or isinstance(rec["question_type"], bool)):
-        raise DataError(f"{where}: 'question_type' must be an integer, got {rec['question_type']!r}")
+    if "question_type" in rec and (not isinstance(rec["question_type"], int) or isinstance(rec["question_type"], bool)
+                                   or not 0 <= rec["question_type"] < len(QUESTION_TYPES)):
+        raise DataError(f"{where}: 'question_type' must be an integer 0-{len(QUESTION_TYPES) - 1}, "
+                        f"got {str(rec['question_type'])[:40]}")
 
 
 def read_reclor(path: str | Path, labeled: bool | None = None) -> list[dict]:

@@ -79,6 +79,8 @@ def parse_memory(text: str | int | float) -> int:
                             "e.g. 24GiB, 80GB or 16384MiB")
         value, unit = float(m.group(1)), m.group(2).lower()
     size = value * _UNITS.get(unit, 1)
+    if not size < float(2**63):  # 1e999GiB: infinite, or more bytes than any machine has
+        raise PlanError(f"memory size {text!r} is too large; write a real size, e.g. 24GiB")
     if not size > 0:
         raise PlanError(f"memory size {text!r} must be more than zero, e.g. 24GiB")
     return int(size)

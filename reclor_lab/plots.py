@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS  # noqa: E402
+from reclor_lab.rundir import atomic_write  # noqa: E402
 
 CHANCE = 1 / NUM_LABELS
 
@@ -40,8 +41,9 @@ def smooth(values: Sequence[float], alpha: float = 0.9) -> np.ndarray:
 
 def _finish(fig, save: str | Path | None):
     fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=110)
+    if save is not None:  # complete or not at all
+        fmt = Path(save).suffix.lstrip(".") or "png"
+        atomic_write(save, lambda f: fig.savefig(f, format=fmt, dpi=110))
     plt.close(fig)  # the caller displays the returned figure; no duplicate inline copy
     return fig
 
@@ -135,11 +137,10 @@ def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | None =
     return _finish(fig, save)
 
 
-def save_run_plots(history: dict, confusion, run_dir: str | Path) -> list[Path]:
-    """Write loss.png (train and val loss), eval.png (val accuracy) and confusion.png into the run
-    directory."""
-    run_dir = Path(run_dir)
-    paths = [run_dir / "loss.png", run_dir / "eval.png", run_dir / "confusion.png"]
+def save_run_plots(history: dict, confusion, paths: Sequence[Path]) -> list[Path]:
+    """Write the loss plot (train and val loss), the eval plot (val accuracy) and the confusion
+    matrix to ``paths`` (a run's are :attr:`reclor_lab.rundir.RunDir.plot_paths`)."""
+    paths = list(paths)
     plot_loss(history, paths[0])
     plot_eval(history, paths[1])
     plot_confusion(confusion, paths[2])

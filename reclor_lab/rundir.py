@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import IO, Any, Callable, Iterator, Literal
 
 from reclor_lab.errors import RunDirError
 
@@ -39,6 +41,13 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
+#: What the run trained on: a fingerprint of its tokenized train and val splits, and the class
+#: weights of its loss (a reloaded run uses these, not whatever its data folder holds today).
+DATA_FILE = "data.json"
+VAL_PREDICTIONS_FILE = "val-predictions.json"
+PLOT_FILES = ("loss.png", "eval.png", "confusion.png")
+#: The Hugging Face Trainer's own output folder (the Trainer path; it saves nothing there).
+TRAINER_DIR = "trainer"
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -46,21 +55,70 @@ LOCK_FILE = ".lock"
 #: Bumped when the layout of state.json changes.
 STATE_VERSION = 2
 _TMP_SUFFIX = ".tmp"
+#: A checkpoint's name: a plain name inside this run's checkpoints/ (never a path).
+CHECKPOINT_NAME = re.compile(r"epoch-\d{3,9}|step-\d{6,12}")
+#: How often a reader re-reads a state.json that changed under it (a checkpoint it named was
+#: pruned by the writer between the two reads).
+STATE_READ_ATTEMPTS = 3
 
 #: What :meth:`RunDir.decide` answers: a new run, a resume from the last checkpoint, or a restart
 #: of a run that stopped before its first checkpoint (from its saved config).
 Decision = Literal["new", "resume", "restart"]
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary name, flush it to disk, then rename it over ``path`` (atomic)."""
+class WriteError(RunDirError):
+    """A file of the run could not be written (a full disk, say); nothing was written there."""
+
+
+def _no_follow_create(path: Path) -> IO[bytes]:
+    """``path`` opened for writing as a new real file: a leftover temporary file, or a link
+    planted under its name, is removed first (never followed)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "wb")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file complete or not at all: ``write(f)`` fills a temporary file beside ``path``,
+    which is flushed to disk and renamed over ``path``. A failure (a full disk) removes the
+    temporary file, leaves ``path`` as it was and raises :class:`WriteError` naming it. A link
+    at ``path`` is replaced, never followed."""
     path = Path(path)
     tmp = path.with_name(path.name + _TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with _no_follow_create(tmp) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WriteError(f"{path}: cannot write it ({e.strerror or e}); nothing was written there "
+                         "(free some space or choose another folder, then run the command again)") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON complete or not at all (:func:`atomic_write`)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -69,8 +127,19 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunDirError(f"{path}: {what} is missing") from None
+    except IsADirectoryError:
+        raise RunDirError(f"{path}: {what} is a folder, not a file") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise RunDirError(f"{path}: {what} is damaged (not valid JSON: {e})") from None
+        raise RunDirError(f"{path}: {what} is damaged (not valid JSON: {str(e)[:200]})") from None
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -82,6 +151,7 @@ class Checkpoint:
     step: int             # optimizer steps done, counted over the whole run
     epoch_end: bool       # taken after the epoch's evaluation
     accuracy: float | None = None  # val accuracy of that evaluation (epoch ends only)
+    sha256: dict[str, str] | None = None  # file (relative to the folder) -> SHA-256, when written
 
     @staticmethod
     def name_for(epoch: int, step: int, epoch_end: bool) -> str:
@@ -120,17 +190,73 @@ class RunDir:
         return self.path / METRICS_FILE
 
     @property
+    def data_path(self) -> Path:
+        return self.path / DATA_FILE
+
+    @property
+    def val_predictions_path(self) -> Path:
+        return self.path / VAL_PREDICTIONS_FILE
+
+    @property
+    def plot_paths(self) -> list[Path]:
+        """loss.png, eval.png, confusion.png."""
+        return [self.path / name for name in PLOT_FILES]
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.path / TRAINER_DIR
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / CHECKPOINTS
 
     def checkpoint_dir(self, name: str) -> Path:
         return self.checkpoints_dir / name
 
+    def predictions_path(self, split: str) -> Path:
+        """Where ``predict`` writes a split's predictions by default (.npy; the .json beside it)."""
+        return self.path / f"predictions-{split}.npy"
+
+    @staticmethod
+    def summary_path(npy: Path) -> Path:
+        """The test predictions' summary beside their .npy."""
+        return npy.with_name(npy.stem + "-summary.json")
+
+    def baseline_path(self, method: str) -> Path:
+        return self.path / f"baseline-{method}.json"
+
+    @staticmethod
+    def is_prediction_file(path: Path) -> bool:
+        """A file ``predict`` writes by default (which an explicit --output may replace)."""
+        return path.name.startswith("predictions-")
+
     # --- the one decision -------------------------------------------------------------------
+    def open(self, resume: bool, cfg=None, epochs: int | None = None, proc=None) -> "RunStart":
+        """Start (or continue) training here: the one place a run starts. Takes the run's lock
+        first, then decides new / resume / restart or refuses, checks a resumed run's config
+        once and reads its config.json once. With several processes the main one does all
+        that and hands the outcome to the others. Use it as a context manager (the lock is
+        held until it exits).
+
+        ``cfg``: the config to train with; for a resume None means the saved config (with
+        ``epochs`` when given: more epochs extend the run, fewer are refused).
+        """
+        from reclor_lab.distributed import Process, on_main  # torch, only once a run starts
+
+        proc = proc or Process()
+        start = RunStart(self, proc)
+        try:
+            start.decision, start.cfg = on_main(proc, start._decide_locked, resume, cfg, epochs)
+        except BaseException:
+            start.close()
+            raise
+        return start
+
     def decide(self, resume: bool) -> Decision:
         """New run, resume, or restart; refuse (RunDirError) with the one command that works.
 
-        Also checks that the directory can be written, before anything slow happens.
+        Also checks that the directory can be written, before anything slow happens. Refuses,
+        changing nothing, a run whose state.json is gone while its checkpoints are there.
         """
         p = self.path
         if self.state_path.exists():
@@ -139,6 +265,10 @@ class RunDir:
                                   f"pass --resume to continue it, or choose another --output-dir")
             self.read_state()  # a damaged state.json is reported now, not after loading a model
             decision: Decision = "resume"
+        elif kept := self._checkpoint_folders():
+            raise RunDirError(f"{self.state_path}: the run state is missing while {self.checkpoints_dir} holds "
+                              f"{len(kept)} checkpoint(s) ({', '.join(kept[:3])}); nothing was changed: restore "
+                              "state.json, or move the run away and start a new one")
         elif self.config_path.exists():
             if not resume:
                 raise RunDirError(f"{p} holds a run that stopped before its first checkpoint; "
@@ -155,38 +285,76 @@ class RunDir:
         self.check_writable()
         return decision
 
+    def _checkpoint_folders(self) -> list[str]:
+        """Complete checkpoint folders present (not the temporary ones a crash leaves)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(f.name for f in self.checkpoints_dir.iterdir() if CHECKPOINT_NAME.fullmatch(f.name))
+
     def check_writable(self) -> None:
         """Create the directory and write a probe file in it, or raise one clear RunDirError."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
+            _no_follow_create(probe).close()
             probe.unlink()
         except OSError as e:
             raise RunDirError(f"{self.path}: cannot write the run directory ({e.strerror or e}); "
                               "choose a writable --output-dir") from None
 
+    def check_no_links(self) -> None:
+        """Refuse a run directory with a symbolic link where the kit writes or deletes (its top
+        level, checkpoints/, a checkpoint folder, trainer/): the kit writes and removes only
+        real files and folders of its own, never what a link points to."""
+        if not self.path.is_dir():
+            return
+        folders = [self.path, self.checkpoints_dir, self.trainer_dir]
+        if self.checkpoints_dir.is_dir() and not self.checkpoints_dir.is_symlink():
+            folders += [f for f in self.checkpoints_dir.iterdir() if not f.is_symlink()]
+        for folder in folders:
+            if not folder.is_dir() or folder.is_symlink() and folder != self.path:
+                continue
+            for entry in os.scandir(folder):
+                if entry.is_symlink():
+                    raise RunDirError(f"{entry.path}: is a symbolic link inside the run directory; the kit "
+                                      "writes and deletes only real files there: replace the link by a real "
+                                      "file or folder, or remove it")
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the run for the whole run: a second process that tries to
         train or resume the same directory is refused at once instead of corrupting it."""
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / LOCK_FILE, "a+")
+        f = self._acquire_lock()
         try:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise RunDirError(f"{self.path} is being trained by another process right now; "
-                                      "wait for it to finish (or stop it) before resuming") from None
-                raise
             yield
         finally:
-            f.close()  # releases the lock
+            os.close(f)  # releases the lock
 
-    # --- config -------------------------------------------------------------------------------
+    def _acquire_lock(self) -> int:
+        """The lock's open file descriptor (held: closing it releases the lock)."""
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RunDirError(f"{self.path / LOCK_FILE}: is a symbolic link; the kit writes only real files "
+                                  "inside a run directory: remove the link") from None
+            raise RunDirError(f"{self.path}: cannot write the run directory ({e.strerror or e}); "
+                              "choose a writable --output-dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunDirError(f"{self.path} is being trained by another process right now (a training is "
+                                  "in progress); wait for it to finish (or stop it) before starting or "
+                                  "resuming it") from None
+            raise
+        return fd
+
+    # --- config, tokenizer, data ------------------------------------------------------------
     def save_config(self, cfg) -> None:
         write_json(self.config_path, cfg.to_dict())
 
@@ -196,26 +364,83 @@ class RunDir:
 
         return RunConfig.load(self.config_path).replace(output_dir=str(self.path))
 
-    def check_resume_config(self, cfg) -> None:
+    def check_resume_config(self, cfg, saved=None) -> None:
         """A resume may extend a run (more ``epochs``) but never shrink it."""
-        saved = self.load_config()
+        saved = saved if saved is not None else self.load_config()
         if cfg.epochs < saved.epochs:
             raise RunDirError(f"{self.path} is a {saved.epochs}-epoch run; --epochs {cfg.epochs} would shrink it: "
                               f"pass --epochs {saved.epochs} or more, or no --epochs")
 
+    def save_tokenizer(self, tokenizer) -> None:
+        """The tokenizer's files, each written complete or not at all: saved into a temporary
+        folder, then each file renamed into the run directory."""
+        tmp = self.path / (".tokenizer" + _TMP_SUFFIX)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            tokenizer.save_pretrained(tmp)
+            for f in sorted(tmp.iterdir()):
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(f, self.path / f.name)
+            fsync_dir(self.path)
+        except OSError as e:
+            raise WriteError(f"{self.path}: cannot write the tokenizer's files ({e.strerror or e}); free some "
+                             "space, then start the run again") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_data(self, fingerprint: dict[str, str], weights: list[float] | None) -> None:
+        write_json(self.data_path, {"fingerprint": fingerprint, "class_weights": weights})
+
+    def load_data(self) -> dict | None:
+        """data.json checked, or None for a run saved before the kit wrote it."""
+        if not self.data_path.exists():
+            return None
+        d = read_json(self.data_path, "the run's data record")
+        ok = (isinstance(d, dict) and isinstance(d.get("fingerprint"), dict)
+              and all(isinstance(v, str) for v in d["fingerprint"].values())
+              and (d.get("class_weights") is None or (isinstance(d["class_weights"], list)
+                   and len(d["class_weights"]) == 4
+                   and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 1e6
+                           for w in d["class_weights"]))))
+        if not ok:
+            raise RunDirError(f"{self.data_path}: the run's data record is damaged (expected a fingerprint and "
+                              "4 positive class weights or null)")
+        return d
+
+    def check_data(self, fingerprint: dict[str, str]) -> None:
+        """Refuse to continue a run on other data than it trained on."""
+        saved = self.load_data()
+        if saved is None:
+            return
+        changed = sorted(k for k in set(saved["fingerprint"]) | set(fingerprint)
+                         if saved["fingerprint"].get(k) != fingerprint.get(k))
+        if changed:
+            raise RunDirError(f"{self.data_path}: this run trained on other {' and '.join(changed)} data than its "
+                              "data folder gives now (records, tokenizer or limits changed); resume it on the "
+                              "data it started with, or start a new run")
+
     # --- state --------------------------------------------------------------------------------
     def read_state(self) -> dict:
-        """state.json, checked: it must name kept checkpoints that exist."""
-        state = read_json(self.state_path, "the run state")
-        problem = _state_problem(state)
-        if problem is None:
-            for name in {state["last"], state["best"]}:
-                if not (self.checkpoint_dir(name) / TRAINER_STATE).is_file():
-                    problem = f"names checkpoint {name!r}, which is missing from {self.checkpoints_dir}"
-        if problem:
-            raise RunDirError(f"{self.state_path}: the run state is damaged ({problem}); "
-                              "the run cannot be resumed from it")
-        return state
+        """state.json, checked: it must name kept checkpoints that exist. A reader that finds a
+        named checkpoint gone because training wrote a newer state.json and pruned it meanwhile
+        reads the new state.json instead."""
+        previous = None
+        for _ in range(STATE_READ_ATTEMPTS):
+            state = read_json(self.state_path, "the run state")
+            problem = _state_problem(state)
+            if problem is None:
+                for name in (state["last"], state["best"]):
+                    if not (self.checkpoint_dir(name) / TRAINER_STATE).is_file():
+                        problem = f"names checkpoint {name!r}, which is missing from {self.checkpoints_dir}"
+            if problem is None:
+                return state
+            if state == previous or not str(problem).startswith("names checkpoint"):
+                break
+            previous = state
+        raise RunDirError(f"{self.state_path}: the run state is damaged ({problem}); "
+                          "the run cannot be resumed from it")
 
     def has_run(self) -> bool:
         return self.state_path.exists()
@@ -234,29 +459,33 @@ class RunDir:
         """Write one checkpoint (adapter + head, trainer state, history) and make it the last.
 
         ``extra(folder)`` may add files to the checkpoint before it is renamed into place.
-        Keeps the last ``keep_last`` checkpoints plus the best end-of-epoch one. A failed write
-        (a full disk, say) raises RunDirError and leaves the previous checkpoint as it was.
+        Every file is flushed to disk and its SHA-256 recorded in state.json, which loading
+        checks. Keeps the last ``keep_last`` checkpoints plus the best end-of-epoch one. A failed
+        write (a full disk, say) raises RunDirError and leaves the previous checkpoint as it was.
         """
         import torch
 
-        ckpt = Checkpoint(Checkpoint.name_for(epoch, step, epoch_end), epoch, step, epoch_end, accuracy)
-        final = self.checkpoint_dir(ckpt.name)
+        self.check_no_links()
+        name = Checkpoint.name_for(epoch, step, epoch_end)
+        final = self.checkpoint_dir(name)
         tmp = final.with_name(final.name + _TMP_SUFFIX)
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             tmp.mkdir(parents=True)
             model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json (head included)
             torch.save(trainer_state, tmp / TRAINER_STATE)
             write_json(tmp / HISTORY_FILE, history)
             if extra is not None:
                 extra(tmp)
-            shutil.rmtree(final, ignore_errors=True)
+            ckpt = Checkpoint(name, epoch, step, epoch_end, accuracy, _seal(tmp))
+            _remove(final)
             os.replace(tmp, final)
+            fsync_dir(self.checkpoints_dir)
             previous = self.read_state() if self.state_path.exists() else None
             state = _next_state(previous, ckpt, keep_last, trainer_state)
             write_json(self.state_path, state)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-            shutil.rmtree(tmp, ignore_errors=True)
+        except (OSError, RuntimeError, WriteError) as e:  # torch.save reports a full disk as RuntimeError
+            _remove(tmp)
             raise RunDirError(f"{final}: cannot write the checkpoint ({e}); the previous checkpoint is "
                               "intact: free some space, then resume with --resume") from None
         self.prune(state)
@@ -264,20 +493,46 @@ class RunDir:
 
     def prune(self, state: dict | None = None) -> None:
         """Remove every checkpoint folder state.json does not name (leftovers of a crash too)."""
-        if not self.checkpoints_dir.is_dir():
+        if not self.checkpoints_dir.is_dir() or self.checkpoints_dir.is_symlink():
             return
         state = state if state is not None else (self.read_state() if self.has_run() else {"checkpoints": []})
         kept = {c["name"] for c in state["checkpoints"]}
         for folder in self.checkpoints_dir.iterdir():
             if folder.name not in kept:
-                shutil.rmtree(folder, ignore_errors=True)
+                _remove(folder)
 
-    def load_checkpoint(self, model, name: str | None = None) -> tuple[dict, dict]:
+    def checkpoint_entry(self, name: str, state: dict | None = None) -> Checkpoint:
+        state = state or self.read_state()
+        entry = next(c for c in state["checkpoints"] if c["name"] == name)
+        return Checkpoint(**{k: entry.get(k) for k in Checkpoint.__dataclass_fields__ if k in entry})
+
+    def verify_checkpoint(self, name: str, state: dict | None = None) -> Path:
+        """The checkpoint's folder, after checking each file against the SHA-256 recorded when it
+        was written (a checkpoint of a run saved before the kit recorded them is not checked)."""
+        folder = self.checkpoint_dir(name)
+        sums = self.checkpoint_entry(name, state).sha256
+        for rel, digest in sorted((sums or {}).items()):
+            path = folder / rel
+            try:
+                ok = not path.is_symlink() and sha256_file(path) == digest
+            except OSError as e:
+                raise RunDirError(f"{path}: cannot read the checkpoint's file ({e.strerror or e})") from None
+            if not ok:
+                raise RunDirError(f"{path}: checksum mismatch: the file changed after it was written (a damaged "
+                                  "disk or an edit); refusing to load it")
+        return folder
+
+    def load_checkpoint(self, model, name: str | None = None,
+                        batches_per_epoch: int | None = None) -> tuple[dict, dict]:
         """Load a checkpoint's adapter and head into ``model`` (a PeftModel); return its trainer
-        state and history. Default: the last checkpoint. Refuses a partial or foreign adapter."""
+        state and history. Default: the last checkpoint. Refuses a file whose checksum does not
+        match, a partial or foreign adapter, and a trainer state or history that does not fit
+        the checkpoint it sits in (``batches_per_epoch``: the micro-batches of one epoch)."""
         import torch
 
-        folder = self.checkpoint_dir(name or self.read_state()["last"])
+        state = self.read_state()
+        name = name or state["last"]
+        folder = self.verify_checkpoint(name, state)
         load_adapter(model, folder)
         try:
             ts = torch.load(folder / TRAINER_STATE, weights_only=True)
@@ -288,13 +543,96 @@ class RunDir:
         if missing:
             raise RunDirError(f"{folder / TRAINER_STATE}: the checkpoint is damaged (missing {missing})")
         history = read_json(folder / HISTORY_FILE, "the checkpoint's history")
+        problem = _history_problem(history) or _trainer_state_problem(
+            ts, history, self.checkpoint_entry(name, state), batches_per_epoch)
+        if problem:
+            raise RunDirError(f"{folder}: the checkpoint is damaged ({problem}); the run cannot be resumed from it")
         return ts, history
 
-    def load_history(self) -> dict:
-        """The run's history: the finished run's history.json, else the last checkpoint's."""
-        if self.history_path.exists():
-            return read_json(self.history_path, "the run history")
-        return read_json(self.last_dir() / HISTORY_FILE, "the checkpoint's history")
+    def load_history(self, checked: bool = False) -> dict:
+        """The run's history: the finished run's history.json, else the last checkpoint's;
+        ``checked``: refuse one whose shape is not a history's."""
+        path = self.history_path if self.history_path.exists() else self.last_dir() / HISTORY_FILE
+        history = read_json(path, "the run history")
+        problem = _history_problem(history) if checked else None
+        if problem:
+            raise RunDirError(f"{path}: the run history is damaged ({problem})")
+        return history
+
+
+class RunStart:
+    """A run being started or continued, from :meth:`RunDir.open`: its directory, the decision
+    (new / resume / restart), the config it trains with, and (in the main process) the lock,
+    held until :meth:`close` (or the end of ``with``)."""
+
+    def __init__(self, rd: RunDir, proc):
+        self.rd, self.proc = rd, proc
+        self.decision: Decision | None = None
+        self.cfg = None
+        self._lock: int | None = None
+
+    def __repr__(self) -> str:
+        return f"RunStart({str(self.rd.path)!r}, {self.decision!r})"
+
+    def _decide_locked(self, resume: bool, cfg, epochs: int | None):
+        rd = self.rd
+        if resume and not rd.path.is_dir():  # nothing there: refuse without creating anything
+            rd.decide(resume)
+        self._lock = rd._acquire_lock()
+        rd.check_no_links()
+        decision = rd.decide(resume)
+        if decision == "resume":
+            saved = rd.load_config()
+            if cfg is None:
+                cfg = saved.replace(**({"epochs": epochs} if epochs else {}))
+            rd.check_resume_config(cfg, saved)
+        elif decision == "restart" and cfg is None:
+            cfg = rd.load_config().replace(**({"epochs": epochs} if epochs else {}))
+        return decision, cfg
+
+    def prepare(self, cfg, tokenizer, fingerprint: dict[str, str], weights: list[float] | None) -> None:
+        """Make the directory ready to train (the main process writes, every process calls it):
+        a new run or a restart clears whatever an interrupted first try left and saves the
+        config, the tokenizer and what the run trains on; a resume checks that it is the same
+        data and saves the config (more epochs may extend the run)."""
+        from reclor_lab.distributed import on_main
+
+        on_main(self.proc, self._prepare, cfg, tokenizer, fingerprint, weights)
+
+    def _prepare(self, cfg, tokenizer, fingerprint, weights) -> None:
+        rd = self.rd
+        if self.decision == "resume":
+            rd.check_data(fingerprint)
+            if rd.load_data() is None:
+                rd.save_data(fingerprint, weights)
+            rd.save_config(cfg)
+            return
+        rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
+        rd.save_config(cfg)
+        rd.save_tokenizer(tokenizer)
+        rd.save_data(fingerprint, weights)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
+    def __enter__(self) -> "RunStart":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def started(run_dir, resume: bool, cfg, proc) -> Iterator[RunStart]:
+    """``run_dir`` itself when it is a :class:`RunStart` already opened by the caller (who closes
+    it), else a fresh one opened (and closed) here."""
+    if isinstance(run_dir, RunStart):
+        yield run_dir
+        return
+    with RunDir(run_dir).open(resume, cfg, proc=proc) as start:
+        yield start
 
 
 #: What trainer_state.pt must hold to resume from it.
@@ -302,6 +640,27 @@ TRAINER_STATE_KEYS = frozenset({
     "epoch", "batch", "step", "optimizer", "total_steps", "warmup_steps", "torch_rng", "python_rng",
     "numpy_rng", "epoch_tokens", "epoch_seconds",
 })
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (itself, never what it points to) or a real folder, if there."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _seal(folder: Path) -> dict[str, str]:
+    """Flush every file of a checkpoint folder to disk; return their SHA-256s."""
+    sums = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not f.is_symlink():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+            sums[f.relative_to(folder).as_posix()] = sha256_file(f)
+    fsync_dir(folder)
+    return sums
 
 
 def load_adapter(model, folder: Path) -> None:
@@ -317,7 +676,7 @@ def load_adapter(model, folder: Path) -> None:
     except FileNotFoundError:
         raise RunDirError(f"{path}: the checkpoint's adapter is missing") from None
     except Exception as e:  # SafetensorError: truncated header, bad JSON, short data
-        raise RunDirError(f"{path}: the adapter file is damaged ({e})") from None
+        raise RunDirError(f"{path}: the adapter file is damaged ({str(e)[:200]})") from None
     expected = get_peft_model_state_dict(model)
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -335,6 +694,10 @@ def load_adapter(model, folder: Path) -> None:
         raise RunDirError(f"{path}: {len(bad)} adapter tensors were not loaded (e.g. {bad[0]})")
 
 
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _state_problem(state: Any) -> str | None:
     if not isinstance(state, dict):
         return "expected a JSON object"
@@ -346,9 +709,64 @@ def _state_problem(state: Any) -> str | None:
     for c in state["checkpoints"]:
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):
             return "a kept checkpoint without a name"
+        if not CHECKPOINT_NAME.fullmatch(c["name"]):
+            return f"{c['name'][:80]!r} is not a checkpoint name of this run (epoch-NNN or step-NNNNNN)"
+        if not (_is_count(c.get("epoch")) and _is_count(c.get("step")) and isinstance(c.get("epoch_end"), bool)):
+            return f"checkpoint {c['name']!r} lacks a valid epoch, step or epoch_end"
+        sums = c.get("sha256")
+        if sums is not None and not (isinstance(sums, dict) and all(
+                isinstance(k, str) and isinstance(v, str) and ".." not in Path(k).parts and not Path(k).is_absolute()
+                for k, v in sums.items())):
+            return f"checkpoint {c['name']!r} has malformed checksums"
         names.append(c["name"])
     if state["last"] not in names or state["best"] not in names:
         return "last or best is not among the kept checkpoints"
+    return None
+
+
+def _history_problem(history: Any) -> str | None:
+    """What is wrong with the shape of a history (history.json), or None."""
+    if not isinstance(history, dict):
+        return "expected a JSON object with steps, evals and epochs"
+    for key in ("steps", "evals", "epochs"):
+        rows = history.get(key, [] if key == "epochs" else None)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return f"{key!r} must be a list of objects"
+    for r in history["evals"]:
+        if not _is_count(r.get("epoch")) or not all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                                    for k in ("accuracy", "eval_loss")):
+            return "an evaluation without an epoch, accuracy or eval loss"
+    return None
+
+
+def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_per_epoch: int | None) -> str | None:
+    """What in a checkpoint's trainer state does not fit the checkpoint it sits in, or None:
+    its step, epoch and batch must be the checkpoint's, its history must hold one row per step,
+    and its optimizer must have taken that many steps."""
+    for key in ("epoch", "batch", "step", "total_steps", "warmup_steps", "epoch_tokens"):
+        if not _is_count(ts[key]):
+            return f"{key} is {ts[key]!r}, not a count"
+    if ts["step"] != ckpt.step:
+        return f"its trainer state is at step {ts['step']}, the checkpoint at step {ckpt.step}"
+    if ts["epoch"] != ckpt.epoch + (1 if ckpt.epoch_end else 0):
+        return f"its trainer state is in epoch {ts['epoch']}, which does not fit checkpoint {ckpt.name}"
+    if ckpt.epoch_end and ts["batch"] != 0 or not ckpt.epoch_end and ts["batch"] < 1:
+        return f"batch {ts['batch']} does not fit checkpoint {ckpt.name}"
+    if batches_per_epoch is not None and ts["batch"] >= batches_per_epoch:
+        return f"batch {ts['batch']} is past the {batches_per_epoch} batches of an epoch"
+    if len(history["steps"]) != ts["step"]:
+        return f"its history has {len(history['steps'])} steps, its trainer state {ts['step']}"
+    opt = ts["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        return "the optimizer state is not an optimizer's state_dict"
+    for s in opt["state"].values():
+        try:
+            n = float(s["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError):  # not a number, or a tensor of many
+            n = None
+        # with loss scaling (fp16) an overflowing step is skipped: the optimizer may be behind
+        if n is None or (n != ts["step"] if "scaler" not in ts else not 0 <= n <= ts["step"]):
+            return f"its optimizer has taken {n} steps, the checkpoint {ts['step']}"
     return None
 
 

@@ -7,8 +7,6 @@ finished run from its directory, the way a student reloads the adapter later.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -19,11 +17,8 @@ from reclor_lab.data import class_weights, load_split, tokenize_records
 from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
 from reclor_lab.plots import save_run_plots
-from reclor_lab.rundir import RunDir, write_json
+from reclor_lab.rundir import RunDir, RunStart, atomic_write, read_json, started, write_json
 from reclor_lab.train import History, Run, evaluate, fit, setup
-
-#: Per validation example of the best epoch: id, question type, label, prediction, probabilities.
-VAL_PREDICTIONS_FILE = "val-predictions.json"
 
 
 def summary_table(history: dict) -> str:
@@ -48,6 +43,7 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
     metrics.json, the per-example probabilities into ``val-predictions.json``.
     """
     rd = RunDir(run_dir)
+    rd.check_no_links()
     state = rd.read_state()
     best = next(e for e in history.evals if e["epoch"] == state["best_epoch"])
     metrics = {"best_epoch": state["best_epoch"], "last_epoch": state["last_epoch"],
@@ -57,7 +53,7 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
         metrics.update(_analyse_best_epoch(run, rd))
     write_json(rd.history_path, history.to_dict())
     write_json(rd.metrics_path, metrics)
-    save_run_plots(history.to_dict(), best["confusion_matrix"], rd.path)
+    save_run_plots(history.to_dict(), best["confusion_matrix"], rd.plot_paths)
     return metrics
 
 
@@ -71,66 +67,68 @@ def _analyse_best_epoch(run: Run, rd: RunDir) -> dict:
     rows = [{"id_string": r["id_string"], "question_type": t, "label": r["label"], "predicted": int(p.argmax()),
              "probabilities": [round(float(x), 6) for x in p]}
             for r, t, p in zip(records, record_types(records), probs)]
-    write_json(rd.path / VAL_PREDICTIONS_FILE, rows)
+    write_json(rd.val_predictions_path, rows)
     return val_analysis(records, probs)
 
 
 def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
-              verbose: bool = True) -> dict:
+              verbose: bool = True, start: RunStart | None = None) -> dict:
     """The main job: fine-tune per ``cfg`` into ``cfg.output_dir``; returns the final metrics.
 
-    Launched as several processes (``--processes N``, ``accelerate launch``), every process
-    trains its share; the main one writes the run directory and returns the metrics, the others
-    return an empty dict.
+    The run is opened first (:meth:`RunDir.open`: the lock, then new / resume / refuse, before
+    minutes of loading), unless the caller hands in the ``start`` it opened (the CLI's resume,
+    which trains with the run's saved config). Launched as several processes (``--processes N``,
+    ``accelerate launch``), every process trains its share; the main one writes the run
+    directory and returns the metrics, the others return an empty dict.
     """
-    from reclor_lab.distributed import finish, on_main, process
+    from reclor_lab.distributed import finish, process
     from reclor_lab.plan import resolve_batch
 
-    rd, proc = RunDir(cfg.output_dir), process()
+    proc = process()
     verbose = verbose and proc.is_main
-    cfg = resolve_batch(cfg, verbose=verbose)  # the saved config records the batch actually used
     if use_trainer and proc.distributed:
         raise ReclorLabError("--trainer runs in one process; several processes train with the manual loop "
-                         "(drop --trainer)")
+                             "(drop --trainer)")
+    with started(start or cfg.output_dir, resume, cfg, proc) as opened:
+        cfg = resolve_batch(opened.cfg, verbose=verbose)  # the saved config records the batch actually used
+        if verbose:
+            print(cfg.describe())
+        run = setup(cfg, verbose=verbose)
+        if use_trainer:
+            from reclor_lab.trainer import fit_with_trainer
 
-    def check() -> None:  # refuse, or check the directory can be written, before minutes of loading
-        if rd.decide(resume) == "resume":
-            rd.check_resume_config(cfg)
-
-    on_main(proc, check)
-    if verbose:
-        print(cfg.describe())
-    run = setup(cfg, verbose=verbose)
-    if use_trainer:
-        from reclor_lab.trainer import fit_with_trainer
-
-        history = fit_with_trainer(run, rd.path, resume=resume, verbose=verbose)
-    else:
-        history = fit(run, rd.path, resume=resume, verbose=verbose)
-    if not proc.is_main:
-        finish(proc)
-        return {}
-    metrics = finish_run(rd.path, history, run)
+            history = fit_with_trainer(run, opened, resume=resume, verbose=verbose)
+        else:
+            history = fit(run, opened, resume=resume, verbose=verbose)
+        metrics = finish_run(opened.rd.path, history, run) if proc.is_main else {}
     finish(proc)
     if verbose:
         print(summary_table(history.to_dict()))
         print(f"best epoch {metrics['best_epoch']}: val accuracy "
               f"{format_accuracy(metrics['accuracy'], metrics.get('accuracy_ci95'))} (before training "
               f"{format_accuracy(metrics['baseline_accuracy'], metrics.get('baseline_accuracy_ci95'))}); "
-              f"run directory {rd.path}")
+              f"run directory {opened.rd.path}")
     return metrics
 
 
 def ensure_trained(cfg: RunConfig) -> str:
     """Make sure ``cfg.output_dir`` holds a finished run (notebooks 05 and 06 read notebook 04's):
-    if it has no metrics.json, train it now with :func:`train_run` (an unfinished run is started
-    over). Returns a line saying which happened."""
-    run_dir = Path(cfg.output_dir)
-    if RunDir(run_dir).metrics_path.exists():
-        return f"found {run_dir} (written by notebook 04)"
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run cannot be reused: start it over
-    train_run(cfg, verbose=False)
-    return f"{run_dir} was missing or unfinished: trained it now, as notebook 04 does"
+    if it has no metrics.json, train it now with :func:`train_run`. A run already there (finished
+    but without metrics.json, or interrupted) is continued, never deleted; a different run there
+    is refused. Returns a line saying which happened."""
+    rd = RunDir(cfg.output_dir)
+    if rd.metrics_path.exists():
+        return f"found {rd.path} (written by notebook 04)"
+    resume = rd.config_path.exists()
+    if resume:
+        saved = rd.load_config().to_dict()
+        wanted = cfg.replace(output_dir=str(rd.path)).to_dict()
+        differ = sorted(k for k in wanted if k not in ("batch_size", "output_dir") and saved.get(k) != wanted[k])
+        if differ:
+            raise RunDirError(f"{rd.path} holds another run (its config differs in {', '.join(differ[:5])}); "
+                              "move it away or choose another output_dir: it is never deleted")
+    train_run(cfg, resume=resume, verbose=False)
+    return f"{rd.path} was missing or unfinished: trained it now, as notebook 04 does"
 
 
 def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
@@ -174,10 +172,16 @@ def _reloaded(run_dir: str | Path) -> tuple[RunConfig, Run]:
     """A Run of a finished run's best adapter, ready for :func:`reclor_lab.train.evaluate`."""
     from reclor_lab.modeling import pick_device, resolve_compute_dtype
 
+    import torch
+
     cfg, tokenizer, model = load_run(run_dir)
     weights = None
     if cfg.class_weighting:  # the same weighted loss as in training, so eval_loss compares
-        weights = class_weights([r["label"] for r in load_split(cfg.data_dir, "train")[: cfg.train_limit]])
+        data = RunDir(run_dir).load_data()
+        if data is not None and data["class_weights"] is not None:  # as the run saved them
+            weights = torch.tensor(data["class_weights"], dtype=torch.float32)
+        else:  # a run saved before the kit kept its class weights: from its data folder
+            weights = class_weights([r["label"] for r in load_split(cfg.data_dir, "train")[: cfg.train_limit]])
     return cfg, Run(cfg, tokenizer, model, pick_device(), resolve_compute_dtype(cfg), weights=weights)
 
 
@@ -206,9 +210,10 @@ def predict_run(run_dir: str | Path, split: Literal["train", "val", "test"] = "t
     file and nothing else, and never over a file of the run or of its data. Returns the .npy path.
     """
     rd = RunDir(run_dir)
-    npy = Path(output) if output else rd.path / f"predictions-{split}.npy"
+    npy = Path(output) if output else rd.predictions_path(split)
     if npy.suffix != ".npy":
         raise RunDirError(f"{npy}: the predictions file must end in .npy")
+    rd.check_no_links()
     if output is not None:
         _refuse_to_overwrite_inputs(npy, rd)
     cfg, run = _reloaded(rd.path)
@@ -216,7 +221,7 @@ def predict_run(run_dir: str | Path, split: Literal["train", "val", "test"] = "t
     ds, _ = tokenize_records(records, run.tokenizer, cfg.max_len, cfg.template)
     preds = np.asarray(evaluate(run, ds, desc="predict", progress=verbose)["predictions"], dtype=np.int64)
     npy.parent.mkdir(parents=True, exist_ok=True)
-    np.save(npy, preds)
+    atomic_write(npy, lambda f: np.save(f, preds))  # complete or not at all, even on a full disk
     written = [npy]
     if output is None:
         readable = {r["id_string"]: OPTION_LETTERS[p] for r, p in zip(records, preds.tolist())}
@@ -230,7 +235,7 @@ def predict_run(run_dir: str | Path, split: Literal["train", "val", "test"] = "t
         from reclor_lab.analysis import format_test_summary, summarize_test_predictions
 
         summary = summarize_test_predictions(records, preds)
-        write_json(npy.with_name(npy.stem + "-summary.json"), summary)
+        write_json(rd.summary_path(npy), summary)
         if verbose:
             print(format_test_summary(summary))
     return npy
@@ -242,15 +247,24 @@ def _refuse_to_overwrite_inputs(path: Path, rd: RunDir) -> None:
     cfg = rd.load_config()
     inputs = [Path(cfg.data_dir).resolve(), rd.path.resolve()]
     for folder in inputs:
-        ours = folder == inputs[-1] and target.name.startswith("predictions-")
+        ours = folder == inputs[-1] and rd.is_prediction_file(target)
         if target.exists() and target.parent == folder and not ours:
             raise RunDirError(f"{path}: exists in {folder}, which holds the run or its data; refusing to "
                               "overwrite it: choose a new file name for --output")
 
 
 def saved_metrics(run_dir: str | Path) -> dict:
-    return json.loads(RunDir(run_dir).metrics_path.read_text())
+    """metrics.json, checked: a damaged file is one RunDirError naming it."""
+    path = RunDir(run_dir).metrics_path
+    metrics = read_json(path, "the run's metrics")
+    numbers = ("accuracy", "eval_loss", "baseline_accuracy")
+    ok = isinstance(metrics, dict) and all(
+        isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool) for k in numbers)
+    if not (ok and isinstance(metrics.get("best_epoch"), int) and 0 <= metrics["accuracy"] <= 1):
+        raise RunDirError(f"{path}: the run's metrics are damaged (expected an object with best_epoch, accuracy "
+                          "in [0, 1], eval_loss and baseline_accuracy); train or evaluate the run again")
+    return metrics
 
 
 def saved_history(run_dir: str | Path) -> dict:
-    return RunDir(run_dir).load_history()
+    return RunDir(run_dir).load_history(checked=True)

@@ -30,11 +30,11 @@ from reclor_lab.data import (
     BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
     split_path, tokenize_records,
 )
-from reclor_lab.distributed import Process, no_sync, on_main, process, shard, wrap
+from reclor_lab.distributed import Process, no_sync, process, shard, wrap
 from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import format_accuracy
-from reclor_lab.rundir import RunDir
+from reclor_lab.rundir import RunDir, RunStart, started
 
 #: Exit status of a run stopped by a signal: 128 + the signal number, as shells report it.
 SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -409,27 +409,32 @@ class StopSignals:
 
 # --- the loop ---------------------------------------------------------------------------------------
 
-def start(run: Run, rd: RunDir, decision: str, verbose: bool) -> Loop:
-    """A fresh loop (config and tokenizer saved, baseline evaluated) or one restored from the
-    run's last checkpoint."""
-    cfg, main = run.cfg, run.proc.is_main
-    _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), run.proc.world_size)
+def data_fingerprint(run: Run) -> dict[str, str]:
+    """What the run trains and evaluates on: a hash of each tokenized split (records, labels,
+    token ids), so a resume on other data is refused."""
+    from reclor_lab.cache import checksum
+
+    return {"train": checksum(run.train_ds), "val": checksum(run.val_ds)}
+
+
+def start(run: Run, opened: RunStart, verbose: bool) -> Loop:
+    """A fresh loop (directory prepared, baseline evaluated) or one restored from the run's last
+    checkpoint; the decision was taken when the run was opened (:meth:`RunDir.open`)."""
+    cfg, rd, proc = run.cfg, opened.rd, run.proc
+    _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), proc.world_size)
     loop = Loop(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps)
-    if decision == "resume":
-        on_main(run.proc, rd.check_resume_config, cfg)
-        ts, history = rd.load_checkpoint(run.model)  # every process reads it; only the main one writes
-        loop.restore(ts, history, run.proc)
-        if main:
-            rd.save_config(cfg)  # --epochs may have extended the run
+    weights = None if run.weights is None else run.weights.tolist()
+    if opened.decision == "resume":
+        batches = math.ceil(len(run.train_ds) / (cfg.batch_size * proc.world_size))
+        ts, history = rd.load_checkpoint(run.model, batches_per_epoch=batches)  # every process reads it
+        loop.restore(ts, history, proc)
+        opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)  # the same data; --epochs may extend
         if verbose:
             print(f"resuming {rd.path} at epoch {loop.epoch}, batch {loop.batch} (step {loop.step})"
                   + ("" if loop.epoch <= cfg.epochs else
                      f"; it already has {cfg.epochs} epochs: pass more --epochs to extend it"))
         return loop
-    if main:
-        rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
-        rd.save_config(cfg)
-        run.tokenizer.save_pretrained(rd.path)
+    opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
     baseline = evaluate(run, run.val_ds, desc="baseline")
     loop.history.evals.append(eval_row(0, baseline))
     if verbose:
@@ -518,7 +523,7 @@ def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
     save(run, rd, loop, epoch_end=True, accuracy=result["accuracy"])
 
 
-def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: int | None = None,
+def fit(run: Run, run_dir: str | Path | RunStart, resume: bool = False, stop_after_epoch: int | None = None,
         stop_after_step: int | None = None, verbose: bool = True) -> History:
     """Train ``run.model`` for ``cfg.epochs`` epochs, evaluating and checkpointing after each.
 
@@ -526,16 +531,17 @@ def fit(run: Run, run_dir: str | Path, resume: bool = False, stop_after_epoch: i
     interrupt would), for teaching and testing resume. SIGTERM / SIGINT do the same, then raise
     :class:`TrainingInterrupted` with the command that resumes.
 
-    With several processes (see :mod:`reclor_lab.distributed`) every process runs this; the main
-    one decides new/resume, holds the lock, prints and writes, and all stop at the same step.
+    ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`). With
+    several processes (see :mod:`reclor_lab.distributed`) every process runs this; the main one
+    holds the lock, prints and writes, and all stop at the same step.
     """
-    cfg, rd, proc = run.cfg, RunDir(run_dir), run.proc
+    cfg, proc = run.cfg, run.proc
     verbose = verbose and proc.is_main
-    decision = on_main(proc, rd.decide, resume)
-    with rd.lock() if proc.is_main else contextlib.nullcontext(), StopSignals() as stop:
+    with started(run_dir, resume, cfg, proc) as opened, StopSignals() as stop:
+        rd = opened.rd
         run.model.to(run.device)
         run.train_model = wrap(run.model, proc)
-        loop = start(run, rd, decision, verbose)
+        loop = start(run, opened, verbose)
         stopped = False
         while loop.epoch <= cfg.epochs and not stopped:
             if train_one_epoch(run, loop, rd, stop, stop_after_step):

@@ -24,12 +24,13 @@ from reclor_lab.data import column, epoch_batches, make_collator, model_inputs
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.errors import RunDirError
-from reclor_lab.rundir import RunDir
+from reclor_lab.rundir import RunDir, RunStart, started
 
 #: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
 TRAINER_STATE_JSON = "trainer_state.json"
 from reclor_lab.train import (
-    History, Loop, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, save, schedule_steps,
+    History, Loop, Run, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb, save,
+    schedule_steps,
 )
 
 
@@ -149,7 +150,7 @@ def trainer_metrics(trainer: WeightedLossTrainer, eval_pred) -> dict:
 def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> TrainingArguments:
     """TrainingArguments derived from the run config (no reporting services, no hub)."""
     return TrainingArguments(
-        output_dir=str(run_dir / "trainer"),
+        output_dir=str(RunDir(run_dir).trainer_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.grad_accum_steps,
@@ -172,14 +173,15 @@ def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> T
     )
 
 
-def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbose: bool = True,
+def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = False, verbose: bool = True,
                      stop_after_epoch: int | None = None) -> History:
     """Train with :class:`WeightedLossTrainer`; returns the same History as :func:`train.fit`.
     ``resume`` continues from the last checkpoint through the Trainer's own resume (the Trainer
-    path checkpoints at epoch ends only); ``stop_after_epoch`` ends the call after that epoch."""
-    cfg, rd = run.cfg, RunDir(run_dir)
-    decision = rd.decide(resume)
-    with rd.lock():
+    path checkpoints at epoch ends only); ``stop_after_epoch`` ends the call after that epoch.
+    ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`)."""
+    cfg = run.cfg
+    with started(run_dir, resume, cfg, run.proc) as opened:
+        rd = opened.rd
         lengths = column(run.train_ds, "length")
         steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
         # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
@@ -187,19 +189,16 @@ def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbos
         optimizer = make_optimizer(run.model, cfg, run.device)
         loop = Loop(optimizer, History(), total_steps, warmup_steps)
         checkpoint = None
-        if decision == "resume":
+        weights = None if run.weights is None else run.weights.tolist()
+        if opened.decision == "resume":
             checkpoint = rd.last_dir()
             if not (checkpoint / TRAINER_STATE_JSON).is_file():
                 raise RunDirError(f"{checkpoint} was written by the manual loop, not the Trainer: resume it "
                                   "without --trainer")
-            rd.check_resume_config(cfg)
-            ts, history = rd.load_checkpoint(run.model)  # checks the adapter; the Trainer reloads it
+            # checks every file's checksum and the adapter; the Trainer reloads them
+            ts, history = rd.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
             loop.history, loop.warmup_steps = History.from_dict(history), ts["warmup_steps"]
-            rd.save_config(cfg)
-        else:
-            rd.prune({"checkpoints": []})
-            rd.save_config(cfg)
-            run.tokenizer.save_pretrained(rd.path)
+        opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: get_lr(s, cfg, total_steps, loop.warmup_steps) / cfg.learning_rate)
         callback = HistoryCallback(run, rd, loop, verbose, stop_after_epoch)
