@@ -379,7 +379,8 @@ print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them ri
 # resume, and the history up to that point. `state.json` names the last and the best checkpoint
 # and is written last, so a crash at any moment leaves a complete checkpoint behind.
 # `RunDir` (`reclor_lab.rundir`) owns this layout; `.lock` keeps a second process out while a
-# run trains.
+# run trains. `data.json` records what the run trained on (a fingerprint of its data, its class
+# weights), and `state.json` a checksum of every checkpoint file, checked whenever one is loaded.
 
 # %%
 rd = RunDir(run_dir)

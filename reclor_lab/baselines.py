@@ -277,9 +277,9 @@ def baseline_line(result: dict) -> str:
 
 def write_baseline(result: dict, run_dir: str | Path) -> Path:
     """Write ``result`` as ``baseline-<method>.json`` beside the run's metrics.json."""
-    from reclor_lab.rundir import write_json
+    from reclor_lab.rundir import RunDir, write_json
 
-    path = Path(run_dir) / f"baseline-{result['method']}.json"
+    path = RunDir(run_dir).baseline_path(result["method"])
     write_json(path, result)
     return path
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -228,9 +229,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.processes > 1 and args.trainer:
         raise UsageError("--trainer runs in one process; several processes train with the manual loop "
                          "(drop --trainer or --processes)")
-    if args.processes > 1 and not launched():
-        return _launch(args.processes, args.argv)
     cfg = _config_from_args(args)
+    if args.processes > 1 and not launched():
+        return _launch(args.processes, args.argv, cfg.output_dir)
     if args.resume and args.set:
         raise UsageError("--set cannot change a resumed run (it keeps its saved config.json; "
                          "only --epochs may extend it): drop --set, or start a new run")
@@ -243,10 +244,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(processes: int, argv: list[str]) -> int:
+#: A log line of torch's launcher (``W1203 08:30:01.123000 1234 torch/distributed/run.py:793] …``).
+_LAUNCHER_LOG = re.compile(r"[IWE]\d{4} [\d:.]+ \d+ \S*torch/distributed/")
+#: The exceptions with which the launcher reports a process that failed or a signal it received.
+_LAUNCHER_FAILURES = ("ChildFailedError", "SignalException")
+
+
+def launcher_stderr(lines, out) -> bool:
+    """Copy the processes' stderr to ``out``, less the launcher's own report of a failure (its
+    log lines, its traceback ending in ChildFailedError or SignalException, and the table after
+    it): each process has said what happened in one line already. True when the launcher
+    reported a failure."""
+    held: list[str] | None = None
+    for line in lines:
+        if held is not None:  # inside a traceback: keep it unless it is the launcher's own
+            held.append(line)
+            if not line.startswith((" ", "\t", "Traceback")):
+                if any(name in line for name in _LAUNCHER_FAILURES):
+                    return True  # the launcher's last words: the report, then it exits
+                out.writelines(held)
+                held = None
+            continue
+        if line.startswith("Traceback (most recent call last):"):
+            held = [line]
+        elif not _LAUNCHER_LOG.match(line):
+            out.write(line)
+    if held:
+        out.writelines(held)
+    return False
+
+
+def _launch(processes: int, argv: list[str], output_dir: str) -> int:
     """``reclor-lab train --processes N …``: the same command in N processes on this machine,
     started by torch's launcher (what ``accelerate launch`` runs too), one per GPU or N on a CPU.
-    Returns the launcher's exit status."""
+    Returns the launcher's exit status; a process that failed or was killed is one line."""
     import signal
     import subprocess
 
@@ -266,7 +297,7 @@ def _launch(processes: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "reclor_lab", *rest]
     print(f"launching {processes} processes: {' '.join(cmd[1:])}", flush=True)
-    launcher = subprocess.Popen(cmd)
+    launcher = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
     # SIGTERM (a scheduler preempting the job) goes on to the launcher, which passes it to every
     # process; they checkpoint at the same step and exit. Ctrl-C reaches them all through the
     # terminal's process group already (passing it on would be a second signal: stop at once),
@@ -280,9 +311,16 @@ def _launch(processes: int, argv: list[str]) -> int:
     old = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
            signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))}
     try:
+        failed = launcher_stderr(launcher.stderr, sys.stderr)
         code = launcher.wait()
         # the launcher itself reports a signal as a failure (1); the processes checkpointed
-        return 128 + stopped[0] if stopped and code else code
+        if stopped and code:
+            return 128 + stopped[0]
+        if code and failed:
+            print(f"reclor-lab: error: a training process failed or was killed (the launcher exited {code}); "
+                  f"the last checkpoint is intact: resume with: reclor-lab train --resume --output-dir "
+                  f"{output_dir} --processes {processes}", file=sys.stderr)
+        return code
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -303,9 +341,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.preset or args.model or args.set:
         raise UsageError("--preset, --model and --set go with --zero-shot; a run is evaluated with its own config.json")
 
+    check = args.split == "val" and RunDir(args.run_dir).metrics_path.exists()
+    saved = saved_metrics(args.run_dir) if check else None  # a damaged file is reported before a model loads
     result = evaluate_run(args.run_dir, split=args.split)
-    if args.split == "val" and RunDir(args.run_dir).metrics_path.exists():
-        saved = saved_metrics(args.run_dir)
+    if saved is not None:
         same = abs(saved["accuracy"] - result["accuracy"]) < 1e-9
         print(f"saved val accuracy {saved['accuracy']:.3f} (epoch {saved['best_epoch']}): "
               f"{'reproduced' if same else 'NOT reproduced'}")
@@ -322,14 +361,15 @@ def _lm_baseline(args: argparse.Namespace) -> int:
     from reclor_lab.baselines import lm_baseline, results_table, trivial_baselines, write_baseline
     from reclor_lab.config import RunConfig
     from reclor_lab.data import load_split
+    from reclor_lab.rundir import RunDir
 
     shots = args.shots or 0
     if args.run_dir is not None:
         if args.preset or args.model or args.set:
             raise UsageError("with a RUN_DIR the run's config.json is used: drop --preset, --model and --set")
-        saved = args.run_dir / "config.json"
+        saved = RunDir(args.run_dir).config_path
         if not saved.is_file():
-            raise UsageError(f"{args.run_dir}: not a run directory (no config.json); or give --preset instead")
+            raise UsageError(f"{args.run_dir}: not a run directory (no {saved.name}); or give --preset instead")
         cfg = RunConfig.load(saved)
     else:
         args.preset = args.preset or "tiny"
@@ -539,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         if say:
             print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        from reclor_lab.distributed import launched
+
+        if launched() and ("gloo" in str(e).lower() or "connection closed by peer" in str(e).lower()):
+            return 1  # another process of the run died: the launcher reports it in one line
+        raise
     except KeyboardInterrupt:
         print("reclor-lab: interrupted", file=sys.stderr)
         return 130

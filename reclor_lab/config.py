@@ -328,7 +328,10 @@ class RunConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
-        return cls(**{**SAVED_BEFORE_FIELD, **raw})
+        try:
+            return cls(**{**SAVED_BEFORE_FIELD, **raw})
+        except ConfigError as e:  # name the file the values came from
+            raise ConfigError(f"{path}: {e}") from None
 
     def replace(self, **overrides: Any) -> "RunConfig":
         """A copy with some fields changed (validated again). Unknown names are an error."""

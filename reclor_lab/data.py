@@ -31,6 +31,9 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 #: Splits that must carry a ``label`` on every record (the official test split has none).
 LABELED_SPLITS: tuple[Split, ...] = ("train", "val")
 REQUIRED_KEYS = ("context", "question", "answers", "id_string")
+#: The longest text field a record may have, in characters. ReClor's passages run to a few
+#: thousand; a far longer one is a wrong file, and tokenizing it would take gigabytes.
+MAX_FIELD_CHARS = 100_000
 #: Columns the model's forward pass takes; everything else is dropped before batching.
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
@@ -50,6 +53,9 @@ def _where(path: Path, index: int, record: Any) -> str:
 
 def _check_text(where: str, what: str, text: str) -> None:
     """A JSON escape such as ``"\\ud800"`` decodes to a lone surrogate: not text any tokenizer takes."""
+    if len(text) > MAX_FIELD_CHARS:
+        raise DataError(f"{where}: {what} is {len(text):,} characters long, more than the {MAX_FIELD_CHARS:,} a "
+                        "record's field may have (ReClor's passages are a few thousand): check the file")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:

@@ -18,12 +18,14 @@ import functools
 import json
 import logging
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .config import NUM_LABELS, RunConfig
@@ -196,9 +198,18 @@ def _load_errors(path: str, what: str):
     except ReclorLabError:
         raise
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if Path(path).is_dir():  # a local folder: its files are at fault, not the network
+            raise ModelError(f"{path}: cannot load the {what} ({first}); its files are damaged or not a "
+                             "model the kit loads (config.json + safetensors weights)") from None
         raise ModelError(f"{path}: cannot load the {what} ({first}); the kit runs offline: use a local "
                          "directory or a model already in the Hugging Face cache") from None
+    except (RuntimeError, RecursionError, pickle.UnpicklingError, SafetensorError) as e:
+        # damaged or truncated weights, a config nested too deeply, impossible sizes (a negative
+        # hidden_size), a pickle file that safe loading refuses
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: cannot load the {what} ({type(e).__name__}: {first}); its files are "
+                         "damaged or not a model the kit loads (config.json + safetensors weights)") from None
 
 
 def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase

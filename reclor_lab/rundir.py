@@ -371,27 +371,42 @@ class RunDir:
             raise RunDirError(f"{self.path} is a {saved.epochs}-epoch run; --epochs {cfg.epochs} would shrink it: "
                               f"pass --epochs {saved.epochs} or more, or no --epochs")
 
-    def save_tokenizer(self, tokenizer) -> None:
+    def save_tokenizer(self, tokenizer) -> dict[str, str]:
         """The tokenizer's files, each written complete or not at all: saved into a temporary
-        folder, then each file renamed into the run directory."""
+        folder, then each file renamed into the run directory. Returns their SHA-256s."""
         tmp = self.path / (".tokenizer" + _TMP_SUFFIX)
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             tokenizer.save_pretrained(tmp)
+            sums = _seal(tmp)
             for f in sorted(tmp.iterdir()):
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
                 os.replace(f, self.path / f.name)
             fsync_dir(self.path)
+            return sums
         except OSError as e:
             raise WriteError(f"{self.path}: cannot write the tokenizer's files ({e.strerror or e}); free some "
                              "space, then start the run again") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def save_data(self, fingerprint: dict[str, str], weights: list[float] | None) -> None:
-        write_json(self.data_path, {"fingerprint": fingerprint, "class_weights": weights})
+    def save_data(self, fingerprint: dict[str, str], weights: list[float] | None,
+                  tokenizer: dict[str, str] | None = None) -> None:
+        write_json(self.data_path, {"fingerprint": fingerprint, "class_weights": weights, "tokenizer": tokenizer})
+
+    def check_tokenizer(self) -> None:
+        """Refuse a run whose tokenizer files are missing or changed since it saved them (a run
+        saved before the kit recorded them is not checked)."""
+        data = self.load_data()
+        sums = (data or {}).get("tokenizer")
+        for name, digest in sorted(sums.items() if isinstance(sums, dict) else []):
+            path = self.path / Path(name).name
+            if not path.is_file():
+                raise RunDirError(f"{path}: the run's tokenizer file is missing; restore it from the model the "
+                                  "run was trained from (its tokenizer, saved with save_pretrained)")
+            if sha256_file(path) != digest:
+                raise RunDirError(f"{path}: checksum mismatch: the run's tokenizer file changed after it was "
+                                  "written; refusing to load it")
 
     def load_data(self) -> dict | None:
         """data.json checked, or None for a run saved before the kit wrote it."""
@@ -403,7 +418,9 @@ class RunDir:
               and (d.get("class_weights") is None or (isinstance(d["class_weights"], list)
                    and len(d["class_weights"]) == 4
                    and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 1e6
-                           for w in d["class_weights"]))))
+                           for w in d["class_weights"])))
+              and (d.get("tokenizer") is None or (isinstance(d["tokenizer"], dict) and all(
+                  isinstance(k, str) and isinstance(v, str) for k, v in d["tokenizer"].items()))))
         if not ok:
             raise RunDirError(f"{self.data_path}: the run's data record is damaged (expected a fingerprint and "
                               "4 positive class weights or null)")
@@ -582,6 +599,7 @@ class RunStart:
         rd.check_no_links()
         decision = rd.decide(resume)
         if decision == "resume":
+            rd.verify_checkpoint(rd.read_state()["last"])  # a damaged file is reported before a model loads
             saved = rd.load_config()
             if cfg is None:
                 cfg = saved.replace(**({"epochs": epochs} if epochs else {}))
@@ -609,8 +627,7 @@ class RunStart:
             return
         rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
         rd.save_config(cfg)
-        rd.save_tokenizer(tokenizer)
-        rd.save_data(fingerprint, weights)
+        rd.save_data(fingerprint, weights, rd.save_tokenizer(tokenizer))
 
     def close(self) -> None:
         if self._lock is not None:
@@ -759,13 +776,13 @@ def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_pe
     opt = ts["optimizer"]
     if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
         return "the optimizer state is not an optimizer's state_dict"
+    scaled = any("scaler" in k for k in ts)  # fp16 loss scaling skips the steps that overflow
     for s in opt["state"].values():
         try:
             n = float(s["step"])
         except (KeyError, TypeError, ValueError, RuntimeError):  # not a number, or a tensor of many
             n = None
-        # with loss scaling (fp16) an overflowing step is skipped: the optimizer may be behind
-        if n is None or (n != ts["step"] if "scaler" not in ts else not 0 <= n <= ts["step"]):
+        if n is None or (not 0 <= n <= ts["step"] if scaled else n != ts["step"]):
             return f"its optimizer has taken {n} steps, the checkpoint {ts['step']}"
     return None
 

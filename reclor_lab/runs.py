@@ -150,7 +150,9 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     if not rd.config_path.exists() or not rd.state_path.exists():
         raise RunDirError(f"{rd.path}: not a run directory (needs config.json and state.json from `reclor-lab train`)")
     cfg = rd.load_config()
-    folder = rd.best_dir() if checkpoint == "best" else rd.last_dir()
+    state = rd.read_state()
+    folder = rd.verify_checkpoint(state[checkpoint], state)  # before minutes of loading a model
+    rd.check_tokenizer()
     tokenizer = load_tokenizer(str(rd.path))
     base = load_model(cfg, tokenizer)
     if cfg.quantization != "none":

@@ -406,6 +406,14 @@ class StopSignals:
         for s, old in self._old.items():
             signal.signal(s, old)
 
+    def interrupted(self, step: int, run_dir: Path, processes: int = 1, trainer: bool = False) -> TrainingInterrupted:
+        """What a stopped run raises: one line with the command that resumes it."""
+        name = signal.Signals(self.signum).name
+        return TrainingInterrupted(
+            f"{name}: stopped after step {step}, checkpoint written; resume with: "
+            f"reclor-lab train --resume --output-dir {run_dir}" + (" --trainer" if trainer else "")
+            + (f" --processes {processes}" if processes > 1 else ""), SIGNAL_EXIT[self.signum])
+
 
 # --- the loop ---------------------------------------------------------------------------------------
 
@@ -552,9 +560,5 @@ def fit(run: Run, run_dir: str | Path | RunStart, resume: bool = False, stop_aft
                        or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
     run.train_model = None  # DDP's reducer goes while the process group is still there
     if stop.signum is not None:
-        name = signal.Signals(stop.signum).name
-        raise TrainingInterrupted(
-            f"{name}: stopped after step {loop.step}, checkpoint written; resume with: "
-            f"reclor-lab train --resume --output-dir {rd.path}"
-            + (f" --processes {proc.world_size}" if proc.distributed else ""), SIGNAL_EXIT[stop.signum])
+        raise stop.interrupted(loop.step, rd.path, proc.world_size)
     return loop.history

@@ -29,8 +29,8 @@ from reclor_lab.rundir import RunDir, RunStart, started
 #: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
 TRAINER_STATE_JSON = "trainer_state.json"
 from reclor_lab.train import (
-    History, Loop, Run, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb, save,
-    schedule_steps,
+    History, Loop, Run, StopSignals, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb,
+    save, schedule_steps,
 )
 
 
@@ -86,9 +86,11 @@ class HistoryCallback(TrainerCallback):
     same checkpoints (plus the Trainer's own optimizer, scheduler, RNG and state files, so that
     ``Trainer.train(resume_from_checkpoint=...)`` continues from them)."""
 
-    def __init__(self, run: Run, rd: RunDir, loop: Loop, verbose: bool, stop_after_epoch: int | None = None):
+    def __init__(self, run: Run, rd: RunDir, loop: Loop, verbose: bool, stop_after_epoch: int | None = None,
+                 stop: StopSignals | None = None, steps_per_epoch: int = 0):
         self.run, self.rd, self.loop, self.verbose = run, rd, loop, verbose
         self.stop_after_epoch = stop_after_epoch
+        self.stop, self.steps_per_epoch = stop, steps_per_epoch  # SIGTERM / SIGINT: finish the step, save
         self.trainer: WeightedLossTrainer | None = None
         self.t0 = time.perf_counter()
 
@@ -108,6 +110,13 @@ class HistoryCallback(TrainerCallback):
                "lr": get_lr(step - 1, self.run.cfg, loop.total_steps, loop.warmup_steps)}
         loop.history.steps.append(row)
         loop.pending.append((row, torch.stack(losses).mean()))
+        if self.stop is not None and self.stop.signum is not None:
+            if step % self.steps_per_epoch == 0:
+                return  # the epoch's end evaluates and saves; on_evaluate stops there
+            done_in_epoch = step - (epoch - 1) * self.steps_per_epoch
+            loop.epoch, loop.step, loop.batch = epoch, step, done_in_epoch * args.gradient_accumulation_steps
+            save(self.run, self.rd, loop, epoch_end=False, extra=self.trainer_files)
+            control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         loop, epoch = self.loop, round(state.epoch or 0)
@@ -121,7 +130,7 @@ class HistoryCallback(TrainerCallback):
                                         "peak_memory_mb": peak_memory_mb(self.run.device)})
             loop.epoch, loop.batch, loop.step, loop.epoch_seconds = epoch + 1, 0, state.global_step, 0.0
             save(self.run, self.rd, loop, epoch_end=True, accuracy=row["accuracy"], extra=self.trainer_files)
-            if epoch == self.stop_after_epoch:
+            if epoch == self.stop_after_epoch or (self.stop is not None and self.stop.signum is not None):
                 control.should_training_stop = True
         if self.verbose:
             print(eval_line(epoch, row))
@@ -180,7 +189,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
     path checkpoints at epoch ends only); ``stop_after_epoch`` ends the call after that epoch.
     ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`)."""
     cfg = run.cfg
-    with started(run_dir, resume, cfg, run.proc) as opened:
+    with started(run_dir, resume, cfg, run.proc) as opened, StopSignals() as stop:
         rd = opened.rd
         lengths = column(run.train_ds, "length")
         steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(lengths))
@@ -201,7 +210,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
         opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: get_lr(s, cfg, total_steps, loop.warmup_steps) / cfg.learning_rate)
-        callback = HistoryCallback(run, rd, loop, verbose, stop_after_epoch)
+        callback = HistoryCallback(run, rd, loop, verbose, stop_after_epoch, stop, steps_per_epoch)
         trainer = WeightedLossTrainer(
             model=run.model,
             args=training_arguments(cfg, rd.path, steps_per_epoch),
@@ -218,4 +227,6 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
         if checkpoint is None:
             trainer.evaluate()  # the baseline, before training (epoch 0)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.signum is not None:
+        raise stop.interrupted(loop.step, rd.path, trainer=True)
     return loop.history
