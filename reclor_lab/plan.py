@@ -131,8 +131,7 @@ def model_shape(name_or_path: str) -> tuple[ModelShape, str]:
     or the built-in Llama-2-7B shape for its hub id; and a line saying which."""
     path = Path(name_or_path).expanduser()
     if (path / "config.json").is_file():
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        return _shape_from_dict(raw), f"{name_or_path}/config.json"
+        return _shape_from_dict(_read_config(path / "config.json")), f"{name_or_path}/config.json"
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -140,21 +139,38 @@ def model_shape(name_or_path: str) -> tuple[ModelShape, str]:
     except Exception:  # not a hub id at all
         cached = None
     if isinstance(cached, str):
-        return _shape_from_dict(json.loads(Path(cached).read_text(encoding="utf-8"))), f"{name_or_path} (cache)"
+        return _shape_from_dict(_read_config(Path(cached))), f"{name_or_path} (cache)"
     if name_or_path in _BUILT_IN:
         return _BUILT_IN[name_or_path], f"{name_or_path} (built-in shape; its files are not on this machine)"
     raise PlanError(f"{name_or_path}: no config.json on disk or in the Hugging Face cache; the planner "
                     f"knows {', '.join(_BUILT_IN)} without files")
 
 
+def _read_config(path: Path) -> dict:
+    """A model's config.json; an unreadable one (bad JSON, nested too deeply, a 5,000-digit
+    number) is one PlanError."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError too
+        raise PlanError(f"{path}: not a readable model config ({type(e).__name__})") from None
+    if not isinstance(raw, dict):
+        raise PlanError(f"{path}: not a model config (expected a JSON object)")
+    return raw
+
+
 def _shape_from_dict(raw: dict) -> ModelShape:
     try:
-        return ModelShape(hidden=raw["hidden_size"], intermediate=raw["intermediate_size"],
-                          layers=raw["num_hidden_layers"], heads=raw["num_attention_heads"],
-                          kv_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"],
-                          vocab=raw["vocab_size"])
+        shape = ModelShape(hidden=raw["hidden_size"], intermediate=raw["intermediate_size"],
+                           layers=raw["num_hidden_layers"], heads=raw["num_attention_heads"],
+                           kv_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"],
+                           vocab=raw["vocab_size"])
     except KeyError as e:
         raise PlanError(f"config.json lacks {e}: not a Llama-style decoder the planner knows") from None
+    bad = [k for k, v in vars(shape).items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
+    if bad:
+        raise PlanError(f"config.json: {', '.join(bad)} must be positive integers, got "
+                        + ", ".join(repr(getattr(shape, k))[:40] for k in bad))
+    return shape
 
 
 # --- the run's settings that change memory ---------------------------------------------------------

@@ -50,6 +50,9 @@ PLOT_FILES = ("loss.png", "eval.png", "confusion.png")
 TRAINER_DIR = "trainer"
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
+#: The Hugging Face Trainer's own state file, written into the kit's checkpoints on the Trainer
+#: path so that the Trainer can resume from them.
+TRAINER_STATE_JSON = "trainer_state.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 LOCK_FILE = ".lock"
 #: Bumped when the layout of state.json changes.

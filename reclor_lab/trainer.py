@@ -24,10 +24,8 @@ from reclor_lab.data import column, epoch_batches, make_collator, model_inputs
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.errors import RunDirError
-from reclor_lab.rundir import RunDir, RunStart, started
+from reclor_lab.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
 
-#: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
-TRAINER_STATE_JSON = "trainer_state.json"
 from reclor_lab.train import (
     History, Loop, Run, StopSignals, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb,
     save, schedule_steps,
