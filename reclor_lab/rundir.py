@@ -5,7 +5,10 @@ A run directory holds::
 
     config.json               the RunConfig of the run
     tokenizer files           the tokenizer the run used (pad = eos)
-    state.json                names the last checkpoint, the best one, and every kept one
+    data.json                 what the run trains on: a fingerprint of its tokenized train and val
+                              splits, its class weights, its tokenizer files' SHA-256s
+    state.json                names the last checkpoint, the best one, and every kept one, with a
+                              SHA-256 of each of its files
     checkpoints/<name>/       one checkpoint: the LoRA adapter + head (adapter_model.safetensors and
                               adapter_config.json, loadable with PeftModel.from_pretrained),
                               trainer_state.pt (optimizer, RNG, where in which epoch) and
@@ -20,6 +23,13 @@ checkpoint whose history matches it exactly, and a leftover folder is removed th
 
 The folder the user names *is* the run: the ``output_dir`` saved in ``config.json`` is where the
 run was created, never where it is looked for.
+
+A run starts in one place, :meth:`RunDir.open`: the lock first, then the decision (new, resume,
+restart, or refuse), the resumed config checked once; :class:`RunStart` carries the outcome to
+``fit``, which decides nothing. What the kit writes goes to a temporary name, is flushed and
+renamed (:func:`atomic_write`): complete or not at all. It never writes or deletes through a
+symbolic link inside a run directory, and refuses a directory that has one where it writes.
+Loading a checkpoint checks its files' SHA-256s and that its trainer state fits it.
 """
 
 from __future__ import annotations
