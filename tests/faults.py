@@ -9,7 +9,7 @@ line exactly as a user meets it, each outcome classified:
 - ``silent wrong``: the command succeeded where it had to refuse.
 
 ``tests/test_faults.py`` runs the table (every case must be a survival or a clear error);
-``python tests/faults.py`` runs it and prints the machine and the tally.
+``python bench/faults.py`` runs it and prints the machine and the tally.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,19 +399,5 @@ def run_table(root: Path, faults: list[Fault] = FAULTS, say=print) -> dict[str, 
     return tally
 
 
-def main() -> int:
-    import platform
-    import tempfile
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
-    with tempfile.TemporaryDirectory(prefix="reclor-faults-") as tmp:
-        tally = run_table(Path(tmp))
-    print("tally: " + ", ".join(f"{len(v)} {k}" for k, v in tally.items()))
-    return 0 if not any(tally[k] for k in ("traceback", "data lost", "silent wrong", "unclear error")) else 1
-
-
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    sys.exit(main())
+    print("run the table with: python bench/faults.py (or pytest tests/test_faults.py)")
