@@ -316,6 +316,10 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
                        if task == "classification" else (AutoModelForCausalLM, {}))
     check_model_source(cfg.model_name_or_path)
+    folder = Path(cfg.model_name_or_path).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors*")) and any(folder.glob("*.bin")):
+        raise ModelError(f"{cfg.model_name_or_path}: holds only pickle weights (*.bin); the kit loads safetensors "
+                         "only, since unpickling can run code: convert them (save_pretrained writes safetensors)")
     with _load_errors(cfg.model_name_or_path, "model"), _load_report(report):
         model = auto.from_pretrained(
             cfg.model_name_or_path,
