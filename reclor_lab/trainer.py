@@ -29,7 +29,7 @@ from reclor_lab.rundir import RunDir
 #: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
 TRAINER_STATE_JSON = "trainer_state.json"
 from reclor_lab.train import (
-    History, Loop, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, save, schedule_steps,
+    History, Loop, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, save, scaling_row, schedule_steps,
 )
 
 
@@ -105,6 +105,8 @@ class HistoryCallback(TrainerCallback):
         epoch = math.ceil(state.epoch - 1e-9) if state.epoch else 1
         row = {"step": step, "epoch": epoch, "loss": None,
                "lr": get_lr(step - 1, self.run.cfg, loop.total_steps, loop.warmup_steps)}
+        if t.accelerator.optimizer_step_was_skipped:  # fp16: the Trainer's loss scaler saw inf/NaN
+            row["skipped"] = True
         loop.history.steps.append(row)
         loop.pending.append((row, torch.stack(losses).mean()))
 
@@ -117,7 +119,8 @@ class HistoryCallback(TrainerCallback):
             seconds, tokens = loop.epoch_seconds, sum(column(self.run.train_ds, "length"))
             loop.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
                                         "tokens_per_second": tokens / seconds,
-                                        "peak_memory_mb": peak_memory_mb(self.run.device)})
+                                        "peak_memory_mb": peak_memory_mb(self.run.device)}
+                                       | scaling_row(loop.history, epoch, self.trainer.accelerator.scaler))
             loop.epoch, loop.batch, loop.step, loop.epoch_seconds = epoch + 1, 0, state.global_step, 0.0
             save(self.run, self.rd, loop, epoch_end=True, accuracy=row["accuracy"], extra=self.trainer_files)
             if epoch == self.stop_after_epoch:
@@ -130,6 +133,7 @@ class HistoryCallback(TrainerCallback):
         t = self.trainer
         t._save_optimizer_and_scheduler(str(folder))
         t._save_rng_state(str(folder))
+        t._save_scaler(str(folder))  # fp16's loss scale (nothing without one); the Trainer's resume reads it
         t.state.save_to_json(str(folder / TRAINER_STATE_JSON))
 
 
@@ -146,8 +150,10 @@ def trainer_metrics(trainer: WeightedLossTrainer, eval_pred) -> dict:
     return metrics
 
 
-def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> TrainingArguments:
-    """TrainingArguments derived from the run config (no reporting services, no hub)."""
+def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int, fp16: bool = False) -> TrainingArguments:
+    """TrainingArguments derived from the run config (no reporting services, no hub). ``fp16``:
+    the Trainer's own fp16 autocast and dynamic loss scaling (what the manual loop does with an
+    fp16 compute dtype; accelerate scales losses on a GPU only)."""
     return TrainingArguments(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
@@ -166,7 +172,8 @@ def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> T
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=False,                    # autocast is decided by the model's compute dtype (4-bit) instead
+        bf16=False,                    # autocast is decided by the model's compute dtype (4-bit) instead,
+        fp16=fp16,                     # except fp16, whose gradients need the Trainer's loss scaling
         disable_tqdm=False,
         label_names=["labels"],
     )
@@ -205,7 +212,8 @@ def fit_with_trainer(run: Run, run_dir: str | Path, resume: bool = False, verbos
         callback = HistoryCallback(run, rd, loop, verbose, stop_after_epoch)
         trainer = WeightedLossTrainer(
             model=run.model,
-            args=training_arguments(cfg, rd.path, steps_per_epoch),
+            args=training_arguments(cfg, rd.path, steps_per_epoch,
+                                    fp16=run.dtype == torch.float16 and run.device.type == "cuda"),
             train_dataset=model_inputs(run.train_ds),
             eval_dataset=model_inputs(run.val_ds),
             data_collator=make_collator(run.tokenizer),
