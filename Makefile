@@ -19,7 +19,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test lab lock
+.PHONY: install demo test lab lock gpu-wheels gpu-check-dry
 
 # One stamp per interpreter version: switching PYTHON to another version starts a fresh .venv.
 $(VENV)/.python-$(PYVER):
@@ -65,3 +65,46 @@ lock:
 	"$$tmp/venv/bin/python" -m pip install --quiet -e '.[dev]' -c $(LOCK) && \
 	{ sed -n '1,/^$$/p' $(LOCK); "$$tmp/venv/bin/python" -m pip freeze --exclude-editable | sed 's/+[A-Za-z0-9.]*$$//'; } > "$$tmp/lock" && \
 	mv "$$tmp/lock" $(LOCK) && echo "$(LOCK): $$(grep -c '==' $(LOCK)) pins, resolved on $(PYTHON) ($(PYVER))"
+
+# --- the lent GPU's one call, prepared and proven here ------------------------------------------
+# `make gpu-wheels`: download into .whl/ (git-ignored) what the GPU machine's image lacks and
+# check that it and the working tree fit what one call carries (bench/gpu_wheels.py).
+# `make gpu-check-dry`: that, then a Python 3.12 venv holding the image's torch 2.11 and
+# transformers 5.17, the wheels installed with gpu_run.sh's own command, and gpu_run.sh --dry-run
+# end to end on the CPU. Not part of `make test`: the first build downloads torch 2.11 (its 530 MB
+# CUDA wheel from PyPI, no CPU build there) and the CUDA libraries it links against: a 4.4 GB
+# venv, a few minutes.
+DRY       := build/gpu-dry
+PY312     ?= $(firstword $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+               $$p -c '' >/dev/null 2>&1 && echo $$p; done))
+# torch's own requirements: the pure-Python ones, and the CUDA libraries libtorch links against
+# (it does not import without them, even on a CPU), but not triton or cuda-bindings, which
+# `import torch` does not load. Then the image's other packages: transformers with its
+# requirements (it requires no torch), peft and accelerate without theirs (torch, transformers,
+# and what transformers brought, plus psutil).
+TORCH_DEPS := filelock typing-extensions 'setuptools<82' sympy networkx jinja2 fsspec
+TORCH_CUDA := 'cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]==13.0.2' \
+              nvidia-cudnn-cu13==9.19.0.56 nvidia-cusparselt-cu13==0.8.0 nvidia-nccl-cu13==2.28.9 \
+              nvidia-nvshmem-cu13==3.4.5
+IMAGE_PKGS := transformers==5.17.0 pyarrow xxhash psutil
+NO_DEPS    := peft==0.21.2 accelerate==1.15.0
+
+gpu-wheels:
+	python3 bench/gpu_wheels.py
+
+$(DRY)/venv/.ready:
+	$(if $(PY312),,@echo "error: no Python 3.12 runs here; install one or name it: make gpu-check-dry PY312=/path/to/python3.12" >&2; exit 1)
+	rm -rf $(DRY)/venv && mkdir -p $(DRY)/wheels
+	$(PY312) -m venv $(DRY)/venv
+	$(DRY)/venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d $(DRY)/wheels torch==2.11.0
+	$(DRY)/venv/bin/python -m pip install -q --no-deps $(DRY)/wheels/torch-2.11.0-*.whl
+	$(DRY)/venv/bin/python -m pip install -q $(TORCH_DEPS)
+	$(DRY)/venv/bin/python -m pip install -q --no-cache-dir $(TORCH_CUDA)
+	$(DRY)/venv/bin/python -m pip install -q $(IMAGE_PKGS)
+	$(DRY)/venv/bin/python -m pip install -q --no-deps $(NO_DEPS)
+	$(DRY)/venv/bin/python -c "import torch, transformers; print('dry venv: torch', torch.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+gpu-check-dry: gpu-wheels $(DRY)/venv/.ready
+	rm -rf $(DRY)/site $(DRY)/out
+	PYTHON=$(DRY)/venv/bin/python SITE=$(DRY)/site OUT=$(DRY)/out bash bench/gpu_run.sh --dry-run

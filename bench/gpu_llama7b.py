@@ -13,7 +13,9 @@ lengths, three ways, one table.
 - optional (``--variants``): **kit auto sqrt-lr**: ``auto_batch="sqrt-lr"``, the largest
   micro-batch that fits, one per optimizer step (a different optimisation: see README); and
   ``kit-B-on`` / ``kit-B-off``: the kit at micro-batch B with checkpointing on / off, rows that
-  check the planner's prediction against the measured peak.
+  check the planner's prediction against the measured peak; **kit default in fp16**
+  (``kit-fp16``): the default's shape computed in fp16 with dynamic loss scaling, the path a T4
+  takes, with the steps the scaler skipped.
 
 Columns: real (non-padding) tokens/s over the timed steps, median step time, GPU busy (summed
 kernel time / wall time of one profiled step, torch profiler; CUDA only), peak memory
@@ -190,8 +192,11 @@ def run_loop(model, ds, lengths, bs, accum, args, device, dtype, cfg, profile_at
     from torch.utils.data import DataLoader
 
     from reclor_lab.data import BatchListSampler, epoch_batches
+    from reclor_lab.modeling import loss_scaler
     from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
+    scaler = loss_scaler(device, dtype)  # fp16: dynamic loss scaling; otherwise it passes through
+    skipped = 0
     n_micro = (args.warmup + args.steps) * accum
     batches = epoch_batches(lengths, bs, args.seed, 1, group_by_length=True)[:n_micro]
     loader = DataLoader(ds, batch_sampler=BatchListSampler(batches), collate_fn=collate)
@@ -204,9 +209,9 @@ def run_loop(model, ds, lengths, bs, accum, args, device, dtype, cfg, profile_at
         tokens += int(batch["attention_mask"].sum())  # counted on the host: no GPU sync
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with profiled(device, enabled=i == profile_at) as prof:
-            train_step(model, batch, None, dtype, accum)
+            train_step(model, batch, None, dtype, accum, scaler=scaler)
             if (i + 1) % accum == 0:
-                optimizer_step(model, optimizer, cfg.learning_rate, args.max_grad_norm)
+                skipped += optimizer_step(model, optimizer, cfg.learning_rate, args.max_grad_norm, scaler)
             sync(device)
         if prof.result is not None:
             busy = prof.result
@@ -218,6 +223,8 @@ def run_loop(model, ds, lengths, bs, accum, args, device, dtype, cfg, profile_at
     out = summarize(t_start, step_ends, step_tokens, args.warmup)
     out["gpu_busy"] = busy
     out["longest_batch"] = max(max(lengths[j] for j in b) for b in batches)
+    if scaler.is_enabled():
+        out["skipped_steps"], out["loss_scale"] = skipped, scaler.get_scale()
     return out
 
 
@@ -334,6 +341,9 @@ def variants(args, budget: float, shape) -> list[Variant]:
                           gradient_checkpointing=c.gradient_checkpointing, learning_rate=c.learning_rate)
         label = "kit default (auto)" if mode == "accumulate" else "kit auto sqrt-lr"
         out[key] = Variant(label, cfg, c.batch_size, c.grad_accum_steps, note=c.reason)
+    auto = out["kit-auto"]  # fp16 takes as many bytes as bf16: the same shape, computed in fp16
+    out["kit-fp16"] = Variant("kit default in fp16", auto.cfg.replace(compute_dtype="float16"), auto.batch,
+                              auto.accum, note="as kit default, fp16 compute + loss scaling (what a T4 runs)")
     rows = []
     for key in args.variants:
         m = re.fullmatch(r"kit-(\d+)-(on|off)", key)
@@ -356,7 +366,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden/128)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
     p.add_argument("--variants", default="trainer,kit-auto,kit-ref",
-                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt, and kit-B-on / kit-B-off "
+                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt, kit-fp16, and kit-B-on / kit-B-off "
                         "(the kit at micro-batch B with checkpointing on / off, e.g. to check the planner)")
     p.add_argument("--gpu-memory", default="24GiB", help="the budget auto plans for (default 24GiB)")
     p.add_argument("--steps", type=int, default=15, help="timed optimizer steps per variant")
@@ -401,15 +411,16 @@ def main() -> None:
     budget = parse_memory(args.gpu_memory)
     rows = variants(args, budget, shape)
     device = pick_device()
-    dtype = resolve_compute_dtype(rows[0].cfg)
     log(f"device {device} ({report.machine['gpu'] or report.machine['cpu']}), compute dtype "
-        f"{str(dtype).removeprefix('torch.')}; {args.warmup} + {args.steps} steps per variant")
+        f"{str(resolve_compute_dtype(rows[0].cfg)).removeprefix('torch.')}; {args.warmup} + {args.steps} "
+        f"steps per variant")
     lengths = make_lengths(NUM_EXAMPLES, args.max_len, args.seed)
     ds = make_dataset(lengths, args.vocab, args.seed)
     results = {}
     for v in rows:
         log(f"-- {v.name}: {v.note}")
         torch.manual_seed(args.seed)
+        dtype = resolve_compute_dtype(v.cfg)
         model = inject_lora(build_model(args, device, dtype), v.cfg)
         n = (args.warmup + args.steps) * v.batch * v.accum
         pool, pool_lengths = ds[:n], lengths[:n]
@@ -430,15 +441,18 @@ def main() -> None:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        settings = PlanSettings.from_config(v.cfg, compute_bytes=2 if dtype == torch.bfloat16 else 4,
+        settings = PlanSettings.from_config(v.cfg, compute_bytes=2 if dtype != torch.float32 else 4,
                                             base_saves_input=device.type == "cpu")
         predicted = Planner(shape, settings).estimate(v.batch, r["longest_batch"], v.cfg.gradient_checkpointing)
         r["peak_gib"], r["predicted_gib"] = peak_gib(device), predicted.allocated / GIB
         results[v.name] = r
         log(f"   {r['tokens_per_second']:,.0f} tokens/s, step {r['median_step_seconds'] * 1e3:.0f} ms, "
-            f"peak {r['peak_gib']:.2f} GiB (planner {r['predicted_gib']:.2f} GiB)")
+            f"peak {r['peak_gib']:.2f} GiB (planner {r['predicted_gib']:.2f} GiB), "
+            f"{args.warmup + args.steps} steps of {v.batch}x{v.accum}"
+            + (f", {r['skipped_steps']} skipped by the loss scaler (scale now {r['loss_scale']:g})"
+               if "skipped_steps" in r else ""))
         for key, unit in (("tokens_per_second", "tokens/s"), ("median_step_seconds", "s"), ("peak_gib", "GiB"),
-                          ("predicted_gib", "GiB"), ("gpu_busy", "fraction")):
+                          ("predicted_gib", "GiB"), ("gpu_busy", "fraction"), ("skipped_steps", "steps")):
             if r.get(key) is not None:
                 report.add(f"{v.name}: {key}", r[key], unit, v.note if key == "tokens_per_second" else "")
 

@@ -96,7 +96,7 @@ def reference_loop(run) -> list[dict]:
 
     from reclor_lab.data import model_inputs
     from reclor_lab.loss import weighted_cross_entropy
-    from reclor_lab.train import autocast_for
+    from reclor_lab.modeling import autocast_for
 
     cfg, model, device, dtype = run.cfg, run.model, run.device, run.dtype
     model.to(device).train()

@@ -149,7 +149,7 @@ def predict_proba(model, ds, tokenizer, batch_size: int, device, dtype) -> np.nd
     from torch.utils.data import DataLoader
 
     from reclor_lab.data import make_collator, model_inputs
-    from reclor_lab.train import autocast_for
+    from reclor_lab.modeling import autocast_for
 
     was_training = model.training
     model.eval()

@@ -178,7 +178,7 @@ def score_prompts(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[
     real token. Only the letters' rows of the LM head are applied (not the whole vocabulary:
     on Llama-2 a batch of 8 k-shot prompts would otherwise make gigabytes of logits).
     """
-    from reclor_lab.train import autocast_for
+    from reclor_lab.modeling import autocast_for
 
     device = next(model.parameters()).device
     was_training = model.training

@@ -206,7 +206,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     s = planner.settings
     print(f"model shape ({source}): hidden {shape.hidden}, intermediate {shape.intermediate}, "
           f"{shape.layers} layers, {shape.heads} heads ({shape.kv_heads} key/value), vocab {shape.vocab}")
-    print(f"settings: NF4{' + double quant' if s.double_quant else ''}, compute {compute_bytes * 8}-bit, "
+    print(f"settings: NF4{' + double quant' if s.double_quant else ''}, compute {compute_bytes * 8}-bit{' (fp16 with loss scaling)' if cfg.compute_dtype == 'float16' else ''}, "
           f"LoRA r={s.lora_r} on all 7 projections, dropout {'on' if s.dropout else 'off'}, "
           f"upcast `{s.upcast}` (residual stream {s.stream_bytes * 8}-bit)")
     lengths = args.max_len or sorted({256, cfg.max_len, 640})

@@ -177,7 +177,8 @@ class RunConfig:
               "Ignored with quantization `none`."
     )
     compute_dtype: ComputeDtype = _f(
-        "auto", "Dtype of the matmuls. `auto`: bf16 where the hardware supports it, else fp32."
+        "auto", "Dtype of the matmuls. `auto`: bf16 where the GPU has it, fp16 + loss scaling on a GPU without "
+                "(T4, V100), fp32 on a CPU; any of the three can be forced on any device."
     )
     gradient_checkpointing: bool = _f(
         False, "Recompute activations in backward: much less memory, ~30% slower steps. "
@@ -286,10 +287,6 @@ class RunConfig:
             p.append("`head_init` letters reads the hidden state where the model names the answer letter, so "
                      "`template` must end with ' Answer:' (the tiny preset's does; e.g. "
                      "--set template=\"...Option D: {d} Answer:\")")
-        if self.compute_dtype == "float16" and self.quantization == "nf4":
-            p.append("`compute_dtype` float16 is not supported with nf4: fp16 tops out at 65504, so training "
-                     "in it needs loss scaling, which the kit's loop does not do (QLoRA trains in bf16, "
-                     "which has fp32's range); use bfloat16 or auto")
         return p
 
     # --- persistence -----------------------------------------------------------------------

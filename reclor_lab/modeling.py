@@ -109,20 +109,42 @@ def pick_device() -> torch.device:
 
 
 def resolve_compute_dtype(cfg: RunConfig) -> torch.dtype:
-    """The dtype of the matmuls: ``auto`` → bf16 where the GPU supports it, else fp32.
+    """The dtype of the matmuls: ``auto`` → bf16 where the GPU supports it, fp16 on a CUDA GPU
+    without bf16 (a T4, a V100: fp16 tensor cores, with loss scaling in the training loop), fp32
+    on a CPU.
 
     On a CPU ``auto`` picks fp32: CPU bf16 matmuls are slow on most laptops. An explicit
-    ``bfloat16`` is honoured on a CPU too (slower, but matches the GPU numerics more closely).
+    ``bfloat16``, ``float16`` or ``float32`` is honoured on any device (a CPU in 16 bits is
+    slower, but matches the GPU's numerics more closely).
 
     >>> from reclor_lab.config import get_preset
     >>> resolve_compute_dtype(get_preset("tiny", compute_dtype="float32"))
     torch.float32
     """
     if cfg.compute_dtype == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if not torch.cuda.is_available():
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return _DTYPES[cfg.compute_dtype]
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` (bf16 or fp16) on ``device``; a no-op context in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def loss_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16 compute, disabled (every call passes through) otherwise.
+
+    fp16 tops out at 65504 and flushes gradients below ~6e-8 to zero, so fp16 training
+    multiplies the loss by a large scale before backward and divides the gradients by it before
+    the step. A step whose gradients hold inf or NaN is skipped and the scale halves; after 2,000
+    clean steps it doubles (torch's defaults, the Trainer's ``fp16=True`` too). bf16 has fp32's
+    range and needs none.
+    """
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 # --- quantization ------------------------------------------------------------------------------

@@ -397,13 +397,10 @@ def choose_batch(planner: Planner, cfg: RunConfig, budget: float) -> BatchChoice
 
 
 def gpu_compute_bytes(cfg: RunConfig) -> int:
-    """Bytes per element of a GPU run's compute dtype: 4 with `float32` or on a GPU without bf16
-    (what ``auto`` falls back to), else 2 (bf16)."""
-    import torch
-
-    if cfg.compute_dtype == "float32" or (torch.cuda.is_available() and not torch.cuda.is_bf16_supported()):
-        return 4
-    return 2
+    """Bytes per element of a GPU run's compute dtype: 4 with `float32`, else 2 (bf16, or fp16
+    where ``auto`` finds no bf16: a T4 or V100). fp16's loss scaler adds no tensor worth counting
+    (a scale and a counter), and unscales the gradients in place."""
+    return 4 if cfg.compute_dtype == "float32" else 2
 
 
 def resolve_batch(cfg: RunConfig, budget: float | None = None, verbose: bool = True) -> RunConfig:

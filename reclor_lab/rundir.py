@@ -789,7 +789,7 @@ def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_pe
     opt = ts["optimizer"]
     if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
         return "the optimizer state is not an optimizer's state_dict"
-    scaled = any("scaler" in k for k in ts)  # fp16 loss scaling skips the steps that overflow
+    scaled = any("scaler" in k and ts[k] for k in ts)  # fp16 loss scaling skips the steps that overflow
     for s in opt["state"].values():
         try:
             n = float(s["step"])

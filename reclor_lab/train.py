@@ -34,6 +34,7 @@ from reclor_lab.distributed import Process, no_sync, process, shard, wrap
 from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import format_accuracy
+from reclor_lab.modeling import autocast_for, loss_scaler
 from reclor_lab.rundir import RunDir, RunStart, started
 
 #: Exit status of a run stopped by a signal: 128 + the signal number, as shells report it.
@@ -101,13 +102,6 @@ def peak_memory_mb(device: torch.device) -> float:
         return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast where the compute dtype is bf16; a no-op context in fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -250,16 +244,22 @@ def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
 
 # --- one step ------------------------------------------------------------------------------------
 
+#: A disabled loss scaler: every call passes straight through (bf16 and fp32 steps).
+NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
+
+
 def train_step(model, batch: dict, weights: torch.Tensor | None, dtype: torch.dtype,
-               accum_steps: int = 1, scale: float = 1.0) -> torch.Tensor:
+               accum_steps: int = 1, scale: float = 1.0,
+               scaler: torch.amp.GradScaler = NO_SCALING) -> torch.Tensor:
     """Forward, weighted loss, backward for one micro-batch; returns the (detached) loss.
     The caller's ``batch`` is left as it was. ``scale`` multiplies the loss that is
-    backpropagated (a process's share of a batch split over several, see :func:`shard_scale`)."""
+    backpropagated (a process's share of a batch split over several, see :func:`shard_scale`);
+    an enabled ``scaler`` (fp16, :func:`reclor_lab.modeling.loss_scaler`) multiplies it too."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with autocast_for(batch["labels"].device, dtype):
         logits = model(**inputs).logits
     loss = weighted_cross_entropy(logits, batch["labels"], weights)
-    (loss * scale / accum_steps).backward()  # gradients add up over the micro-batches of one step
+    scaler.scale(loss * scale / accum_steps).backward()  # gradients add up over the micro-batches of one step
     return loss.detach()
 
 
@@ -281,14 +281,22 @@ def shard_scale(batch: list[int], part: list[int], labels: list[int], weights: t
     return world_size * total(part) / total(batch)
 
 
-def optimizer_step(model, optimizer, lr: float, max_grad_norm: float) -> None:
-    """Set the lr, clip the gradient norm, step, and clear the gradients."""
+def optimizer_step(model, optimizer, lr: float, max_grad_norm: float,
+                   scaler: torch.amp.GradScaler = NO_SCALING) -> bool:
+    """Set the lr, clip the gradient norm, step, and clear the gradients. True when the step was
+    skipped: an enabled ``scaler`` (fp16) unscales the gradients before clipping, and skips a
+    step whose gradients hold inf or NaN (lowering its scale, which is how the skip is seen:
+    one host sync per step, fp16 only)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    scaler.unscale_(optimizer)  # the true gradients, before they are clipped
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-    optimizer.step()
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    return scaler.get_scale() < before
 
 
 # --- where the loop is, and its checkpoints ------------------------------------------------------
@@ -306,7 +314,24 @@ class Loop:
     step: int = 0               # optimizer steps done over the whole run
     epoch_tokens: int = 0       # tokens and training seconds of the epoch so far
     epoch_seconds: float = 0.0
+    scaler: torch.amp.GradScaler = NO_SCALING  # fp16's loss scale (reclor_lab.modeling.loss_scaler)
     pending: list = field(default_factory=list)  # (history row, loss tensor): one host sync later
+    lap_start: float = 0.0      # when the training time now running started (not saved)
+
+    def lap(self) -> None:
+        """Add the training time since the last lap to the epoch's seconds."""
+        now = time.perf_counter()
+        self.epoch_seconds += now - self.lap_start
+        self.lap_start = now
+
+    @contextlib.contextmanager
+    def clock(self):
+        """Count the time inside ``with`` as the epoch's training time (a checkpoint laps it)."""
+        self.lap_start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.lap()
 
     def flush(self) -> None:
         """Turn the pending step losses into floats (one GPU sync for many steps)."""
@@ -321,7 +346,7 @@ class Loop:
         ts = {
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),  # {} unless fp16
             "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
             **rng_state(),
         }
@@ -337,6 +362,8 @@ class Loop:
                               f"{proc.world_size}: its batches are cut for {n} (resume it with "
                               f"--processes {n})")
         self.optimizer.load_state_dict(ts["optimizer"])
+        if ts.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
+            self.scaler.load_state_dict(ts["scaler"])
         self.history = History.from_dict(history)
         self.epoch, self.batch, self.step = ts["epoch"], ts["batch"], ts["step"]
         self.epoch_tokens, self.epoch_seconds = ts["epoch_tokens"], ts["epoch_seconds"]
@@ -394,6 +421,13 @@ class StopSignals:
             os._exit(SIGNAL_EXIT.get(signum, 128 + signum))
         self.signum = signum
 
+    def agree(self, proc: Process, device: torch.device) -> bool:
+        """Whether to stop: with several processes, every one stops if any got a signal (a host
+        sync on GPUs), so all stop at the same step."""
+        if proc.distributed:
+            self.signum = proc.max_int(self.signum or 0, device) or None
+        return self.signum is not None
+
     def __enter__(self) -> "StopSignals":
         import threading
 
@@ -430,7 +464,8 @@ def start(run: Run, opened: RunStart, verbose: bool) -> Loop:
     checkpoint; the decision was taken when the run was opened (:meth:`RunDir.open`)."""
     cfg, rd, proc = run.cfg, opened.rd, run.proc
     _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), proc.world_size)
-    loop = Loop(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps)
+    loop = Loop(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps,
+                scaler=loss_scaler(run.device, run.dtype))
     weights = None if run.weights is None else run.weights.tolist()
     if opened.decision == "resume":
         batches = math.ceil(len(run.train_ds) / (cfg.batch_size * proc.world_size))
@@ -450,72 +485,122 @@ def start(run: Run, opened: RunStart, verbose: bool) -> Loop:
     return loop
 
 
+@dataclass
+class EpochRest:
+    """The batches of epoch ``loop.epoch`` still to run, as this process runs them.
+
+    With several processes each batch of ``batch_size × processes`` examples is cut into one
+    part per process (:func:`reclor_lab.distributed.shard`); a process whose part is empty runs
+    the batch's first example with weight 0, since every process must take part in the gradient
+    all-reduce.
+    """
+
+    batches: list[list[int]]  # every batch of the epoch (example indices, all processes)
+    scales: list[float]       # how much this process's part of each remaining batch counts
+    loader: DataLoader        # this process's parts of the remaining batches, in order
+    lengths: list[int]        # tokens per example, for the tokens/s figure
+    accum: int                # micro-batches per optimizer step
+    losses: list = field(default_factory=list)  # the losses of the optimizer step in progress
+
+    def ends_step(self, done: int) -> bool:
+        """Whether micro-batch number ``done`` (1-based) is the last of an optimizer step."""
+        return done % self.accum == 0 or done == len(self.batches)
+
+
+def start_epoch(run: Run, loop: Loop) -> EpochRest:
+    """The epoch's batches (a pure function of seed and epoch) from micro-batch ``loop.batch``
+    on; the model in train mode."""
+    cfg, proc = run.cfg, run.proc
+    lengths, labels = column(run.train_ds, "length"), column(run.train_ds, "labels")
+    batches = epoch_batches(lengths, cfg.batch_size * proc.world_size, cfg.seed, loop.epoch,
+                            cfg.group_by_length)
+    rest = batches[loop.batch:]
+    parts = [shard(b, proc.rank, proc.world_size) for b in rest]
+    scales = [shard_scale(b, p, labels, run.weights, proc.world_size) for b, p in zip(rest, parts)]
+    # Its own generator: a DataLoader draws a seed from the global RNG when it starts iterating,
+    # which a mid-epoch resume would draw at another point than the uninterrupted run.
+    loader = DataLoader(model_inputs(run.train_ds), batch_sampler=BatchListSampler([p or b[:1] for p, b in zip(parts, rest)]),
+                        collate_fn=make_collator(run.tokenizer), generator=torch.Generator())
+    run.model.train()
+    return EpochRest(batches, scales, loader, lengths, cfg.grad_accum_steps)
+
+
+def progress_bar(run: Run, loop: Loop, epoch: EpochRest):
+    """The epoch's progress bar over its loader (on the main process only)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(epoch.loader, desc=f"epoch {loop.epoch}/{run.cfg.epochs}", initial=loop.batch,
+                total=len(epoch.batches), disable=None if run.proc.is_main else True)
+
+
+def micro_step(run: Run, loop: Loop, epoch: EpochRest, batch: dict, scale: float) -> None:
+    """Forward and backward of this process's part of one micro-batch; its loss waits in
+    ``epoch.losses`` for the optimizer step."""
+    model = run.train_model or run.model
+    loop.epoch_tokens += sum(epoch.lengths[i] for i in epoch.batches[loop.batch])  # the whole batch's, on the host
+    batch = {k: v.to(run.device) for k, v in batch.items()}
+    with no_sync(model, skip=not epoch.ends_step(loop.batch + 1)):  # all-reduce once per optimizer step
+        loss = train_step(model, batch, run.weights, run.dtype, run.cfg.grad_accum_steps, scale, loop.scaler)
+    epoch.losses.append(loss * (scale / run.proc.world_size))  # this process's share of the batch's loss
+    loop.batch += 1
+
+
+def step_and_record(run: Run, loop: Loop, epoch: EpochRest, bar) -> None:
+    """The optimizer step at the schedule's learning rate, and its history row (the loss stays
+    on the device until :meth:`Loop.flush`). A step that fp16's loss scaler skipped is marked."""
+    lr = get_lr(loop.step, run.cfg, loop.total_steps, loop.warmup_steps)
+    skipped = optimizer_step(run.model, loop.optimizer, lr, run.cfg.max_grad_norm, loop.scaler)
+    step_loss = run.proc.sum(torch.stack(epoch.losses).mean())  # the whole batch's loss
+    epoch.losses.clear()
+    row = {"step": loop.step + 1, "epoch": loop.epoch, "loss": None, "lr": lr} | ({"skipped": True} if skipped else {})
+    loop.history.steps.append(row)
+    loop.pending.append((row, step_loss))
+    loop.step += 1
+    if loop.step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
+        bar.set_postfix(loss=f"{step_loss.item():.4f}", lr=f"{lr:.2e}")
+
+
+def checkpoint_due(cfg: RunConfig, step: int) -> bool:
+    """Whether ``save_every_steps`` asks for a checkpoint after optimizer step ``step``."""
+    return bool(cfg.save_every_steps) and step % cfg.save_every_steps == 0
+
+
+def checkpoint(run: Run, rd: RunDir, loop: Loop) -> None:
+    """A checkpoint inside the epoch, its training time counted up to here."""
+    loop.lap()
+    save(run, rd, loop, epoch_end=False)
+
+
 def train_one_epoch(run: Run, loop: Loop, rd: RunDir, stop: StopSignals,
                     stop_after_step: int | None = None) -> bool:
     """Train the rest of epoch ``loop.epoch`` from micro-batch ``loop.batch``, checkpointing
     every ``save_every_steps`` steps. False when a signal (or ``stop_after_step``) stopped it
-    after a checkpoint; True at the epoch's end.
-
-    With several processes, each micro-batch of ``batch_size × processes`` examples is cut into
-    one part per process (:func:`reclor_lab.distributed.shard`); a process whose part is empty
-    runs the batch's first example with weight 0, since every process must take part in the
-    gradient all-reduce.
-    """
-    from tqdm.auto import tqdm
-
-    cfg, model, proc = run.cfg, run.model, run.proc
-    step_model = run.train_model or model
-    lengths, labels = column(run.train_ds, "length"), column(run.train_ds, "labels")
-    batches = epoch_batches(lengths, cfg.batch_size * proc.world_size, cfg.seed, loop.epoch,
-                            cfg.group_by_length)
-    parts = [shard(b, proc.rank, proc.world_size) for b in batches[loop.batch:]]
-    scales = [shard_scale(b, p, labels, run.weights, proc.world_size) for b, p in zip(batches[loop.batch:], parts)]
-    # Its own generator: a DataLoader draws a seed from the global RNG when it starts iterating,
-    # which a mid-epoch resume would draw at another point than the uninterrupted run.
-    loader = DataLoader(model_inputs(run.train_ds),
-                        batch_sampler=BatchListSampler([p or b[:1] for p, b in zip(parts, batches[loop.batch:])]),
-                        collate_fn=make_collator(run.tokenizer), generator=torch.Generator())
-    model.train()
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {loop.epoch}/{cfg.epochs}", initial=loop.batch, total=len(batches),
-               disable=None if proc.is_main else True)
-    for batch, scale in zip(bar, scales):
-        loop.epoch_tokens += sum(lengths[i] for i in batches[loop.batch])  # the whole batch's, on the host
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        last_micro = (loop.batch + 1) % cfg.grad_accum_steps == 0 or loop.batch + 1 == len(batches)
-        with no_sync(step_model, skip=not last_micro):  # all-reduce once per optimizer step
-            loss = train_step(step_model, batch, run.weights, run.dtype, cfg.grad_accum_steps, scale)
-        losses.append(loss * (scale / proc.world_size))  # this process's share of the batch's loss
-        loop.batch += 1
-        if not last_micro:
-            continue  # more micro-batches before this optimizer step
-        lr = get_lr(loop.step, cfg, loop.total_steps, loop.warmup_steps)
-        optimizer_step(model, optimizer=loop.optimizer, lr=lr, max_grad_norm=cfg.max_grad_norm)
-        step_loss = proc.sum(torch.stack(losses).mean())  # the whole batch's loss
-        losses.clear()
-        row = {"step": loop.step + 1, "epoch": loop.epoch, "loss": None, "lr": lr}
-        loop.history.steps.append(row)
-        loop.pending.append((row, step_loss))
-        loop.step += 1
-        if loop.step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
-            bar.set_postfix(loss=f"{step_loss.item():.4f}", lr=f"{lr:.2e}")
-        if proc.distributed:  # every process stops at the same step (a host sync per step on GPUs)
-            stop.signum = proc.max_int(stop.signum or 0, run.device) or None
-        stopping = stop.signum is not None or loop.step == stop_after_step
-        due = cfg.save_every_steps and loop.step % cfg.save_every_steps == 0
-        if loop.batch == len(batches):
-            break  # the epoch's end evaluates and saves (and a stop waits for that)
-        if stopping or due:
-            loop.epoch_seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save(run, rd, loop, epoch_end=False)
-        if stopping:
-            bar.close()
-            return False
-    bar.close()
-    loop.epoch_seconds += time.perf_counter() - t0
-    loop.flush()
+    after a checkpoint; True at the epoch's end."""
+    epoch = start_epoch(run, loop)
+    with progress_bar(run, loop, epoch) as bar, loop.clock():
+        for batch, scale in zip(bar, epoch.scales):
+            micro_step(run, loop, epoch, batch, scale)
+            if not epoch.ends_step(loop.batch):
+                continue  # more micro-batches before this optimizer step
+            step_and_record(run, loop, epoch, bar)
+            stopping = stop.agree(run.proc, run.device) or loop.step == stop_after_step
+            if loop.batch == len(epoch.batches):
+                break  # the epoch's end evaluates and saves (and a stop waits for that)
+            if stopping or checkpoint_due(run.cfg, loop.step):
+                checkpoint(run, rd, loop)
+            if stopping:
+                return False
     return True
+
+
+def scaling_row(history: History, epoch: int, scaler) -> dict:
+    """fp16's figures for an epoch's history row: its steps whose gradients overflowed (skipped
+    by the loss scaler) and the loss scale now; nothing without loss scaling (``scaler`` None or
+    disabled)."""
+    if scaler is None or not scaler.is_enabled():
+        return {}
+    skipped = sum(1 for r in history.steps if r["epoch"] == epoch and r.get("skipped"))
+    return {"skipped_steps": skipped, "loss_scale": scaler.get_scale()}
 
 
 def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
@@ -523,10 +608,13 @@ def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
     result = evaluate(run, run.val_ds)
     loop.history.evals.append(eval_row(loop.epoch, result))
     tokens, seconds, memory = loop.epoch_tokens, loop.epoch_seconds, peak_memory_mb(run.device)
-    loop.history.epochs.append({"epoch": loop.epoch, "seconds": seconds, "tokens": tokens,
-                                "tokens_per_second": tokens / seconds, "peak_memory_mb": memory})
+    row = {"epoch": loop.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
+           "peak_memory_mb": memory} | scaling_row(loop.history, loop.epoch, loop.scaler)
+    loop.history.epochs.append(row)
     if verbose:
-        print(eval_line(loop.epoch, result) + f" | {tokens / seconds:,.0f} tokens/s, peak memory {memory:,.0f} MB")
+        print(eval_line(loop.epoch, result) + f" | {tokens / seconds:,.0f} tokens/s, peak memory {memory:,.0f} MB"
+              + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
+                 if "loss_scale" in row else ""))
     loop.epoch, loop.batch, loop.epoch_tokens, loop.epoch_seconds = loop.epoch + 1, 0, 0, 0.0
     save(run, rd, loop, epoch_end=True, accuracy=result["accuracy"])
 
@@ -554,8 +642,7 @@ def fit(run: Run, run_dir: str | Path | RunStart, resume: bool = False, stop_aft
         while loop.epoch <= cfg.epochs and not stopped:
             if train_one_epoch(run, loop, rd, stop, stop_after_step):
                 end_epoch(run, rd, loop, verbose)
-                if proc.distributed:  # a signal during the evaluation stops every process here
-                    stop.signum = proc.max_int(stop.signum or 0, run.device) or None
+                stop.agree(proc, run.device)  # a signal during the evaluation stops every process here
             stopped = (stop.signum is not None or loop.batch > 0  # a mid-epoch stop
                        or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
     run.train_model = None  # DDP's reducer goes while the process group is still there

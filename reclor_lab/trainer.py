@@ -28,7 +28,7 @@ from reclor_lab.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
 
 from reclor_lab.train import (
     History, Loop, Run, StopSignals, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb,
-    save, schedule_steps,
+    save, scaling_row, schedule_steps,
 )
 
 
@@ -106,6 +106,8 @@ class HistoryCallback(TrainerCallback):
         epoch = math.ceil(state.epoch - 1e-9) if state.epoch else 1
         row = {"step": step, "epoch": epoch, "loss": None,
                "lr": get_lr(step - 1, self.run.cfg, loop.total_steps, loop.warmup_steps)}
+        if t.accelerator.optimizer_step_was_skipped:  # fp16: the Trainer's loss scaler saw inf/NaN
+            row["skipped"] = True
         loop.history.steps.append(row)
         loop.pending.append((row, torch.stack(losses).mean()))
         if self.stop is not None and self.stop.signum is not None:
@@ -125,7 +127,8 @@ class HistoryCallback(TrainerCallback):
             seconds, tokens = loop.epoch_seconds, sum(column(self.run.train_ds, "length"))
             loop.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
                                         "tokens_per_second": tokens / seconds,
-                                        "peak_memory_mb": peak_memory_mb(self.run.device)})
+                                        "peak_memory_mb": peak_memory_mb(self.run.device)}
+                                       | scaling_row(loop.history, epoch, self.trainer.accelerator.scaler))
             loop.epoch, loop.batch, loop.step, loop.epoch_seconds = epoch + 1, 0, state.global_step, 0.0
             save(self.run, self.rd, loop, epoch_end=True, accuracy=row["accuracy"], extra=self.trainer_files)
             if epoch == self.stop_after_epoch or (self.stop is not None and self.stop.signum is not None):
@@ -138,6 +141,7 @@ class HistoryCallback(TrainerCallback):
         t = self.trainer
         t._save_optimizer_and_scheduler(str(folder))
         t._save_rng_state(str(folder))
+        t._save_scaler(str(folder))  # fp16's loss scale (nothing without one); the Trainer's resume reads it
         t.state.save_to_json(str(folder / TRAINER_STATE_JSON))
 
 
@@ -154,8 +158,10 @@ def trainer_metrics(trainer: WeightedLossTrainer, eval_pred) -> dict:
     return metrics
 
 
-def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> TrainingArguments:
-    """TrainingArguments derived from the run config (no reporting services, no hub)."""
+def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int, fp16: bool = False) -> TrainingArguments:
+    """TrainingArguments derived from the run config (no reporting services, no hub). ``fp16``:
+    the Trainer's own fp16 autocast and dynamic loss scaling (what the manual loop does with an
+    fp16 compute dtype; accelerate scales losses on a GPU only)."""
     return TrainingArguments(
         output_dir=str(RunDir(run_dir).trainer_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -174,7 +180,8 @@ def training_arguments(cfg: RunConfig, run_dir: Path, steps_per_epoch: int) -> T
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=False,                    # autocast is decided by the model's compute dtype (4-bit) instead
+        bf16=False,                    # autocast is decided by the model's compute dtype (4-bit) instead,
+        fp16=fp16,                     # except fp16, whose gradients need the Trainer's loss scaling
         disable_tqdm=False,
         label_names=["labels"],
     )
@@ -211,7 +218,8 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
         callback = HistoryCallback(run, rd, loop, verbose, stop_after_epoch, stop, steps_per_epoch)
         trainer = WeightedLossTrainer(
             model=run.model,
-            args=training_arguments(cfg, rd.path, steps_per_epoch),
+            args=training_arguments(cfg, rd.path, steps_per_epoch,
+                                    fp16=run.dtype == torch.float16 and run.device.type == "cuda"),
             train_dataset=model_inputs(run.train_ds),
             eval_dataset=model_inputs(run.val_ds),
             data_collator=make_collator(run.tokenizer),

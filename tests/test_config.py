@@ -31,9 +31,8 @@ def test_every_problem_is_reported_at_once():
         assert needle in msg, needle
 
 
-def test_float16_with_nf4_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="use bfloat16 or auto"):
-        get_preset("tiny", compute_dtype="float16")
+def test_float16_with_nf4_is_accepted_since_the_loop_scales_the_loss():
+    assert get_preset("tiny", compute_dtype="float16").compute_dtype == "float16"
 
 
 def test_save_load_roundtrip(tmp_path):

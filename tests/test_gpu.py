@@ -19,19 +19,23 @@ pytestmark = [
 ]
 
 
-def test_tiny_model_trains_in_4bit_with_bf16_compute_on_cuda():
+@pytest.mark.parametrize("compute_dtype", ["auto", "float16"])
+def test_tiny_model_trains_in_4bit_with_16_bit_compute_on_cuda(compute_dtype):
+    """auto: bf16 where the GPU has it, else fp16; float16 forced: fp16 with loss scaling (a T4's path)."""
     import bitsandbytes as bnb
 
     from reclor_lab.data import format_example
     from reclor_lab.lora import inject_lora
-    from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
+    from reclor_lab.modeling import load_model, load_tokenizer, loss_scaler, pick_device, resolve_compute_dtype
     from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
-    cfg = get_preset("tiny", gradient_checkpointing=True)
+    cfg = get_preset("tiny", gradient_checkpointing=True, compute_dtype=compute_dtype)
     device, dtype = pick_device(), resolve_compute_dtype(cfg)
     assert device.type == "cuda"
-    if torch.cuda.is_bf16_supported():
-        assert dtype == torch.bfloat16
+    if compute_dtype == "auto":
+        assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    scaler = loss_scaler(device, dtype)
+    assert scaler.is_enabled() == (dtype == torch.float16)
     tok = load_tokenizer(cfg.model_name_or_path)
     model = load_model(cfg, tok)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -47,13 +51,14 @@ def test_tiny_model_trains_in_4bit_with_bf16_compute_on_cuda():
     optimizer = make_optimizer(model, get_preset("tiny", learning_rate=5e-3), device)
     assert optimizer.defaults["fused"], "on a GPU the kit uses the fused AdamW kernel"
     model.train()
-    losses = []
+    losses, skipped = [], []
     for _ in range(15):  # overfit one batch: the loss must fall
         batch = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
                  "labels": labels.to(device)}
-        losses.append(train_step(model, batch, None, dtype).item())
-        optimizer_step(model, optimizer, 5e-3, cfg.max_grad_norm)
+        losses.append(train_step(model, batch, None, dtype, scaler=scaler).item())
+        skipped.append(optimizer_step(model, optimizer, 5e-3, cfg.max_grad_norm, scaler))
     assert losses[-1] < losses[0] - 0.1, losses
+    assert sum(skipped) <= 5, f"the loss scaler skipped {sum(skipped)} of 15 steps"
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), f"frozen parameter {n} changed"

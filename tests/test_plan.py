@@ -6,6 +6,7 @@ in the README, and the ``plan`` command."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,29 @@ def test_plan_command_refuses_a_bad_budget_in_one_line(capsys):
     assert main(["plan", "--preset", "llama2-7b", "--gpu-memory", "24 gigs"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not understood" in err and "24GiB" in err
+
+
+def test_plan_command_output_is_pinned(capsys):
+    """`reclor-lab plan`'s output for the instructor's command, byte for byte (the fixture was
+    written by the planner before fp16 was added; only a deliberate change may alter it)."""
+    from reclor_lab.cli import main
+
+    assert main(["plan", "--preset", "llama2-7b", "--gpu-memory", "24GiB", "--breakdown"]) == 0
+    pinned = (Path(__file__).parent / "fixtures" / "plan-llama2-7b-24GiB.txt").read_text(encoding="utf-8")
+    assert capsys.readouterr().out == pinned
+
+
+def test_plan_for_fp16_on_a_15_gib_t4(capsys):
+    """A T4 has no bf16: fp16 with loss scaling, whose tensors are as wide as bf16's (the scaler
+    adds a scale and a counter), so auto picks what a 15 GiB bf16 card would get."""
+    from reclor_lab.cli import main
+    from reclor_lab.config import get_preset
+    from reclor_lab.plan import gpu_compute_bytes
+
+    assert gpu_compute_bytes(get_preset("llama2-7b", compute_dtype="float16")) == 2
+    assert gpu_compute_bytes(get_preset("llama2-7b", compute_dtype="float32")) == 4
+    assert main(["plan", "--preset", "llama2-7b", "--gpu-memory", "15GiB", "--set", "compute_dtype=float16"]) == 0
+    out = capsys.readouterr().out
+    assert "compute 16-bit (fp16 with loss scaling)" in out
+    assert ("batch_size auto (accumulate) at max_len 512 for 15.00 GiB: 2 x 1 accumulated = 2 per step; "
+            "checkpointing off; predicted 13.15 GiB of 15.00 GiB") in out
