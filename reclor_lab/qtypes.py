@@ -17,7 +17,6 @@ is at hand.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 #: ReClor's 17 question types, in the order of the integer ``question_type`` of its test split.
@@ -138,9 +137,3 @@ def agreement(records: list[dict]) -> Agreement | None:
         return None
     return Agreement({t: (a, n) for t, (a, n) in per.items()},
                      sum(a for a, _ in per.values()), sum(n for _, n in per.values()))
-
-
-def type_counts(types: list[int]) -> dict[str, int]:
-    """Records per type name, in type order, types with no record left out."""
-    counts = Counter(types)
-    return {QUESTION_TYPES[t]: counts[t] for t in range(len(QUESTION_TYPES)) if counts[t]}
