@@ -20,10 +20,8 @@ Every accuracy comes with a 95 % interval (:func:`reclor_lab.metrics.wilson_inte
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,11 +30,14 @@ import numpy as np
 import torch
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, RunConfig
-from reclor_lab.data import format_example
+from reclor_lab.data import format_example, load_split, run_records
 from reclor_lab.errors import BaselineError
 # The letter tokens and the letter head live in reclor_lab.letters (model loading uses them);
 # notebook 06 and older code import them from here as well.
 from reclor_lab.letters import ANSWER_CUE, letter_head_weights, letter_token_ids  # noqa: F401
+from reclor_lab.metrics import compute_classification_metrics, format_accuracy, wilson_interval
+from reclor_lab.modeling import load_model, load_tokenizer, resolve_compute_dtype
+from reclor_lab.rundir import write_json
 
 #: Between the shots of a k-shot prompt and the question.
 SHOT_SEPARATOR = "\n\n"
@@ -181,22 +182,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: bool = True,
                 model=None, tokenizer=None) -> dict[str, Any]:
     """Zero-shot (``shots=0``) or k-shot LM scoring of ``split`` with the run's model, template
-    and data (``cfg.eval_limit`` applies to val). Returns the metrics (accuracy with its 95 %
-    interval, macro F1, the confusion matrix), the predicted-letter distribution, and per
-    example the predictions and the four probabilities.
+    and records (:func:`reclor_lab.data.run_records`: ``train_limit`` and ``eval_limit`` apply).
+    Returns the metrics (accuracy with its 95 % interval, macro F1, the confusion matrix), the
+    predicted-letter distribution, and per example the predictions and the four probabilities.
 
     ``model`` / ``tokenizer``: an already loaded causal LM (:func:`reclor_lab.modeling.load_model`
     with ``task="causal-lm"``), to score several settings without loading it again.
     """
-    from reclor_lab.data import load_split
-    from reclor_lab.metrics import compute_classification_metrics
-    from reclor_lab.modeling import load_model, load_tokenizer, resolve_compute_dtype
-
     tokenizer = tokenizer or load_tokenizer(cfg.model_name_or_path)
     model = model or load_model(cfg, tokenizer, task="causal-lm")
-    records = load_split(cfg.data_dir, split)
-    if split == "val":
-        records = records[: cfg.eval_limit]
+    records = run_records(cfg, split)
     chosen = choose_shots(load_split(cfg.data_dir, "train"), shots, cfg.seed) if shots else []
     letters = letter_token_ids(tokenizer)
     window = context_window(model, tokenizer)
@@ -227,8 +222,6 @@ def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: boo
 
 def baseline_line(result: dict) -> str:
     """One line: the method, accuracy with its interval, macro F1, predicted letters."""
-    from reclor_lab.metrics import format_accuracy
-
     dist = ", ".join(f"{k} {v}" for k, v in result["predicted_distribution"].items())
     head = f"{result['method']} LM scoring on {result['split']} ({result['n']} examples"
     if result["shots"]:
@@ -242,8 +235,6 @@ def baseline_line(result: dict) -> str:
 
 def write_baseline(result: dict, run_dir: str | Path) -> Path:
     """Write ``result`` as ``baseline-<method>.json`` beside the run's metrics.json."""
-    from reclor_lab.rundir import write_json
-
     path = Path(run_dir) / f"baseline-{result['method']}.json"
     write_json(path, result)
     return path
@@ -283,8 +274,6 @@ def trivial_baselines(train_labels: Sequence[int], eval_labels: Sequence[int]) -
     >>> [round(r["accuracy"], 3) for r in trivial_baselines([0, 0, 1, 2], [0, 1, 0, 3])]
     [0.25, 0.5, 0.312]
     """
-    from reclor_lab.metrics import wilson_interval
-
     train = np.bincount(np.asarray(train_labels, dtype=int), minlength=NUM_LABELS) / len(train_labels)
     counts = np.bincount(np.asarray(eval_labels, dtype=int), minlength=NUM_LABELS)
     n = int(counts.sum())

@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
+from reclor_lab.errors import PlanError, ReclorLabError
+
 #: ReClor has four answer options per question; the classifier has one logit per option.
 NUM_LABELS = 4
 #: The option letters, in label order (label 0 is option A).
@@ -45,9 +47,6 @@ LoraBias = Literal["none", "all", "lora_only"]
 HeadInit = Literal["random", "letters"]
 AutoBatch = Literal["accumulate", "sqrt-lr"]
 KbitUpcast = Literal["peft", "trainable"]
-
-
-from reclor_lab.errors import PlanError, ReclorLabError
 
 
 class ConfigError(ReclorLabError, ValueError):
@@ -179,7 +178,8 @@ class RunConfig:
                      "activations) or `peft` (also embeddings and norms, as prepare_model_for_kbit_training)."
     )
     head_init: HeadInit = _f(
-        "random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, i.e. the zero-shot scorer."
+        "random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, i.e. the "
+        "zero-shot scorer."
     )
     # --- data ------------------------------------------------------------------------------
     data_dir: str = _f(

@@ -99,7 +99,8 @@ def init_letter_head(model, cfg: RunConfig, tokenizer) -> None:
     score = model.score
     weights = letter_head_weights(model, cfg, tokenizer)
     if tuple(weights.shape) != tuple(score.weight.shape):
-        raise BaselineError(f"letter rows of shape {tuple(weights.shape)} do not fit the head {tuple(score.weight.shape)}")
+        raise BaselineError(f"letter rows of shape {tuple(weights.shape)} do not fit the head "
+                            f"{tuple(score.weight.shape)}")
     with torch.no_grad():
         score.weight.copy_(weights.to(score.weight.dtype))
         if getattr(score, "bias", None) is not None:

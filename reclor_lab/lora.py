@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .modeling import HEAD_NAMES, logical_numel, quantizable_linears
 from .plan import lora_param_count
 
@@ -94,8 +94,6 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     targets = list(cfg.lora_targets) if cfg.lora_targets else available
     unknown = sorted(set(targets) - set(available))
     if unknown:
-        from reclor_lab.config import ConfigError
-
         raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
                           f"linear layers; choose from {available} (or null for all of them)")
     quantized = bool(getattr(model, "is_loaded_in_4bit", False))

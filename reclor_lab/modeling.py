@@ -270,9 +270,10 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     The head (``score``) is new and randomly initialised; transformers' load report says
     ``score.weight`` is MISSING (and ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint):
     that is expected here, so that report is shown only with ``report=True`` (notebook 02
-    explains it); a report naming any other weight always shows. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot
-    quantize on this platform. On a CPU every 4-bit layer computes by dequantize + fp32 matmul,
-    whatever the CPU's flags (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
+    explains it); a report naming any other weight always shows. Raises
+    :class:`QuantizationUnavailable` when bitsandbytes cannot quantize on this platform. On a CPU
+    every 4-bit layer computes by dequantize + fp32 matmul, whatever the CPU's flags
+    (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
 
     ``cfg.head_init == "letters"`` starts the head from the LM head's rows of the four answer
     letters (:func:`reclor_lab.letters.init_letter_head`) instead of at random.

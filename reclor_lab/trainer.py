@@ -25,12 +25,12 @@ from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.errors import RunDirError
 from reclor_lab.rundir import RunDir
-
-#: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
-TRAINER_STATE_JSON = "trainer_state.json"
 from reclor_lab.train import (
     History, Loop, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, save, schedule_steps,
 )
+
+#: The Trainer's own state file, written into the kit's checkpoints so the Trainer can resume.
+TRAINER_STATE_JSON = "trainer_state.json"
 
 
 class EpochBatches(torch.utils.data.Sampler):

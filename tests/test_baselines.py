@@ -18,7 +18,7 @@ from reclor_lab.baselines import (
     prompt_text,
     trivial_baselines,
 )
-from reclor_lab.config import TINY_MODEL_DIR, TINY_TEMPLATE, ConfigError, get_preset
+from reclor_lab.config import TINY_TEMPLATE, ConfigError, get_preset
 from reclor_lab.rundir import write_json
 
 LETTERS = "ABCD"

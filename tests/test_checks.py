@@ -140,7 +140,8 @@ def test_format_record(capsys):
 
     def question_first(r):
         a, b, c, d = r["answers"]
-        return f"Question: {r['question']} Context: {r['context']} Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
+        return (f"Question: {r['question']} Context: {r['context']} "
+                f"Option A: {a} Option B: {b} Option C: {c} Option D: {d}")
 
     def lower_case(r):
         return ref(r).replace("Option A", "option A")

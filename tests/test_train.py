@@ -313,7 +313,10 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
 
     run_dir, rng = tmp_path / "killed", random.Random(13)
     rd = RunDir(run_dir)
-    writing = lambda: rd.checkpoints_dir.is_dir() and any(p.suffix == ".tmp" for p in rd.checkpoints_dir.iterdir())
+
+    def writing() -> bool:
+        return rd.checkpoints_dir.is_dir() and any(p.suffix == ".tmp" for p in rd.checkpoints_dir.iterdir())
+
     stopped_at = None
     last_step = lambda: rd.read_state()["last_step"] if rd.has_run() else 0  # noqa: E731
     targets = iter([2, 5, None, None, 12])  # kill -9 once past these steps (attempts 2, 3: below)
