@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
-from reclor_lab.config import NUM_LABELS, get_preset
+from reclor_lab.config import NUM_LABELS
 from reclor_lab.lora import (
     find_lora_targets,
     inject_lora,
@@ -16,17 +16,7 @@ from reclor_lab.lora import (
     target_shapes,
     trainable_report,
 )
-from reclor_lab.modeling import load_model, load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def cfg(tiny_llama_dir):
-    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_dir):
-    return load_tokenizer(str(tiny_llama_dir))
+from reclor_lab.modeling import load_model
 
 
 @pytest.fixture()
