@@ -81,6 +81,30 @@ def test_tiny_run_analyses_its_best_epoch(finished_run):
     assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
 
 
+def test_the_best_epoch_is_evaluated_once(tmp_path, monkeypatch):
+    """finish_run analyses the best epoch from the logits of that epoch's own evaluation: one
+    inference pass per evaluation (the baseline and each epoch), none again at the end; and the
+    analysis agrees with the saved accuracy."""
+    from reclor_lab import analysis, train
+    from reclor_lab.runs import train_run
+
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    real = train.predict_logits
+    for module in (train, analysis):
+        monkeypatch.setattr(module, "predict_logits", counted)
+    cfg = get_preset("tiny", output_dir=str(tmp_path / "run"), train_limit=32, eval_limit=16, epochs=2)
+    metrics = train_run(cfg, verbose=False)
+    assert len(passes) == 1 + cfg.epochs
+    rows = json.loads((tmp_path / "run" / "val-predictions.json").read_text())
+    assert len(rows) == 16
+    assert np.mean([r["predicted"] == r["label"] for r in rows]) == pytest.approx(metrics["accuracy"])
+
+
 def test_evaluate_reproduces_saved_metrics(finished_run):
     from reclor_lab.runs import evaluate_run
 
