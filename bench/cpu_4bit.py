@@ -17,7 +17,8 @@ from common import Report, finish, parser, timeit
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (the tiny preset's eval batch)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="examples per forward pass (the tiny preset's eval batch)")
     p.add_argument("--batches", type=int, default=8, help="forward passes per timing")
     args = p.parse_args()
     repeat = 3 if args.quick else 7

@@ -83,7 +83,8 @@ def build_model(args, device, dtype):
     with torch.device(device):
         model = LlamaForSequenceClassification._from_config(config, dtype=dtype, attn_implementation="sdpa")
     sync(device)
-    log(f"built {str(dtype).removeprefix('torch.')} model on {device.type}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params "
+    params = sum(p.numel() for p in model.parameters())
+    log(f"built {str(dtype).removeprefix('torch.')} model on {device.type}: {params / 1e9:.2f} B params "
         f"({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
@@ -496,7 +497,8 @@ def side_by_side(rows: list[Variant], results: dict, device) -> str:
             continue
         busy = f"{100 * r['gpu_busy']:.0f} %" if r.get("gpu_busy") is not None else "-"
         lines.append(f"{v.name:<30} {shape:<22} {r['tokens_per_second']:>9,.0f} "
-                     f"{r['median_step_seconds'] * 1e3:>8.0f} {busy:>8} {r['peak_gib']:>8.2f} {r['predicted_gib']:>11.2f}")
+                     f"{r['median_step_seconds'] * 1e3:>8.0f} {busy:>8} {r['peak_gib']:>8.2f} "
+                     f"{r['predicted_gib']:>11.2f}")
     lines.append("(shape: micro-batch x accumulation; tokens/s counts real tokens; peak: max_memory_allocated"
                  + ("" if device.type == "cuda" else "; CPU: process RSS, not comparable with the planner") + ")")
     return "\n".join(lines)

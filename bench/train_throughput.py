@@ -188,7 +188,8 @@ def main() -> None:
             report.add(f"{v}: epoch time", statistics.median(r["seconds"]), "s",
                        f"{r['tokens']:,} real tokens per epoch")
             report.add(f"{v}: peak RSS", r["peak_rss_mb"], "MB",
-                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training", show=True)
+                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training",
+                       show=True)
             report.add(f"{v}: process wall time", time.perf_counter() - t0, "s", "imports + setup + training")
     device = next(iter(results.values()))
     report.settings.update(device=device["device"], dtype=device["dtype"])

@@ -55,7 +55,6 @@ print(cfg.summary("preset", "model_name_or_path", "lora_r", "lora_alpha", "lora_
 
 # %%
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 import transformers
 

@@ -60,7 +60,7 @@ from transformers.utils import logging as hf_logging
 
 from reclor_lab import checks
 from reclor_lab.config import OPTION_LETTERS
-from reclor_lab.data import load_split
+from reclor_lab.data import run_records
 from reclor_lab.metrics import format_accuracy, wilson_interval
 from reclor_lab.plots import plot_confusion, plot_eval, plot_loss
 from reclor_lab.runs import (
@@ -125,7 +125,7 @@ print("this run's val loss after epoch 2:",
 # from the split itself:
 
 # %%
-val_labels_all = [r["label"] for r in load_split(cfg.data_dir, "val")[: cfg.eval_limit]]
+val_labels_all = [r["label"] for r in run_records(cfg, "val")]
 majority, majority_n = Counter(val_labels_all).most_common(1)[0]
 majority_acc = majority_n / len(val_labels_all)
 print(f"val answers A B C D: {' '.join(str(val_labels_all.count(c)) for c in range(4))} "
@@ -227,7 +227,7 @@ print("same confusion matrix:", reloaded["confusion_matrix"] == metrics["confusi
 # validation predictions (`predict_run` on the `val` split), cut into evaluation batches.
 
 # %%
-val = load_split(cfg.data_dir, "val")[: cfg.eval_limit]
+val = run_records(cfg, "val")
 val_preds = np.load(predict_run(run_dir, split="val", verbose=False))[: len(val)].tolist()
 val_labels = [r["label"] for r in val]
 bs = cfg.eval_batch_size
@@ -278,7 +278,7 @@ npy = predict_run(run_dir, split="test")
 
 # %%
 preds = np.load(npy)
-test = load_split(cfg.data_dir, "test")
+test = run_records(cfg, "test")
 print(f"{npy.name}: {preds.shape[0]} predictions for {len(test)} test records, dtype {preds.dtype}, "
       f"all in 0-{len(OPTION_LETTERS) - 1}: {bool(((preds >= 0) & (preds < len(OPTION_LETTERS))).all())}")
 readable = json.loads(npy.with_suffix(".json").read_text())

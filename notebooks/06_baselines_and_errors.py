@@ -74,7 +74,7 @@ from reclor_lab.baselines import (
     trivial_baselines,
 )
 from reclor_lab.config import OPTION_LETTERS
-from reclor_lab.data import format_example, load_split, tokenize_records
+from reclor_lab.data import format_example, run_records, tokenize_records
 from reclor_lab.metrics import accuracy_interval, format_accuracy
 from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
 from reclor_lab.plots import (
@@ -82,7 +82,7 @@ from reclor_lab.plots import (
 )
 from reclor_lab.qtypes import agreement
 from reclor_lab.runs import ensure_trained, load_run, predict_run, saved_history, saved_metrics
-from reclor_lab.train import evaluate, fit, setup
+from reclor_lab.train import fit, setup
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes)
 hf_logging.disable_progress_bar()  # and the model loader's
@@ -104,8 +104,7 @@ print(ensure_trained(cfg))  # trains it now if notebook 04 has not run (a minute
 # machine.
 
 # %%
-train = load_split(cfg.data_dir, "train")[: cfg.train_limit]
-val = load_split(cfg.data_dir, "val")[: cfg.eval_limit]
+train, val = run_records(cfg, "train"), run_records(cfg, "val")
 trivial = trivial_baselines([r["label"] for r in train], [r["label"] for r in val])
 print(results_table(trivial))
 
@@ -270,7 +269,7 @@ print(f"reloaded best epoch: accuracy {format_accuracy(float((preds == [r['label
 # bundled test file, which carries the field, the rules agree with it here:
 
 # %%
-test = load_split(cfg.data_dir, "test")
+test = run_records(cfg, "test")
 print(agreement(test).table())
 
 # %% [markdown]

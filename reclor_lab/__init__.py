@@ -1,14 +1,30 @@
 """reclor-lab: fine-tune a decoder LLM with 4-bit quantization + LoRA (QLoRA) on ReClor.
 
-The notebooks in ``notebooks/`` teach the ideas; this package does the plumbing. One module per
-job: ``config`` (the run config and presets), ``data`` (ReClor files → tokenized datasets),
-``cache`` (tokenized splits kept on disk), ``synth`` (the bundled ReClor-format data), ``tiny``
-(the offline tiny Llama), ``modeling`` (4-bit loading), ``cpu4bit`` (which 4-bit kernel a CPU
-runs), ``lora`` (adapter injection),
-``metrics``, ``loss``, ``train`` (the manual loop), ``trainer`` (the Hugging Face Trainer path),
-``rundir`` (a run directory's layout, checkpoints and lock), ``runs`` and ``plots`` (a run's
-results), ``errors`` (``ReclorLabError``, the one base of every expected error), ``checks`` and ``course`` (the student exercises),
-``notebook`` (the notebooks' first cell) and ``cli``.
+The notebooks in ``notebooks/`` teach the ideas; this package does the plumbing, one module per
+job, in layers. Lowest first; a module imports only from its own layer or a lower one, and no
+imports go in a circle (``tests/test_layers.py`` reads every import, function-local ones too):
+
+1. ``errors``, ``cpu4bit``, ``qtypes``, ``loss``, ``cache``, ``stored_outputs``: they import
+   nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected error),
+   ``cpu4bit`` (which 4-bit kernel a CPU runs), ``qtypes`` (ReClor's question types), ``loss``
+   (the weighted cross-entropy), ``cache`` (tokenized splits kept on disk), ``stored_outputs``
+   (nbconvert's filter of the notebooks' stored outputs).
+2. ``config``: the run config, its presets and checks.
+3. ``data``, ``synth``, ``tiny``, ``metrics``, ``plan``, ``plots``, ``letters``, ``rundir``,
+   ``distributed``, ``notebook``: ``data`` (ReClor files → tokenized datasets), ``synth`` (the
+   bundled ReClor-format data), ``tiny`` (the offline tiny Llama), ``metrics``, ``plan`` (model
+   shapes, LoRA counts and the memory model: pure arithmetic, no torch), ``plots``, ``letters``
+   (the answer letters as tokens and the letter head), ``rundir`` (a run directory's layout,
+   checkpoints and lock), ``distributed`` (several processes), ``notebook`` (the notebooks'
+   first cell).
+4. ``modeling``, ``lora``: the 4-bit model (loading, memory report, NF4 made visible) and the
+   adapters (injection, counts).
+5. ``train``, ``trainer``: the manual loop (and the kit's one inference loop,
+   ``train.predict_logits``) and the Hugging Face Trainer path.
+6. ``analysis``, ``baselines``, ``runs``: a run's results, what guessing and the untrained model
+   score, and the kit's main job (train, reload, evaluate, predict).
+7. ``checks``, ``course``, ``grade``: the student exercises, course mode and grading.
+8. ``cli``, ``__main__``: the ``reclor-lab`` command.
 """
 
 __version__ = "0.1.0"

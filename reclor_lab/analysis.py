@@ -20,6 +20,7 @@ import torch
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS
 from reclor_lab.metrics import wilson_interval
 from reclor_lab.qtypes import QUESTION_TYPES, official_type, record_type
+from reclor_lab.train import predict_logits
 
 #: Equal-width confidence bins of the reliability diagram and the ECE.
 CALIBRATION_BINS = 10
@@ -142,27 +143,16 @@ def record_types(records: Sequence[dict]) -> list[int]:
 
 # --- a whole split -------------------------------------------------------------------------------------
 
-@torch.no_grad()
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax over the four options of each row of ``logits`` (on the CPU), ``(n, 4)``."""
+    return torch.softmax(logits.float().cpu(), dim=-1).numpy()
+
+
 def predict_proba(model, ds, tokenizer, batch_size: int, device, dtype) -> np.ndarray:
     """The classifier's softmax probabilities over the four options for every example of a
-    tokenized split, ``(n, 4)``, in the split's order (eval mode, switched back after)."""
-    from torch.utils.data import DataLoader
-
-    from reclor_lab.data import make_collator, model_inputs
-    from reclor_lab.modeling import autocast_for
-
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(model_inputs(ds).remove_columns([c for c in ("labels",) if c in ds.column_names]),
-                        batch_size=batch_size, collate_fn=make_collator(tokenizer))
-    out = []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast_for(device, dtype):
-            logits = model(**batch).logits.float()
-        out.append(torch.softmax(logits, dim=-1).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy()
+    tokenized split, ``(n, 4)``, in the split's order (eval mode, switched back after): the
+    :func:`probabilities` of :func:`reclor_lab.train.predict_logits`."""
+    return probabilities(predict_logits(model, ds, tokenizer, batch_size, device, dtype))
 
 
 def val_analysis(records: Sequence[dict], probs) -> dict[str, Any]:
@@ -177,7 +167,8 @@ def val_analysis(records: Sequence[dict], probs) -> dict[str, Any]:
     wrong = most_confident_wrong(probs, labels_arr)
     return {
         "accuracy_by_type": accuracy_by_type(preds, labels_arr, types),
-        "types_source": "official" if all(official_type(r) is not None for r in records) else "inferred from the question stem",
+        "types_source": ("official" if all(official_type(r) is not None for r in records)
+                         else "inferred from the question stem"),
         "position_bias": position_bias(preds, labels_arr),
         "calibration": {"ece": expected_calibration_error(probs, labels_arr),
                         "bins": reliability(probs, labels_arr)},

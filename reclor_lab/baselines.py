@@ -3,14 +3,15 @@
 * **LM scoring (zero-shot / k-shot).** The same 4-bit model loaded as a causal LM reads the record
   in the run's layout followed by the answer cue (" Answer:"), and its next-token logits for the
   four letter tokens are the scores of the four options. The letter tokens are found through the
-  tokenizer (:func:`letter_token_ids`): whether "A" after "Answer:" is " A", "▁A" or "A" depends
-  on the tokenizer. With ``shots = k`` the prompt starts with k labelled training records
+  tokenizer (:func:`reclor_lab.letters.letter_token_ids`): whether "A" after "Answer:" is " A",
+  "▁A" or "A" depends on the tokenizer. With ``shots = k`` the prompt starts with k labelled training records
   (chosen deterministically, :func:`choose_shots`), each ending in its answer letter.
   Truncation never cuts the question being asked (:func:`build_prompt`): shots go first, then
   the end of the record's passage.
 * **The letter head** (``head_init="letters"`` in the run config): the classifier's 4-row
   ``score`` head starts as the LM head's rows of the four letter tokens
-  (:func:`letter_head_weights`), so before training the classifier *is* the zero-shot scorer.
+  (:func:`reclor_lab.letters.letter_head_weights`), so before training the classifier *is* the
+  zero-shot scorer.
 * **Trivial baselines** (:func:`trivial_baselines`): uniform guessing, always the majority
   position, guessing by the training positions' frequencies.
 
@@ -19,10 +20,8 @@ Every accuracy comes with a 95 % interval (:func:`reclor_lab.metrics.wilson_inte
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,52 +30,19 @@ import numpy as np
 import torch
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, RunConfig
-from reclor_lab.data import format_example
-from reclor_lab.errors import ReclorLabError
+from reclor_lab.data import format_example, load_split, run_records
+from reclor_lab.errors import BaselineError
+# The letter tokens and the letter head live in reclor_lab.letters (model loading uses them);
+# notebook 06 and older code import them from here as well.
+from reclor_lab.letters import ANSWER_CUE, letter_head_weights, letter_token_ids  # noqa: F401
+from reclor_lab.metrics import compute_classification_metrics, format_accuracy, wilson_interval
+from reclor_lab.modeling import load_model, load_tokenizer, resolve_compute_dtype
+from reclor_lab.rundir import RunDir, write_json
 
-#: The answer cue the tiny model was pre-trained with (``TINY_TEMPLATE`` ends with it); LM
-#: scoring appends it to a template that does not end with it.
-ANSWER_CUE = " Answer:"
 #: Between the shots of a k-shot prompt and the question.
 SHOT_SEPARATOR = "\n\n"
 #: Marks a passage cut short to fit the token budget.
 ELLIPSIS = " …"
-#: The checkpoint tensor whose rows are the LM's next-token scores (Llama, Mistral, Qwen, …).
-LM_HEAD_TENSOR = "lm_head.weight"
-
-
-class BaselineError(ReclorLabError, ValueError):
-    """A baseline that cannot be computed as asked; the message says why and what to change."""
-
-
-# --- letter tokens --------------------------------------------------------------------------------
-
-def letter_token_ids(tokenizer, cue: str = ANSWER_CUE, letters: str = OPTION_LETTERS) -> list[int]:
-    """The token id of each answer letter as it follows ``cue``, found through the tokenizer.
-
-    Encodes ``cue`` and ``cue + " " + letter`` (no special tokens) and takes the one token the
-    letter adds. A SentencePiece tokenizer gives "▁A", GPT-2's byte-level BPE "ĠA", a
-    whitespace-splitting one "A": the ids come from the tokenizer, never from a table.
-    Raises :class:`BaselineError` when a letter is not exactly one new token, or when two
-    letters share one.
-
-    >>> letter_token_ids(load_tokenizer("models/tiny-llama"))   # doctest: +SKIP
-    [376, 394, 407, 408]
-    """
-    base = tokenizer(cue, add_special_tokens=False)["input_ids"]
-    ids = []
-    for letter in letters:
-        full = tokenizer(f"{cue} {letter}", add_special_tokens=False)["input_ids"]
-        extra = full[len(base):]
-        if full[: len(base)] != base or len(extra) != 1:
-            pieces = tokenizer.convert_ids_to_tokens(full)
-            raise BaselineError(
-                f"the tokenizer does not encode {cue + ' ' + letter!r} as {cue!r} plus one letter token "
-                f"(it gives {pieces}); LM scoring and head_init='letters' need one token per letter")
-        ids.append(extra[0])
-    if len(set(ids)) != len(ids):
-        raise BaselineError(f"two answer letters share a token id ({dict(zip(letters, ids))})")
-    return ids
 
 
 # --- prompts ------------------------------------------------------------------------------------------
@@ -216,22 +182,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: bool = True,
                 model=None, tokenizer=None) -> dict[str, Any]:
     """Zero-shot (``shots=0``) or k-shot LM scoring of ``split`` with the run's model, template
-    and data (``cfg.eval_limit`` applies to val). Returns the metrics (accuracy with its 95 %
-    interval, macro F1, the confusion matrix), the predicted-letter distribution, and per
-    example the predictions and the four probabilities.
+    and records (:func:`reclor_lab.data.run_records`: ``train_limit`` and ``eval_limit`` apply).
+    Returns the metrics (accuracy with its 95 % interval, macro F1, the confusion matrix), the
+    predicted-letter distribution, and per example the predictions and the four probabilities.
 
     ``model`` / ``tokenizer``: an already loaded causal LM (:func:`reclor_lab.modeling.load_model`
     with ``task="causal-lm"``), to score several settings without loading it again.
     """
-    from reclor_lab.data import load_split
-    from reclor_lab.metrics import compute_classification_metrics
-    from reclor_lab.modeling import load_model, load_tokenizer, resolve_compute_dtype
-
     tokenizer = tokenizer or load_tokenizer(cfg.model_name_or_path)
     model = model or load_model(cfg, tokenizer, task="causal-lm")
-    records = load_split(cfg.data_dir, split)
-    if split == "val":
-        records = records[: cfg.eval_limit]
+    records = run_records(cfg, split)
     chosen = choose_shots(load_split(cfg.data_dir, "train"), shots, cfg.seed) if shots else []
     letters = letter_token_ids(tokenizer)
     window = context_window(model, tokenizer)
@@ -262,8 +222,6 @@ def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: boo
 
 def baseline_line(result: dict) -> str:
     """One line: the method, accuracy with its interval, macro F1, predicted letters."""
-    from reclor_lab.metrics import format_accuracy
-
     dist = ", ".join(f"{k} {v}" for k, v in result["predicted_distribution"].items())
     head = f"{result['method']} LM scoring on {result['split']} ({result['n']} examples"
     if result["shots"]:
@@ -277,61 +235,9 @@ def baseline_line(result: dict) -> str:
 
 def write_baseline(result: dict, run_dir: str | Path) -> Path:
     """Write ``result`` as ``baseline-<method>.json`` beside the run's metrics.json."""
-    from reclor_lab.rundir import RunDir, write_json
-
     path = RunDir(run_dir).baseline_path(result["method"])
     write_json(path, result)
     return path
-
-
-# --- the letter head ------------------------------------------------------------------------------
-
-def letter_head_weights(model, cfg: RunConfig, tokenizer) -> torch.Tensor:
-    """The LM head's rows of the four letter tokens, ``(4, hidden)``: the weights with which a
-    ``score`` head computes exactly the zero-shot letter logits.
-
-    A sequence classifier loaded from a causal-LM checkpoint drops ``lm_head.weight``, so the rows
-    are read from the checkpoint file itself (only those four rows: a few KB even for Llama-2);
-    with tied embeddings they are the input embedding's rows.
-    """
-    ids = letter_token_ids(tokenizer)
-    if getattr(model.config, "tie_word_embeddings", False):
-        return model.get_input_embeddings().weight[ids].detach().clone()
-    return _checkpoint_rows(cfg.model_name_or_path, LM_HEAD_TENSOR, ids)
-
-
-def _checkpoint_rows(name_or_path: str, tensor: str, rows: Sequence[int]) -> torch.Tensor:
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    quiet = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
-    index = cached_file(name_or_path, "model.safetensors.index.json", **quiet)
-    if index is not None:
-        shard = json.loads(Path(index).read_text()).get("weight_map", {}).get(tensor)
-        file = cached_file(name_or_path, shard, **quiet) if shard else None
-    else:
-        file = cached_file(name_or_path, "model.safetensors", **quiet)
-    if file is None:
-        raise BaselineError(
-            f"head_init='letters' reads {tensor!r} from the model's safetensors weights, and "
-            f"{name_or_path!r} has none on disk holding it; use head_init='random' or a safetensors checkpoint")
-    with safe_open(file, framework="pt") as f:
-        if tensor not in f.keys():
-            raise BaselineError(f"{file}: no tensor {tensor!r}; head_init='letters' needs the LM head's weights")
-        piece = f.get_slice(tensor)
-        return torch.cat([piece[i:i + 1] for i in rows]).float()
-
-
-def init_letter_head(model, cfg: RunConfig, tokenizer) -> None:
-    """Set the classifier's ``score`` weights to :func:`letter_head_weights` (in place)."""
-    score = model.score
-    weights = letter_head_weights(model, cfg, tokenizer)
-    if tuple(weights.shape) != tuple(score.weight.shape):
-        raise BaselineError(f"letter rows of shape {tuple(weights.shape)} do not fit the head {tuple(score.weight.shape)}")
-    with torch.no_grad():
-        score.weight.copy_(weights.to(score.weight.dtype))
-        if getattr(score, "bias", None) is not None:
-            score.bias.zero_()
 
 
 # --- trivial baselines -------------------------------------------------------------------------------
@@ -368,8 +274,6 @@ def trivial_baselines(train_labels: Sequence[int], eval_labels: Sequence[int]) -
     >>> [round(r["accuracy"], 3) for r in trivial_baselines([0, 0, 1, 2], [0, 1, 0, 3])]
     [0.25, 0.5, 0.312]
     """
-    from reclor_lab.metrics import wilson_interval
-
     train = np.bincount(np.asarray(train_labels, dtype=int), minlength=NUM_LABELS) / len(train_labels)
     counts = np.bincount(np.asarray(eval_labels, dtype=int), minlength=NUM_LABELS)
     n = int(counts.sum())
@@ -394,9 +298,3 @@ def results_table(rows: Sequence[dict]) -> str:
         lo, hi = r["accuracy_ci95"]
         lines.append(f"{r['method']:<30}{r['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]  {r['n']:>5}")
     return "\n".join(lines)
-
-
-def letter_counts(predictions: Sequence[int]) -> dict[str, int]:
-    """Predictions per letter, every letter listed."""
-    c = Counter(int(p) for p in predictions)
-    return {OPTION_LETTERS[i]: c.get(i, 0) for i in range(NUM_LABELS)}

@@ -22,7 +22,6 @@ The test records below are hand-written (the same as ``tests/fixtures/mini``), n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -33,6 +32,7 @@ from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
 from reclor_lab.data import class_weights, format_example
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import accuracy_over_examples
+from reclor_lab.plan import LLAMA2_7B_SHAPE, ModelShape, lora_param_count, lora_params, nf4_bytes_per_param
 
 #: The gradient-norm clip of the exercise's train step (QLoRA's value, ``RunConfig.max_grad_norm``).
 MAX_GRAD_NORM = 0.3
@@ -589,11 +589,12 @@ def reference_count_lora_params(shapes: Sequence[tuple[int, int]], r: int) -> in
     >>> reference_count_lora_params([(4, 8)], r=2)
     24
     """
-    return sum(r * (out_features + in_features) for out_features, in_features in shapes)
+    return lora_param_count(shapes, r)
 
 
-#: One Llama-2-7B decoder layer: q, k, v, o (4096×4096), gate and up (11008×4096), down (4096×11008).
-_LLAMA2_7B_LAYER = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
+#: One Llama-2-7B decoder layer: q, k, v, o (4096×4096), gate and up (11008×4096), down (4096×11008),
+#: as ``(out, in)``.
+_LLAMA2_7B_LAYER = [(out, in_) for in_, out in LLAMA2_7B_SHAPE.projections.values()]
 _COUNT_CASES: tuple[tuple[str, list[tuple[int, int]], int], ...] = (
     ("one 4×8 layer, r=2", [(4, 8)], 2),
     ("a 3×5 and a 6×2 layer, r=1", [(3, 5), (6, 2)], 1),
@@ -767,22 +768,13 @@ def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "defa
 
 # --- 8. QLoRA memory of Llama-2-7B --------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The shape of a Llama-style decoder, all the memory estimate needs."""
-
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    vocab: int
-
-
-LLAMA2_7B = ModelShape(layers=32, hidden=4096, intermediate=11008, heads=32, vocab=32000)
-LLAMA2_13B = ModelShape(layers=40, hidden=5120, intermediate=13824, heads=40, vocab=32000)
+#: The exercise's shapes are the planner's (:class:`reclor_lab.plan.ModelShape`): it reads
+#: ``layers``, ``hidden``, ``intermediate``, ``heads`` and ``vocab``.
+LLAMA2_7B = LLAMA2_7B_SHAPE
+LLAMA2_13B = ModelShape(layers=40, hidden=5120, intermediate=13824, heads=40, kv_heads=40, vocab=32000)
 #: Bits one NF4 weight costs with double quantization: the 4-bit code, an 8-bit absmax per block
 #: of 64, and one fp32 scale per 256 absmaxes.
-NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+NF4_DQ_BITS = nf4_bytes_per_param(double_quant=True) * 8
 #: Bytes per trained parameter with AdamW: the fp32 weight, its fp32 gradient, AdamW's two fp32
 #: moments (m and v).
 TRAINED_BYTES = 4 + 4 + 4 + 4
@@ -799,10 +791,10 @@ CHECKPOINT_BYTES = 2
 def _memory_terms(shape: ModelShape, batch_size: int, seq_len: int, r: int) -> tuple[int, int, int, int]:
     """The counts the memory estimate is made of: 4-bit weights, kept (non-4-bit) weights, LoRA
     parameters, and one layer's activation bytes without checkpointing."""
-    h, m, L = shape.hidden, shape.intermediate, shape.layers
-    quantized = L * (4 * h * h + 3 * h * m)
-    kept = shape.vocab * h + (2 * L + 1) * h + NUM_LABELS * h
-    lora = L * r * (4 * (h + h) + 3 * (h + m))
+    h = shape.hidden
+    quantized = shape.quantized_params
+    kept = shape.sixteen_bit_params + shape.head_params
+    lora = lora_params(shape, r)
     per_layer = batch_size * seq_len * (ACT_PER_TOKEN_HIDDEN * h + ACT_ATTENTION * shape.heads * seq_len)
     return quantized, kept, lora, per_layer
 
@@ -987,7 +979,7 @@ def reference_train_step(model: nn.Module, batch: dict, optimizer: torch.optim.O
     """
     from reclor_lab.train import optimizer_step, train_step
 
-    loss = train_step(model, dict(batch), weights, dtype=torch.float32)  # a copy: train_step pops labels
+    loss = train_step(model, batch, weights, dtype=torch.float32)  # train_step leaves the batch as it was
     optimizer_step(model, optimizer, lr=optimizer.param_groups[0]["lr"], max_grad_norm=max_grad_norm)
     return loss.item()
 

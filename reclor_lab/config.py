@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
+from reclor_lab.errors import PlanError, ReclorLabError
+
 #: ReClor has four answer options per question; the classifier has one logit per option.
 NUM_LABELS = 4
 #: The option letters, in label order (label 0 is option A).
@@ -45,9 +47,6 @@ LoraBias = Literal["none", "all", "lora_only"]
 HeadInit = Literal["random", "letters"]
 AutoBatch = Literal["accumulate", "sqrt-lr"]
 KbitUpcast = Literal["peft", "trainable"]
-
-
-from reclor_lab.errors import ReclorLabError
 
 
 class ConfigError(ReclorLabError, ValueError):
@@ -93,9 +92,33 @@ def batch_size_value(v: Any) -> str | None:
     return None if v == "auto" or positive_int(v) is None else f"must be a positive integer or 'auto', got {_short(v)}"
 
 
-def memory_size(v: Any) -> str | None:
-    from reclor_lab.plan import PlanError, parse_memory  # the planner imports this module
+_UNITS = {"gib": 2**30, "gb": 10**9, "mib": 2**20, "mb": 10**6, "tib": 2**40, "tb": 10**12}
 
+
+def parse_memory(text: str | int | float) -> int:
+    """Bytes from a size such as ``24GiB``, ``80 GB``, ``16384MiB`` (binary: GiB/MiB/TiB,
+    decimal: GB/MB/TB; case-insensitive); a bare number is bytes.
+
+    >>> parse_memory("24GiB"), parse_memory("1.5 gb"), parse_memory("512MiB")
+    (25769803776, 1500000000, 536870912)
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        if not m or (m.group(2) and m.group(2).lower() not in _UNITS):
+            raise PlanError(f"memory size {text!r} not understood; write a number and a unit, "
+                            "e.g. 24GiB, 80GB or 16384MiB")
+        value, unit = float(m.group(1)), m.group(2).lower()
+    size = value * _UNITS.get(unit, 1)
+    if not size < float(2**63):  # 1e999GiB: infinite, or more bytes than any machine has
+        raise PlanError(f"memory size {text!r} is too large; write a real size, e.g. 24GiB")
+    if not size > 0:
+        raise PlanError(f"memory size {text!r} must be more than zero, e.g. 24GiB")
+    return int(size)
+
+
+def memory_size(v: Any) -> str | None:
     try:
         parse_memory(v)
     except (PlanError, TypeError) as e:
@@ -189,7 +212,8 @@ class RunConfig:
                      "activations) or `peft` (also embeddings and norms, as prepare_model_for_kbit_training)."
     )
     head_init: HeadInit = _f(
-        "random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, i.e. the zero-shot scorer."
+        "random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, i.e. the "
+        "zero-shot scorer."
     )
     # --- data ------------------------------------------------------------------------------
     data_dir: str = _f(
@@ -295,14 +319,6 @@ class RunConfig:
         if d["lora_targets"] is not None:
             d["lora_targets"] = list(d["lora_targets"])
         return d
-
-    def save(self, path: str | Path) -> Path:
-        """Write the config as JSON (written to a temporary file, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":

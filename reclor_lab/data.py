@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
+from reclor_lab import cache as token_cache
+from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE, RunConfig
 from reclor_lab.errors import ReclorLabError
 from reclor_lab.qtypes import QUESTION_TYPES
 
@@ -152,6 +153,19 @@ def load_split(data_dir: str | Path, split: Split) -> list[dict]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return read_reclor(split_path(data_dir, split), labeled=True if split in LABELED_SPLITS else None)
+
+
+def run_records(cfg: RunConfig, split: Split) -> list[dict]:
+    """A run's records of ``split``: the first ``cfg.train_limit`` of train, the first
+    ``cfg.eval_limit`` of val, every record of test. What training, evaluation, the analysis and
+    the baselines read.
+
+    >>> from reclor_lab.config import get_preset
+    >>> len(run_records(get_preset("tiny", eval_limit=3), "val"))
+    3
+    """
+    limit = {"train": cfg.train_limit, "val": cfg.eval_limit}.get(split)
+    return load_split(cfg.data_dir, split)[:limit]
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -309,8 +323,6 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
     ([1, 412, 29901], 2)
     """
     from datasets import Dataset
-
-    from reclor_lab import cache as token_cache
 
     labeled = all("label" in r for r in records)
     table: dict[str, list] = {

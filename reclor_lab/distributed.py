@@ -150,6 +150,7 @@ def wrap(model, proc: Process):
 
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     frozen += [n for n, _ in model.named_buffers()]
+    # private, but DDP has no public way to leave them out; tests/test_private_apis.py checks it
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     device = next(p for p in model.parameters() if p.requires_grad).device
     # every buffer is ignored above, so DDP has none to broadcast (no `broadcast_buffers` needed)

@@ -17,6 +17,15 @@ class RunDirError(ReclorLabError):
     """A run directory that cannot be used as asked (exists already, nothing to resume, damaged)."""
 
 
+class PlanError(ReclorLabError, ValueError):
+    """A memory budget or model shape the planner cannot use (the fix in the message)."""
+
+
+class BaselineError(ReclorLabError, ValueError):
+    """A baseline (or the letter head) that cannot be computed as asked; the message says why and
+    what to change."""
+
+
 class ModelError(ReclorLabError):
     """A model or tokenizer that cannot be loaded from the path or id given."""
 

@@ -13,7 +13,6 @@ trainable params: 35,072 || all params: 133,952 || trainable%: 26.1825
 
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .modeling import HEAD_NAMES, logical_numel, quantizable_linears
+from .plan import lora_param_count
 
 #: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
 CLASSIFIER_HEAD = "score"
@@ -94,8 +94,6 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     targets = list(cfg.lora_targets) if cfg.lora_targets else available
     unknown = sorted(set(targets) - set(available))
     if unknown:
-        from reclor_lab.config import ConfigError
-
         raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
                           f"linear layers; choose from {available} (or null for all of them)")
     quantized = bool(getattr(model, "is_loaded_in_4bit", False))
@@ -218,7 +216,7 @@ def predicted_lora_params(model: nn.Module, targets: Sequence[str], r: int) -> i
     Works on the model before or after :func:`inject_lora`.
     """
     shapes = target_shapes(model)
-    lora = r * sum(out + in_ for t in set(targets) for out, in_ in shapes.get(t, []))
+    lora = lora_param_count((shape for t in set(targets) for shape in shapes.get(t, [])), r)
     head = 0
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -227,46 +225,6 @@ def predicted_lora_params(model: nn.Module, targets: Sequence[str], r: int) -> i
             seen.add(id(p))
             head += logical_numel(p)
     return lora + head
-
-
-# --- LoRA by hand ----------------------------------------------------------------------------------
-
-class LoRALinear(nn.Module):
-    """A frozen linear layer plus a trainable low-rank update, written out for reading.
-
-    ``y = W0 x + (B A dropout(x)) * alpha / r``, with A (r×in) kaiming-uniform initialised and
-    B (out×r) zeros, so training starts from exactly the base model. Same maths and init as
-    peft's ``lora.Linear``.
-
-    >>> layer = LoRALinear(nn.Linear(8, 4), r=2, alpha=4)
-    >>> layer(torch.randn(3, 8)).shape, layer.scaling
-    (torch.Size([3, 4]), 2.0)
-    >>> sum(p.numel() for p in layer.parameters() if p.requires_grad)   # r * (in + out)
-    24
-    """
-
-    def __init__(self, base: nn.Linear, r: int = 16, alpha: float = 16, dropout: float = 0.0) -> None:
-        super().__init__()
-        if r < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {r}")
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)  # W0 stays frozen: only A and B learn
-        self.r = r
-        self.scaling = alpha / r
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(base.in_features, r, bias=False)
-        self.lora_B = nn.Linear(r, base.out_features, bias=False)
-        # peft's default init: A random (kaiming-uniform, like nn.Linear), B zero → B A = 0.
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
-
-    def merged_weight(self) -> torch.Tensor:
-        """``W0 + B A * scaling``: the single weight an adapter can be merged into after training."""
-        return self.base.weight + (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
 
 # --- how close "equal" can be in floating point --------------------------------------------------
@@ -309,7 +267,6 @@ def lora_error_bound(x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B: torc
 __all__ = [
     "CLASSIFIER_HEAD",
     "HEAD_NAMES",
-    "LoRALinear",
     "TrainableReport",
     "find_lora_targets",
     "inject_lora",

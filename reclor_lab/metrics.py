@@ -57,7 +57,8 @@ def compute_classification_metrics(
     predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray
 ) -> dict[str, Any]:
     """Accuracy with its Wilson 95 % interval (``accuracy_ci95``: ``[low, high]``), macro
-    precision / recall / F1 over the ``NUM_LABELS`` options, and the confusion matrix (``NUM_LABELS`` × ``NUM_LABELS`` nested list, rows = true label, columns = predicted).
+    precision / recall / F1 over the ``NUM_LABELS`` options, and the confusion matrix
+    (``NUM_LABELS`` × ``NUM_LABELS`` nested list, rows = true label, columns = predicted).
 
     An option that occurs but is never predicted counts in the macro average with precision 0:
     so a model that always answers "A" scores ~25% accuracy but a low macro F1. Options absent

@@ -31,6 +31,8 @@ from torch import nn
 from .config import NUM_LABELS, RunConfig
 from .cpu4bit import use_portable_kernels
 from .errors import ModelError, ReclorLabError
+from .letters import init_letter_head
+from .plan import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
 
 # The transformers / bitsandbytes imports are heavy (seconds); modules that only need the
 # constants below (a notebook plotting NF4 codes, the config printer) should not pay for them.
@@ -39,12 +41,6 @@ from .errors import ModelError, ReclorLabError
 #: Names of the classification / LM heads. They are never quantized and never get LoRA: the
 #: head is small, new (randomly initialised for classification) and trained in full.
 HEAD_NAMES: tuple[str, ...] = ("score", "lm_head")
-
-#: bitsandbytes' default (and QLoRA's) block size: one absmax scale per 64 weights.
-NF4_BLOCKSIZE = 64
-#: With double quantization the 8-bit absmax scales are themselves quantized in blocks of 256,
-#: each block with one fp32 scale.
-DOUBLE_QUANT_BLOCKSIZE = 256
 
 #: The 16 NF4 code values (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) rescaled to
 #: [-1, 1], with an exact 0. A 4-bit index picks one; the block's absmax scales it back.
@@ -57,28 +53,22 @@ NF4_CODE: tuple[float, ...] = (
 )
 
 # --- Llama-2-7B, for the "what would this cost on the real model" column -----------------------
-LLAMA2_7B_HIDDEN = 4096
-LLAMA2_7B_INTERMEDIATE = 11008
-LLAMA2_7B_LAYERS = 32
-LLAMA2_7B_VOCAB = 32000
+# Every count comes from the planner's one shape (reclor_lab.plan.LLAMA2_7B_SHAPE).
+LLAMA2_7B_HIDDEN = LLAMA2_7B_SHAPE.hidden
+LLAMA2_7B_INTERMEDIATE = LLAMA2_7B_SHAPE.intermediate
+LLAMA2_7B_LAYERS = LLAMA2_7B_SHAPE.layers
+LLAMA2_7B_VOCAB = LLAMA2_7B_SHAPE.vocab
 #: Parameters in the 7 projections of every decoder layer: these are what QLoRA quantizes.
-LLAMA2_7B_QUANTIZED_PARAMS = LLAMA2_7B_LAYERS * (
-    4 * LLAMA2_7B_HIDDEN * LLAMA2_7B_HIDDEN + 3 * LLAMA2_7B_HIDDEN * LLAMA2_7B_INTERMEDIATE
-)  # 6_476_005_376
+LLAMA2_7B_QUANTIZED_PARAMS = LLAMA2_7B_SHAPE.quantized_params  # 6_476_005_376
 #: The rest of the causal LM: token embeddings, lm_head, and 2 RMSNorms per layer + 1 final.
-LLAMA2_7B_OTHER_PARAMS = (
-    2 * LLAMA2_7B_VOCAB * LLAMA2_7B_HIDDEN + (2 * LLAMA2_7B_LAYERS + 1) * LLAMA2_7B_HIDDEN
-)  # 262_410_240
+LLAMA2_7B_OTHER_PARAMS = LLAMA2_7B_SHAPE.sixteen_bit_params + LLAMA2_7B_VOCAB * LLAMA2_7B_HIDDEN  # 262_410_240
 #: Llama-2-7B (causal LM, with lm_head) parameter count, as the Hub model card reports it.
 LLAMA2_7B_PARAMS = 6_738_415_616
 assert LLAMA2_7B_QUANTIZED_PARAMS + LLAMA2_7B_OTHER_PARAMS == LLAMA2_7B_PARAMS
 #: What a 4-way classifier keeps besides the projections: embeddings, norms and the new head
 #: ``score`` (4 × hidden). It never loads ``lm_head`` (32000 × 4096 = 131 M weights, 0.26 GB in
 #: bf16): transformers reports it UNEXPECTED and drops it.
-LLAMA2_7B_CLASSIFIER_OTHER_PARAMS = (
-    LLAMA2_7B_VOCAB * LLAMA2_7B_HIDDEN + (2 * LLAMA2_7B_LAYERS + 1) * LLAMA2_7B_HIDDEN
-    + NUM_LABELS * LLAMA2_7B_HIDDEN
-)  # 131_354_624
+LLAMA2_7B_CLASSIFIER_OTHER_PARAMS = LLAMA2_7B_SHAPE.sixteen_bit_params + LLAMA2_7B_SHAPE.head_params  # 131_354_624
 #: Parameters of Llama-2-7B loaded as a 4-way sequence classifier (what the reference trains).
 LLAMA2_7B_CLASSIFIER_PARAMS = LLAMA2_7B_QUANTIZED_PARAMS + LLAMA2_7B_CLASSIFIER_OTHER_PARAMS  # 6_607_360_000
 
@@ -313,12 +303,13 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     The head (``score``) is new and randomly initialised; transformers' load report says
     ``score.weight`` is MISSING (and ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint):
     that is expected here, so that report is shown only with ``report=True`` (notebook 02
-    explains it); a report naming any other weight always shows. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot
-    quantize on this platform. On a CPU every 4-bit layer computes by dequantize + fp32 matmul,
-    whatever the CPU's flags (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
+    explains it); a report naming any other weight always shows. Raises
+    :class:`QuantizationUnavailable` when bitsandbytes cannot quantize on this platform. On a CPU
+    every 4-bit layer computes by dequantize + fp32 matmul, whatever the CPU's flags
+    (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
 
     ``cfg.head_init == "letters"`` starts the head from the LM head's rows of the four answer
-    letters (:func:`reclor_lab.baselines.init_letter_head`) instead of at random.
+    letters (:func:`reclor_lab.letters.init_letter_head`) instead of at random.
     ``task="causal-lm"`` loads the same 4-bit model with its LM head instead (the zero-shot
     scorer of :mod:`reclor_lab.baselines`), through the same kernels.
     """
@@ -364,8 +355,6 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
         # avx512_bf16 CPU switches to a kernel without autograd after the first evaluation.
         use_portable_kernels(model)
     if task == "classification" and cfg.head_init == "letters":
-        from reclor_lab.baselines import init_letter_head
-
         init_letter_head(model, cfg, tokenizer)
     return model
 
@@ -429,28 +418,6 @@ def measured_bytes(model: nn.Module) -> int:
     total += sum(b.numel() * b.element_size() for b in model.buffers())
     total += sum(_quant_state_bytes(p) for p in model.parameters() if is_4bit(p))
     return total
-
-
-def nf4_bytes_per_param(double_quant: bool = True, blocksize: int = NF4_BLOCKSIZE) -> float:
-    """Bytes one quantized weight costs, scales included.
-
-    - 4 bits for the NF4 index: 0.5 byte.
-    - One absmax scale per ``blocksize`` weights: fp32 (4 bytes), or with double quantization an
-      8-bit code (1 byte) plus one fp32 scale per 256 such codes.
-
-    With blocksize 64: 4 + 32/64 = 4.5 bits/param plain, 4 + 8/64 + 32/(64*256) ≈ 4.127 bits with
-    double quant (the QLoRA paper's numbers).
-
-    >>> nf4_bytes_per_param(double_quant=False)
-    0.5625
-    >>> round(nf4_bytes_per_param(double_quant=True) * 8, 3)
-    4.127
-    """
-    if double_quant:
-        scales = 1 / blocksize + 4 / (blocksize * DOUBLE_QUANT_BLOCKSIZE)
-    else:
-        scales = 4 / blocksize
-    return 0.5 + scales
 
 
 def estimate_bytes(quantized_params: int, other_params: int, mode: str, double_quant: bool = True) -> float:

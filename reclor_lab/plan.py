@@ -35,14 +35,12 @@ True
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from reclor_lab.config import NUM_LABELS, KbitUpcast, RunConfig
-from reclor_lab.errors import ReclorLabError
-from reclor_lab.modeling import NF4_BLOCKSIZE, nf4_bytes_per_param
+from reclor_lab.config import NUM_LABELS, KbitUpcast, RunConfig, parse_memory
+from reclor_lab.errors import PlanError
 
 GIB = 2**30
 #: Memory the device gives away before the first tensor: the CUDA context, cuBLAS / cuDNN
@@ -55,36 +53,43 @@ ALLOCATOR_OVERHEAD = 0.10
 #: Micro-batch sizes and lengths the plan table shows by default.
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_LENGTHS = (256, 512, 640)
+#: bitsandbytes' default (and QLoRA's) block size: one absmax scale per 64 weights.
+NF4_BLOCKSIZE = 64
+#: With double quantization the 8-bit absmax scales are themselves quantized in blocks of 256,
+#: each block with one fp32 scale.
+DOUBLE_QUANT_BLOCKSIZE = 256
 
-_UNITS = {"gib": 2**30, "gb": 10**9, "mib": 2**20, "mb": 10**6, "tib": 2**40, "tb": 10**12}
 
+def nf4_bytes_per_param(double_quant: bool = True, blocksize: int = NF4_BLOCKSIZE) -> float:
+    """Bytes one quantized weight costs, scales included.
 
-class PlanError(ReclorLabError, ValueError):
-    """A memory budget or model shape the planner cannot use (the fix in the message)."""
+    - 4 bits for the NF4 index: 0.5 byte.
+    - One absmax scale per ``blocksize`` weights: fp32 (4 bytes), or with double quantization an
+      8-bit code (1 byte) plus one fp32 scale per 256 such codes.
 
+    With blocksize 64: 4 + 32/64 = 4.5 bits/param plain, 4 + 8/64 + 32/(64*256) ≈ 4.127 bits with
+    double quant (the QLoRA paper's numbers).
 
-def parse_memory(text: str | int | float) -> int:
-    """Bytes from a size such as ``24GiB``, ``80 GB``, ``16384MiB`` (binary: GiB/MiB/TiB,
-    decimal: GB/MB/TB; case-insensitive); a bare number is bytes.
-
-    >>> parse_memory("24GiB"), parse_memory("1.5 gb"), parse_memory("512MiB")
-    (25769803776, 1500000000, 536870912)
+    >>> nf4_bytes_per_param(double_quant=False)
+    0.5625
+    >>> round(nf4_bytes_per_param(double_quant=True) * 8, 3)
+    4.127
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), ""
+    if double_quant:
+        scales = 1 / blocksize + 4 / (blocksize * DOUBLE_QUANT_BLOCKSIZE)
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-        if not m or (m.group(2) and m.group(2).lower() not in _UNITS):
-            raise PlanError(f"memory size {text!r} not understood; write a number and a unit, "
-                            "e.g. 24GiB, 80GB or 16384MiB")
-        value, unit = float(m.group(1)), m.group(2).lower()
-    size = value * _UNITS.get(unit, 1)
-    if not size < float(2**63):  # 1e999GiB: infinite, or more bytes than any machine has
-        raise PlanError(f"memory size {text!r} is too large; write a real size, e.g. 24GiB")
-    if not size > 0:
-        raise PlanError(f"memory size {text!r} must be more than zero, e.g. 24GiB")
-    return int(size)
+        scales = 4 / blocksize
+    return 0.5 + scales
 
+
+def lora_param_count(shapes: Iterable[tuple[int, int]], r: int) -> int:
+    """LoRA parameters of linear layers of the given shapes: A is r×in and B is out×r, so
+    ``r·(in + out)`` per layer (either order of the pair: the sum is the same).
+
+    >>> lora_param_count([(4, 8)], r=2)
+    24
+    """
+    return sum(r * (a + b) for a, b in shapes)
 
 # --- the model's shape --------------------------------------------------------------------------
 
@@ -119,6 +124,11 @@ class ModelShape:
     def sixteen_bit_params(self) -> int:
         """Embeddings and norms (2 per layer + the final one); the head is counted apart."""
         return self.vocab * self.hidden + (2 * self.layers + 1) * self.hidden
+
+    @property
+    def head_params(self) -> int:
+        """The classification head ``score`` (labels × hidden, no bias)."""
+        return self.num_labels * self.hidden
 
 
 #: Llama-2-7B (``meta-llama/Llama-2-7b-hf``'s config.json), for when its files are not on disk.
@@ -208,18 +218,18 @@ def weight_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float]:
     bytes), and the head twice in fp32 (``2·4·labels·hidden``)."""
     return {"4-bit projections": shape.quantized_params * nf4_bytes_per_param(s.double_quant, NF4_BLOCKSIZE),
             "embeddings + norms": shape.sixteen_bit_params * s.stream_bytes,
-            "head (original + trained)": 2 * 4 * shape.num_labels * shape.hidden}
+            "head (original + trained)": 2 * 4 * shape.head_params}
 
 
 def lora_params(shape: ModelShape, r: int) -> int:
-    """``layers · r · Σ(in + out)`` over the 7 projections."""
-    return shape.layers * r * sum(a + b for a, b in shape.projections.values())
+    """``layers · r · Σ(in + out)`` over the 7 projections (:func:`lora_param_count`)."""
+    return shape.layers * lora_param_count(shape.projections.values(), r)
 
 
 def lora_state_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float]:
     """fp32 LoRA parameters, gradients and AdamW's two moments (4 bytes each), autocast's
     compute-dtype copy of each LoRA weight, and the head's gradient and moments (3·4 bytes)."""
-    n, head = lora_params(shape, s.lora_r), shape.num_labels * shape.hidden
+    n, head = lora_params(shape, s.lora_r), shape.head_params
     out = {"LoRA parameters": 4 * n, "LoRA gradients": 4 * n, "AdamW moments": 8 * n + 12 * head}
     if s.compute_bytes != 4:
         out["LoRA weights in compute dtype"] = s.compute_bytes * n
@@ -413,7 +423,7 @@ def resolve_batch(cfg: RunConfig, budget: float | None = None, verbose: bool = T
     """
     if cfg.batch_size != "auto":
         return cfg
-    import torch
+    import torch  # here, not at the top: importing the planner stays torch-free (`reclor-lab plan`)
 
     if budget is None and not torch.cuda.is_available():
         if verbose:
@@ -456,8 +466,9 @@ def plan_table(planner: Planner, budget: float | None, batches: Iterable[int] = 
 
 
 __all__ = [
-    "ALLOCATOR_OVERHEAD", "BatchChoice", "CUDA_CONTEXT_BYTES", "Estimate", "GIB", "LLAMA2_7B_SHAPE", "ModelShape",
-    "PlanError", "PlanSettings", "Planner", "backward_transient_bytes", "choose_batch", "gpu_compute_bytes",
-    "layer_activation_bytes", "lora_params", "lora_state_bytes", "model_shape", "parse_memory", "plan_table",
+    "ALLOCATOR_OVERHEAD", "BatchChoice", "CUDA_CONTEXT_BYTES", "DOUBLE_QUANT_BLOCKSIZE", "Estimate", "GIB",
+    "LLAMA2_7B_SHAPE", "ModelShape", "NF4_BLOCKSIZE", "PlanError", "PlanSettings", "Planner",
+    "backward_transient_bytes", "choose_batch", "gpu_compute_bytes", "layer_activation_bytes", "lora_param_count",
+    "lora_params", "lora_state_bytes", "model_shape", "nf4_bytes_per_param", "parse_memory", "plan_table",
     "resolve_batch", "sqrt_lr", "weight_bytes",
 ]

@@ -17,7 +17,6 @@ is at hand.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 #: ReClor's 17 question types, in the order of the integer ``question_type`` of its test split.
@@ -39,8 +38,10 @@ OTHERS = TYPE_INDEX["Others"]
 # Strengthen.
 _PARALLEL = r"(similar|parallel|analogous|most like|closely resembles|same (pattern|logical feature))"
 RULES: tuple[tuple[str, str], ...] = (
-    ("Match Flaws", rf"(flaw|faulty|erroneous|questionable).*{_PARALLEL}|{_PARALLEL}.*(flaw|faulty|erroneous|questionable)"),
-    ("Match Structures", rf"{_PARALLEL}.*(reasoning|argument|pattern|structure)|(reasoning|argument|pattern|structure).*{_PARALLEL}"),
+    ("Match Flaws", rf"(flaw|faulty|erroneous|questionable).*{_PARALLEL}"
+                    rf"|{_PARALLEL}.*(flaw|faulty|erroneous|questionable)"),
+    ("Match Structures", rf"{_PARALLEL}.*(reasoning|argument|pattern|structure)"
+                         rf"|(reasoning|argument|pattern|structure).*{_PARALLEL}"),
     ("Identify a Flaw", r"flaw|vulnerable to (criticism|the (objection|criticism))|error (of|in) reasoning"
                         r"|reasoning is (questionable|faulty)|questionable because"),
     ("Dispute", r"disagree|point at issue|at issue (between|in)|in dispute|dispute (over|about|whether)"),
@@ -48,19 +49,23 @@ RULES: tuple[tuple[str, str], ...] = (
     ("Technique", r"technique|method of (argument|reasoning|argumentation)|proceeds by|argues by"
                   r"|strateg(y|ies)|(responds?|replies|response).* by\b|does which one of the following"),
     ("Principle", r"principle|proposition"),
-    ("Sufficient Assumptions", r"if assumed|(enables?|allows?) the conclusion.*to be (properly|logically) (drawn|inferred)"
-                               r"|follows logically if|properly (drawn|inferred) if|assumption that would allow"),
+    ("Sufficient Assumptions", r"if assumed|(enables?|allows?) the conclusion.*to be (properly|logically) "
+                               r"(drawn|inferred)|follows logically if|properly (drawn|inferred) if"
+                               r"|assumption that would allow"),
     ("Necessary Assumptions", r"assum|presuppos|relies on|depends on"),
     ("Explain or Resolve", r"explain|resolve|reconcile|discrepancy|paradox|account for"),
-    ("Evaluation", r"evaluat|assess(ing)? the (argument|claim|reasoning)|useful to (know|determine|establish)|helpful (in|to) (determining|assess|know)|relevant to (assessing|determining)"),
+    ("Evaluation", r"evaluat|assess(ing)? the (argument|claim|reasoning)|useful to (know|determine|establish)"
+                   r"|helpful (in|to) (determining|assess|know)|relevant to (assessing|determining)"),
     ("Weaken", r"weaken|undermine|cast(s)? (the )?(most )?(serious )?doubt|call(s)? into question|counter|challenge"
                r"|argues? against|most damaging"),
-    ("Most Strongly Supported", r"(most|best) (strongly )?supported|(statements|information|passage|above)\b.*support(s)? which"),
+    ("Most Strongly Supported", r"(most|best) (strongly )?supported"
+                                r"|(statements|information|passage|above)\b.*support(s)? which"),
     ("Strengthen", r"strengthen|support|justify|bolster"),
     ("Conclusion/Main Point", r"main (point|conclusion)|conclusion (drawn|of the argument|that the argument)"
                               r"|overall conclusion|expresses the conclusion|states the conclusion"),
-    ("Implication", r"must (also )?be (true|false)|(properly|logically) (be )?(inferred|concluded)|can be (properly )?(inferred|concluded)"
-                    r"|follows logically from|logically follows|could be true except|cannot be true"),
+    ("Implication", r"must (also )?be (true|false)|(properly|logically) (be )?(inferred|concluded)"
+                    r"|can be (properly )?(inferred|concluded)|follows logically from|logically follows"
+                    r"|could be true except|cannot be true"),
 )
 _COMPILED = tuple((TYPE_INDEX[name], re.compile(pattern)) for name, pattern in RULES)
 
@@ -138,9 +143,3 @@ def agreement(records: list[dict]) -> Agreement | None:
         return None
     return Agreement({t: (a, n) for t, (a, n) in per.items()},
                      sum(a for a, _ in per.values()), sum(n for _, n in per.values()))
-
-
-def type_counts(types: list[int]) -> dict[str, int]:
-    """Records per type name, in type order, types with no record left out."""
-    counts = Counter(types)
-    return {QUESTION_TYPES[t]: counts[t] for t in range(len(QUESTION_TYPES)) if counts[t]}

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from reclor_lab.config import OPTION_LETTERS, RunConfig
-from reclor_lab.data import class_weights, load_split, tokenize_records
+from reclor_lab.data import class_weights, load_split, run_records, tokenize_records
 from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
 from reclor_lab.plots import save_run_plots
@@ -37,8 +37,9 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
     """Write metrics.json (the best epoch's val metrics), history.json and the plots; return the
     metrics.
 
-    Given the ``run`` that trained (its model in memory), the best epoch's adapter is loaded into
-    it and its val predictions analysed (:func:`reclor_lab.analysis.val_analysis`): accuracy by
+    Given the ``run`` that trained (its model in memory), the best epoch's val predictions are
+    analysed (:func:`reclor_lab.analysis.val_analysis`), from the logits of that epoch's
+    evaluation when this process ran it, else from its adapter loaded again: accuracy by
     question type, position bias, calibration, the most confident wrong answers go into
     metrics.json, the per-example probabilities into ``val-predictions.json``.
     """
@@ -50,20 +51,23 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
                "baseline_accuracy": history.evals[0]["accuracy"],
                "baseline_accuracy_ci95": history.evals[0].get("accuracy_ci95"), **best}
     if run is not None:
-        metrics.update(_analyse_best_epoch(run, rd))
+        metrics.update(_analyse_best_epoch(run, rd, state["best_epoch"]))
     write_json(rd.history_path, history.to_dict())
     write_json(rd.metrics_path, metrics)
     save_run_plots(history.to_dict(), best["confusion_matrix"], rd.plot_paths)
     return metrics
 
 
-def _analyse_best_epoch(run: Run, rd: RunDir) -> dict:
-    from reclor_lab.analysis import predict_proba, record_types, val_analysis
+def _analyse_best_epoch(run: Run, rd: RunDir, best_epoch: int) -> dict:
+    from reclor_lab.analysis import predict_proba, probabilities, record_types, val_analysis
     from reclor_lab.rundir import load_adapter
 
-    load_adapter(run.model, rd.best_dir())
-    records = load_split(run.cfg.data_dir, "val")[: run.cfg.eval_limit]
-    probs = predict_proba(run.model, run.val_ds, run.tokenizer, run.cfg.eval_batch_size, run.device, run.dtype)
+    records = run_records(run.cfg, "val")
+    if best_epoch in run.val_logits:  # evaluated in this process: the same logits, no second pass
+        probs = probabilities(run.val_logits[best_epoch])
+    else:  # evaluated before a resume, or by the Trainer: predict again with the best adapter
+        load_adapter(run.model, rd.best_dir())
+        probs = predict_proba(run.model, run.val_ds, run.tokenizer, run.cfg.eval_batch_size, run.device, run.dtype)
     rows = [{"id_string": r["id_string"], "question_type": t, "label": r["label"], "predicted": int(p.argmax()),
              "probabilities": [round(float(x), 6) for x in p]}
             for r, t, p in zip(records, record_types(records), probs)]
@@ -183,15 +187,14 @@ def _reloaded(run_dir: str | Path) -> tuple[RunConfig, Run]:
         if data is not None and data["class_weights"] is not None:  # as the run saved them
             weights = torch.tensor(data["class_weights"], dtype=torch.float32)
         else:  # a run saved before the kit kept its class weights: from its data folder
-            weights = class_weights([r["label"] for r in load_split(cfg.data_dir, "train")[: cfg.train_limit]])
+            weights = class_weights([r["label"] for r in run_records(cfg, "train")])
     return cfg, Run(cfg, tokenizer, model, pick_device(), resolve_compute_dtype(cfg), weights=weights)
 
 
 def evaluate_run(run_dir: str | Path, split: Literal["train", "val"] = "val", verbose: bool = True) -> dict:
     """Reload the best adapter and evaluate it on a labeled split of the run's data folder."""
     cfg, run = _reloaded(run_dir)
-    records = load_split(cfg.data_dir, split)
-    records = records[: cfg.eval_limit] if split == "val" else records[: cfg.train_limit]
+    records = run_records(cfg, split)
     ds, _ = tokenize_records(records, run.tokenizer, cfg.max_len, cfg.template)
     result = evaluate(run, ds, progress=verbose)
     result.pop("predictions")

@@ -23,7 +23,8 @@ BAR = re.compile(r"\d+%\|.*\| *\d+/\d*")
 def is_progress_bar(output: dict) -> bool:
     """A displayed widget whose text is a tqdm bar (the Trainer's HTML table is not one).
 
-    >>> is_progress_bar({"output_type": "display_data", "data": {WIDGET: {}, "text/plain": "eval:   0%|          | 0/8 [00:00<?, ?it/s]"}})
+    >>> bar = "eval:   0%|          | 0/8 [00:00<?, ?it/s]"
+    >>> is_progress_bar({"output_type": "display_data", "data": {WIDGET: {}, "text/plain": bar}})
     True
     >>> is_progress_bar({"output_type": "display_data", "data": {"text/plain": "<Figure size 640x480>"}})
     False

@@ -24,16 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.data import (
-    BatchListSampler, class_weights, column, epoch_batches, load_split, make_collator, model_inputs,
+    BatchListSampler, class_weights, column, epoch_batches, make_collator, model_inputs, run_records,
     split_path, tokenize_records,
 )
 from reclor_lab.distributed import Process, no_sync, process, shard, wrap
 from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
-from reclor_lab.metrics import format_accuracy
+from reclor_lab.metrics import compute_classification_metrics, format_accuracy
 from reclor_lab.modeling import autocast_for, loss_scaler
 from reclor_lab.rundir import RunDir, RunStart, started
 
@@ -150,12 +151,12 @@ class Run:
     stats: dict = field(default_factory=dict)  # token statistics per split
     proc: Process = field(default_factory=Process)  # this process among the run's processes
     train_model: Any = None  # what a training step calls: the model, or its DDP wrapper (set by fit)
+    val_logits: dict = field(default_factory=dict)  # epoch → the val logits of its evaluation
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tensor | None]:
     """Tokenized train and val datasets, their token statistics, and the class weights."""
-    train = load_split(cfg.data_dir, "train")[: cfg.train_limit]
-    val = load_split(cfg.data_dir, "val")[: cfg.eval_limit]
+    train, val = run_records(cfg, "train"), run_records(cfg, "val")
     train_ds, train_stats = tokenize_records(train, tokenizer, cfg.max_len, cfg.template,
                                              source=split_path(cfg.data_dir, "train"))
     val_ds, val_stats = tokenize_records(val, tokenizer, cfg.max_len, cfg.template,
@@ -203,6 +204,48 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 # --- evaluation ---------------------------------------------------------------------------------
 
 @torch.no_grad()
+def predict_logits(model, ds, tokenizer, batch_size: int, device: torch.device, dtype: torch.dtype,
+                   desc: str = "predict", progress: bool = False) -> torch.Tensor:
+    """The classifier's logits for every example of a tokenized split, ``(n, 4)`` fp32 on the
+    CPU, in the split's order: the kit's one inference loop (evaluation, the analysis'
+    probabilities and predictions all run it). Eval mode (no dropout), switched back after;
+    labels, where the split has them, are not read. ``progress`` shows a progress bar.
+    """
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(model_inputs(ds), batch_size=batch_size, collate_fn=make_collator(tokenizer))
+    logits = [torch.zeros(0, NUM_LABELS)]
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with autocast_for(device, dtype):
+            logits.append(model(**batch).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(logits)
+
+
+def run_logits(run: Run, ds, desc: str = "eval", progress: bool = True) -> torch.Tensor:
+    """:func:`predict_logits` of ``run.model`` over ``ds``; with several processes each predicts a
+    contiguous part of ``ds`` and the logits are gathered in order: every example counts exactly
+    once (no sampler padding duplicates one), and every process gets them all."""
+    proc = run.proc
+    part = shard(range(len(ds)), proc.rank, proc.world_size)
+    mine = predict_logits(run.model, ds.select(part) if proc.distributed else ds, run.tokenizer,
+                          run.cfg.eval_batch_size, run.device, run.dtype, desc, progress and proc.is_main)
+    return torch.cat(proc.gather(mine))
+
+
+def scores(logits: torch.Tensor, ds, weights: torch.Tensor | None) -> dict:
+    """Predictions of ``logits`` and, when ``ds`` is labeled, the eval loss and metrics
+    (see :func:`evaluate`)."""
+    preds = logits.argmax(-1).numpy()
+    out: dict[str, Any] = {"predictions": preds.tolist(), "n": len(logits)}
+    if "labels" in ds.column_names:
+        labels = torch.tensor(column(ds, "labels"))
+        out["eval_loss"] = weighted_cross_entropy(logits, labels, weights).item()
+        out.update(compute_classification_metrics(preds, labels.numpy()))
+    return out
+
+
 def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
     """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
     when unlabeled), with the run's class weights in the loss.
@@ -216,30 +259,7 @@ def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
     every example counts exactly once (no sampler padding duplicates one), and every process
     gets the result. ``progress=False`` shows no progress bar.
     """
-    from tqdm.auto import tqdm
-
-    from reclor_lab.metrics import compute_classification_metrics
-
-    model, device, proc = run.model, run.device, run.proc
-    was_training = model.training
-    model.eval()
-    part = shard(range(len(ds)), proc.rank, proc.world_size)
-    loader = DataLoader(model_inputs(ds.select(part) if proc.distributed else ds),
-                        batch_size=run.cfg.eval_batch_size, collate_fn=make_collator(run.tokenizer))
-    logits_all = [torch.zeros(0, NUM_LABELS)]
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress and proc.is_main else True):
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        with autocast_for(device, run.dtype):
-            logits_all.append(model(**batch).logits.float().cpu())
-    model.train(was_training)
-    logits = torch.cat(proc.gather(torch.cat(logits_all)))  # every example once, in the order of ds
-    preds = logits.argmax(-1).numpy()
-    out: dict[str, Any] = {"predictions": preds.tolist(), "n": len(logits)}
-    if "labels" in ds.column_names:
-        labels = torch.tensor(column(ds, "labels"))
-        out["eval_loss"] = weighted_cross_entropy(logits, labels, run.weights).item()
-        out.update(compute_classification_metrics(preds, labels.numpy()))
-    return out
+    return scores(run_logits(run, ds, desc, progress), ds, run.weights)
 
 
 # --- one step ------------------------------------------------------------------------------------
@@ -605,7 +625,9 @@ def scaling_row(history: History, epoch: int, scaler) -> dict:
 
 def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
     """Evaluate, record the epoch, and write its checkpoint."""
-    result = evaluate(run, run.val_ds)
+    logits = run_logits(run, run.val_ds)
+    run.val_logits[loop.epoch] = logits  # the best epoch's are analysed at the end, without another pass
+    result = scores(logits, run.val_ds, run.weights)
     loop.history.evals.append(eval_row(loop.epoch, result))
     tokens, seconds, memory = loop.epoch_tokens, loop.epoch_seconds, peak_memory_mb(run.device)
     row = {"epoch": loop.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,

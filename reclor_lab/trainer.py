@@ -139,6 +139,8 @@ class HistoryCallback(TrainerCallback):
     def trainer_files(self, folder: Path) -> None:
         """The Trainer's own resume files, beside the kit's, in the same checkpoint folder."""
         t = self.trainer
+        # private: the Trainer saves them publicly only from its own checkpoint step, which the
+        # kit's checkpoints replace; tests/test_private_apis.py checks them on the pinned version
         t._save_optimizer_and_scheduler(str(folder))
         t._save_rng_state(str(folder))
         t._save_scaler(str(folder))  # fp16's loss scale (nothing without one); the Trainer's resume reads it

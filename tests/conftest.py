@@ -36,6 +36,22 @@ def tiny_llama_dir(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="module")
+def cfg(tiny_llama_dir):
+    """The tiny preset on the random tiny Llama of :func:`tiny_llama_dir`, computing in fp32."""
+    from reclor_lab.config import get_preset
+
+    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama_dir):
+    """The random tiny Llama's tokenizer, loaded as the kit loads it."""
+    from reclor_lab.modeling import load_tokenizer
+
+    return load_tokenizer(str(tiny_llama_dir))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The bundled tiny model's tokenizer (``models/tiny-llama``), loaded as the kit loads it.

@@ -18,7 +18,8 @@ from reclor_lab.baselines import (
     prompt_text,
     trivial_baselines,
 )
-from reclor_lab.config import TINY_MODEL_DIR, TINY_TEMPLATE, ConfigError, get_preset
+from reclor_lab.config import TINY_TEMPLATE, ConfigError, get_preset
+from reclor_lab.rundir import write_json
 
 LETTERS = "ABCD"
 
@@ -160,7 +161,7 @@ def test_zero_shot_beats_chance_and_the_letter_head_starts_there(tmp_path):
     # the CLI writes the result beside a run's metrics
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg.replace(eval_limit=32).save(run_dir / "config.json")
+    write_json(run_dir / "config.json", cfg.replace(eval_limit=32).to_dict())
     assert main(["evaluate", str(run_dir), "--zero-shot"]) == 0
     saved = json.loads((run_dir / "baseline-zero-shot.json").read_text())
     assert saved["n"] == 32 and saved["predictions"] == zero["predictions"][:32]

@@ -24,7 +24,8 @@ def tok(tiny_tokenizer):
 
 
 def entries(folder):
-    return sorted(p.name for p in (folder / token_cache.SUBDIR).iterdir()) if (folder / token_cache.SUBDIR).exists() else []
+    sub = folder / token_cache.SUBDIR
+    return sorted(p.name for p in sub.iterdir()) if sub.exists() else []
 
 
 def test_encode_texts_gives_the_tokenizers_own_ids_whatever_the_backend_was_left_with(tok):

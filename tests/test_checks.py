@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from reclor_lab import checks
-from reclor_lab.config import get_preset
 from reclor_lab.data import class_weights
 from reclor_lab.lora import inject_lora
-from reclor_lab.modeling import load_model, load_tokenizer
+from reclor_lab.modeling import load_model
 
 MINI = Path(__file__).parent / "fixtures" / "mini"
 FALLBACK = "using the reference implementation so the rest of the notebook runs."
@@ -140,7 +139,8 @@ def test_format_record(capsys):
 
     def question_first(r):
         a, b, c, d = r["answers"]
-        return f"Question: {r['question']} Context: {r['context']} Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
+        return (f"Question: {r['question']} Context: {r['context']} "
+                f"Option A: {a} Option B: {b} Option C: {c} Option D: {d}")
 
     def lower_case(r):
         return ref(r).replace("Option A", "option A")
@@ -187,8 +187,8 @@ def test_class_weights(capsys):
 
 # --- 3. the position the head reads ---------------------------------------------------------------
 
-def test_last_token_index(capsys, tiny_run):
-    _, tokenizer, model = tiny_run
+def test_last_token_index(capsys, base_model):
+    _, tokenizer, model = base_model
     ref = checks.reference_last_token_index
     args = (model, tokenizer)
 
@@ -212,9 +212,9 @@ def test_last_token_index(capsys, tiny_run):
                  reference=ref, number=3, hint="one integer position per row")
 
 
-def test_last_token_index_is_where_the_model_reads(tiny_run):
+def test_last_token_index_is_where_the_model_reads(base_model):
     """The package's rule against transformers' own pooling, with right and left padding."""
-    _, tokenizer, model = tiny_run
+    _, tokenizer, model = base_model
     from reclor_lab.modeling import last_token_index
 
     body = getattr(model, model.base_model_prefix)
@@ -278,21 +278,18 @@ def test_nf4_reference_is_bitsandbytes_bit_for_bit():
 # --- 5. LoRA targets ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_llama_dir):
-    path = tiny_llama_dir
-    cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32")
-    tokenizer = load_tokenizer(str(path))
+def base_model(cfg, tokenizer):
+    """conftest's cfg and tokenizer with the 4-bit tiny Llama they load (no LoRA)."""
     torch.manual_seed(0)
-    base = load_model(cfg, tokenizer)
-    return cfg, tokenizer, base
+    return cfg, tokenizer, load_model(cfg, tokenizer)
 
 
 def _linear4bit_names(model):
     return [n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
 
 
-def test_lora_targets(capsys, tiny_run):
-    _, _, model = tiny_run
+def test_lora_targets(capsys, base_model):
+    _, _, model = base_model
     ref = checks.reference_lora_targets
 
     def by_hand(m):
@@ -449,10 +446,7 @@ def test_weighted_ce(capsys):
 # --- 10. one training step ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def lora_run(tiny_llama_dir):
-    path = tiny_llama_dir
-    cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32")
-    tokenizer = load_tokenizer(str(path))
+def lora_run(cfg, tokenizer):
     torch.manual_seed(0)
     model = inject_lora(load_model(cfg, tokenizer), cfg)
     records = json.loads((MINI / "train.json").read_text())

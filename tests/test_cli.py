@@ -86,7 +86,8 @@ def test_model_info_on_the_tiny_model(capsys):
     code, out, err = run(capsys, "model", "info", "--preset", "tiny")
     assert code == 0, err
     assert "quantization: 4-bit nf4, double quant True" in out
-    assert "LoRA targets (every 4-bit linear layer except the head): down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in out
+    assert ("LoRA targets (every 4-bit linear layer except the head): "
+            "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj") in out
     trainable = int(out.split("trainable params: ")[1].split(" ")[0].replace(",", ""))
     predicted = int(out.split("predicted from r=16 and the layer shapes: ")[1].split(" ")[0].replace(",", ""))
     assert trainable == predicted

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from reclor_lab.config import PRESETS, REFERENCE_TEMPLATE, ConfigError, RunConfig, get_preset
+from reclor_lab.rundir import write_json
 
 
 def test_presets_are_valid_and_reference_matches_the_solution():
@@ -38,7 +39,8 @@ def test_float16_with_nf4_is_accepted_since_the_loop_scales_the_loss():
 def test_save_load_roundtrip(tmp_path):
     cfg = get_preset("tiny", epochs=5, lora_targets=["q_proj", "v_proj"])
     assert cfg.lora_targets == ("q_proj", "v_proj")
-    path = cfg.save(tmp_path / "config.json")
+    path = tmp_path / "config.json"
+    write_json(path, cfg.to_dict())  # as a run directory saves it
     assert json.loads(path.read_text())["epochs"] == 5
     assert RunConfig.load(path) == cfg
 
@@ -74,7 +76,8 @@ def test_every_field_has_help_and_describe_shows_it():
 def test_a_config_saved_before_kbit_upcast_loads_with_the_upcast_its_run_trained_with(tmp_path):
     """Runs saved before the field existed trained with peft's upcast: reloading one (evaluate,
     resume) must rebuild that model, not today's default."""
-    path = get_preset("tiny").save(tmp_path / "config.json")
+    path = tmp_path / "config.json"
+    write_json(path, get_preset("tiny").to_dict())
     raw = json.loads(path.read_text())
     assert raw.pop("kbit_upcast") == "trainable"  # today's default, written by today's kit
     path.write_text(json.dumps(raw))

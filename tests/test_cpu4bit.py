@@ -18,27 +18,21 @@ import pytest
 import torch
 
 from helpers_models import force_cpu_class
-from reclor_lab.config import get_preset
 from reclor_lab.cpu4bit import (
     BNB_CPU_LOGGER, KERNELS_HUB_NOTICE, RepackedWeightsError, cpu_kernel_report, is_repacked,
     use_portable_kernels,
 )
 from reclor_lab.lora import inject_lora
-from reclor_lab.modeling import load_model, load_tokenizer, memory_report
+from reclor_lab.modeling import load_model, memory_report
 
 #: The warning torch prints when an op without an autograd kernel is differentiated through.
 NO_AUTOGRAD = "autograd kernel was not registered"
 
 
 @pytest.fixture(scope="module")
-def cfg(tiny_llama_dir):
-    # dropout 0: the two models compared below must see the same function
-    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32", lora_dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_dir):
-    return load_tokenizer(str(tiny_llama_dir))
+def cfg(cfg):
+    # conftest's, with dropout 0: the two models compared below must see the same function
+    return cfg.replace(lora_dropout=0.0)
 
 
 def _batch(tokenizer):

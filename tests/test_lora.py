@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
-from reclor_lab.config import NUM_LABELS, get_preset
+from reclor_lab.config import NUM_LABELS
 from reclor_lab.lora import (
-    LoRALinear,
     find_lora_targets,
     inject_lora,
     lora_config,
@@ -17,17 +16,7 @@ from reclor_lab.lora import (
     target_shapes,
     trainable_report,
 )
-from reclor_lab.modeling import load_model, load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def cfg(tiny_llama_dir):
-    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_dir):
-    return load_tokenizer(str(tiny_llama_dir))
+from reclor_lab.modeling import load_model
 
 
 @pytest.fixture()
@@ -129,48 +118,6 @@ def test_plain_model_injection(cfg, tokenizer):
     model.train()
     model(**_batch(tokenizer)).loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if ".lora_B." in n)
-
-
-class _OneLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(12, 6)
-
-    def forward(self, x):
-        return self.lin(x)
-
-
-def test_teaching_lora_layer_matches_peft():
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(0)
-    net = get_peft_model(_OneLinear(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
-                                                  target_modules=["lin"]))
-    layer = net.base_model.model.lin
-    nn.init.normal_(layer.lora_B["default"].weight)  # B = 0 would make the test trivial
-    ours = LoRALinear(nn.Linear(12, 6), r=4, alpha=8, dropout=0.1)
-    with torch.no_grad():
-        ours.base.load_state_dict(layer.base_layer.state_dict())
-        ours.lora_A.weight.copy_(layer.lora_A["default"].weight)
-        ours.lora_B.weight.copy_(layer.lora_B["default"].weight)
-    assert ours.scaling == layer.scaling["default"] == 2.0
-    net.eval()
-    ours.eval()  # dropout off in both
-    x = torch.randn(5, 12)
-    with torch.no_grad():
-        assert torch.allclose(ours(x), net(x), atol=1e-6)
-        assert not torch.allclose(ours(x), ours.base(x))
-        assert torch.allclose(x @ ours.merged_weight().T + ours.base.bias, ours(x), atol=1e-5)
-
-
-def test_teaching_lora_layer_starts_as_the_base_layer():
-    base = nn.Linear(8, 3)
-    layer = LoRALinear(base, r=2, alpha=2)
-    x = torch.randn(4, 8)
-    assert torch.equal(layer(x), base(x))
-    trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
-    assert trainable == {"lora_A.weight", "lora_B.weight"}
-    assert layer.lora_A.weight.shape == (2, 8) and layer.lora_B.weight.shape == (3, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

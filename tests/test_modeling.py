@@ -26,16 +26,6 @@ N_LAYERS = TINY_LLAMA["num_hidden_layers"]
 
 
 @pytest.fixture(scope="module")
-def cfg(tiny_llama_dir):
-    return get_preset("tiny", model_name_or_path=str(tiny_llama_dir), compute_dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_dir):
-    return load_tokenizer(str(tiny_llama_dir))
-
-
-@pytest.fixture(scope="module")
 def model_4bit(cfg, tokenizer):
     return load_model(cfg, tokenizer)
 

@@ -41,7 +41,8 @@ def _cells(nb) -> list[tuple[str, str]]:
 def test_every_notebook_is_a_pair():
     ipynb = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
     py = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py")}
-    assert ipynb == py, f"unpaired notebooks: .ipynb without .py {sorted(ipynb - py)}, .py without .ipynb {sorted(py - ipynb)}"
+    assert ipynb == py, (f"unpaired notebooks: .ipynb without .py {sorted(ipynb - py)}, "
+                         f".py without .ipynb {sorted(py - ipynb)}")
     assert sorted(ipynb) == sorted(EXPECTED), f"notebooks {sorted(ipynb)}, expected {sorted(EXPECTED)}"
 
 
@@ -106,7 +107,8 @@ def test_lora_explorer_follows_the_slider():
     code = [c for c in nb.cells if c.cell_type == "code"]
     driven = next(c for c in code if "rank.value = value" in c.source)
     text = "".join(o.get("text", "") for o in driven.outputs if o.output_type == "stream")
-    counts = {int(r): int(n.replace(",", "")) for r, n in re.findall(r"^r = +(\d+): \w+: ([\d,]+) trainable", text, re.M)}
+    rows = re.findall(r"^r = +(\d+): \w+: ([\d,]+) trainable", text, re.M)
+    counts = {int(r): int(n.replace(",", "")) for r, n in rows}
     assert len(counts) == 3 and len(set(counts.values())) == 3, text
     assert counts[4] < counts[16] < counts[64], counts
     report = next(c for c in code if "report = trainable_report(peft_model)" in c.source)

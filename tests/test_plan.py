@@ -48,6 +48,29 @@ def test_weights_and_lora_state_by_hand():
     assert st["AdamW moments"] == 8 * n + 12 * 4 * 8
 
 
+def test_one_memory_model_behind_the_exercise_and_the_memory_table():
+    """The memory exercise's reference (checks.reference_qlora_memory) and modeling's memory table
+    count the planner's terms. The exercise simplifies in two stated ways: the head once in
+    ``weights`` (the planner keeps peft's original beside the trained copy) and its fp32 weight
+    once more in ``trained``; it keeps no compute-dtype copy of LoRA (fp32 throughout)."""
+    from reclor_lab import checks, modeling
+
+    for shape in (SMALL, LLAMA2_7B_SHAPE, checks.LLAMA2_13B):
+        head = shape.head_params
+        for r in (2, 16, 64):
+            s = PlanSettings(compute_bytes=4, lora_r=r, upcast="peft")  # fp32 kept weights, as the exercise
+            ref = checks.reference_qlora_memory(shape, 1, 256, r, checkpointing=True)
+            assert ref["weights"] == pytest.approx(sum(weight_bytes(shape, s).values()) - 4 * head, rel=1e-12)
+            assert ref["trained"] == pytest.approx(sum(lora_state_bytes(shape, s).values()) + 4 * head, rel=1e-12)
+    # the table's Llama-2-7B column: the planner's projections and bf16 embeddings + norms, plus a bf16 head
+    s = PlanSettings(compute_bytes=2, upcast="trainable")
+    w = weight_bytes(LLAMA2_7B_SHAPE, s)
+    table = modeling.estimate_bytes(modeling.LLAMA2_7B_QUANTIZED_PARAMS, modeling.LLAMA2_7B_CLASSIFIER_OTHER_PARAMS,
+                                    "4bit")
+    assert table == pytest.approx(w["4-bit projections"] + w["embeddings + norms"] + 2 * LLAMA2_7B_SHAPE.head_params)
+    assert checks.LLAMA2_7B is LLAMA2_7B_SHAPE and checks.ModelShape is ModelShape  # one shape, one class
+
+
 def test_layer_activations_by_hand():
     s = PlanSettings(compute_bytes=2, lora_r=2, dropout=True, upcast="trainable")
     a = layer_activation_bytes(SMALL, s, seq_len=5)

@@ -79,7 +79,8 @@ STEMS: dict[str, list[str]] = {
     "Role": [
         "The claim that prices rose plays which one of the following roles in the argument?",
         "The statement about the new library figures in the argument in which one of the following ways?",
-        "Which one of the following most accurately describes the role played in the argument by the remark about taxes?",
+        "Which one of the following most accurately describes the role played in the argument by the remark "
+        "about taxes?",
     ],
     "Identify a Flaw": [
         "The reasoning in the advertisement is flawed because it",

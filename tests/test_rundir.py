@@ -41,7 +41,8 @@ def test_decide_new_resume_restart_and_the_messages_offer_the_command_that_works
     assert rd.decide(resume=False) == "new"
     # defect 3: interrupted before the first checkpoint (config written, no state)
     rd.config_path.write_text("{}")
-    with pytest.raises(RunDirError, match=r"stopped before its first checkpoint; `reclor-lab train --resume --output-dir"):
+    with pytest.raises(RunDirError,
+                       match=r"stopped before its first checkpoint; `reclor-lab train --resume --output-dir"):
         rd.decide(resume=False)
     assert rd.decide(resume=True) == "restart"
     save(rd, 5, epoch_end=True, accuracy=0.5)
@@ -130,8 +131,9 @@ def test_an_orphan_checkpoint_left_by_a_crash_after_state_json_is_removed(tmp_pa
 
 
 @pytest.mark.parametrize("content", ["", "{trunc", "[]", '{"last": "epoch-001"}',
-                                     '{"last": "epoch-009", "best": "epoch-009", "checkpoints": [{"name": "epoch-009"}],'
-                                     ' "last_epoch": 9, "total_steps": 1, "warmup_steps": 1}'])
+                                     '{"last": "epoch-009", "best": "epoch-009", '
+                                     '"checkpoints": [{"name": "epoch-009"}], '
+                                     '"last_epoch": 9, "total_steps": 1, "warmup_steps": 1}'])
 def test_a_damaged_state_json_is_one_clear_error(tmp_path, content):
     rd = RunDir(tmp_path)
     save(rd, 5, epoch_end=True, accuracy=0.5)

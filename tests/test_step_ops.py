@@ -10,13 +10,14 @@ from torch import nn
 from reclor_lab.config import get_preset
 from reclor_lab.data import load_split, make_collator, model_inputs, tokenize_records
 from reclor_lab.lora import inject_lora, rounding_gamma
-from reclor_lab.modeling import load_model, load_tokenizer
+from reclor_lab.modeling import load_model
 from reclor_lab.train import train_step
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(get_preset("tiny").model_name_or_path)
+def tokenizer(tiny_tokenizer):
+    """Here the bundled tiny model's tokenizer (the model these tests load), not conftest's."""
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

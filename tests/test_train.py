@@ -31,7 +31,7 @@ SHORT = dict(train_limit=240, eval_limit=96, epochs=2)
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def finished_run(tmp_path_factory):
     """The README's main job: the tiny preset on the bundled data, 3 epochs."""
     from reclor_lab.runs import train_run
 
@@ -40,8 +40,8 @@ def tiny_run(tmp_path_factory):
     return run_dir, metrics
 
 
-def test_tiny_run_learns_and_writes_its_files(tiny_run):
-    run_dir, metrics = tiny_run
+def test_tiny_run_learns_and_writes_its_files(finished_run):
+    run_dir, metrics = finished_run
     history = json.loads((run_dir / "history.json").read_text())
     accs = [e["accuracy"] for e in history["evals"]]
     assert [e["epoch"] for e in history["evals"]] == [0, 1, 2, 3]
@@ -62,10 +62,10 @@ def test_tiny_run_learns_and_writes_its_files(tiny_run):
     assert lo < metrics["accuracy"] < hi and hi - lo < 0.15
 
 
-def test_tiny_run_analyses_its_best_epoch(tiny_run):
+def test_tiny_run_analyses_its_best_epoch(finished_run):
     """metrics.json holds the analysis of the best epoch's val predictions, and
     val-predictions.json the predictions themselves: both agree with the saved accuracy."""
-    run_dir, metrics = tiny_run
+    run_dir, metrics = finished_run
     saved = json.loads((run_dir / "metrics.json").read_text())
     by_type = saved["accuracy_by_type"]
     assert sum(t["n"] for t in by_type.values()) == 256 and len(by_type) >= 5
@@ -81,20 +81,44 @@ def test_tiny_run_analyses_its_best_epoch(tiny_run):
     assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
 
 
-def test_evaluate_reproduces_saved_metrics(tiny_run):
+def test_the_best_epoch_is_evaluated_once(tmp_path, monkeypatch):
+    """finish_run analyses the best epoch from the logits of that epoch's own evaluation: one
+    inference pass per evaluation (the baseline and each epoch), none again at the end; and the
+    analysis agrees with the saved accuracy."""
+    from reclor_lab import analysis, train
+    from reclor_lab.runs import train_run
+
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    real = train.predict_logits
+    for module in (train, analysis):
+        monkeypatch.setattr(module, "predict_logits", counted)
+    cfg = get_preset("tiny", output_dir=str(tmp_path / "run"), train_limit=32, eval_limit=16, epochs=2)
+    metrics = train_run(cfg, verbose=False)
+    assert len(passes) == 1 + cfg.epochs
+    rows = json.loads((tmp_path / "run" / "val-predictions.json").read_text())
+    assert len(rows) == 16
+    assert np.mean([r["predicted"] == r["label"] for r in rows]) == pytest.approx(metrics["accuracy"])
+
+
+def test_evaluate_reproduces_saved_metrics(finished_run):
     from reclor_lab.runs import evaluate_run
 
-    run_dir, metrics = tiny_run
+    run_dir, metrics = finished_run
     again = evaluate_run(run_dir, verbose=False)
     assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
     assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-4)
 
 
-def test_predict_writes_one_index_per_test_record(tiny_run):
+def test_predict_writes_one_index_per_test_record(finished_run):
     from reclor_lab.runs import predict_run
 
-    run_dir, _ = tiny_run
+    run_dir, _ = finished_run
     npy = predict_run(run_dir, split="test", verbose=False)
     preds = np.load(npy)
     test = load_split(get_preset("tiny").data_dir, "test")
@@ -109,11 +133,11 @@ def test_predict_writes_one_index_per_test_record(tiny_run):
     assert sum(sum(v.values()) for v in summary["by_type"].values()) == len(test)
 
 
-def test_predict_output_writes_only_the_file_named_and_never_an_input(tiny_run, tmp_path):
+def test_predict_output_writes_only_the_file_named_and_never_an_input(finished_run, tmp_path):
     """Defect 2: --output D/test.npy used to replace D/test.json (an input) with predictions."""
     from reclor_lab.runs import predict_run
 
-    run_dir, _ = tiny_run
+    run_dir, _ = finished_run
     out = tmp_path / "out"
     out.mkdir()
     (out / "test.json").write_text("my input")
@@ -131,14 +155,14 @@ def test_predict_output_writes_only_the_file_named_and_never_an_input(tiny_run, 
 
 
 @pytest.mark.parametrize("damage", ["drop-a-tensor", "other-rank", "truncated", "empty-trainer-state"])
-def test_a_damaged_or_partial_checkpoint_is_refused_not_resumed_from_fresh_weights(tiny_run, tmp_path, damage):
+def test_a_damaged_or_partial_checkpoint_is_refused_not_resumed_from_fresh_weights(finished_run, tmp_path, damage):
     """Defect 5 and 7: set_peft_model_state_dict's missing keys used to be ignored."""
     from safetensors.torch import save_file
 
     from reclor_lab.runs import load_run
 
     run_dir = tmp_path / "copy"
-    shutil.copytree(tiny_run[0], run_dir)
+    shutil.copytree(finished_run[0], run_dir)
     folder = RunDir(run_dir).best_dir()
     adapter = folder / "adapter_model.safetensors"
     tensors = load_file(adapter)
@@ -164,8 +188,8 @@ def test_a_damaged_or_partial_checkpoint_is_refused_not_resumed_from_fresh_weigh
             load_run(run_dir)
 
 
-def test_existing_run_dir_is_refused_unless_resume(tiny_run):
-    run_dir, _ = tiny_run
+def test_existing_run_dir_is_refused_unless_resume(finished_run):
+    run_dir, _ = finished_run
     cfg = get_preset("tiny", output_dir=str(run_dir))
     before = (run_dir / "history.json").read_bytes()
     with pytest.raises(RunDirError, match="already holds a run .*; pass --resume"):
@@ -318,7 +342,10 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
 
     run_dir, rng = tmp_path / "killed", random.Random(13)
     rd = RunDir(run_dir)
-    writing = lambda: rd.checkpoints_dir.is_dir() and any(p.suffix == ".tmp" for p in rd.checkpoints_dir.iterdir())
+
+    def writing() -> bool:
+        return rd.checkpoints_dir.is_dir() and any(p.suffix == ".tmp" for p in rd.checkpoints_dir.iterdir())
+
     stopped_at = None
     # read_state re-reads a state.json that changed under it (its checkpoint pruned meanwhile)
     last_step = lambda: rd.read_state()["last_step"] if rd.has_run() else 0  # noqa: E731

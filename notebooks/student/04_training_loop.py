@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
 from reclor_lab import checks
-from reclor_lab.data import class_weights, load_split, make_collator, model_inputs
+from reclor_lab.data import class_weights, make_collator, model_inputs, run_records
 from reclor_lab.rundir import RunDir
 from reclor_lab.runs import finish_run, summary_table
 from reclor_lab.train import fit, get_lr, setup
@@ -130,7 +130,7 @@ print(f"one wrong answer, weight 0.5: {weighted_ce(confident, labels, w).item():
 # then about the plain one. The training split of this run:
 
 # %%
-train_labels = [r["label"] for r in load_split(cfg.data_dir, "train")[: cfg.train_limit]]
+train_labels = [r["label"] for r in run_records(cfg, "train")]
 counts = [train_labels.count(c) for c in range(4)]
 print("answers A B C D:", " ".join(map(str, counts)), f"of {len(train_labels)}")
 print("class weights:  ", " ".join(f"{x:.3f}" for x in class_weights(train_labels).tolist()))
@@ -271,8 +271,8 @@ def tokens_per_second(batch_size: int, cleanup: bool) -> float:
 
 
 demo.model.train()
-speeds = {f"batch 1, clean-up every step": tokens_per_second(1, cleanup=True),
-          f"batch 1": tokens_per_second(1, cleanup=False),
+speeds = {"batch 1, clean-up every step": tokens_per_second(1, cleanup=True),
+          "batch 1": tokens_per_second(1, cleanup=False),
           f"batch {cfg.batch_size} (this run)": tokens_per_second(cfg.batch_size, cleanup=False)}
 for name, tps in speeds.items():
     print(f"{name:<30} {tps:>8,.0f} tokens/s")

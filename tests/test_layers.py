@@ -1,0 +1,110 @@
+"""The package's import graph, read from its source with ``ast``: every module has a place in the
+layer order that ``reclor_lab/__init__.py`` states, no import (function-local ones included)
+runs against it, and no imports go in a circle. The planner stays free of torch."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "reclor_lab"
+
+
+def stated_layers() -> list[list[str]]:
+    """The numbered layers of the package docstring, lowest first: the ````name```` items before
+    the first colon of each numbered paragraph."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8")))
+    items = re.split(r"^(\d+)\. ", doc, flags=re.M)[1:]
+    layers = []
+    for number, text in zip(items[::2], items[1::2]):
+        assert int(number) == len(layers) + 1, f"layer {number} is out of order in the package docstring"
+        head = re.split(r":\s", text, maxsplit=1)[0]
+        layers.append(re.findall(r"``(\w+)``", head))
+    return layers
+
+
+def modules() -> set[str]:
+    return {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+
+
+def imports_of(path: Path, known: set[str]) -> dict[str, int]:
+    """The kit's modules ``path`` imports, anywhere in it (function-local imports too), with the
+    line of the first such import."""
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("reclor_lab.")]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 or module == "reclor_lab" or module.startswith("reclor_lab."):
+                parts = module.split(".")[0 if node.level else 1:] if module else []
+                names = [parts[0]] if parts and parts[0] else [a.name for a in node.names]
+        for name in names:
+            if name in known:
+                found.setdefault(name, node.lineno)
+    return found
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    known = modules()
+    return {m: {n: line for n, line in imports_of(PACKAGE / f"{m}.py", known).items() if n != m}
+            for m in sorted(known)}
+
+
+def test_the_stated_layers_name_every_module_once():
+    listed = [m for layer in stated_layers() for m in layer]
+    assert len(listed) == len(set(listed)), f"named twice: {sorted({m for m in listed if listed.count(m) > 1})}"
+    assert set(listed) == modules(), (f"not in the package docstring's layers: {sorted(modules() - set(listed))}; "
+                                      f"named but not a module: {sorted(set(listed) - modules())}")
+
+
+def test_no_import_runs_against_the_layers():
+    layer = {m: i for i, names in enumerate(stated_layers()) for m in names}
+    upward = [f"reclor_lab/{m}.py:{line} imports {n} (layer {layer[n] + 1}) from layer {layer[m] + 1}"
+              for m, edges in import_graph().items() for n, line in edges.items() if layer[n] > layer[m]]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_imports_go_in_a_circle():
+    graph = import_graph()
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = "open"
+        path.append(m)
+        for n in graph[m]:
+            if state.get(n) == "open":
+                return path[path.index(n):] + [n]
+            if n not in state and (circle := visit(n)):
+                return circle
+        state[m] = "done"
+        path.pop()
+        return None
+
+    for m in graph:
+        if m not in state and (circle := visit(m)):
+            pytest.fail("an import circle: " + " → ".join(circle))
+
+
+def test_the_import_reader_sees_every_form_of_import(tmp_path):
+    """The graph's reader itself: relative, absolute, ``from reclor_lab import x`` and imports
+    inside functions all count; other packages do not."""
+    src = tmp_path / "m.py"
+    src.write_text("from .config import X\nimport reclor_lab.data\nfrom reclor_lab import plan\n"
+                   "from . import lora\nimport torch\n\ndef f():\n    from reclor_lab.train import fit\n")
+    got = imports_of(src, {"config", "data", "plan", "lora", "train", "torch"})
+    assert got == {"config": 1, "data": 2, "plan": 3, "lora": 4, "train": 8}
+
+
+def test_the_planner_imports_no_torch():
+    """``reclor-lab plan`` and the config's memory checks load no torch (seconds on a laptop)."""
+    code = "import sys, reclor_lab.plan; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
