@@ -408,7 +408,7 @@ def _judge_code(number: int, code, prepared, others: set[str]) -> tuple[str, str
         try:
             got = fn(*args)
         except BaseException as e:  # noqa: BLE001
-            return FAIL, f"passes the check's own cases but raised {type(e).__name__} on {what}"
+            return FAIL, f"passes the check's own cases but raised {type(e).__name__} on {what} (drawn when grading)"
         if not spec.same(got, want):
             return FAIL, (f"passes the check's own cases but not {what} (drawn when grading): an answer "
                           "that fits only the check's cases does not count")

@@ -40,7 +40,8 @@ def assert_passes(capsys, check, fn, *args, number: int):
 
 def _stands_in(got, reference, student) -> None:
     assert isinstance(got, checks.Fallback), got
-    assert got.reference is reference and got.student is student
+    assert checks._REFERENCES[got] is reference and got.student is student
+    assert not hasattr(got, "reference")  # the stand-in does not hand out the answer
 
 
 def assert_not_done(capsys, check, *args, reference, number: int):
@@ -469,8 +470,8 @@ def _state(model):
 
 
 def _good_step(model, batch, optimizer, weights):
-    labels = batch.pop("labels")
-    logits = model(**batch).logits
+    labels = batch["labels"]  # read, not popped: the caller's batch stays whole
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     loss = F.cross_entropy(logits.float(), labels, weight=weights)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
@@ -479,12 +480,13 @@ def _good_step(model, batch, optimizer, weights):
     return loss.item()
 
 
-def _step(*, weighted=True, clip=True, zero=True, step=True, item=True, zero_first=False):
+def _step(*, weighted=True, clip=True, zero=True, step=True, item=True, zero_first=False, pop=False):
     def fn(model, batch, optimizer, weights):
         if zero_first:
             optimizer.zero_grad()
+        labels = batch.pop("labels") if pop else batch["labels"]  # pop: changes the caller's batch
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        loss = F.cross_entropy(model(**inputs).logits.float(), batch["labels"],
+        loss = F.cross_entropy(model(**inputs).logits.float(), labels,
                                weight=weights if weighted else None)
         loss.backward()
         if clip:
@@ -523,6 +525,7 @@ def test_train_step(capsys, lora_run):
         "the second ran backward()": _step(zero=False),
         "call optimizer.step()": _step(step=False),
         "return loss.item()": _step(item=False),
+        "it changed the caller's batch": _step(pop=True),
     }
     for hint, fn in wrong.items():
         got = run(fn)
