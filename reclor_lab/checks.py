@@ -215,6 +215,24 @@ def build_test(check: Callable, *args: Any) -> Callable[[Callable], None]:
     return test
 
 
+def whose(fn: Callable) -> str:
+    """``"yours"`` for a student's own function, else ``"the reference's"``: what a line comparing
+    the function with the package says it compares (a stand-in is never "yours")."""
+    return "the reference's" if isinstance(fn, Fallback) else "yours"
+
+
+def note(*fns: Callable) -> None:
+    """The first line of a cell that uses exercises' functions after their checks: says, for each
+    one still ⏳ or ❌, that the cell runs the reference implementation instead. Prints nothing
+    when they all passed."""
+    for fn in fns:
+        if isinstance(fn, Fallback):
+            number = NUMBER.get(fn.__name__)
+            which = f"exercise {number}" if number else f"`{fn.__name__}`"
+            print(f"(this cell uses the reference implementation of `{fn.__name__}`: {which} is still "
+                  f"{fn.verdict}, so what it shows is not your work)")
+
+
 def summary(namespace: dict | None = None) -> None:
     """Every exercise of the notebooks checked in this session, judged again on the student's
     functions as they stand now (looked up by name in the notebook, else the one last checked):
@@ -338,14 +356,19 @@ def _weights_hint(got: list[float], labels: list[int]) -> str:
     def same(xs: list[float]) -> bool:
         return all(_close(a, b) for a, b in zip(got, xs))
 
+    if len(set(counts)) == 1 and same([1 / NUM_LABELS] * NUM_LABELS):
+        return ("four 0.25s are the label frequencies n_c / N, or weights normalised to sum to 1; the weight "
+                "is N / (4 · n_c), not normalised, so balanced labels give four weights of 1.")
     if same([c / n for c in counts]):
         return "those are the label frequencies n_c / N; the weight is the inverse, scaled: N / (4 · n_c)."
     if same([n / c for c in counts]):
         return "almost: divide by the number of classes (4) as well, so balanced labels give weights of 1."
     if same([1 / c for c in counts]):
         return "almost: multiply by N / 4 (N = number of labels), so balanced labels give weights of 1."
-    if _close(sum(got), 1.0):
-        return "the weights should not be normalised to sum to 1: balanced labels give four weights of 1."
+    want = [n / (NUM_LABELS * c) for c in counts]
+    if _close(sum(got), 1.0) or (got[0] and all(_close(g / got[0], w / want[0]) for g, w in zip(got, want))):
+        return ("right proportions, wrong scale: the weights are not normalised (to sum to 1 or any other "
+                "total); N / (4 · n_c) as it is, so balanced labels give four weights of 1.")
     return "the weight of class c is N / (4 · n_c), with N the number of labels and n_c the count of c."
 
 
@@ -633,12 +656,19 @@ _COUNT_CASES: tuple[tuple[str, list[tuple[int, int]], int], ...] = (
 
 
 def _count_hint(got: int, shapes: list[tuple[int, int]], r: int) -> str:
-    if got == sum(o * i for o, i in shapes):
+    full, square = sum(o * i for o, i in shapes), sum(2 * r * max(o, i) for o, i in shapes)
+    if got == full == square:
+        return ("that is the size of the full weights W, and also 2r·max(in, out) here; LoRA trains only "
+                "A (r×in) and B (out×r): r·in + out·r per layer.")
+    if got == full:
         return "that is the size of the full weights W; LoRA trains only A (r×in) and B (out×r)."
     if got == sum(r * o * i for o, i in shapes):
         return "LoRA adds A (r×in) and B (out×r) per layer: r·in + out·r, not r·in·out."
     if got in (sum(r * i for o, i in shapes), sum(r * o for o, i in shapes)):
         return "you counted only one of the two matrices; each layer has A (r×in) and B (out×r)."
+    if got == square:
+        return ("2r·max(in, out) treats A and B as the same size; they are not for a non-square layer: "
+                "A is r×in and B is out×r, so r·in + out·r.")
     if got == sum(o + i for o, i in shapes):
         return "the rank r is missing: A has r rows, B has r columns."
     return "each layer adds A (r×in) and B (out×r); sum over all the layers."
@@ -697,6 +727,12 @@ def _lora_hint(got: torch.Tensor, x: torch.Tensor, W0: torch.Tensor, A: torch.Te
 
     lora_in = x if dropped is None else dropped
     update = (lora_in @ A.T) @ B.T
+    if alpha // r != alpha / r and near(x @ W0.T + (alpha // r) * update):
+        return ("alpha // r is integer division (0 when alpha < r, 4 for alpha = 4.5·r); the scale is the "
+                "float alpha / r.")
+    if A.shape[1] == B.shape[0] and near(x @ W0.T + alpha / r * (lora_in @ B) @ A):
+        return ("A and B are swapped: the input goes through A first (x·Aᵀ, r numbers per row), then B "
+                "(·Bᵀ); A is (r, in), B is (out, r).")
     if near(x @ W0.T):
         return "that is W0·x alone: the LoRA update (alpha/r)·B·A·x is missing."
     for scale, what in ((1.0, "unscaled"), (r / alpha, "scaled by r/alpha"), (alpha * r, "scaled by alpha·r"),
@@ -769,7 +805,8 @@ def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "defa
                     got = fn(x.clone(), W0.clone(), A.clone(), B.clone(), alpha, r, given)
                 except RuntimeError as e:
                     if "shape" in str(e) or "size" in str(e):
-                        raise _Fail(f"for {what} a matmul's shapes do not fit ({_short(str(e), 80)}): x is "
+                        raise _Fail(f"for {what} a matmul's shapes do not fit ({_short(str(e), 80)}; A and B "
+                                    f"swapped?): x is "
                                     f"(batch, in) = {tuple(x.shape)}, A is (r, in) = {tuple(A.shape)}, B is "
                                     f"(out, r) = {tuple(B.shape)}; y is (batch, out).") from None
                     raise
@@ -884,6 +921,9 @@ def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: in
     def near(x: float) -> bool:
         return math.isclose(got, x, rel_tol=1e-6)
 
+    for unit, size in (("GiB", 2**30), ("GB", 1e9), ("MiB", 2**20), ("MB", 1e6)):
+        if math.isclose(got, want / size, rel_tol=1e-4):
+            return f"that is the right amount in {unit}; return bytes (the notebook divides by 2**30 to print GiB)."
     if part == "weights":
         if near(want + shape.vocab * h * KEPT_BYTES) or near(want + shape.vocab * h * 2):
             return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
@@ -976,8 +1016,8 @@ def _ce_hint(got: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weig
         return "that is plain cross-entropy: the class weights were not used."
     if torch.allclose(got, (w * per_example).sum(), rtol=RTOL):
         return "that is the weighted sum; divide it by the sum of the weights of the batch's labels."
-    return ("expected the mean cross-entropy weighted by each example's label weight: "
-            "Σ w[y_i]·CE_i / Σ w[y_i].")
+    return ("expected the mean cross-entropy weighted by each example's label weight, "
+            "Σ w[y_i]·CE_i / Σ w[y_i]: what F.cross_entropy(logits, labels, weight=weights) gives.")
 
 
 def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
@@ -1180,6 +1220,8 @@ _ACCURACY_CASES: tuple[tuple[str, list[tuple[list[int], list[int]]]], ...] = (
 
 def _accuracy_hint(got: float, batches: list[tuple[list[int], list[int]]]) -> str:
     correct = [sum(p == y for p, y in zip(ps, ys)) for ps, ys in batches]
+    if _close(got, 100 * reference_accuracy(batches)):
+        return "that is a percentage; return the fraction between 0 and 1 (the notebooks format it as %)."
     if _close(got, sum(correct) / len(batches)):
         return ("it divides the correct count by the number of BATCHES (the reference notebook's bug); "
                 "divide by the number of examples.")
@@ -1455,6 +1497,8 @@ __all__ = [
     "JUDGING",
     "Judging",
     "build_test",
+    "note",
+    "whose",
     "MAX_GRAD_NORM",
     "check_accuracy",
     "check_class_weights",

@@ -584,3 +584,33 @@ def test_a_crash_is_one_line_naming_the_error(capsys):
     _stands_in(checks.check_format_record(crashes), checks.reference_format_record, crashes)
     line = verdict(capsys)
     assert line.startswith("❌ Exercise 1 (") and "raised KeyError: 'answer'" in line, line
+
+
+# --- hints that name the mistake -------------------------------------------------------------------
+
+def test_hints_name_these_mistakes(capsys):
+    def normalised(labels):
+        w = [len(labels) / (4 * labels.count(c)) if labels.count(c) else 1.0 for c in range(4)]
+        return [x / sum(w) for x in w]
+
+    assert_fails(capsys, checks.check_class_weights, normalised, reference=checks.reference_class_weights,
+                 number=2, hint="not normalised")
+    assert_fails(capsys, checks.check_count_lora_params, lambda shapes, r: sum(2 * r * max(o, i) for o, i in shapes),
+                 reference=checks.reference_count_lora_params, number=6, hint="2r·max(in, out)")
+
+    def in_gib(shape, b, s, r, ckpt):
+        return {k: v / 2**30 for k, v in checks.reference_qlora_memory(shape, b, s, r, ckpt).items()}
+
+    assert_fails(capsys, checks.check_qlora_memory, in_gib, reference=checks.reference_qlora_memory, number=8,
+                 hint="the right amount in GiB; return bytes")
+    assert_fails(capsys, checks.check_accuracy, lambda batches: 100 * checks.reference_accuracy(batches),
+                 reference=checks.reference_accuracy, number=11, hint="that is a percentage")
+
+
+def test_lora_hints_name_integer_division_and_swapped_matrices(capsys, lora_run):
+    layer = _lora_layer(lora_run[0])
+    ref, check = checks.reference_lora_forward, checks.check_lora_forward
+    assert_fails(capsys, check, lambda x, W0, A, B, alpha, r, d: x @ W0.T + (alpha // r) * (d(x) @ A.T) @ B.T,
+                 layer, reference=ref, number=7, hint="alpha // r is integer division")
+    assert_fails(capsys, check, lambda x, W0, A, B, alpha, r, d: x @ W0.T + alpha / r * (d(x) @ B) @ A,
+                 layer, reference=ref, number=7, hint="A and B are swapped")
