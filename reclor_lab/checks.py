@@ -1347,21 +1347,26 @@ def _same_nf4(got: Any, want: tuple) -> bool:
 
 
 def _hidden_module(rng, ctx) -> list:
-    """A small model of randomly named 4-bit and plain linear layers (and a 4-bit head ``score``)."""
+    """A small Llama-shaped model (``model.layers[i].self_attn`` / ``.mlp``) whose 4-bit layers have
+    names drawn at grading time, with a plain linear among them and a 4-bit head ``score``."""
     import bitsandbytes as bnb
 
-    names = rng.sample(["wq", "wk", "wv", "proj_in", "proj_out", "fc1", "fc2", "mix", "gate_x"], 5)
-    blocks = nn.ModuleList()
+    names = rng.sample(["wq", "wk", "wv", "wo", "proj_in", "proj_out", "fc1", "fc2", "gate_x", "mix"], 6)
+    layers = nn.ModuleList()
     for _ in range(2):
-        block = nn.Module()
-        for k, name in enumerate(names):
-            layer = bnb.nn.Linear4bit(8, 8) if k < 3 else nn.Linear(8, 8)
-            block.add_module(name, layer)
-        blocks.append(block)
+        layer = nn.Module()
+        for part, chosen in (("self_attn", names[:3]), ("mlp", names[3:])):
+            block = nn.Module()
+            for k, name in enumerate(chosen):
+                block.add_module(name, nn.Linear(8, 8) if k == len(chosen) - 1 else bnb.nn.Linear4bit(8, 8))
+            layer.add_module(part, block)
+        layers.append(layer)
+    body = nn.Module()
+    body.add_module("layers", layers)
     model = nn.Module()
-    model.add_module("layers", blocks)
+    model.add_module("model", body)
     model.add_module("score", bnb.nn.Linear4bit(8, NUM_LABELS))
-    return [("a hidden model with 4-bit layers " + ", ".join(sorted(names[:3])), (model,))]
+    return [("a hidden Llama-shaped model with other layer names", (model,))]
 
 
 def _same_list(got: Any, want: list) -> bool:

@@ -348,7 +348,7 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
         if isinstance(node, ast.Import):
             for a in node.names:
                 if not _allowed_module(a.name):
-                    return f"gamed: `{name}` uses `import {a.name}`, which exercise code may not use"
+                    return _not_allowed(name, f"import {a.name}", a.name)
                 modules.add(a.asname or a.name.split(".")[0])
                 if a.name == CHECKS_MODULE and a.asname:
                     checks_names.add(a.asname)
@@ -356,7 +356,10 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
             module = node.module or ""
             if node.level or not (_allowed_module(module) or module == "reclor_lab" and all(
                     a.name in _PACKAGE_MODULES for a in node.names)):
-                return f"gamed: `{name}` uses `from {module or '.'} import …`, which exercise code may not use"
+                what = f"from {module or '.'} import {', '.join(a.name for a in node.names)}"
+                if any(a.name in giveaways or a.name == name for a in node.names):
+                    return f"gamed: `{name}` uses `{what}`, which computes the answer"
+                return _not_allowed(name, what, module)
             for a in node.names:
                 bound = a.asname or a.name
                 if a.name == "*" or a.name.startswith("_") or a.name.startswith("reference_") or a.name in giveaways:
@@ -402,6 +405,24 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
             if node.value in giveaways or node.value.startswith("reference_") or node.value == "reference":
                 return f"gamed: `{name}` names {node.value!r} in a string"
     return ""
+
+
+#: Modules that reach the interpreter, the process or other code: importing one in exercise code
+#: counts as gaming. Any other module outside :data:`ALLOWED_IMPORTS` (``reclor_lab.train`` to
+#: build notebook state, say) is only "not allowed": the exercise is ❌ without the word gamed.
+ESCAPE_MODULES = ("sys", "os", "importlib", "builtins", "ctypes", "gc", "inspect", "subprocess", "threading",
+                  "multiprocessing", "pickle", "marshal", "socket", "types", "code", "codeop", "runpy", "pathlib",
+                  "shutil", "io", "signal", "atexit", "weakref", "operator", "posix", "pty", "resource", "_thread",
+                  "concurrent", "asyncio", "pdb", "traceback", "linecache", "tempfile", "glob", "json", "dill",
+                  "cloudpickle", "nbformat", "IPython", "jupytext")
+
+
+def _not_allowed(name: str, what: str, module: str) -> str:
+    if module.split(".")[0] in ESCAPE_MODULES or module == "reclor_lab.data" or module.startswith("reclor_lab.checks"):
+        return f"gamed: `{name}` uses `{what}`, which exercise code may not use"
+    return (f"`{name}` needs `{what}` (notebook state or a package module), which the grader does not run "
+            "in exercise code: a graded function may use its arguments, its own helpers and constants, and "
+            "math/torch/numpy-like modules (judge.ALLOWED_IMPORTS)")
 
 
 def _allowed_module(module: str) -> bool:

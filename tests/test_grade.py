@@ -149,6 +149,17 @@ def test_the_judged_module_is_the_final_def_and_what_it_needs(tmp_path):
     assert judge.notebook_of(path, nb) == "01"
 
 
+def test_notebook_state_is_not_allowed_but_not_called_gamed(tmp_path):
+    path = _small(tmp_path / "04_x.ipynb",
+                  "from reclor_lab.train import setup\ndemo = setup(None)",
+                  "def weighted_ce(logits, labels, weights):\n    return demo.weights",
+                  "import sys\ndef one_train_step(model, batch, optimizer, weights):\n    return sys.maxsize")
+    nb = judge.read_notebook(path)
+    uses_state = judge.scan_exercise(judge.exercise_code(nb, "weighted_ce"), 9)
+    assert uses_state.startswith("`weighted_ce` needs `from reclor_lab.train import setup`"), uses_state
+    assert judge.scan_exercise(judge.exercise_code(nb, "one_train_step"), 10).startswith("gamed: ")
+
+
 def test_the_runtime_guard_sees_a_rebound_name():
     before = grade._snapshot()
     real = checks._judge
