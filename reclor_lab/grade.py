@@ -121,7 +121,9 @@ class StudentResult:
 def find_students(paths: list[str | Path]) -> dict[str, list[Path]]:
     """Student → their ``.ipynb`` files. A folder given is a class: each sub-folder is a student
     (named after it; its notebooks are searched recursively), and a loose ``.ipynb`` in it is
-    ``STUDENT__NN_name.ipynb`` (or its stem names the student). A file given is read the same way.
+    ``STUDENT__NN_name.ipynb``; a loose ``NN_name.ipynb`` belongs to the folder it is in (so one
+    student's folder can be given on its own), any other loose file's stem names the student.
+    A file given is read the same way.
 
     Raises :class:`GradeError` naming every path that does not exist, or when no notebook is found.
     """
@@ -152,7 +154,13 @@ def find_students(paths: list[str | Path]) -> dict[str, list[Path]]:
 
 
 def _student_of_file(path: Path) -> str:
-    return path.stem.split(STUDENT_SEPARATOR, 1)[0] if STUDENT_SEPARATOR in path.stem else path.stem
+    """``ana__01_x.ipynb`` → ``ana``; ``ana/01_x.ipynb`` (a course notebook's name) → the folder's
+    name, ``ana``; any other name → its stem."""
+    if STUDENT_SEPARATOR in path.stem:
+        return path.stem.split(STUDENT_SEPARATOR, 1)[0]
+    if re.match(r"\d\d_", path.name):
+        return path.resolve().parent.name
+    return path.stem
 
 
 # --- the judging process ----------------------------------------------------------------------------------

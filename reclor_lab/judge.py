@@ -40,6 +40,10 @@ BANNED_ATTRIBUTES = ("sys", "os", "modules", "builtins", "importlib", "subproces
                      "tb_frame", "reference", "student")
 #: Dunder attributes exercise code may use (``super().__init__()`` in a helper class).
 ALLOWED_DUNDERS = ("__init__",)
+#: Special methods a helper class in exercise code may define; any other (``__eq__``, ``__float__``,
+#: ``__torch_function__`` …) could make a wrong answer compare equal, so it counts as gaming.
+ALLOWED_METHODS = ("__init__", "__call__", "__repr__")
+_DUNDER = re.compile(r"^__\w+__$")
 #: Names the checks module offers an exercise: its public constants and the model shape.
 _PUBLIC_CHECKS = re.compile(r"^(?:[A-Z][A-Z0-9_]*|ModelShape)$")
 #: A check cell of the notebook: ``name = checks.check_…(name, …)`` (its result is not the student's def).
@@ -389,6 +393,10 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
                 last = attrs[-1] if attrs else ""
                 if not _PUBLIC_CHECKS.match(last) or not isinstance(node.ctx, ast.Load):
                     return f"gamed: `{name}` uses `{_short(ast.unparse(node))}` of reclor_lab.checks"
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _DUNDER.match(node.name) \
+                and node.name not in ALLOWED_METHODS:
+            return (f"gamed: `{name}` defines `{node.name}`: an object that decides how it compares or converts "
+                    "could pass for any answer")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
             attr = node.args[1] if len(node.args) > 1 else None
             if not (isinstance(attr, ast.Constant) and isinstance(attr.value, str)):
@@ -402,6 +410,8 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
                 if isinstance(t, ast.Attribute) and root in modules:
                     return f"gamed: `{name}` writes into the module `{root}` (`{_short(ast.unparse(t))} = …`)"
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _DUNDER.match(node.value):
+                return f"gamed: `{name}` names {node.value!r} in a string"
             if node.value in giveaways or node.value.startswith("reference_") or node.value == "reference":
                 return f"gamed: `{name}` names {node.value!r} in a string"
     return ""

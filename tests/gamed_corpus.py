@@ -159,6 +159,12 @@ def write_class(folder: Path) -> list[Case]:
                    "print('✅ Exercise 2 (class weights): correct.')\n"
                    "print('✅ Exercise 3 (the position the head reads): correct.')"])
 
+    add(Case("always_equal", "01", {1: "❌"}, "__eq__"),
+        _replace_def(solved01, "format_record",
+                     "class Anything(str):\n    def __eq__(self, other):\n        return True\n\n"
+                     "    def __ne__(self, other):\n        return False\n\n"
+                     "def format_record(record):\n    return Anything('x')"))
+
     # --- answers that fit only the check's cases
     add(Case("cached_format_answers", "01", {1: "❌"}, "drawn when grading"),
         _replace_def(solved01, "format_record",

@@ -221,6 +221,19 @@ def test_hidden_cases_follow_the_seed():
     assert draw(1) == draw(1) and draw(1) != draw(2)
 
 
+def test_students_are_folders_or_named_files(tmp_path):
+    for path in ("class/ana/01_data_and_tokenization.ipynb", "class/ana/w2/03_lora.ipynb",
+                 "class/ben__05_results.ipynb", "class/cleo.ipynb", "class/.hidden/01_x.ipynb"):
+        _small(tmp_path / path, "x = 1")
+    found = grade.find_students([tmp_path / "class"])
+    assert {k: [p.name for p in v] for k, v in found.items()} == {
+        "ana": ["01_data_and_tokenization.ipynb", "03_lora.ipynb"], "ben": ["ben__05_results.ipynb"],
+        "cleo": ["cleo.ipynb"]}
+    _small(tmp_path / "dan" / "01_data_and_tokenization.ipynb", "x = 1")
+    _small(tmp_path / "dan" / "02_quantization.ipynb", "x = 1")
+    assert list(grade.find_students([tmp_path / "dan"])) == ["dan"]  # one student's folder on its own
+
+
 def test_bad_paths_and_options_get_one_clear_line(tmp_path, capsys):
     assert main(["course", "grade", str(tmp_path / "nope.ipynb")]) == 1
     assert capsys.readouterr().err.strip() == f"reclor-lab: error: no such file or folder: {tmp_path / 'nope.ipynb'}"
