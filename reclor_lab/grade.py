@@ -244,6 +244,7 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
+_INIT_FAILED = "the grader could not build what the checks need"
 #: The judging functions, taken from a fresh import of the checks in the worker before any
 #: student code ran (a submission that rebinds ``checks._judge`` later changes nothing here).
 _CAPTURED: dict[str, object] = {}
@@ -428,7 +429,7 @@ def _grade_notebook(student: str, path: str) -> tuple[str, dict]:
     t0 = time.perf_counter()
     result = NotebookResult(path=path, notebook=None)
     if "init_error" in _SETTINGS:
-        result.problem = f"the grader could not build what the checks need: {_SETTINGS['init_error']}"
+        result.problem = f"{_INIT_FAILED}: {_SETTINGS['init_error']}"
         return student, asdict(result)
     work = Path(tempfile.mkdtemp(prefix="reclor-lab-grade-"))
     read_fd, write_fd = os.pipe()
@@ -534,9 +535,16 @@ def grade(paths: list[str | Path], jobs: int = 1, seed: int | None = None, cpu_s
 
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(settings,)) as pool:
-        futures = [pool.submit(_grade_notebook, name, path) for name, path in tasks]
+        futures = {pool.submit(_grade_notebook, name, path): (name, path) for name, path in tasks}
         for future in as_completed(futures):
-            name, raw = future.result()
+            try:
+                name, raw = future.result()
+            except Exception as e:  # noqa: BLE001 - a worker that died: one line in that row
+                name, path = futures[future]
+                raw = asdict(NotebookResult(path=path, notebook=None,
+                                            problem=f"error: the grading worker stopped ({type(e).__name__})"))
+            if raw["problem"].startswith(_INIT_FAILED):
+                raise GradeError(raw["problem"] + "; check that models/tiny-llama exists (reclor-lab tiny build)")
             nb = NotebookResult(path=raw["path"], notebook=raw["notebook"], problem=raw["problem"],
                                 seconds=raw["seconds"],
                                 verdicts={int(k): Verdict(**v) for k, v in raw["verdicts"].items()})
@@ -634,7 +642,7 @@ def feedback(r: StudentResult, points: dict[int, float]) -> str:
             lines.append(f"✅ Exercise {n} ({title}): {points[n]:g} point(s).")
         else:
             why = re.sub(r"^(❌|⏳) Exercise \d+ \([^)]*\): ", "", v.reason)
-            mark = v.status if v.status in (FAIL, TODO) else "❌"
+            mark = {MISSING: "–", LIMIT: "⏱"}.get(v.status, v.status)
             lines.append(f"{mark} Exercise {n} ({title}): 0 point(s). {why}".rstrip())
     return "\n".join(lines) + "\n"
 
