@@ -614,3 +614,22 @@ def test_lora_hints_name_integer_division_and_swapped_matrices(capsys, lora_run)
                  layer, reference=ref, number=7, hint="alpha // r is integer division")
     assert_fails(capsys, check, lambda x, W0, A, B, alpha, r, d: x @ W0.T + alpha / r * (d(x) @ B) @ A,
                  layer, reference=ref, number=7, hint="A and B are swapped")
+
+
+def test_cells_after_a_miss_say_they_use_the_reference(capsys):
+    stand_in = checks.check_format_record(stub)
+    capsys.readouterr()
+    checks.note(stand_in)
+    assert capsys.readouterr().out.strip() == ("(this cell uses the reference implementation of `stub`: `stub` is "
+                                               "still ⏳, so what it shows is not your work)")
+
+    def format_record(record):
+        raise NotImplementedError
+
+    stand_in = checks.check_format_record(format_record)
+    capsys.readouterr()
+    checks.note(stand_in)
+    assert "exercise 1 is still ⏳" in capsys.readouterr().out
+    assert checks.whose(stand_in) == "the reference's" and checks.whose(checks.reference_format_record) == "yours"
+    checks.note(checks.reference_format_record)  # a passed function: nothing printed
+    assert capsys.readouterr().out == ""
