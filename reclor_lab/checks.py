@@ -16,6 +16,12 @@ never prints the solution itself.
 >>> format_record = check_format_record(format_record)       # doctest: +SKIP
 ✅ Exercise 1 (format a record): correct.
 
+``reclor-lab course grade`` does not rely on any of this running in the student's kernel: it
+judges the notebook's final ``def`` of each exercise in a process of its own, with the test a
+check builds (:func:`build_test`) and the hidden cases of :data:`JUDGING`
+(:mod:`reclor_lab.grade`). A new exercise adds its entry to :data:`EXERCISES` and to
+:data:`JUDGING`.
+
 The test records below are hand-written (the same as ``tests/fixtures/mini``), never ReClor text.
 """
 
