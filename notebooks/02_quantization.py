@@ -156,6 +156,7 @@ nf4_block = checks.check_nf4_block(nf4_block)
 # whole matrix (`nf4_roundtrip`: `quantize_4bit` + `dequantize_4bit`):
 
 # %%
+checks.note(nf4_block)
 import bitsandbytes.functional as bnbf
 
 from reclor_lab.modeling import nf4_roundtrip
@@ -384,6 +385,7 @@ def lora_targets(model) -> list[str]:
 lora_targets = checks.check_lora_targets(lora_targets, model)
 
 # %%
+checks.note(lora_targets)
 targets = lora_targets(model)
 print(targets)
 n_layers = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

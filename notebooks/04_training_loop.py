@@ -106,7 +106,8 @@ print(inspect.getsource(train_one_epoch))
 #
 # **Exercise 9.** Write `weighted_ce(logits, labels, weights)`: `logits` `(batch, 4)`, `labels`
 # `(batch,)`, `weights` `(4,)` → the scalar loss $\sum_i w_{y_i}\,(-\log p_{i,y_i}) / \sum_i w_{y_i}$.
-# Compute it from `log_softmax` (not with `F.cross_entropy`).
+# Compute it from `log_softmax` yourself; the check compares your value with
+# `F.cross_entropy(logits, labels, weight=weights)`, which computes the same loss.
 
 # %%
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -127,6 +128,7 @@ weighted_ce = checks.check_weighted_ce(weighted_ce)
 # 1.386$ whatever the weights. That is the number the training loss starts near.
 
 # %%
+checks.note(weighted_ce)
 labels = torch.tensor([0, 1, 1, 3])
 w = torch.tensor([2.0, 0.5, 1.0, 1.0])
 print(f"uniform logits: {weighted_ce(torch.zeros(4, 4), labels, w).item():.4f} (ln 4 = {math.log(4):.4f})")
@@ -246,6 +248,7 @@ one_train_step = checks.check_train_step(one_train_step, demo.model, batch, demo
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (losses differ in the last digits across CPUs)
+checks.note(one_train_step)
 optimizer = torch.optim.AdamW([p for p in demo.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
 demo.model.train()
 losses = [one_train_step(demo.model, batch, optimizer, demo.weights, cfg.max_grad_norm) for _ in range(8)]

@@ -16,12 +16,20 @@ never prints the solution itself.
 >>> format_record = check_format_record(format_record)       # doctest: +SKIP
 ✅ Exercise 1 (format a record): correct.
 
+``reclor-lab course grade`` does not rely on any of this running in the student's kernel: it
+judges the notebook's final ``def`` of each exercise in a process of its own, with the test a
+check builds (:func:`build_test`) and the hidden cases of :data:`JUDGING`
+(:mod:`reclor_lab.grade`). A new exercise adds its entry to :data:`EXERCISES` and to
+:data:`JUDGING`.
+
 The test records below are hand-written (the same as ``tests/fixtures/mini``), never ReClor text.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -92,21 +100,27 @@ class Fallback:
 
     Calling it runs the reference (so later cells work). It keeps the student's function in
     ``student``: a check given a ``Fallback`` judges ``student``, so re-running only the check cell
-    repeats the ⏳ or ❌ instead of passing the reference off as the student's work.
+    repeats the ⏳ or ❌ instead of passing the reference off as the student's work. It has no
+    attribute that hands out the reference itself (it is kept in :data:`_REFERENCES`), and
+    ``reclor-lab course grade`` never judges a ``Fallback``: it judges the ``def`` in the notebook.
     """
 
     def __init__(self, reference: Callable, student: Callable, verdict: str) -> None:
-        self.reference = reference
+        _REFERENCES[self] = reference
         self.student = student
         self.verdict = verdict  # "⏳" or "❌"
         self.__name__ = _name(student)
         self.__doc__ = reference.__doc__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.reference(*args, **kwargs)
+        return _REFERENCES[self](*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<{self.__name__}: the reference implementation, standing in for yours ({self.verdict})>"
+
+
+#: Each Fallback's reference, kept out of the object so that no attribute of it is the answer.
+_REFERENCES: "weakref.WeakKeyDictionary[Fallback, Callable]" = weakref.WeakKeyDictionary()
 
 
 def _own(fn: Callable) -> Callable:
@@ -174,7 +188,12 @@ _NEXT = {"⏳": "Replace the TODO with your code and re-run the cell;", "❌": "
 
 def _run(number: int, fn: Callable, reference: Callable, test: Callable[[Callable], None]) -> Callable:
     """Judge the student's own function, print the one-line verdict, return what to use from now on:
-    the function itself when it passed, else a :class:`Fallback` to the reference."""
+    the function itself when it passed, else a :class:`Fallback` to the reference.
+
+    Inside :func:`build_test` (the grader) it only hands over ``test``: nothing runs, nothing prints."""
+    if _TESTS is not None:
+        _TESTS.append(test)
+        return fn
     fn = _own(fn)
     _CHECKED[number] = (test, fn)
     symbol, line = _judge(number, fn, test)
@@ -183,6 +202,42 @@ def _run(number: int, fn: Callable, reference: Callable, test: Callable[[Callabl
         return fn
     print(f"{line} {_NEXT[symbol]} {FALLBACK}")
     return Fallback(reference, fn, symbol)
+
+
+#: Set only while :func:`build_test` asks a check for its test.
+_TESTS: list | None = None
+
+
+def build_test(check: Callable, *args: Any) -> Callable[[Callable], None]:
+    """The test a check runs (``test(fn)`` raises on a wrong ``fn``), built on ``args`` without
+    judging anything: what ``reclor-lab course grade`` judges a submission's function with, in a
+    process where no student code ran before the test was built."""
+    global _TESTS
+    _TESTS = []
+    try:
+        check(lambda *a, **k: None, *args)
+        (test,) = _TESTS
+    finally:
+        _TESTS = None
+    return test
+
+
+def whose(fn: Callable) -> str:
+    """``"yours"`` for a student's own function, else ``"the reference's"``: what a line comparing
+    the function with the package says it compares (a stand-in is never "yours")."""
+    return "the reference's" if isinstance(fn, Fallback) else "yours"
+
+
+def note(*fns: Callable) -> None:
+    """The first line of a cell that uses exercises' functions after their checks: says, for each
+    one still ⏳ or ❌, that the cell runs the reference implementation instead. Prints nothing
+    when they all passed."""
+    for fn in fns:
+        if isinstance(fn, Fallback):
+            number = NUMBER.get(fn.__name__)
+            which = f"exercise {number}" if number else f"`{fn.__name__}`"
+            print(f"(this cell uses the reference implementation of `{fn.__name__}`: {which} is still "
+                  f"{fn.verdict}, so what it shows is not your work)")
 
 
 def summary(namespace: dict | None = None) -> None:
@@ -308,14 +363,19 @@ def _weights_hint(got: list[float], labels: list[int]) -> str:
     def same(xs: list[float]) -> bool:
         return all(_close(a, b) for a, b in zip(got, xs))
 
+    if len(set(counts)) == 1 and same([1 / NUM_LABELS] * NUM_LABELS):
+        return ("four 0.25s are the label frequencies n_c / N, or weights normalised to sum to 1; the weight "
+                "is N / (4 · n_c), not normalised, so balanced labels give four weights of 1.")
     if same([c / n for c in counts]):
         return "those are the label frequencies n_c / N; the weight is the inverse, scaled: N / (4 · n_c)."
     if same([n / c for c in counts]):
         return "almost: divide by the number of classes (4) as well, so balanced labels give weights of 1."
     if same([1 / c for c in counts]):
         return "almost: multiply by N / 4 (N = number of labels), so balanced labels give weights of 1."
-    if _close(sum(got), 1.0):
-        return "the weights should not be normalised to sum to 1: balanced labels give four weights of 1."
+    want = [n / (NUM_LABELS * c) for c in counts]
+    if _close(sum(got), 1.0) or (got[0] and all(_close(g / got[0], w / want[0]) for g, w in zip(got, want))):
+        return ("right proportions, wrong scale: the weights are not normalised (to sum to 1 or any other "
+                "total); N / (4 · n_c) as it is, so balanced labels give four weights of 1.")
     return "the weight of class c is N / (4 · n_c), with N the number of labels and n_c the count of c."
 
 
@@ -604,12 +664,19 @@ _COUNT_CASES: tuple[tuple[str, list[tuple[int, int]], int], ...] = (
 
 
 def _count_hint(got: int, shapes: list[tuple[int, int]], r: int) -> str:
-    if got == sum(o * i for o, i in shapes):
+    full, square = sum(o * i for o, i in shapes), sum(2 * r * max(o, i) for o, i in shapes)
+    if got == full == square:
+        return ("that is the size of the full weights W, and also 2r·max(in, out) here; LoRA trains only "
+                "A (r×in) and B (out×r): r·in + out·r per layer.")
+    if got == full:
         return "that is the size of the full weights W; LoRA trains only A (r×in) and B (out×r)."
     if got == sum(r * o * i for o, i in shapes):
         return "LoRA adds A (r×in) and B (out×r) per layer: r·in + out·r, not r·in·out."
     if got in (sum(r * i for o, i in shapes), sum(r * o for o, i in shapes)):
         return "you counted only one of the two matrices; each layer has A (r×in) and B (out×r)."
+    if got == square:
+        return ("2r·max(in, out) treats A and B as the same size; they are not for a non-square layer: "
+                "A is r×in and B is out×r, so r·in + out·r.")
     if got == sum(o + i for o, i in shapes):
         return "the rank r is missing: A has r rows, B has r columns."
     return "each layer adds A (r×in) and B (out×r); sum over all the layers."
@@ -668,6 +735,12 @@ def _lora_hint(got: torch.Tensor, x: torch.Tensor, W0: torch.Tensor, A: torch.Te
 
     lora_in = x if dropped is None else dropped
     update = (lora_in @ A.T) @ B.T
+    if alpha // r != alpha / r and near(x @ W0.T + (alpha // r) * update):
+        return ("alpha // r is integer division (0 when alpha < r, 4 for alpha = 4.5·r); the scale is the "
+                "float alpha / r.")
+    if A.shape[1] == B.shape[0] and near(x @ W0.T + alpha / r * (lora_in @ B) @ A):
+        return ("A and B are swapped: the input goes through A first (x·Aᵀ, r numbers per row), then B "
+                "(·Bᵀ); A is (r, in), B is (out, r).")
     if near(x @ W0.T):
         return "that is W0·x alone: the LoRA update (alpha/r)·B·A·x is missing."
     for scale, what in ((1.0, "unscaled"), (r / alpha, "scaled by r/alpha"), (alpha * r, "scaled by alpha·r"),
@@ -740,7 +813,8 @@ def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "defa
                     got = fn(x.clone(), W0.clone(), A.clone(), B.clone(), alpha, r, given)
                 except RuntimeError as e:
                     if "shape" in str(e) or "size" in str(e):
-                        raise _Fail(f"for {what} a matmul's shapes do not fit ({_short(str(e), 80)}): x is "
+                        raise _Fail(f"for {what} a matmul's shapes do not fit ({_short(str(e), 80)}; A and B "
+                                    f"swapped?): x is "
                                     f"(batch, in) = {tuple(x.shape)}, A is (r, in) = {tuple(A.shape)}, B is "
                                     f"(out, r) = {tuple(B.shape)}; y is (batch, out).") from None
                     raise
@@ -846,6 +920,9 @@ def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: in
     def near(x: float) -> bool:
         return math.isclose(got, x, rel_tol=1e-6)
 
+    for unit, size in (("GiB", 2**30), ("GB", 1e9), ("MiB", 2**20), ("MB", 1e6)):
+        if math.isclose(got, want / size, rel_tol=1e-4):
+            return f"that is the right amount in {unit}; return bytes (the notebook divides by 2**30 to print GiB)."
     if part == "weights":
         if near(want + shape.vocab * h * KEPT_BYTES) or near(want + shape.vocab * h * 2):
             return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
@@ -938,8 +1015,8 @@ def _ce_hint(got: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weig
         return "that is plain cross-entropy: the class weights were not used."
     if torch.allclose(got, (w * per_example).sum(), rtol=RTOL):
         return "that is the weighted sum; divide it by the sum of the weights of the batch's labels."
-    return ("expected the mean cross-entropy weighted by each example's label weight: "
-            "Σ w[y_i]·CE_i / Σ w[y_i].")
+    return ("expected the mean cross-entropy weighted by each example's label weight, "
+            "Σ w[y_i]·CE_i / Σ w[y_i]: what F.cross_entropy(logits, labels, weight=weights) gives.")
 
 
 def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
@@ -1027,7 +1104,18 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
         optimizer = torch.optim.SGD([p for _, p in trainable], lr=_CHECK_LR)
         losses, params = [], []
         for _ in range(n):
-            losses.append(step_fn(model, dict(batch), optimizer, weights))  # a copy: the batch stays whole
+            losses.append(step_fn(model, batch, optimizer, weights))  # the caller's own batch
+            if _changed(batch, kept):
+                batch.clear()
+                batch.update(kept)  # whole again for the caller's next cell
+                with torch.no_grad():
+                    for k, v in kept_values.items():
+                        if isinstance(v, torch.Tensor):
+                            kept[k].copy_(v)
+                raise _Fail("it changed the caller's batch (a key popped, added or replaced, or a tensor "
+                            "edited in place); the next cell would get a broken batch: read the labels "
+                            "with batch['labels'] and pass the other keys to the model without "
+                            "changing the dict.")
             params.append([p.detach().clone() for _, p in trainable])
         return losses, params
 
@@ -1088,6 +1176,14 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
 
     saved: list[torch.Tensor] = []
     frozen_sums: list[float] = []
+    kept = dict(batch)  # the batch's own tensors ...
+    kept_values = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _changed(now: dict, before: dict) -> bool:
+        """Whether a step changed the batch it was handed: its keys, its tensors, or their values."""
+        return (now.keys() != before.keys() or any(now[k] is not before[k] for k in before)
+                or any(isinstance(v, torch.Tensor) and not torch.equal(now[k], v) for k, v in kept_values.items()))
+
     return _run(NUMBER["one_train_step"], fn, reference_train_step, test)
 
 
@@ -1096,7 +1192,7 @@ def _unclipped_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimi
     """The reference step without clipping: tells a missing clip apart from other mistakes."""
     from reclor_lab.train import optimizer_step, train_step
 
-    loss = train_step(model, batch, weights, dtype=torch.float32)
+    loss = train_step(model, dict(batch), weights, dtype=torch.float32)  # a copy: train_step pops labels
     optimizer_step(model, optimizer, lr=optimizer.param_groups[0]["lr"], max_grad_norm=0)
     return loss.item()
 
@@ -1123,6 +1219,8 @@ _ACCURACY_CASES: tuple[tuple[str, list[tuple[list[int], list[int]]]], ...] = (
 
 def _accuracy_hint(got: float, batches: list[tuple[list[int], list[int]]]) -> str:
     correct = [sum(p == y for p, y in zip(ps, ys)) for ps, ys in batches]
+    if _close(got, 100 * reference_accuracy(batches)):
+        return "that is a percentage; return the fraction between 0 and 1 (the notebooks format it as %)."
     if _close(got, sum(correct) / len(batches)):
         return ("it divides the correct count by the number of BATCHES (the reference notebook's bug); "
                 "divide by the number of examples.")
@@ -1149,10 +1247,262 @@ def check_accuracy(fn: Callable[[list[tuple[list[int], list[int]]]], float]) -> 
     return _run(NUMBER["accuracy_over_examples"], fn, reference_accuracy, test)
 
 
+# --- judging outside the notebook (reclor-lab course grade) ------------------------------------------------
+
+@dataclass(frozen=True)
+class Judging:
+    """How ``reclor-lab course grade`` judges one exercise in a process of its own, on the
+    submission's final ``def`` of the exercise's function.
+
+    * ``check``: the notebook's check (``check_X(fn, *inputs)``); its test runs first, with its hints.
+    * ``inputs(ctx)``: the check's arguments after ``fn``, built in the grader's process from
+      ``ctx`` (a :class:`reclor_lab.grade.JudgeContext`: ``ctx.model``, ``ctx.tokenizer``,
+      ``ctx.lora_layer``, ``ctx.train_step_inputs`` …), never from the submission.
+    * ``hidden(rng, ctx)``: cases drawn at grading time from the grader's seed, ``[(what, args)]``;
+      the function must give what ``reference(*args)`` gives (``same(got, want)``), so an answer
+      fitted to the check's own cases fails. ``None``: no hidden cases (say why next to it).
+    """
+
+    check: Callable
+    reference: Callable
+    inputs: Callable[[Any], tuple] = lambda ctx: ()
+    hidden: Callable[[Any, Any], list] | None = None
+    same: Callable[[Any, Any], bool] = lambda got, want: got == want
+
+
+_WORDS = ("lantern", "river", "council", "orchard", "bridge", "keeper", "winter", "market", "signal",
+          "harbor", "engine", "garden", "ledger", "meadow", "quarry", "tunnel", "violin", "copper")
+
+
+def _phrase(rng, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "."
+
+
+def _hidden_records(rng, ctx) -> list:
+    cases = []
+    for k in range(3):
+        record = {"context": _phrase(rng, rng.randint(4, 12)), "question": _phrase(rng, rng.randint(3, 8)),
+                  "answers": [_phrase(rng, rng.randint(1, 5)) for _ in range(NUM_LABELS)],
+                  "label": rng.randrange(NUM_LABELS), "id_string": f"hidden_{k}"}
+        cases.append((f"hidden record {k}", (record,)))
+    return cases
+
+
+def _hidden_labels(rng, ctx) -> list:
+    cases = []
+    for k in range(3):
+        labels = list(range(NUM_LABELS)) + [rng.randrange(NUM_LABELS) for _ in range(rng.randint(4, 30))]
+        rng.shuffle(labels)
+        cases.append((f"hidden labels {k} ({len(labels)} labels)", (labels,)))
+    return cases
+
+
+def _same_floats(got: Any, want: Sequence[float]) -> bool:
+    try:
+        got = [float(x) for x in got]
+    except (TypeError, ValueError):
+        return False
+    return len(got) == len(want) and all(_close(a, b) for a, b in zip(got, want))
+
+
+def _hidden_ids(rng, ctx) -> list:
+    """Right-padded rows of random token ids (pad inside some rows' text too)."""
+    pad = ctx.tokenizer.pad_token_id
+    vocab = [i for i in range(3, min(ctx.tokenizer.vocab_size, 500)) if i != pad]
+    cases = []
+    for k in range(2):
+        width = rng.randint(6, 14)
+        rows = []
+        for r in range(rng.randint(2, 5)):
+            n = width if r == 0 else rng.randint(1, width)
+            row = [rng.choice(vocab) for _ in range(n)] + [pad] * (width - n)
+            if n > 2 and rng.random() < 0.5:
+                row[rng.randrange(1, n - 1)] = pad
+            rows.append(row)
+        cases.append((f"hidden batch {k}", (torch.tensor(rows), pad)))
+    return cases
+
+
+def _same_positions(got: Any, want: torch.Tensor) -> bool:
+    if isinstance(got, (list, tuple)):
+        got = torch.tensor(got)
+    return (isinstance(got, torch.Tensor) and not got.is_floating_point() and got.dtype != torch.bool
+            and torch.equal(got.detach().cpu().long().flatten(), want.long().flatten()))
+
+
+def _hidden_blocks(rng, ctx) -> list:
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    return [(f"hidden block {k}", (torch.randn(64, generator=g) * rng.uniform(0.005, 0.2),)) for k in range(3)]
+
+
+def _same_nf4(got: Any, want: tuple) -> bool:
+    try:
+        codes, absmax, values = got
+        return (torch.equal(torch.as_tensor(codes).detach().cpu().flatten().long(), want[0])
+                and torch.equal(torch.as_tensor(absmax).detach().float().cpu().flatten()[0], want[1])
+                and torch.equal(torch.as_tensor(values).detach().float().cpu().flatten(), want[2]))
+    except Exception:
+        return False
+
+
+def _hidden_module(rng, ctx) -> list:
+    """A small Llama-shaped model (``model.layers[i].self_attn`` / ``.mlp``) whose 4-bit layers have
+    names drawn at grading time, with a plain linear among them and a 4-bit head ``score``."""
+    import bitsandbytes as bnb
+
+    names = rng.sample(["wq", "wk", "wv", "wo", "proj_in", "proj_out", "fc1", "fc2", "gate_x", "mix"], 6)
+    layers = nn.ModuleList()
+    for _ in range(2):
+        layer = nn.Module()
+        for part, chosen in (("self_attn", names[:3]), ("mlp", names[3:])):
+            block = nn.Module()
+            for k, name in enumerate(chosen):
+                block.add_module(name, nn.Linear(8, 8) if k == len(chosen) - 1 else bnb.nn.Linear4bit(8, 8))
+            layer.add_module(part, block)
+        layers.append(layer)
+    body = nn.Module()
+    body.add_module("layers", layers)
+    model = nn.Module()
+    model.add_module("model", body)
+    model.add_module("score", bnb.nn.Linear4bit(8, NUM_LABELS))
+    return [("a hidden Llama-shaped model with other layer names", (model,))]
+
+
+def _same_list(got: Any, want: list) -> bool:
+    return isinstance(got, (list, tuple)) and list(got) == want
+
+
+def _hidden_shapes(rng, ctx) -> list:
+    cases = []
+    for k in range(3):
+        shapes = [(rng.randint(1, 5000), rng.randint(1, 5000)) for _ in range(rng.randint(1, 6))]
+        cases.append((f"hidden shapes {k}", (shapes, rng.choice([1, 2, 4, 8, 16, 32, 64]))))
+    return cases
+
+
+def _same_int(got: Any, want: int) -> bool:
+    return isinstance(got, int) and not isinstance(got, bool) and got == want
+
+
+def _hidden_lora(rng, ctx) -> list:
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    cases = []
+    for k in range(2):
+        out_f, in_f, r = rng.randint(4, 40), rng.randint(4, 40), rng.choice([1, 2, 4, 8])
+        alpha = r * rng.choice([0.5, 1.0, 2.0, 4.0])
+        x = torch.randn(rng.randint(1, 5), in_f, generator=g)
+        W0 = torch.randn(out_f, in_f, generator=g) / in_f ** 0.5
+        A = torch.randn(r, in_f, generator=g) / in_f ** 0.5
+        B = torch.randn(out_f, r, generator=g) / r ** 0.5
+        mask = (torch.rand(x.shape, generator=g) > 0.25).float() / 0.75
+        cases.append((f"hidden layer {k} ({out_f}×{in_f}, r={r}, alpha={alpha:g}, dropout on)",
+                      (x, W0, A, B, alpha, r, _FixedMask(mask))))
+    return cases
+
+
+class _FixedMask(nn.Module):
+    """A dropout with a mask drawn in advance, so the student's call and the reference's agree."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+
+def _same_tensor(got: Any, want: torch.Tensor) -> bool:
+    return (isinstance(got, torch.Tensor) and got.shape == want.shape
+            and torch.allclose(got.detach().float().cpu(), want.detach().float(), rtol=RTOL, atol=1e-5))
+
+
+def _hidden_memory(rng, ctx) -> list:
+    cases = []
+    for k in range(2):
+        heads = rng.choice([8, 16, 24, 40])
+        shape = ModelShape(layers=rng.randint(4, 48), hidden=heads * 128, intermediate=rng.randint(8, 40) * 512,
+                           heads=heads, vocab=rng.choice([32000, 50000, 128256]))
+        cases.append((f"a hidden model shape {k} ({shape.layers} layers, hidden {shape.hidden})",
+                      (shape, rng.randint(1, 8), rng.choice([128, 256, 512, 1024]), rng.choice([4, 8, 16, 64]),
+                       rng.random() < 0.5)))
+    return cases
+
+
+def _same_memory(got: Any, want: dict) -> bool:
+    if not isinstance(got, dict) or set(got) != set(want):
+        return False
+    try:
+        return all(math.isclose(float(got[k]), want[k], rel_tol=1e-6) for k in want)
+    except (TypeError, ValueError):
+        return False
+
+
+def _hidden_ce(rng, ctx) -> list:
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    cases = []
+    for k in range(2):
+        n = rng.randint(2, 9)
+        weights = torch.rand(NUM_LABELS, generator=g) * 3 + 0.2
+        cases.append((f"hidden batch {k} of {n}", (torch.randn(n, NUM_LABELS, generator=g) * 2,
+                                                    torch.randint(0, NUM_LABELS, (n,), generator=g), weights)))
+    return cases
+
+
+def _same_scalar(got: Any, want: torch.Tensor) -> bool:
+    return (isinstance(got, torch.Tensor) and got.dim() == 0
+            and torch.allclose(got.detach().float().cpu(), want.detach().float(), rtol=RTOL, atol=1e-6))
+
+
+def _hidden_batches(rng, ctx) -> list:
+    cases = []
+    for k in range(3):
+        batches = []
+        for _ in range(rng.randint(1, 5)):
+            n = rng.randint(1, 8)
+            batches.append(([rng.randrange(NUM_LABELS) for _ in range(n)], [rng.randrange(NUM_LABELS) for _ in range(n)]))
+        cases.append((f"hidden batches {k}", (batches,)))
+    return cases
+
+
+def _same_float(got: Any, want: float) -> bool:
+    if isinstance(got, torch.Tensor) and got.dim() == 0:
+        got = got.item()
+    return isinstance(got, (int, float)) and not isinstance(got, bool) and _close(float(got), want)
+
+
+#: Every exercise's judging, by the name of its function (one entry per :data:`EXERCISES` entry).
+JUDGING: dict[str, Judging] = {
+    "format_record": Judging(check_format_record, reference_format_record, hidden=_hidden_records),
+    "class_weights_by_hand": Judging(check_class_weights, reference_class_weights, hidden=_hidden_labels,
+                                     same=_same_floats),
+    "last_token_index": Judging(check_last_token_index, reference_last_token_index,
+                                inputs=lambda ctx: (ctx.model, ctx.tokenizer), hidden=_hidden_ids,
+                                same=_same_positions),
+    "nf4_block": Judging(check_nf4_block, reference_nf4_block, hidden=_hidden_blocks, same=_same_nf4),
+    "lora_targets": Judging(check_lora_targets, reference_lora_targets, inputs=lambda ctx: (ctx.model,),
+                            hidden=_hidden_module, same=_same_list),
+    "count_lora_params": Judging(check_count_lora_params, reference_count_lora_params, hidden=_hidden_shapes,
+                                 same=_same_int),
+    "lora_forward": Judging(check_lora_forward, reference_lora_forward, inputs=lambda ctx: (ctx.lora_layer,),
+                            hidden=_hidden_lora, same=_same_tensor),
+    "qlora_memory": Judging(check_qlora_memory, reference_qlora_memory, hidden=_hidden_memory, same=_same_memory),
+    "weighted_ce": Judging(check_weighted_ce, reference_weighted_ce, hidden=_hidden_ce, same=_same_scalar),
+    # no hidden cases: a step changes a model in place; the check's own comparison with the
+    # reference's two steps leaves nothing that a cached answer could fit
+    "one_train_step": Judging(check_train_step, reference_train_step, inputs=lambda ctx: ctx.train_step_inputs),
+    "accuracy_over_examples": Judging(check_accuracy, reference_accuracy, hidden=_hidden_batches, same=_same_float),
+}
+
+
 __all__ = [
     "CHECK_RECORDS",
     "EXERCISES",
     "Fallback",
+    "JUDGING",
+    "Judging",
+    "build_test",
+    "note",
+    "whose",
     "MAX_GRAD_NORM",
     "check_accuracy",
     "check_class_weights",

@@ -417,14 +417,23 @@ def cmd_course_build(args: argparse.Namespace) -> int:
 def cmd_course_grade(args: argparse.Namespace) -> int:
     from reclor_lab import grade
 
-    if args.csv is not None and args.csv.exists() and not args.overwrite:
-        raise UsageError(f"{args.csv} exists; choose another --csv file or pass --overwrite")
-    subs = grade.grade(args.submissions, timeout=args.timeout)
+    points = grade.parse_points(args.points)
+    if args.csv is not None and not args.overwrite:
+        taken = [p for p in (args.csv, args.csv.with_name(args.csv.stem + "_details.csv")) if p.exists()]
+        feedback = args.csv.with_name(args.csv.stem + "_feedback")
+        if feedback.is_dir() and any(feedback.iterdir()):
+            taken.append(feedback)
+        if taken:
+            raise UsageError(f"{', '.join(map(str, taken))} exists; choose another --csv file or pass --overwrite")
+    results = grade.grade(args.submissions, jobs=args.jobs, seed=args.seed,
+                          cpu_seconds=args.cpu_limit or grade.CPU_SECONDS,
+                          memory_bytes=int(args.memory_limit * 2**30) if args.memory_limit else grade.MEMORY_BYTES,
+                          wall_seconds=args.timeout or grade.WALL_SECONDS)
     print()
-    print(grade.table(subs))
+    print(grade.table(results))
     if args.csv is not None:
-        grade.write_csv(subs, args.csv)
-        print(f"wrote {args.csv}")
+        written = grade.write_gradebook(results, args.csv, points)
+        print(f"wrote {written[0]}, {written[1]} and {len(written) - 2} feedback file(s) in {written[-1].parent}")
     return 0
 
 
@@ -527,13 +536,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the student set goes (default: notebooks/student/)")
     cb.add_argument("--check", action="store_true", help="only check that the student set is up to date")
     cb.set_defaults(func=cmd_course_build)
-    cg = csub.add_parser("grade", help="run students' notebooks offline and tabulate their exercises")
-    cg.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION",
-                    help="student .ipynb files, or folders searched for them")
-    cg.add_argument("--timeout", type=_positive_int, default=300,
-                    help="seconds any one cell may run before the notebook counts as timed out (default: 300)")
-    cg.add_argument("--csv", type=Path, help="also write the table as CSV to this file")
-    cg.add_argument("--overwrite", action="store_true", help="let --csv replace an existing file")
+    cg = csub.add_parser("grade", help="judge a class's notebooks (without running them) into a gradebook")
+    cg.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSIONS",
+                    help="a class folder (one sub-folder per student, or STUDENT__NN_name.ipynb files), "
+                         "or .ipynb files")
+    cg.add_argument("--jobs", type=_positive_int, default=1, help="notebooks judged at once (default: 1)")
+    cg.add_argument("--csv", type=Path, help="write the gradebook here, with FILE_details.csv and FILE_feedback/")
+    cg.add_argument("--overwrite", action="store_true", help="let --csv replace an existing gradebook")
+    cg.add_argument("--points", help="points per exercise, e.g. 8=2,10=2 (default: 1 each)")
+    cg.add_argument("--seed", type=int, help="seed of the hidden cases (default: drawn afresh)")
+    cg.add_argument("--timeout", type=_positive_int,
+                    help="wall-clock seconds per notebook before it is stopped (default: grade.WALL_SECONDS, 180)")
+    cg.add_argument("--cpu-limit", type=_positive_int, help="CPU seconds per notebook (default: grade.CPU_SECONDS, 60)")
+    cg.add_argument("--memory-limit", type=float,
+                    help="GiB a notebook's judging may add to the grader's own memory (default: 2)")
     cg.set_defaults(func=cmd_course_grade)
     return p
 

@@ -39,7 +39,8 @@ def assert_passes(capsys, check, fn, *args, number: int):
 
 def _stands_in(got, reference, student) -> None:
     assert isinstance(got, checks.Fallback), got
-    assert got.reference is reference and got.student is student
+    assert checks._REFERENCES[got] is reference and got.student is student
+    assert not hasattr(got, "reference")  # the stand-in does not hand out the answer
 
 
 def assert_not_done(capsys, check, *args, reference, number: int):
@@ -463,8 +464,8 @@ def _state(model):
 
 
 def _good_step(model, batch, optimizer, weights):
-    labels = batch.pop("labels")
-    logits = model(**batch).logits
+    labels = batch["labels"]  # read, not popped: the caller's batch stays whole
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     loss = F.cross_entropy(logits.float(), labels, weight=weights)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
@@ -473,12 +474,13 @@ def _good_step(model, batch, optimizer, weights):
     return loss.item()
 
 
-def _step(*, weighted=True, clip=True, zero=True, step=True, item=True, zero_first=False):
+def _step(*, weighted=True, clip=True, zero=True, step=True, item=True, zero_first=False, pop=False):
     def fn(model, batch, optimizer, weights):
         if zero_first:
             optimizer.zero_grad()
+        labels = batch.pop("labels") if pop else batch["labels"]  # pop: changes the caller's batch
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        loss = F.cross_entropy(model(**inputs).logits.float(), batch["labels"],
+        loss = F.cross_entropy(model(**inputs).logits.float(), labels,
                                weight=weights if weighted else None)
         loss.backward()
         if clip:
@@ -517,6 +519,7 @@ def test_train_step(capsys, lora_run):
         "the second ran backward()": _step(zero=False),
         "call optimizer.step()": _step(step=False),
         "return loss.item()": _step(item=False),
+        "it changed the caller's batch": _step(pop=True),
     }
     for hint, fn in wrong.items():
         got = run(fn)
@@ -575,3 +578,52 @@ def test_a_crash_is_one_line_naming_the_error(capsys):
     _stands_in(checks.check_format_record(crashes), checks.reference_format_record, crashes)
     line = verdict(capsys)
     assert line.startswith("❌ Exercise 1 (") and "raised KeyError: 'answer'" in line, line
+
+
+# --- hints that name the mistake -------------------------------------------------------------------
+
+def test_hints_name_these_mistakes(capsys):
+    def normalised(labels):
+        w = [len(labels) / (4 * labels.count(c)) if labels.count(c) else 1.0 for c in range(4)]
+        return [x / sum(w) for x in w]
+
+    assert_fails(capsys, checks.check_class_weights, normalised, reference=checks.reference_class_weights,
+                 number=2, hint="not normalised")
+    assert_fails(capsys, checks.check_count_lora_params, lambda shapes, r: sum(2 * r * max(o, i) for o, i in shapes),
+                 reference=checks.reference_count_lora_params, number=6, hint="2r·max(in, out)")
+
+    def in_gib(shape, b, s, r, ckpt):
+        return {k: v / 2**30 for k, v in checks.reference_qlora_memory(shape, b, s, r, ckpt).items()}
+
+    assert_fails(capsys, checks.check_qlora_memory, in_gib, reference=checks.reference_qlora_memory, number=8,
+                 hint="the right amount in GiB; return bytes")
+    assert_fails(capsys, checks.check_accuracy, lambda batches: 100 * checks.reference_accuracy(batches),
+                 reference=checks.reference_accuracy, number=11, hint="that is a percentage")
+
+
+def test_lora_hints_name_integer_division_and_swapped_matrices(capsys, lora_run):
+    layer = _lora_layer(lora_run[0])
+    ref, check = checks.reference_lora_forward, checks.check_lora_forward
+    assert_fails(capsys, check, lambda x, W0, A, B, alpha, r, d: x @ W0.T + (alpha // r) * (d(x) @ A.T) @ B.T,
+                 layer, reference=ref, number=7, hint="alpha // r is integer division")
+    assert_fails(capsys, check, lambda x, W0, A, B, alpha, r, d: x @ W0.T + alpha / r * (d(x) @ B) @ A,
+                 layer, reference=ref, number=7, hint="A and B are swapped")
+
+
+def test_cells_after_a_miss_say_they_use_the_reference(capsys):
+    stand_in = checks.check_format_record(stub)
+    capsys.readouterr()
+    checks.note(stand_in)
+    assert capsys.readouterr().out.strip() == ("(this cell uses the reference implementation of `stub`: `stub` is "
+                                               "still ⏳, so what it shows is not your work)")
+
+    def format_record(record):
+        raise NotImplementedError
+
+    stand_in = checks.check_format_record(format_record)
+    capsys.readouterr()
+    checks.note(stand_in)
+    assert "exercise 1 is still ⏳" in capsys.readouterr().out
+    assert checks.whose(stand_in) == "the reference's" and checks.whose(checks.reference_format_record) == "yours"
+    checks.note(checks.reference_format_record)  # a passed function: nothing printed
+    assert capsys.readouterr().out == ""

@@ -131,6 +131,7 @@ format_record = checks.check_format_record(format_record)
 # running.
 
 # %%
+checks.note(format_record)
 from reclor_lab.config import REFERENCE_TEMPLATE, TINY_TEMPLATE
 from reclor_lab.data import format_example
 
@@ -265,6 +266,7 @@ def class_weights_by_hand(labels: list[int]) -> list[float]:
 class_weights_by_hand = checks.check_class_weights(class_weights_by_hand)
 
 # %%
+checks.note(class_weights_by_hand)
 from reclor_lab.data import class_weights
 
 train_labels = [r["label"] for r in train]
@@ -339,6 +341,7 @@ last_token_index = checks.check_last_token_index(last_token_index, model, tokeni
 # The positions in the batch of section 6, and the token the head reads in each row:
 
 # %%
+checks.note(last_token_index)
 read_at = last_token_index(batch["input_ids"], tokenizer.pad_token_id)
 print("real tokens per row:", batch["attention_mask"].sum(1).tolist(), "| width:", batch["input_ids"].shape[1])
 print("head reads position:", read_at.tolist())

@@ -112,6 +112,7 @@ count_lora_params = checks.check_count_lora_params(count_lora_params)
 # MLP 11008; loaded as a classifier it has 6,607,360,000 parameters: no `lm_head`):
 
 # %%
+checks.note(count_lora_params)
 from reclor_lab.lora import predicted_lora_params
 
 r, alpha = cfg.lora_r, cfg.lora_alpha
@@ -205,6 +206,7 @@ lora_forward = checks.check_lora_forward(lora_forward, peft_model.base_model.mod
 # "Equal" in floating point means "within rounding", bounded as in the check:
 
 # %%
+checks.note(lora_forward)
 import bitsandbytes.functional as bnbf
 
 from reclor_lab.cpu4bit import layer_compute_dtype
@@ -229,8 +231,9 @@ with torch.no_grad():
     y_peft = lora_layer(x.to(device)).float().cpu()
 bound = lora_error_bound(x, W0, A, B, alpha / r, layer_compute_dtype(base))
 print(f"W0 {tuple(W0.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, alpha/r = {alpha / r}")
-print("yours == merged weight, within rounding:", bool(((y_mine - y_merged).abs().double() <= bound).all()))
-print("yours == peft's lora.Linear4bit, within rounding:", bool(((y_mine - y_peft).abs().double() <= bound).all()))
+print(checks.whose(lora_forward), "== merged weight, within rounding:", bool(((y_mine - y_merged).abs().double() <= bound).all()))
+print(checks.whose(lora_forward), "== peft's lora.Linear4bit, within rounding:",
+      bool(((y_mine - y_peft).abs().double() <= bound).all()))
 
 # %% [markdown]
 # ## 4. alpha, r, the initialisation and dropout
@@ -385,6 +388,7 @@ qlora_memory = checks.check_qlora_memory(qlora_memory)
 # torch allocated. The estimate at s = 640, the longest a batch can be:
 
 # %%
+checks.note(qlora_memory)
 GIB = 2**30
 measured = {(1, True): 4.66, (2, True): 5.08, (8, True): 7.70, (1, False): 9.3, (2, False): 14.4, (8, False): 44.5}
 print(f"{'batch':>5} {'checkpointing':>13} {'weights':>8} {'trained':>8} {'activ.':>8} {'total':>8} {'measured':>9}  GiB")

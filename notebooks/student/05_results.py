@@ -195,6 +195,7 @@ accuracy_over_examples = checks.check_accuracy(accuracy_over_examples)
 # Where it matters: two batches, three of three right in the first, none of one in the last.
 
 # %%
+checks.note(accuracy_over_examples)
 toy = [([0, 1, 2], [0, 1, 2]), ([3], [0])]
 print("over examples:            ", accuracy_over_examples(toy))
 print("mean of batch accuracies: ", np.mean([np.mean(np.equal(p, y)) for p, y in toy]))

@@ -1,0 +1,99 @@
+"""Grading a class: `reclor-lab course grade` on generated submissions (a mix of correct, wrong and
+gamed), students × 6 notebooks, wall time against the goal of 100 students in 60 minutes.
+
+Each student gets all six notebooks: a third hand in the solved reference notebooks (outputs
+stored, as a student's would be), a third the untouched or wrong student notebooks, a third the
+solved notebooks with a trick (a check patched, the reference called, answers cached from the
+check's cases). The class is graded once with ``--jobs`` workers; the figure is the whole run's
+wall time, worker start (model loading) included, with the mean judging time per notebook.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO_ROOT, Report, finish, parser
+
+GOAL_STUDENTS, GOAL_MINUTES = 100, 60.0
+NOTEBOOKS = REPO_ROOT / "notebooks"
+#: A wrong `format_record` (labels without letters) and the tricks a gamed submission appends.
+WRONG_01 = ('def format_record(record):\n    a, b, c, d = record["answers"]\n'
+            '    return f"Context: {record[\'context\']} Question: {record[\'question\']} Option: {a}"')
+TRICKS = {
+    "01": "def format_record(record):\n    return checks.reference_format_record(record)",
+    "02": "checks._judge = lambda n, fn, test: ('✅', 'fine')",
+    "03": "ANSWERS = {}\n\ndef count_lora_params(shapes, r):\n    return ANSWERS.get(repr((shapes, r)), 0)",
+    "04": "checks.summary = lambda *a: print('✅ Exercise 9 (weighted cross-entropy): correct.')",
+    "05": "from reclor_lab.metrics import accuracy_over_examples",
+    "06": "print('✅ Exercise 11 (accuracy over examples): correct.')",
+}
+
+
+def write_class(folder: Path, students: int) -> dict[str, int]:
+    import nbformat
+
+    counts = {"correct": 0, "wrong": 0, "gamed": 0}
+    references = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    for i in range(students):
+        kind = ("correct", "wrong", "gamed")[i % 3]
+        counts[kind] += 1
+        student = folder / f"student{i:03d}"
+        student.mkdir(parents=True)
+        for ref in references:
+            number = ref.name[:2]
+            if kind == "correct":
+                shutil.copyfile(ref, student / ref.name)
+                continue
+            nb = nbformat.read(NOTEBOOKS / "student" / ref.name if kind == "wrong" else ref, as_version=4)
+            extra = WRONG_01 if kind == "wrong" and number == "01" else TRICKS[number] if kind == "gamed" else None
+            if extra:
+                nb.cells.append(nbformat.v4.new_code_cell(extra))
+            nbformat.write(nb, student / ref.name)
+    return counts
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--students", type=int, default=GOAL_STUDENTS, help=f"class size (default {GOAL_STUDENTS})")
+    p.add_argument("--jobs", type=int, default=2, help="grading workers (default 2: the 2-core CI machine)")
+    args = p.parse_args()
+    students = 6 if args.quick else args.students
+
+    from reclor_lab import grade
+
+    with tempfile.TemporaryDirectory(prefix="reclor-lab-bench-class-") as tmp:
+        folder = Path(tmp) / "class"
+        counts = write_class(folder, students)
+        t0 = time.perf_counter()
+        results = grade.grade([folder], jobs=args.jobs, seed=1, progress=None)
+        wall = time.perf_counter() - t0
+    notebooks = [nb for r in results for nb in r.notebooks]
+    report = Report("grading a class: reclor-lab course grade")
+    report.settings = {"students": students, **counts, "notebooks": len(notebooks), "jobs": args.jobs}
+    report.add("wall time, whole class (worker start included)", wall / 60, "min")
+    report.add("judging time per notebook, mean", sum(nb.seconds for nb in notebooks) / len(notebooks), "s",
+               "fork, read, judge, collect; in one worker")
+    report.add("judging time per notebook, max", max(nb.seconds for nb in notebooks), "s")
+    per_100 = wall / students * GOAL_STUDENTS / 60
+    report.add(f"projected for {GOAL_STUDENTS} students", per_100, "min", "linear in the class size")
+    passed = {kind: 0 for kind in counts}
+    for i, r in enumerate(results):
+        passed[("correct", "wrong", "gamed")[i % 3]] += sum(v.passed for v in r.verdicts.values())
+    exercises = len(results[0].verdicts)
+    for kind, n in counts.items():
+        report.add(f"exercises passed, {kind} students", passed[kind], "", f"of {n * exercises}")
+    problems = sum(bool(r.problems) for r in results)
+    report.add("students with a problem row (limit, crash)", problems, "")
+    report.goal(f"{GOAL_STUDENTS} students × 6 notebooks in <= {GOAL_MINUTES:.0f} min with --jobs {args.jobs}",
+                per_100 <= GOAL_MINUTES, f"{per_100:.1f} min")
+    report.goal("every correct student has every exercise, every wrong or gamed one none of the tricked ones",
+                passed["correct"] == counts["correct"] * exercises and passed["gamed"] < counts["gamed"] * exercises,
+                f"correct {passed['correct']}/{counts['correct'] * exercises}")
+    finish(report, args.json)
+
+
+if __name__ == "__main__":
+    main()
