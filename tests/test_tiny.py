@@ -258,3 +258,15 @@ def test_rebuild_reproduces_the_committed_model(tmp_path):
     assert rebuilt["loss"] == pytest.approx(committed["loss"], rel=0.01), (rebuilt, committed)
     assert abs(rebuilt["answer_accuracy"] - committed["answer_accuracy"]) <= 0.05, (rebuilt, committed)
     assert committed["answer_accuracy"] > 0.6  # far above chance (0.25): the build taught the task layout
+
+
+def test_tiny_tokenizer_command(tmp_path, capsys):
+    """``reclor-lab tiny tokenizer``: a missing tarball is one clear line; a given one writes
+    the two tokenizer files and leaves the rest of the folder alone."""
+    from reclor_lab.cli import main
+
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["tiny", "tokenizer", "--output", str(tmp_path), "--package", str(tmp_path / "none.tgz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("reclor-lab: error: --package") and "npm pack llama-tokenizer-js@1.2.2" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
