@@ -15,7 +15,14 @@ Every variant trains ``--epochs`` epochs over the same ``--examples`` training e
 median of the per-epoch figures is reported (epoch 1 includes the warm-up). Each variant runs in
 its own subprocess, because the peak RSS (the CPU's peak memory) is a per-process high-water mark.
 
+``--baseline-model DIR`` compares two models on the same job: every variant runs on ``--model``
+and on the baseline, alternating which goes first, ``--rounds`` times, so that a load that comes
+and goes on a shared machine falls on both; the report gives each model's median epoch time and
+the ratio (e.g. the tiny model before and after a tokenizer change: its tokens per example
+change, so the epoch time is the figure to compare, not tokens/s).
+
     python bench/train_throughput.py [--model PATH] [--examples 64] [--epochs 3] [--quick] [--json PATH]
+    python bench/train_throughput.py --baseline-model /tmp/old-tiny --variants kit --examples 1000 --rounds 2
 """
 
 from __future__ import annotations
@@ -150,6 +157,8 @@ def main() -> None:
     p.add_argument("--eval-examples", type=int, default=8, help="validation examples (kept tiny: see above)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per variant; the median epoch is reported")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--baseline-model", default=None, help="a second model folder to run side by side (see above)")
+    p.add_argument("--rounds", type=int, default=2, help="with --baseline-model: rounds of both models, alternating")
     p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -162,35 +171,67 @@ def main() -> None:
     from reclor_lab.config import get_preset
 
     variants = [v.strip() for v in args.variants.split(",")]
-    report = Report("training throughput on the tiny preset: kit loop vs kit Trainer vs reference-style loop")
-    results = {}
+    models = {"model": args.model}
+    if args.baseline_model:
+        check_model_dir(args.baseline_model, "--baseline-model")
+        models["baseline"] = args.baseline_model
+    title = "training throughput on the tiny preset: kit loop vs kit Trainer vs reference-style loop"
+    report = Report(title + (", two models side by side" if len(models) > 1 else ""))
+    results, runs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, source = ensure_data(args.data_dir or get_preset("tiny").data_dir, args.examples,
                                        args.eval_examples, Path(tmp))
         report.settings = {"model": args.model, "data": source, "examples": args.examples,
                            "eval_examples": args.eval_examples, "epochs": args.epochs}
-        print(f"{args.examples} examples x {args.epochs} epochs per variant, each in its own process", flush=True)
-        for v in variants:
-            out = Path(tmp) / f"{v}.json"
-            cmd = [sys.executable, __file__, "--child", v, "--model", args.model, "--data-dir", data_dir,
-                   "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
-                   "--epochs", str(args.epochs), "--out", str(out)]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-                raise SystemExit(f"variant {v!r} failed (exit {proc.returncode}); its output is above")
-            r = results[v] = json.loads(out.read_text())
-            tps = statistics.median(r["tokens_per_second"])
-            report.add(f"{v}: tokens/s", tps, "tokens/s",
+        if len(models) > 1:
+            report.settings.update(baseline_model=args.baseline_model, rounds=args.rounds)
+        rounds = args.rounds if len(models) > 1 else 1
+        print(f"{args.examples} examples x {args.epochs} epochs per variant, each in its own process"
+              + (f"; {len(models)} models alternating, {rounds} rounds" if len(models) > 1 else ""), flush=True)
+        for r in range(rounds):
+            labels = list(models) if r % 2 == 0 else list(models)[::-1]
+            for label in labels:
+                for v in variants:
+                    out = Path(tmp) / f"{label}-{v}-{r}.json"
+                    cmd = [sys.executable, __file__, "--child", v, "--model", models[label], "--data-dir", data_dir,
+                           "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
+                           "--epochs", str(args.epochs), "--out", str(out)]
+                    t0 = time.perf_counter()
+                    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+                        raise SystemExit(f"variant {v!r} on {models[label]} failed (exit {proc.returncode}); its output is above")
+                    res = json.loads(out.read_text())
+                    res["wall"] = time.perf_counter() - t0
+                    runs.setdefault((label, v), []).append(res)
+                    print(f"  round {r + 1} {label} {v}: epochs " + ", ".join(f"{x:.1f} s" for x in res["seconds"])
+                          + f", {res['tokens']:,} tokens/epoch", flush=True)
+        for (label, v), rs in runs.items():
+            name = v if len(models) == 1 else f"{label} {v}"
+            r = results[label, v] = rs[0]
+            tps = statistics.median(x for res in rs for x in res["tokens_per_second"])
+            report.add(f"{name}: tokens/s", tps, "tokens/s",
                        f"{VARIANTS[v]}; batch {r['batch_size']}, {r['steps_per_epoch']} steps/epoch; epochs: "
-                       + ", ".join(f"{x:,.0f}" for x in r["tokens_per_second"]), show=True)
-            report.add(f"{v}: epoch time", statistics.median(r["seconds"]), "s",
+                       + ", ".join(f"{x:,.0f}" for res in rs for x in res["tokens_per_second"]), show=True)
+            report.add(f"{name}: epoch time", statistics.median(x for res in rs for x in res["seconds"]), "s",
                        f"{r['tokens']:,} real tokens per epoch")
-            report.add(f"{v}: peak RSS", r["peak_rss_mb"], "MB",
-                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training",
-                       show=True)
-            report.add(f"{v}: process wall time", time.perf_counter() - t0, "s", "imports + setup + training")
+            report.add(f"{name}: peak RSS", max(res["peak_rss_mb"] for res in rs), "MB",
+                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training", show=True)
+            report.add(f"{name}: process wall time", statistics.median(res["wall"] for res in rs), "s",
+                       "imports + setup + training")
+    if len(models) > 1:
+        for v in variants:
+            new, old = (statistics.median(x for res in runs[k, v] for x in res["seconds"]) for k in ("model", "baseline"))
+            report.add(f"{v}: epoch time, model / baseline", new / old, "x",
+                       f"{new:.1f} s vs {old:.1f} s; tokens per epoch {runs['model', v][0]['tokens']:,} vs "
+                       f"{runs['baseline', v][0]['tokens']:,}", show=True)
+            walls = [m["wall"] / b["wall"] for m, b in zip(runs["model", v], runs["baseline", v])]
+            report.add(f"{v}: process wall time, model / baseline", statistics.median(walls), "x",
+                       "per round: " + ", ".join(f"{w:.2f}" for w in walls))
+        results = {v: results["model", v] for v in variants}
+        report.settings.update(device=results[variants[0]]["device"], dtype=results[variants[0]]["dtype"])
+        return finish(report, args.json)
+    results = {v: results["model", v] for v in variants}
     device = next(iter(results.values()))
     report.settings.update(device=device["device"], dtype=device["dtype"])
     tps = {v: statistics.median(r["tokens_per_second"]) for v, r in results.items()}

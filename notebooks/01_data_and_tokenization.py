@@ -22,7 +22,7 @@
 #
 # 1. what a ReClor record is,
 # 2. the text the model reads (the reference layout),
-# 3. the tokenizer, and why its pad token is the eos token,
+# 3. Llama-2's tokenizer: how text splits into sub-words, and why its pad token is the eos token,
 # 4. how long the inputs are in tokens, and how a too-long passage is shortened,
 # 5. the answer-position distribution and the class weights of the loss,
 # 6. what the collator does to a batch,
@@ -150,15 +150,20 @@ print("this preset's template:", "TINY_TEMPLATE" if cfg.template == TINY_TEMPLAT
 # ## 3. The tokenizer, and why pad = eos
 #
 # The tokenizer turns the string into ids from the model's vocabulary and puts `<s>` (beginning
-# of sequence) in front.
+# of sequence) in front. Both presets use **Llama-2's own tokenizer**: a SentencePiece BPE of
+# 32,000 entries. The tiny model's folder carries the same vocabulary and merges as
+# `meta-llama/Llama-2-7b-hf` (rebuilt from the npm package `llama-tokenizer-js` by
+# `reclor-lab tiny tokenizer`; its license notice is in `models/tiny-llama/NOTICE`), so the
+# `tiny` and `llama2-7b` presets give the **same input ids for the same text**: what you learn
+# about lengths here holds for the reference run.
 #
 # Llama-2 ships **without a pad token**. Batches need one (short inputs are filled up to the
-# longest), so the reference reuses the end-of-sequence token: `pad_token = eos_token`. That is
-# safe here for two reasons:
+# longest), so the reference reuses the end-of-sequence token: `pad_token = eos_token`, that is
+# `</s>`, id 2. That is safe here for two reasons:
 #
 # * the attention mask is 0 on padding, so the model never attends to it;
 # * Llama's sequence classifier reads its logits at one position per row, chosen from the ids:
-#   in transformers 5.24, the *rightmost* token whose id is not `pad_token_id`. With right
+#   in transformers 5.24, the *rightmost* token whose id is not `pad_token_id` (2). With right
 #   padding that is the last real token, as long as the text does not *end* in an eos (section 7
 #   shows when pad = eos breaks).
 #
@@ -170,12 +175,77 @@ print(type(tokenizer).__name__, f"with {len(tokenizer):,} tokens")
 for role in ("bos", "eos", "unk", "pad"):
     print(f"{role}: {getattr(tokenizer, role + '_token')!r} (id {getattr(tokenizer, role + '_token_id')})")
 print("padding side:", tokenizer.padding_side)
+# two ids anyone can look up in Llama-2's published vocabulary
+print('"Hello" ->', tokenizer("Hello")["input_ids"], '| "Context:" ->', tokenizer("Context:")["input_ids"])
 
 # %%
 ids = tokenizer(text)["input_ids"]
 print(f"{len(ids)} tokens; the first 12:")
 for i, t in zip(ids[:12], tokenizer.convert_ids_to_tokens(ids[:12])):
     print(f"  {i:>6}  {t!r}")
+
+# %% [markdown]
+# ### How Llama-2 splits a passage
+#
+# Three rules explain every split you will see:
+#
+# * **▁ marks a space.** SentencePiece turns each space into `▁` and glues it to the *next*
+#   word, so `" the"` is one token, `▁the`, and a word at the very start gets a `▁` too.
+# * **Common words are one token; rare words are several.** BPE merged the most frequent
+#   pairs of pieces into 32,000 entries: `▁the`, `▁council` and `▁argument` made it; a rare
+#   or long word is spelled from pieces (`▁llam` + `as`). A digit is always its own token, so
+#   numbers are long.
+# * **Byte fallback.** A character outside the vocabulary (an emoji, a rare symbol) becomes its
+#   UTF-8 bytes, one token each (`<0xF0>`, `<0x9F>`, …), so nothing is ever `<unk>`.
+#
+# The passage of the first training record, piece by piece (`|` between tokens):
+
+# %%
+def show_pieces(s: str) -> None:
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(s, add_special_tokens=False)["input_ids"])
+    print(f"{len(s.split())} words -> {len(pieces)} tokens")
+    print(" | ".join(pieces))
+
+
+show_pieces(train[0]["context"])
+print()
+multi = sorted({w.strip(".,;:") for w in train[0]["context"].split()
+                if len(tokenizer(w.strip(".,;:"), add_special_tokens=False)["input_ids"]) > 1})
+print("words of this passage that take more than one token:", ", ".join(multi) or "none")
+
+# %% [markdown]
+# **Predict before you run.** How many tokens does the emoji 🦙 take, and how many does
+# `"counterintuitive"` take? Write both numbers down, then run the cell.
+
+# %%
+show_pieces("🦙")
+show_pieces("counterintuitive")
+show_pieces("In 1987, about 12,500 llamas lived there.")
+
+# %% [markdown]
+# **Predict before you run.** Every input holds `" Option A:"`, `" Option B:"`, … How many tokens
+# does `" Option A:"` cost inside a text, and so how many does the kit spend per record on the
+# four option labels?
+
+# %%
+inside = tokenizer("Context: x Option A:", add_special_tokens=False)["input_ids"]
+label = inside[len(tokenizer("Context: x", add_special_tokens=False)["input_ids"]):]
+print('" Option A:" ->', tokenizer.convert_ids_to_tokens(label), f"= {len(label)} tokens; x 4 options = {4 * len(label)}")
+
+# %% [markdown]
+# Three: `▁Option` (a whole word with its space), `▁A` (the letter with its space) and `:`
+# (punctuation is its own token after a letter). So the layout itself costs about 20 tokens a
+# record (`Context:`, `Question:`, four labels), whatever the text.
+#
+# How many tokens per word does Llama-2 spend on the bundled data? English prose usually comes
+# to about 1.3: most words are one token, long and rare ones several, punctuation one more.
+
+# %%
+words = sum(len(r["context"].split()) + len(r["question"].split()) + sum(len(a.split()) for a in r["answers"])
+            for r in train)
+pieces = sum(len(tokenizer(part, add_special_tokens=False)["input_ids"])
+             for r in train for part in [r["context"], r["question"], *r["answers"]])
+print(f"train split: {words:,} words -> {pieces:,} tokens: {pieces / words:.2f} tokens per word")
 
 # %% [markdown]
 # ## 4. How long are the inputs?
@@ -308,7 +378,7 @@ n_real = int(batch["attention_mask"][row].sum())
 window = slice(n_real - 3, n_real + 3)
 print("input_ids     ", batch["input_ids"][row, window].tolist())
 print("attention_mask", batch["attention_mask"][row, window].tolist())
-print("pad id = eos id =", tokenizer.pad_token_id)
+print("pad id = eos id =", tokenizer.pad_token_id, repr(tokenizer.convert_ids_to_tokens(tokenizer.pad_token_id)))
 
 # %% [markdown]
 # ## 7. Which position does the head read?
@@ -379,8 +449,9 @@ for name, template in (("REFERENCE_TEMPLATE", REFERENCE_TEMPLATE), ("TINY_TEMPLA
 # An eos *followed by* more text is harmless (the rightmost non-pad token is still the last
 # one), but a text that *ends* in eos (a tokenizer set to append eos, or a literal `</s>` at the
 # end of a record) loses it: the head reads the token before it instead, and a model trained one
-# way and used the other reads the wrong hidden state. ReClor's texts contain no eos, and this
-# tokenizer does not append one:
+# way and used the other reads the wrong hidden state. Here `</s>` is id 2, the pad id: the
+# literal `</s>` at the end of the text below is the special token itself, so the head skips it.
+# ReClor's texts contain no eos, and Llama-2's tokenizer does not append one:
 
 # %%
 ids = tokenizer(["Context: a short passage. Option D: the end.</s>"], return_tensors="pt")["input_ids"]

@@ -32,12 +32,18 @@ class UsageError(ReclorLabError):
 
 # --- data ----------------------------------------------------------------------------------
 
+#: What ``data check`` says of its default tokenizer (the tiny model's: see reclor_lab/tiny.py).
+LLAMA2_NOTE = ": Llama-2's, the same ids as meta-llama/Llama-2-7b-hf"
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from reclor_lab.data import label_distribution, measure_records, read_reclor
 
     from reclor_lab.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
+    print(f"token counts: the tokenizer of {args.model} ({type(tokenizer).__name__}, {len(tokenizer):,} tokens"
+          f"{LLAMA2_NOTE if args.model == str(TINY_MODEL_DIR) else ''}), max_len {args.max_len}")
     for path in args.paths:
         records = read_reclor(path)
         labeled = "label" in records[0]
@@ -134,6 +140,17 @@ def cmd_tiny_build(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} exists and is not empty; pass --force to replace it or choose another --output")
     path = build_tiny_model(out, seed=args.seed)
     print(f"tiny model written to {path}")
+    return 0
+
+
+def cmd_tiny_tokenizer(args: argparse.Namespace) -> int:
+    from reclor_lab.tiny import LLAMA_TOKENIZER_JS, TOKENIZER_FILES, write_tokenizer
+
+    out = Path(args.output)
+    if args.package is not None and not args.package.is_file():
+        raise UsageError(f"--package {args.package}: no such file (make it with `npm pack {LLAMA_TOKENIZER_JS}`)")
+    path = write_tokenizer(out, args.package)
+    print(f"Llama-2's tokenizer ({LLAMA_TOKENIZER_JS}) written to " + ", ".join(str(path / n) for n in TOKENIZER_FILES))
     return 0
 
 
@@ -449,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = dsub.add_parser("check", help="validate ReClor files and print their statistics")
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     check.add_argument("--model", default=str(TINY_MODEL_DIR),
-                       help="tokenizer to measure lengths with (default: the tiny model's)")
+                       help="tokenizer to measure lengths with (default: the tiny model's, which is Llama-2's)")
     check.add_argument("--max-len", type=_positive_int, default=512,
                        help="truncation length to count against (default 512)")
     check.set_defaults(func=cmd_data_check)
@@ -469,11 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = sub.add_parser("tiny", help="the tiny offline Llama used on CPUs")
     tsub = tiny.add_subparsers(dest="tiny_command", required=True, metavar="SUBCOMMAND")
-    build = tsub.add_parser("build", help="build (pre-train) the tiny model and its tokenizer")
+    build = tsub.add_parser("build", help="build (pre-train) the tiny model around the tokenizer in its folder")
     build.add_argument("--output", default=str(TINY_MODEL_DIR))
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="replace an existing model directory")
     build.set_defaults(func=cmd_tiny_build)
+    tkn = tsub.add_parser("tokenizer", help="write Llama-2's tokenizer files from the npm package llama-tokenizer-js")
+    tkn.add_argument("--output", default=str(TINY_MODEL_DIR), help="folder for tokenizer.json and tokenizer_config.json "
+                     "(other files are left alone; default: the tiny model's)")
+    tkn.add_argument("--package", type=Path, default=None,
+                     help="the package's tarball (default: `npm pack` it, from npm's cache or the registry)")
+    tkn.set_defaults(func=cmd_tiny_tokenizer)
 
     model = sub.add_parser("model", help="inspect a model as the kit loads it")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")

@@ -294,11 +294,28 @@ def fit_passages(records: list[dict], texts: list[str], ids: list[list[int]], to
                 r = records[i]
                 where = (_where(Path(source), first_index + i, r) if source
                          else f"record {first_index + i} (id_string {r['id_string']!r})")
-                raise DataError(f"{where}: the question and options alone "
-                                f"take {len(new)} tokens, more than max_len {max_len}; raise max_len")
+                raise DataError(f"{where}: {_cannot_fit(len(new), max_len, tokenizer)}")
             else:
                 drop[i] = min(len(units[i]), drop[i] + len(new) - max_len)
     return texts, ids
+
+
+#: A ``model_max_length`` above this is transformers' "no limit known" placeholder (Llama-2's hub
+#: tokenizer says 1e30), not a model's context length.
+_NO_KNOWN_LIMIT = 1_000_000
+
+
+def _cannot_fit(n: int, max_len: int, tokenizer) -> str:
+    """What is wrong with a record whose input is ``n`` tokens even with its whole passage cut,
+    and the one thing that helps: only the passage is ever shortened, so a larger ``max_len``
+    (as far as the model reads) or leaving the record out."""
+    what = (f"its question and options alone take {n} tokens (the passage cut down to {CUT_MARK.strip()!r}), "
+            f"more than max_len {max_len}, and only a passage is ever shortened")
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and n > limit and limit < _NO_KNOWN_LIMIT:
+        return f"{what}; this model reads at most {limit} tokens, so no max_len fits it: leave the record out"
+    return (f"{what}; raise max_len to at least {n} for this run (`data check --max-len {n}`, "
+            f"`train --set max_len={n}`) or leave the record out")
 
 
 def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str = REFERENCE_TEMPLATE,

@@ -66,14 +66,14 @@ def test_tokenize_records_shortens_and_reports_it(tok, tmp_path):
 
 
 def test_second_call_is_served_from_the_cache_with_identical_contents(tok, tmp_path, monkeypatch):
-    first, stats1 = tokenize_records(RECORDS, tok, 160, cache=tmp_path)
+    first, stats1 = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     assert len(entries(tmp_path)) == 1
 
     def no_tokenizing(*a, **k):
         raise AssertionError("a cache hit must not tokenize")
 
     monkeypatch.setattr(data, "encode_texts", no_tokenizing)
-    second, stats2 = tokenize_records(RECORDS, tok, 160, cache=tmp_path)
+    second, stats2 = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     assert second.features == first.features and second.column_names == first.column_names
     assert second.to_dict() == first.to_dict()
     assert stats2 == stats1
@@ -82,10 +82,10 @@ def test_second_call_is_served_from_the_cache_with_identical_contents(tok, tmp_p
 
 @pytest.mark.parametrize("change", ["max_len", "template", "record", "tokenizer"])
 def test_any_change_to_the_inputs_is_a_different_entry(tok, tmp_path, change):
-    tokenize_records(RECORDS, tok, 160, cache=tmp_path)
-    records, max_len, template, tokenizer = RECORDS, 160, REFERENCE_TEMPLATE, tok
+    tokenize_records(RECORDS, tok, 192, cache=tmp_path)
+    records, max_len, template, tokenizer = RECORDS, 192, REFERENCE_TEMPLATE, tok
     if change == "max_len":
-        max_len = 176
+        max_len = 208
     elif change == "template":
         template = TINY_TEMPLATE
     elif change == "record":
@@ -111,11 +111,11 @@ def test_truncation_settings_of_the_tokenizer_do_not_change_the_key(tok, tmp_pat
 
 
 def test_a_damaged_entry_is_rebuilt(tok, tmp_path):
-    good, _ = tokenize_records(RECORDS, tok, 160, cache=tmp_path)
+    good, _ = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     (entry,) = entries(tmp_path)
     for f in (tmp_path / token_cache.SUBDIR / entry).glob("*.arrow"):
         f.write_bytes(b"not arrow")
-    again, _ = tokenize_records(RECORDS, tok, 160, cache=tmp_path)
+    again, _ = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     assert again.to_dict() == good.to_dict()
     assert token_cache.load(tmp_path / token_cache.SUBDIR, entry).to_dict() == good.to_dict()
 
@@ -125,19 +125,19 @@ def test_an_unwritable_cache_folder_warns_once_and_changes_nothing(tok, tmp_path
     blocker.write_text("not a folder")
     token_cache._warned.clear()
     with pytest.warns(UserWarning, match="token cache: cannot write"):
-        ds, _ = tokenize_records(RECORDS, tok, 160, cache=blocker / "cache")
+        ds, _ = tokenize_records(RECORDS, tok, 192, cache=blocker / "cache")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tokenize_records(RECORDS, tok, 160, cache=blocker / "cache")  # no second warning
+        tokenize_records(RECORDS, tok, 192, cache=blocker / "cache")  # no second warning
     assert blocker.read_text() == "not a folder"
-    assert ds.to_dict() == tokenize_records(RECORDS, tok, 160, cache=False)[0].to_dict()
+    assert ds.to_dict() == tokenize_records(RECORDS, tok, 192, cache=False)[0].to_dict()
 
 
 def test_cache_false_writes_nothing(tok, tmp_path, monkeypatch):
     monkeypatch.setenv(token_cache.ENV_VAR, str(tmp_path))
-    tokenize_records(RECORDS, tok, 160, cache=False)
+    tokenize_records(RECORDS, tok, 192, cache=False)
     assert not any(tmp_path.iterdir())
-    tokenize_records(RECORDS, tok, 160)  # cache=True: the folder from the environment
+    tokenize_records(RECORDS, tok, 192)  # cache=True: the folder from the environment
     assert len(entries(tmp_path)) == 1
 
 
@@ -171,8 +171,8 @@ def test_cache_reads_and_writes_print_no_progress_bars_and_leave_the_setting_alo
     import datasets
 
     datasets.enable_progress_bars()
-    tokenize_records(RECORDS, tok, 160, cache=tmp_path)  # a write
-    tokenize_records(RECORDS, tok, 160, cache=tmp_path)  # a read
+    tokenize_records(RECORDS, tok, 192, cache=tmp_path)  # a write
+    tokenize_records(RECORDS, tok, 192, cache=tmp_path)  # a read
     assert "Saving the dataset" not in capsys.readouterr().err
     assert not datasets.are_progress_bars_disabled()
 
@@ -181,7 +181,7 @@ def test_cache_reads_and_writes_print_no_progress_bars_and_leave_the_setting_alo
 def test_a_poisoned_entry_under_the_right_key_is_not_served(tok, tmp_path, poison):
     """Defect 9: an entry whose contents were replaced (same key) is checked against the records
     and its stored checksum, dropped, and rebuilt; the statistics are the real ones."""
-    good, stats = tokenize_records(RECORDS, tok, 160, cache=tmp_path)
+    good, stats = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     (entry,) = entries(tmp_path)
     path = tmp_path / token_cache.SUBDIR / entry
     checksum_file = (path / token_cache.CHECKSUM_FILE).read_text()
@@ -201,5 +201,5 @@ def test_a_poisoned_entry_under_the_right_key_is_not_served(tok, tmp_path, poiso
     datasets.Dataset.from_dict(bad).save_to_disk(str(path))
     (path / token_cache.CHECKSUM_FILE).write_text(checksum_file)
     with pytest.warns(UserWarning, match="tokenizing again"):
-        again, again_stats = tokenize_records(RECORDS, tok, 160, cache=tmp_path)
+        again, again_stats = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     assert again.to_dict() == good.to_dict() and again_stats == stats

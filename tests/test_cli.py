@@ -21,18 +21,18 @@ def run(capsys, *argv):
 
 
 def test_data_check_prints_counts_labels_and_lengths(capsys):
-    code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), str(MINI / "test.json"), "--max-len", "115")
+    code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), str(MINI / "test.json"), "--max-len", "95")
     assert code == 0, err
     assert f"{MINI / 'train.json'}: 4 records, labeled" in out
     assert "labels: A 1 (25.0%), B 1 (25.0%), C 1 (25.0%), D 1 (25.0%)" in out
     assert f"{MINI / 'test.json'}: 2 records, unlabeled" in out
-    assert "4 of 4 passages shortened to fit max_len 115" in out  # every fixture record is longer
+    assert "4 of 4 passages shortened to fit max_len 95" in out  # every fixture record is longer (97-110 tokens)
 
 
 def test_data_check_names_a_record_that_cannot_fit(capsys):
     code, out, err = run(capsys, "data", "check", str(MINI / "train.json"), "--max-len", "40")
     assert code == 1 and "Traceback" not in err
-    assert f"{MINI / 'train.json'}: record 0 (id_string 'mini_0'): the question and options alone take" in err
+    assert f"{MINI / 'train.json'}: record 0 (id_string 'mini_0'): its question and options alone take" in err
 
 
 def test_data_check_accepts_the_bundled_splits(capsys):

@@ -158,8 +158,9 @@ def test_a_record_whose_question_and_options_cannot_fit_is_one_clear_error(tiny_
     from reclor_lab.config import TINY_TEMPLATE
     from reclor_lab.data import tokenize_records
 
-    with pytest.raises(DataError, match=r"train.json: record 1 \(id_string 'long_1'\): the question and "
-                                        r"options alone take \d+ tokens, more than max_len 30"):
+    with pytest.raises(DataError, match=r"train.json: record 1 \(id_string 'long_1'\): its question and "
+                                        r"options alone take (\d+) tokens .*, more than max_len 30, and only a "
+                                        r"passage is ever shortened; raise max_len to at least \1 for this run"):
         tokenize_records([GOOD, _long_record(1)], tiny_tokenizer, 30, TINY_TEMPLATE, cache=False,
                          source=tmp_path / "train.json")
 

@@ -201,7 +201,7 @@ def test_config_accepts_auto_and_refuses_bad_budgets():
 
 def test_model_shape_from_disk_and_built_in():
     tiny, source = model_shape(str(REPO_ROOT / "models" / "tiny-llama"))
-    assert (tiny.hidden, tiny.intermediate, tiny.layers, tiny.vocab) == (64, 128, 2, 2048)
+    assert (tiny.hidden, tiny.intermediate, tiny.layers, tiny.vocab) == (64, 128, 2, 32000)
     assert model_shape("meta-llama/Llama-2-7b-hf")[0] == LLAMA2_7B_SHAPE
     with pytest.raises(PlanError, match="no config.json"):
         model_shape("someone/unknown-model")
