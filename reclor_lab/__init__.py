@@ -23,7 +23,8 @@ imports go in a circle (``tests/test_layers.py`` reads every import, function-lo
    ``train.predict_logits``) and the Hugging Face Trainer path.
 6. ``analysis``, ``baselines``, ``runs``: a run's results, what guessing and the untrained model
    score, and the kit's main job (train, reload, evaluate, predict).
-7. ``checks``, ``course``, ``grade``: the student exercises, course mode and grading.
+7. ``checks``, ``course``, ``judge``, ``grade``: the student exercises, course mode, reading a
+   submission's exercise code (``judge``) and grading.
 8. ``cli``, ``__main__``: the ``reclor-lab`` command.
 """
 
