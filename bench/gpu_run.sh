@@ -40,7 +40,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 
 stamp "versions"
 "$PYTHON" -c "
-import torch, transformers, peft, accelerate, bitsandbytes as b, pytest
+import reclor_lab, torch, transformers, peft, accelerate, bitsandbytes as b, pytest  # reclor_lab first: it quiets a bitsandbytes CPU notice
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'
 bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else None
 print('python', __import__('sys').version.split()[0], '| torch', torch.__version__, '| transformers', transformers.__version__,

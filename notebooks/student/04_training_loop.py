@@ -71,7 +71,7 @@ from reclor_lab import checks
 from reclor_lab.data import class_weights, make_collator, model_inputs, run_records
 from reclor_lab.rundir import RunDir
 from reclor_lab.runs import finish_run, summary_table
-from reclor_lab.train import fit, get_lr, setup
+from reclor_lab.train import fit, get_lr, setup, train_one_epoch
 from reclor_lab.trainer import fit_with_trainer
 
 disable_progress_bar()  # datasets' progress bars: tokenizing is not what this notebook shows
@@ -86,10 +86,15 @@ hf_logging.disable_progress_bar()  # nor is loading the model's 20 tensors
 # every run) through `train_step` and `optimizer_step`, the five lines you write in exercise 10;
 # `end_epoch` evaluates on the validation split and writes a checkpoint. The rest is about
 # stopping cleanly: Ctrl-C or a cluster's SIGTERM finish the current step and save.
-# `inspect.getsource(train_one_epoch)` shows the next level down.
+#
+# Below it, one level down, `train_one_epoch`: each line is a named step. `micro_step` is the
+# forward and backward pass of one micro-batch; after the last micro-batch of an optimizer step,
+# `step_and_record` steps the optimizer (exercise 10) and writes the step's row of the history;
+# then the loop checks whether to stop or save. `inspect.getsource` shows any of the steps.
 
 # %%
 print(inspect.getsource(fit))
+print(inspect.getsource(train_one_epoch))
 
 # %% [markdown]
 # ## 1. The weighted loss
