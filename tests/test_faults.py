@@ -187,3 +187,70 @@ def test_the_launcher_s_own_failure_report_is_left_out_and_said_in_one_line():
     assert out.getvalue() == "".join(mine + bug)  # a process's own traceback (a bug) still shows
     out = io.StringIO()
     assert launcher_stderr(mine, out) is False and out.getvalue() == mine[0]
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _rank(pid: int) -> str | None:
+    from pathlib import Path
+
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"RANK=")), None)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="finds the processes through /proc")
+@pytest.mark.parametrize("fault", ["a process killed", "SIGTERM"])
+def test_a_two_process_run_killed_or_stopped_is_one_line_and_leaves_the_checkpoint_intact(tmp_path, fault):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "two"
+    cmd = [sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", "--processes", "2",
+           "--output-dir", str(run_dir), "--epochs", "2", "--set", "train_limit=64", "--set", "eval_limit=16",
+           "--set", "batch_size=4", "--set", "save_every_steps=1"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    rd = RunDir(run_dir)
+    try:
+        while not (rd.has_run() and rd.read_state()["last_step"] >= 2):  # progress, not time, decides
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        if fault == "SIGTERM":  # a scheduler preempting the job
+            proc.send_signal(signal.SIGTERM)
+        else:
+            workers = [w for launcher in _children(proc.pid) for w in _children(launcher)]
+            (victim,) = [w for w in workers if _rank(w) == "1"]
+            os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    if fault == "SIGTERM":
+        assert proc.returncode == 143, err[-3000:]
+        assert lines[-1].startswith("reclor-lab: SIGTERM: stopped after step "), err[-3000:]
+    else:
+        assert proc.returncode != 0
+        assert lines[-1].startswith("reclor-lab: error: a training process failed or was killed"), err[-3000:]
+    assert lines[-1].endswith(f"--output-dir {run_dir} --processes 2")
+    state = rd.read_state()
+    rd.verify_checkpoint(state["last"], state)  # complete, and every file as written
