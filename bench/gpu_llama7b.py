@@ -367,7 +367,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden/128)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
     p.add_argument("--variants", default="trainer,kit-auto,kit-ref",
-                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt, kit-fp16, and kit-B-on / kit-B-off "
+                   help="comma-separated rows: trainer, kit-auto, kit-ref, kit-sqrt, kit-fp16, "
+                        "and kit-B-on / kit-B-off "
                         "(the kit at micro-batch B with checkpointing on / off, e.g. to check the planner)")
     p.add_argument("--gpu-memory", default="24GiB", help="the budget auto plans for (default 24GiB)")
     p.add_argument("--steps", type=int, default=15, help="timed optimizer steps per variant")

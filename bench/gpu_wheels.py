@@ -127,7 +127,8 @@ def main() -> int:
         download(wanted)
     wheels = sorted(WHEEL_DIR.glob("*.whl"))
     names = {wheel_name(w) for w in wheels}
-    problems = [f"{n}=={v} is not in .whl/ (run without --check)" for n, v in WHEELS.items() if normalise(n) not in names]
+    problems = [f"{n}=={v} is not in .whl/ (run without --check)"
+                for n, v in WHEELS.items() if normalise(n) not in names]
     problems += [f"{w}: needs {', '.join(m)}, which neither the image nor .whl/ has" for w, m in unmet(wheels).items()]
     extra = names - {normalise(n) for n in WHEELS}
     if extra:

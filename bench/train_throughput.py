@@ -200,7 +200,8 @@ def main() -> None:
                     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
                     if proc.returncode != 0:
                         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-                        raise SystemExit(f"variant {v!r} on {models[label]} failed (exit {proc.returncode}); its output is above")
+                        raise SystemExit(f"variant {v!r} on {models[label]} failed (exit {proc.returncode}); "
+                                         "its output is above")
                     res = json.loads(out.read_text())
                     res["wall"] = time.perf_counter() - t0
                     runs.setdefault((label, v), []).append(res)
@@ -216,12 +217,14 @@ def main() -> None:
             report.add(f"{name}: epoch time", statistics.median(x for res in rs for x in res["seconds"]), "s",
                        f"{r['tokens']:,} real tokens per epoch")
             report.add(f"{name}: peak RSS", max(res["peak_rss_mb"] for res in rs), "MB",
-                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training", show=True)
+                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training",
+                       show=True)
             report.add(f"{name}: process wall time", statistics.median(res["wall"] for res in rs), "s",
                        "imports + setup + training")
     if len(models) > 1:
         for v in variants:
-            new, old = (statistics.median(x for res in runs[k, v] for x in res["seconds"]) for k in ("model", "baseline"))
+            new, old = (statistics.median(x for res in runs[k, v] for x in res["seconds"])
+                        for k in ("model", "baseline"))
             report.add(f"{v}: epoch time, model / baseline", new / old, "x",
                        f"{new:.1f} s vs {old:.1f} s; tokens per epoch {runs['model', v][0]['tokens']:,} vs "
                        f"{runs['baseline', v][0]['tokens']:,}", show=True)

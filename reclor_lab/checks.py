@@ -1459,7 +1459,8 @@ def _hidden_batches(rng, ctx) -> list:
         batches = []
         for _ in range(rng.randint(1, 5)):
             n = rng.randint(1, 8)
-            batches.append(([rng.randrange(NUM_LABELS) for _ in range(n)], [rng.randrange(NUM_LABELS) for _ in range(n)]))
+            draw = [rng.randrange(NUM_LABELS) for _ in range(2 * n)]
+            batches.append((draw[:n], draw[n:]))
         cases.append((f"hidden batches {k}", (batches,)))
     return cases
 

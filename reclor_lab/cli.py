@@ -227,7 +227,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     s = planner.settings
     print(f"model shape ({source}): hidden {shape.hidden}, intermediate {shape.intermediate}, "
           f"{shape.layers} layers, {shape.heads} heads ({shape.kv_heads} key/value), vocab {shape.vocab}")
-    print(f"settings: NF4{' + double quant' if s.double_quant else ''}, compute {compute_bytes * 8}-bit{' (fp16 with loss scaling)' if cfg.compute_dtype == 'float16' else ''}, "
+    scaling = " (fp16 with loss scaling)" if cfg.compute_dtype == "float16" else ""
+    print(f"settings: NF4{' + double quant' if s.double_quant else ''}, compute {compute_bytes * 8}-bit{scaling}, "
           f"LoRA r={s.lora_r} on all 7 projections, dropout {'on' if s.dropout else 'off'}, "
           f"upcast `{s.upcast}` (residual stream {s.stream_bytes * 8}-bit)")
     lengths = args.max_len or sorted({256, cfg.max_len, 640})
@@ -492,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="replace an existing model directory")
     build.set_defaults(func=cmd_tiny_build)
     tkn = tsub.add_parser("tokenizer", help="write Llama-2's tokenizer files from the npm package llama-tokenizer-js")
-    tkn.add_argument("--output", default=str(TINY_MODEL_DIR), help="folder for tokenizer.json and tokenizer_config.json "
+    tkn.add_argument("--output", default=str(TINY_MODEL_DIR),
+                     help="folder for tokenizer.json and tokenizer_config.json "
                      "(other files are left alone; default: the tiny model's)")
     tkn.add_argument("--package", type=Path, default=None,
                      help="the package's tarball (default: `npm pack` it, from npm's cache or the registry)")

@@ -363,7 +363,8 @@ def _judge_in_child(path: str, seed: int, out) -> None:
         if spec is None:
             continue
         test = c["build_test"](spec.check, *spec.inputs(_CONTEXT))
-        hidden = [(what, args, spec.reference(*args)) for what, args in (spec.hidden(rng, _CONTEXT) if spec.hidden else [])]
+        drawn = spec.hidden(rng, _CONTEXT) if spec.hidden else []
+        hidden = [(what, args, spec.reference(*args)) for what, args in drawn]
         prepared[n] = (spec, test, hidden)
     before, threads = _snapshot(), threading.active_count()
     passed: set[str] = set()
@@ -443,7 +444,8 @@ def _grade_notebook(student: str, path: str) -> tuple[str, dict]:
                     _contain(work)
                     _judge_in_child(path, int(_SETTINGS["seed"]), out)
                 except MemoryError:
-                    out.write(json.dumps({"problem": f"{LIMIT}: memory ({_gib(_SETTINGS['memory_bytes'])}) exceeded"}) + "\n")
+                    problem = f"{LIMIT}: memory ({_gib(_SETTINGS['memory_bytes'])}) exceeded"
+                    out.write(json.dumps({"problem": problem}) + "\n")
                 except BaseException as e:  # noqa: BLE001
                     out.write(json.dumps({"problem": f"error: {type(e).__name__}: {_first_line(str(e))}"}) + "\n")
         except BaseException:  # noqa: BLE001
@@ -472,7 +474,8 @@ def _grade_notebook(student: str, path: str) -> tuple[str, dict]:
         result.problem = f"{LIMIT}: wall-clock time ({_SETTINGS['wall_seconds']} s) exceeded"
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        result.problem = (f"{LIMIT}: CPU time ({_SETTINGS['cpu_seconds']} s) exceeded" if sig in (signal.SIGXCPU, signal.SIGKILL)
+        cpu_limit = sig in (signal.SIGXCPU, signal.SIGKILL)
+        result.problem = (f"{LIMIT}: CPU time ({_SETTINGS['cpu_seconds']} s) exceeded" if cpu_limit
                           else f"error: the judging process died ({signal.Signals(sig).name})")
     elif os.WEXITSTATUS(status) and not result.problem:
         result.problem = f"error: the judging process exited with status {os.WEXITSTATUS(status)}"

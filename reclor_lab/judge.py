@@ -229,16 +229,19 @@ def tampering(nb: Notebook, numbers: list[int]) -> dict[int, str]:
                 elif node.attr == "reference":
                     base, _ = _root(node.value)
                     named = [n for n in numbers if EXERCISES[n][2] == base]
-                    mark(named or numbers, where, f"takes the reference answer off a stand-in (`{_short(ast.unparse(node))}`)")
+                    mark(named or numbers, where,
+                         f"takes the reference answer off a stand-in (`{_short(ast.unparse(node))}`)")
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
-                if node.func.id in ("setattr", "delattr", "getattr", "vars") and _reaches_checks(node.args[0], aliases, package):
+                if (node.func.id in ("setattr", "delattr", "getattr", "vars")
+                        and _reaches_checks(node.args[0], aliases, package)):
                     mark(numbers, where, f"calls {node.func.id}() on reclor_lab.checks")
             elif isinstance(node, ast.ImportFrom) and node.module == CHECKS_MODULE:
                 for a in node.names:
                     if a.name.startswith("_") or a.name == "*":
                         mark(numbers, where, f"imports the checks' private `{a.name}`")
             if isinstance(node, (ast.Name, ast.Attribute, ast.alias)):
-                word = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else node.name.split(".")[-1]
+                word = (node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute)
+                        else node.name.split(".")[-1])
                 if word.startswith("reference_"):
                     mark(_exercise_of_giveaway(word, numbers), where, f"uses the checks' `{word}`")
             if isinstance(node, ast.Constant) and isinstance(node.value, str):

@@ -763,7 +763,8 @@ def _history_problem(history: Any) -> str | None:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             return f"{key!r} must be a list of objects"
     for r in history["evals"]:
-        if not _is_count(r.get("epoch")) or not all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+        if not _is_count(r.get("epoch")) or not all(isinstance(r.get(k), (int, float))
+                                                    and not isinstance(r.get(k), bool)
                                                     for k in ("accuracy", "eval_loss")):
             return "an evaluation without an epoch, accuracy or eval loss"
     return None
@@ -787,7 +788,8 @@ def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_pe
     if len(history["steps"]) != ts["step"]:
         return f"its history has {len(history['steps'])} steps, its trainer state {ts['step']}"
     opt = ts["optimizer"]
-    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+    if (not isinstance(opt, dict) or not isinstance(opt.get("state"), dict)
+            or not isinstance(opt.get("param_groups"), list)):
         return "the optimizer state is not an optimizer's state_dict"
     scaled = any("scaler" in k and ts[k] for k in ts)  # fp16 loss scaling skips the steps that overflow
     for s in opt["state"].values():

@@ -139,7 +139,8 @@ def read_llama_tokenizer_js(package: Path) -> tuple[list[str], list[tuple[str, s
             source = tar.extractfile("package/llama-tokenizer.js").read().decode("utf-8")
     else:
         source = package.read_text(encoding="utf-8")
-    found = {name: re.search(rf'const {name} = "([^"]+)"', source) for name in ("llama_vocab_base64", "llama_merges_binary")}
+    found = {name: re.search(rf'const {name} = "([^"]+)"', source)
+             for name in ("llama_vocab_base64", "llama_merges_binary")}
     if not all(found.values()):
         raise TokenizerSourceError(f"{package}: no llama_vocab_base64 / llama_merges_binary in it")
     vocab = base64.b64decode(found["llama_vocab_base64"].group(1)).decode("utf-8").split("\n")

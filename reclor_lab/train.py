@@ -539,7 +539,8 @@ def start_epoch(run: Run, loop: Loop) -> EpochRest:
     scales = [shard_scale(b, p, labels, run.weights, proc.world_size) for b, p in zip(rest, parts)]
     # Its own generator: a DataLoader draws a seed from the global RNG when it starts iterating,
     # which a mid-epoch resume would draw at another point than the uninterrupted run.
-    loader = DataLoader(model_inputs(run.train_ds), batch_sampler=BatchListSampler([p or b[:1] for p, b in zip(parts, rest)]),
+    sampler = BatchListSampler([p or b[:1] for p, b in zip(parts, rest)])
+    loader = DataLoader(model_inputs(run.train_ds), batch_sampler=sampler,
                         collate_fn=make_collator(run.tokenizer), generator=torch.Generator())
     run.model.train()
     return EpochRest(batches, scales, loader, lengths, cfg.grad_accum_steps)

@@ -189,7 +189,8 @@ def change_train_data(case: Case) -> None:
     (case.data / "train.json").write_text(json.dumps(records))
 
 
-def model_folder(weights: Callable[[Path], None], config: Callable[[dict], dict] = lambda c: c) -> Callable[[Case], None]:
+def model_folder(weights: Callable[[Path], None],
+                 config: Callable[[dict], dict] = lambda c: c) -> Callable[[Case], None]:
     """A copy of the tiny model in ``outside/model`` with damaged weights or config."""
     def damage(case: Case) -> None:
         from reclor_lab.config import TINY_MODEL_DIR
@@ -248,7 +249,8 @@ def no_file(name: str) -> Callable[[Case], str | None]:
 R = lambda c: str(c.run)  # noqa: E731
 RESUME = lambda c: ["train", "--resume", "--output-dir", str(c.run), "--epochs", "2"]  # noqa: E731
 NEW = lambda *more: lambda c: ["train", "--output-dir", str(c.new), *more]  # noqa: E731
-TINY_TEMPLATE_WIDE = "Context: {context:>999999999} Question: {question} Option A: {a} Option B: {b} Option C: {c} Option D: {d}"
+TINY_TEMPLATE_WIDE = ("Context: {context:>999999999} Question: {question} "
+                      "Option A: {a} Option B: {b} Option C: {c} Option D: {d}")
 
 FAULTS: list[Fault] = [
     # data lost
@@ -308,7 +310,8 @@ FAULTS: list[Fault] = [
     Fault("config.json: a 5000-digit int", "traceback", lambda c: ["evaluate", R(c)],
           config_text(lambda t: t.replace('"seed": 42', '"seed": 1' + "0" * 5000)), "config.json"),
     Fault("config.json: deep nesting", "traceback", lambda c: ["evaluate", R(c)],
-          config_text(lambda t: t.replace('"lora_targets": null', '"lora_targets": ' + nested(100_000))), "config.json"),
+          config_text(lambda t: t.replace('"lora_targets": null', '"lora_targets": ' + nested(100_000))),
+          "config.json"),
     Fault("history.json: wrong shape", "traceback", RESUME,
           write(lambda c: c.last() / "history.json", '{"steps": 5, "evals": []}', then_reseal=True),
           "'steps' must be a list"),
@@ -319,7 +322,8 @@ FAULTS: list[Fault] = [
     Fault("--set lora_r=10**12", "traceback", NEW("--set", "lora_r=1000000000000"), expect="`lora_r`"),
     Fault("--gpu-memory 1e999GiB", "traceback", lambda c: ["plan", "--gpu-memory", "1e999GiB"], expect="too large"),
     Fault("--set epochs=<5000 digits>", "traceback", NEW("--set", "epochs=1" + "0" * 5000), expect="--set epochs"),
-    Fault("--output-dir with a lone surrogate", "traceback", lambda c: ["train", "--output-dir", str(c.root) + "/\udc80"],
+    Fault("--output-dir with a lone surrogate", "traceback",
+          lambda c: ["train", "--output-dir", str(c.root) + "/\udc80"],
           expect="`output_dir`"),
     Fault("--seed 2**32", "traceback", NEW("--seed", str(2**32)), expect="`seed`"),
     Fault("data show --template with a huge width", "traceback",
@@ -336,7 +340,8 @@ FAULTS: list[Fault] = [
           lambda c: ["model", "info", "--model", str(c.outside / "model")], model_folder(pickle_weights), "model"),
     Fault("--model: nested config.json", "traceback",
           lambda c: ["model", "info", "--model", str(c.outside / "model")],
-          lambda c: (model_folder(lambda p: None)(c), (c.outside / "model" / "config.json").write_text(nested(100_000))),
+          lambda c: (model_folder(lambda p: None)(c),
+                     (c.outside / "model" / "config.json").write_text(nested(100_000))),
           "model"),
     Fault("--model: negative hidden_size", "traceback",
           lambda c: ["model", "info", "--model", str(c.outside / "model")],

@@ -187,7 +187,8 @@ def write_class(folder: Path) -> list[Case]:
                      "    labels = batch.pop('labels')\n"
                      "    loss = weighted_ce(model(**batch).logits, labels, weights)\n"
                      "    loss.backward()\n"
-                     "    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)\n"
+                     "    torch.nn.utils.clip_grad_norm_(\n"
+                     "        [p for p in model.parameters() if p.requires_grad], max_grad_norm)\n"
                      "    optimizer.step()\n    optimizer.zero_grad()\n    return loss.item()"))
     for case, cells in cases:
         _write(cells, folder / case.student / f"{NB[case.notebook]}.ipynb")

@@ -172,8 +172,8 @@ def test_the_launcher_s_own_failure_report_is_left_out_and_said_in_one_line():
     from reclor_lab.cli import launcher_stderr
 
     report = [
-        "W1203 08:30:01.123000 1234 torch/distributed/elastic/multiprocessing/api.py:900] Sending process 7 closing signal SIGTERM\n",
-        "E1203 08:30:01.456000 1234 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: -9) local_rank: 1\n",
+        "W1203 08:30:01.123000 1234 torch/distributed/elastic/multiprocessing/api.py:900] Sending process 7 closing signal SIGTERM\n",  # noqa: E501
+        "E1203 08:30:01.456000 1234 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: -9) local_rank: 1\n",  # noqa: E501
         "Traceback (most recent call last):\n",
         '  File "<frozen runpy>", line 198, in _run_module_as_main\n',
         "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",

@@ -140,7 +140,6 @@ def overflowing_scaler(monkeypatch):
 @pytest.mark.slow
 def test_the_loop_skips_and_counts_overflowing_steps_and_resumes_the_scaler_exactly(
         overflowing_scaler, tmp_path, capsys):
-    from reclor_lab.rundir import RunDir
     from reclor_lab.train import fit, setup
 
     straight = get_preset("tiny", output_dir=str(tmp_path / "straight"), **RUN)
