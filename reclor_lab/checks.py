@@ -1421,7 +1421,7 @@ def _hidden_memory(rng, ctx) -> list:
     for k in range(2):
         heads = rng.choice([8, 16, 24, 40])
         shape = ModelShape(layers=rng.randint(4, 48), hidden=heads * 128, intermediate=rng.randint(8, 40) * 512,
-                           heads=heads, vocab=rng.choice([32000, 50000, 128256]))
+                           heads=heads, kv_heads=heads, vocab=rng.choice([32000, 50000, 128256]))
         cases.append((f"a hidden model shape {k} ({shape.layers} layers, hidden {shape.hidden})",
                       (shape, rng.randint(1, 8), rng.choice([128, 256, 512, 1024]), rng.choice([4, 8, 16, 64]),
                        rng.random() < 0.5)))
