@@ -362,14 +362,14 @@ print("after an evaluation pass: repacked:", is_repacked(layer), "| double quant
       "| path:", cpu_kernel_report(model).model_path if w4.device.type == "cpu" else "CUDA kernels")
 
 # %% [markdown]
-# **Exercise 3.** LoRA (notebook 03) adapts every 4-bit linear layer except the head. peft
+# **Exercise 5.** LoRA (notebook 03) adapts every 4-bit linear layer except the head. peft
 # wants their *leaf names* (`"q_proj"`, not `"model.layers.0.self_attn.q_proj"`). Write
 # `lora_targets(model)`: the sorted unique leaf names of every `bnb.nn.Linear4bit` in the
 # model, leaving out the head `score`.
 
 # %%
 def lora_targets(model) -> list[str]:
-    """Exercise 3: sorted unique leaf names of every 4-bit linear layer except the head `score`."""
+    """Exercise 5: sorted unique leaf names of every 4-bit linear layer except the head `score`."""
     # BEGIN SOLUTION: walk model.named_modules(); keep the last part of the name of every bnb.nn.Linear4bit
     names = set()
     for name, module in model.named_modules():
