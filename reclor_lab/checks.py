@@ -152,7 +152,7 @@ GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "weighted_ce": ("weighted_cross_entropy", "reference_weighted_ce"),
     "one_train_step": ("train_step", "optimizer_step", "reference_train_step"),
     "accuracy_over_examples": ("metrics.accuracy_over_examples", "reference_accuracy"),
-    "evaluation_pass": ("train.evaluate", "predict_proba", "evaluate_run", "reference_evaluation_pass"),
+    "evaluation_pass": ("train.evaluate", "predict_proba", "reference_evaluation_pass"),
     "rule_baseline": ("rule_answer", "overlap_answer", "rule_baselines", "opens_sweepingly", "opens_modestly",
                       "SWEEPING", "SWEEPING_CLAUSE", "generate_split", "generated_parts", "reference_rule_baseline"),
 }
