@@ -278,9 +278,9 @@ print("the merged layer == NF4 round trip of W0 + ΔW:",
 
 # %% [markdown]
 # Here $\Delta W$ is about as large as $W_0$ itself (random $A$ and $B$, far larger than a trained
-# update), and the merge still gets a visible share of it wrong. A trained $\Delta W$ is much
-# smaller than $W_0$ while NF4's grid stays scaled to $W_0$'s blocks, so a larger share of it
-# is rounded away: notebook 05 measures that on the trained run.
+# update), and the merge still gets a visible share of it wrong. A trained $\Delta W$ is a
+# fraction of $W_0$ while NF4's grid stays scaled to $W_0$'s blocks, so a larger share of it is
+# rounded away: notebook 05 measures that on the trained run.
 
 # %% [markdown]
 # ## 4. alpha, r, the initialisation and dropout
