@@ -135,8 +135,8 @@ def test_easy_hard_of_the_kits_data_and_of_the_official_test_file():
     assert easy_hard(official_test) == ["EASY"] * 440 + ["HARD"] * 560
     assert easy_hard([dict(bare, label=0)] * 1000) is None  # a labelled split of that size: no split
     assert easy_hard([bare] * 10) is None
-    s = summarize_test_predictions([dict(cued, question="x", question_type=0), dict(bare, question="x", question_type=0)],
-                                   [0, 3])
+    test_records = [dict(cued, question="x", question_type=0), dict(bare, question="x", question_type=0)]
+    s = summarize_test_predictions(test_records, [0, 3])
     assert s["parts"] == {"EASY": {"A": 1, "B": 0, "C": 0, "D": 0}, "HARD": {"A": 0, "B": 0, "C": 0, "D": 1}}
     probs = [_probs(0.7, 0), _probs(0.7, 0)]
     by_part = val_analysis([dict(cued, label=0, id_string="v0", question="x"),

@@ -738,10 +738,12 @@ def _exercise_number_problems(source: str, notebook: str, where: str) -> list[st
             heading = text[m.start() - 2:m.start()] == "**"
             if defined and not heading and text[m.start()] == "E":  # a docstring or stub message
                 if (home, name) != (notebook, defined.group(1)):
-                    problems.append(f"{at}: inside `{defined.group(1)}`, but exercise {n} is `{name}` (notebook {home})")
+                    problems.append(f"{at}: inside `{defined.group(1)}`, but exercise {n} is `{name}` "
+                                    f"(notebook {home})")
             elif heading:
                 if (home, name) != (notebook, following):
-                    problems.append(f"{at}: the heading of `{following}`, but exercise {n} is `{name}` (notebook {home})")
+                    problems.append(f"{at}: the heading of `{following}`, but exercise {n} is `{name}` "
+                                    f"(notebook {home})")
             elif (said := re.match(r"\W*(?:in|of) notebook (\d\d)", text[m.end():])) and said.group(1) != home:
                 problems.append(f"{at}: exercise {n} is in notebook {home}, not {said.group(1)}")
             elif home != notebook and f"notebook {home}" not in text[max(0, m.start() - 60):m.end() + 60]:

@@ -101,4 +101,5 @@ def test_the_easy_hard_split_read_from_the_text_is_the_generators_own(split):
 
 
 def test_generated_parts_follow_the_seed():
-    assert synth.generated_parts("val", 40, seed=5) == [synth.cue_part(r) for r in synth.generate_split("val", 40, seed=5)]
+    recs = synth.generate_split("val", 40, seed=5)
+    assert synth.generated_parts("val", 40, seed=5) == [synth.cue_part(r) for r in recs]
