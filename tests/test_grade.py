@@ -68,10 +68,10 @@ def test_each_kind_of_submission_gets_its_row(graded):
     assert subs["b_untouched.ipynb"].results == {1: "⏳", 2: "⏳", 3: "⏳"} and not subs["b_untouched.ipynb"].problem
     assert subs["c_wrong.ipynb"].results == {1: "❌", 2: "⏳", 3: "⏳"}
     d = subs["d_import_error.ipynb"]
-    assert d.results == {11: "⏳"}  # the cells after the failed import still ran
+    assert d.results == {11: "⏳", 12: "⏳"}  # the cells after the failed import still ran; 12 is notebook 05's too
     assert d.problem.startswith("error: code cell 1: ModuleNotFoundError"), d.problem
     e = subs["e_loops.ipynb"]
-    assert e.results == {11: "⏳"} and e.problem == "timeout: a cell ran longer than 20 s"
+    assert e.results == {11: "⏳", 12: "timeout"} and e.problem == "timeout: a cell ran longer than 20 s"
     f = subs["f_not_json.ipynb"]
     assert f.results == {} and f.problem.startswith("not a notebook")
 
@@ -89,13 +89,14 @@ def test_table_and_csv(graded, tmp_path):
     _, _, _, subs = graded
     rows = list(subs.values())
     text = grade.table(rows)
-    assert text.splitlines()[0].split() == ["submission", "ex", "1", "ex", "2", "ex", "3", "ex", "11", "notes"]
+    assert text.splitlines()[0].split() == ["submission", "ex", "1", "ex", "2", "ex", "3", "ex", "11", "ex", "12",
+                                             "notes"]
     assert "timeout: a cell ran longer than 20 s" in text and "not a notebook" in text
     out = tmp_path / "grades.csv"
     grade.write_csv(rows, out)
     table = list(csv.reader(out.open(encoding="utf-8")))
-    assert table[0] == ["submission", "exercise 1", "exercise 2", "exercise 3", "exercise 11", "problem"]
-    assert table[1][1:5] == ["✅", "✅", "✅", ""] and table[5][5] == "timeout: a cell ran longer than 20 s"
+    assert table[0] == ["submission", "exercise 1", "exercise 2", "exercise 3", "exercise 11", "exercise 12", "problem"]
+    assert table[1][1:6] == ["✅", "✅", "✅", "", ""] and table[5][6] == "timeout: a cell ran longer than 20 s"
 
 
 def test_bad_paths_get_one_clear_line(tmp_path, capsys):
