@@ -197,11 +197,14 @@ plt.show()
 #   levels);
 # * **FP4** (`quant_type="fp4"` in bitsandbytes): a tiny float (sign, exponent, mantissa); its
 #   16 levels are 0 twice (+0 and −0), ±0.005, ±1/6, ±1/4, ±1/3, ±1/2, ±2/3 and ±1;
-# * **NF4**: levels at the quantiles of a normal distribution, so each of the 16 codes is used
-#   about equally often by normally distributed weights.
+# * **NF4**: levels at the quantiles of a normal distribution, placed where normally
+#   distributed weights are dense.
 #
 # Trained weights are close to normal, so we measure the round-trip error on normally
-# distributed numbers (fixed seed), as a fraction of their standard deviation:
+# distributed numbers (fixed seed), as a fraction of their standard deviation.
+#
+# **Predict before you run.** Which of the three formats has the largest error? (Answers to the
+# "predict" questions are in `notebooks/README.md`.)
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -240,6 +243,24 @@ plt.show()
 # fall. Uniform int4 spends its levels evenly, also on the tails where few weights are. (The
 # block's absmax weight itself is exact in all three.)
 #
+# **Are the 16 NF4 codes used equally often?** Quantiles of a normal distribution would be, if
+# every weight were divided by one fixed scale. But each block is divided by its *own* absmax,
+# the largest of 64 draws, which lands at ±1 by construction: the two extreme codes then hold
+# about one weight per block each (1/64 ≈ 1.6 %), while the middle codes hold more than their
+# 1/16. Counted on the same N(0, 1) weights:
+
+# %%
+packed, _ = bnbf.quantize_4bit(normal, blocksize=NF4_BLOCKSIZE, quant_type="nf4")
+codes_used = torch.stack([packed.flatten() >> 4, packed.flatten() & 0xF], dim=1).flatten().long()
+share = torch.bincount(codes_used, minlength=16).float() / codes_used.numel()
+print("share of the weights per code (0..15):", " ".join(f"{x:.1%}" for x in share.tolist()))
+print(f"least used {share.min():.1%} (code {share.argmin().item()}), most used {share.max():.1%} "
+      f"(code {share.argmax().item()}); equal use would be {1 / 16:.2%} each")
+
+# %% [markdown]
+# So NF4 is not "equal use per code": it is levels placed densely where the weights are, which
+# is what keeps its error lowest.
+#
 # **What double quantization saves.** Plain NF4 keeps one fp32 absmax per 64 weights: 32 / 64 =
 # 0.5 bit per weight on top of the 4-bit code. Double quantization stores those absmaxes as 8-bit
 # codes instead, with one fp32 scale per 256 of them: 8 / 64 + 32 / (64 · 256) ≈ 0.127 bit. The
@@ -247,7 +268,7 @@ plt.show()
 # quantized weights:
 
 # %%
-from reclor_lab.modeling import LLAMA2_7B_QUANTIZED_PARAMS, nf4_bytes_per_param
+from reclor_lab.modeling import LLAMA2_7B_CLASSIFIER_PARAMS, LLAMA2_7B_QUANTIZED_PARAMS, nf4_bytes_per_param
 
 plain_bits, dq_bits = nf4_bytes_per_param(double_quant=False) * 8, nf4_bytes_per_param(double_quant=True) * 8
 print(f"bits per weight: {plain_bits:.3f} plain, {dq_bits:.3f} double quantized; saved {plain_bits - dq_bits:.3f}")
@@ -278,14 +299,20 @@ model = load_model(cfg.replace(model_name_or_path=os.path.relpath(model_path) if
 # 4-way classifiers (no `lm_head`). 4-bit costs
 # 4.127 bits per projection weight with double quantization (4 bits + 8-bit scales per 64 +
 # fp32 scales per 256·64); embeddings, norms and head are not quantized. They stay in the
-# compute dtype: bf16 on a GPU, but fp32 on a CPU, which is why the measured size of the tiny
-# model on a CPU is above the 4-bit estimate. On the tiny model the embeddings are a big share
-# anyway, so the saving is smaller than on Llama-2-7B (96 % of its weights are projections).
+# compute dtype: bf16 on a GPU (what the estimate assumes), but fp32 on a CPU, which is why the
+# measured size of the tiny model on a CPU is above the 4-bit estimate. On the tiny model the
+# embeddings are a big share anyway, so the saving is smaller than on Llama-2-7B, where nearly
+# all weights are projections (the share is printed below the table).
+#
+# **Predict before you run.** 4-bit storage takes Llama-2-7B to about a quarter of its bf16
+# size. Will it shrink the tiny model as much?
 
 # %%
 from reclor_lab.modeling import memory_report
 
 print(memory_report(model).table())
+print(f"Llama-2-7B as a classifier: {LLAMA2_7B_QUANTIZED_PARAMS:,} of {LLAMA2_7B_CLASSIFIER_PARAMS:,} weights "
+      f"({LLAMA2_7B_QUANTIZED_PARAMS / LLAMA2_7B_CLASSIFIER_PARAMS:.1%}) are in projections")
 print()
 print(f"measured, loaded without quantization: {plain_bytes / 1e3:,.1f} KB"
       if plain_bytes < 1e8 else f"measured, loaded without quantization: {plain_bytes / 1e9:.3f} GB")
@@ -354,6 +381,9 @@ print(cpu_kernel_report(model).lines())
 # %% [markdown]
 # An evaluation pass leaves the layers as they were loaded: not repacked, still double quantized,
 # still computing in the compute dtype.
+#
+# **Predict before you run.** This machine may have `avx512_bf16`. After one evaluation pass,
+# will the layer be repacked?
 
 # %%
 model.eval()
@@ -363,14 +393,14 @@ print("after an evaluation pass: repacked:", is_repacked(layer), "| double quant
       "| path:", cpu_kernel_report(model).model_path if w4.device.type == "cpu" else "CUDA kernels")
 
 # %% [markdown]
-# **Exercise 3.** LoRA (notebook 03) adapts every 4-bit linear layer except the head. peft
+# **Exercise 5.** LoRA (notebook 03) adapts every 4-bit linear layer except the head. peft
 # wants their *leaf names* (`"q_proj"`, not `"model.layers.0.self_attn.q_proj"`). Write
 # `lora_targets(model)`: the sorted unique leaf names of every `bnb.nn.Linear4bit` in the
 # model, leaving out the head `score`.
 
 # %%
 def lora_targets(model) -> list[str]:
-    """Exercise 3: sorted unique leaf names of every 4-bit linear layer except the head `score`."""
+    """Exercise 5: sorted unique leaf names of every 4-bit linear layer except the head `score`."""
     # BEGIN SOLUTION: walk model.named_modules(); keep the last part of the name of every bnb.nn.Linear4bit
     names = set()
     for name, module in model.named_modules():

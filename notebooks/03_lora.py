@@ -129,8 +129,17 @@ shape_of = dict(zip(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
                     [(h, h)] * 4 + [(m, h), (m, h), (h, m)]))
 llama_shapes = LLAMA2_7B_LAYERS * list(shape_of.values())
 llama_lora = count_lora_params(llama_shapes, 16)
-print(f"Llama-2-7B, r=16, all 7 projections: {llama_lora:,} LoRA + {4 * h:,} head = {llama_lora + 4 * h:,} "
-      f"trainable ({(llama_lora + 4 * h) / LLAMA2_7B_CLASSIFIER_PARAMS:.2%} of {LLAMA2_7B_CLASSIFIER_PARAMS:,})")
+llama_trainable = llama_lora + 4 * h
+print(f"Llama-2-7B, r=16, all 7 projections: {llama_lora:,} LoRA + {4 * h:,} head = {llama_trainable:,} trainable, "
+      f"{llama_trainable / (LLAMA2_7B_CLASSIFIER_PARAMS + llama_trainable):.2%} of all parameters as peft counts them")
+
+# %% [markdown]
+# **Which percentage?** peft's `trainable%` divides the trainable parameters by *all* parameters
+# of the adapted model: the base model plus the adapters plus its trainable copy of the head
+# (`all params` below). Every percentage in this notebook uses that denominator, so the same
+# configuration gives the same figure everywhere. (Divided by the base model alone, the same
+# count gives a larger percentage: two figures for one configuration, which is how a course
+# ends up contradicting itself.)
 
 # %% [markdown]
 # ## 2. Injecting the adapters
@@ -138,8 +147,9 @@ print(f"Llama-2-7B, r=16, all 7 projections: {llama_lora:,} LoRA + {4 * h:,} hea
 # `inject_lora(model, cfg)` does what the reference's two peft calls do:
 #
 # * it freezes every parameter and turns on gradient checkpointing when the config asks for it
-#   (`gradient_checkpointing`: less memory, ~30 % slower steps; on a GPU with `batch_size` auto
-#   the memory planner decides). The reference called peft's `prepare_model_for_kbit_training`,
+#   (`gradient_checkpointing`: less memory, slower steps: at batch 2 the README's H200 runs
+#   trained at 607 tokens/s with it and 733 without, 1.2× as long per step; on a GPU with
+#   `batch_size` auto the memory planner decides). The reference called peft's `prepare_model_for_kbit_training`,
 #   which also casts every weight that is not 4-bit (embeddings, norms) to fp32; that makes the
 #   whole residual stream fp32. The kit's default `kbit_upcast="trainable"` makes fp32 only what
 #   trains (LoRA and the head) and keeps the rest in the compute dtype; `kbit_upcast="peft"`
@@ -203,10 +213,10 @@ def lora_forward(x: torch.Tensor, W0: torch.Tensor, A: torch.Tensor, B: torch.Te
 lora_forward = checks.check_lora_forward(lora_forward, peft_model.base_model.model.model.layers[0].self_attn.q_proj)
 
 # %% [markdown]
-# Your forward pass against the *merged* weight $W = W_0 + \frac{\alpha}{r} B A$ (what
-# `merge_and_unload` stores after training) and against peft's layer, with some non-zero
-# $A$ and $B$ (this overwrites the adapter's starting values; nothing trains in this notebook).
-# "Equal" in floating point means "within rounding", bounded as in the check:
+# Your forward pass against the *merged* weight $W = W_0 + \frac{\alpha}{r} B A$ in full
+# precision, and against peft's layer, with some non-zero $A$ and $B$ (this overwrites the
+# adapter's starting values; nothing trains in this notebook). "Equal" in floating point means
+# "within rounding", bounded as in the check:
 
 # %%
 checks.note(lora_forward)
@@ -214,6 +224,7 @@ import bitsandbytes.functional as bnbf
 
 from reclor_lab.cpu4bit import layer_compute_dtype
 from reclor_lab.lora import lora_error_bound
+from reclor_lab.modeling import nf4_roundtrip
 
 lora_layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
 base = lora_layer.get_base_layer()
@@ -239,13 +250,53 @@ print(checks.whose(lora_forward), "== peft's lora.Linear4bit, within rounding:",
       bool(((y_mine - y_peft).abs().double() <= bound).all()))
 
 # %% [markdown]
+# **Merging into a 4-bit base is not exact.** `merge_and_unload` folds each adapter into its
+# layer so the model runs without LoRA. On a 4-bit base it cannot store $W_0 + \Delta W$ in full
+# precision: peft dequantizes $W_0$, adds $\Delta W = \frac{\alpha}{r} B A$ and quantizes the sum
+# back to NF4. An NF4 step is a sizeable fraction of a block's absmax, and a trained $\Delta W$ is
+# mostly smaller than that, so much of it is rounded away: the merged model is not the model you
+# trained. (Keep the adapter separate, or merge into a 16-bit copy of the base model.)
+#
+# **Predict before you run.** With the $A$ and $B$ above, what fraction of $\Delta W$ will be
+# lost when peft merges this layer: under 1 %, about 10 %, or more?
+#
+# peft's own `merge()` on this layer (what `merge_and_unload` does to every layer; nothing below
+# uses the layer again). Notebook 05 measures the same on the trained run's adapters.
+
+# %%
+import warnings
+
+delta = alpha / r * B @ A
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # peft: "Merge lora module to 4-bit linear may get different generations"
+    lora_layer.merge()
+merged = lora_layer.get_base_layer().weight
+W_merged = bnbf.dequantize_4bit(merged.data, merged.quant_state).float().cpu()
+kept = W_merged - W0  # what of ΔW the merged 4-bit layer holds
+print(f"‖ΔW‖ / ‖W0‖ = {(delta.norm() / W0.norm()).item():.3f}; after the 4-bit merge "
+      f"‖kept − ΔW‖ / ‖ΔW‖ = {((kept - delta).norm() / delta.norm()).item():.3f}")
+print("the merged layer == NF4 round trip of W0 + ΔW:",
+      torch.equal(W_merged, nf4_roundtrip(W0 + delta, double_quant=merged.quant_state.nested).dequantized.float()))
+
+# %% [markdown]
+# Here $\Delta W$ is about as large as $W_0$ itself (random $A$ and $B$, far larger than a trained
+# update), and the merge still gets a visible share of it wrong. A trained $\Delta W$ is a
+# fraction of $W_0$ while NF4's grid stays scaled to $W_0$'s blocks, so a larger share of it is
+# rounded away: notebook 05 measures that on the trained run.
+
+# %% [markdown]
 # ## 4. alpha, r, the initialisation and dropout
 #
 # **The scale alpha / r.** With `lora_alpha = r` (the reference: 16 and 16) the scale is 1.
 # Why divide by r at all? At the first steps, the size of the update LoRA makes depends on r:
 # $B$'s gradient is $\frac{\alpha}{r} g\,(Ax)^\top$ and $\lVert Ax \rVert^2$ grows with the r
 # rows of $A$, so one SGD step changes the output by about $\text{lr} \cdot \frac{\alpha^2}{r}$
-# (times terms that do not depend on r). At fixed alpha a larger r therefore takes *smaller*
+# (times terms that do not depend on r).
+#
+# **Predict before you run.** At a fixed alpha = 16, will r = 64 take a larger or a smaller
+# first step than r = 4? And at alpha = r?
+#
+# At fixed alpha a larger r therefore takes *smaller*
 # first steps, as if the learning rate were lower; with alpha = r they grow with r. So
 # alpha, r and the learning rate are one knob between them: change r at fixed alpha and the
 # learning rate that worked before is off by the same factor. (Adam rescales each gradient,
@@ -276,7 +327,10 @@ for a_fixed in (16, None):
 # exactly the pretrained (here: the loaded 4-bit) model. $A$ must then be random: the gradient
 # of $A$ is $\frac{\alpha}{r} B^\top g\, x^\top$, zero while $B = 0$, and the gradient of $B$ is
 # $\frac{\alpha}{r} g\, (Ax)^\top$, non-zero only because $A \ne 0$. So the first step moves $B$,
-# and from then on both move. Were both zero, both gradients would stay zero forever:
+# and from then on both move. Were both zero, both gradients would stay zero forever.
+#
+# **Predict before you run.** In the second line below (A = 0, B = 0), which of the two
+# gradients is zero?
 
 # %%
 for name, A_init in (("A random, B = 0", (torch.rand(r, in_features, generator=g) * 2 - 1) / in_features**0.5),
@@ -313,15 +367,16 @@ print(f"Llama-2-7B q_proj ({h}×{h}): rank 16 of {h}, LoRA/full weights {16 * 2 
 # (Live in Jupyter; a saved notebook shows the widget as static.)
 
 # %%
-total_params = report.total - report.trainable  # the model without adapters (head included)
+total_params = report.total - report.trainable  # the model without adapters and without peft's head copy
 
 
 def explore(r: int, chosen: tuple[str, ...]) -> str:
+    """Trainable parameters and their share of all parameters, adapters included (peft's trainable%)."""
     mine = count_lora_params([s for t in chosen for s in layer_shapes[t]], r) + head
     big = count_lora_params([shape_of[t] for t in chosen if t in shape_of] * LLAMA2_7B_LAYERS, r) + 4 * h
-    return (f"<b>{PRESET}</b>: {mine:,} trainable ({mine / total_params:.2%} of {total_params:,})<br>"
-            f"<b>Llama-2-7B</b>: {big:,} trainable ({big / LLAMA2_7B_CLASSIFIER_PARAMS:.3%} "
-            f"of {LLAMA2_7B_CLASSIFIER_PARAMS:,})")
+    return (f"<b>{PRESET}</b>: {mine:,} trainable ({mine / (total_params + mine):.2%} of {total_params + mine:,})<br>"
+            f"<b>Llama-2-7B</b>: {big:,} trainable ({big / (LLAMA2_7B_CLASSIFIER_PARAMS + big):.3%} "
+            f"of {LLAMA2_7B_CLASSIFIER_PARAMS + big:,})")
 
 
 rank = widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=cfg.lora_r, description="r")
@@ -366,6 +421,24 @@ for value in (4, 64, cfg.lora_r):
 #   numbers in bf16, 2 bytes), and backward recomputes one layer at a time, so one layer's full
 #   activations exist at once on top.
 #
+# **Where this formula differs from Llama and from the kit's own planner** (`reclor_lab.plan`,
+# which `reclor-lab plan` and `batch_size="auto"` use, derived from what each operation of
+# *this* model saves for backward):
+#
+# * $34h$ per token is a GPT layer: a $4h$-wide MLP and 16-bit inputs kept for every weight
+#   gradient. Llama's SwiGLU MLP is $m = 11008 \approx 2.7h$ wide and keeps three $m$-wide
+#   tensors (gate, SiLU, up); a frozen 4-bit layer needs no weight gradient, but each LoRA branch
+#   keeps its own dropped-out input and dropout mask. The planner counts those.
+# * $5as$ per token is the stored $s \times s$ attention scores, softmax and dropout mask.
+#   PyTorch's SDPA (what transformers uses for Llama) stores none of them, only q, k, v, the
+#   output and a log-sum-exp per head. The planner counts that.
+# * Dtypes: the weights term uses fp32 for the kept weights (peft's upcast, as the reference),
+#   while the activations are counted in 16-bit; with fp32 embeddings the residual stream is
+#   fp32 too. The planner uses one setting (`kbit_upcast`) for both.
+#
+# The exercise keeps the textbook formula because it fits on one line; the comparison below
+# shows both against the GPU.
+#
 # **Exercise 8.** Write `qlora_memory(shape, batch_size, seq_len, r, checkpointing)`: a dict of
 # the three parts in bytes, `{"weights": …, "trained": …, "activations": …}`. `shape` has the
 # fields `layers`, `hidden`, `intermediate`, `heads`, `vocab` (`checks.LLAMA2_7B`); the check
@@ -398,38 +471,48 @@ qlora_memory = checks.check_qlora_memory(qlora_memory)
 
 # %% [markdown]
 # **Against the GPU.** The README's benchmark trained a Llama-2-7B-shaped model this way on an
-# H200 (NF4 + double quantization, r = 16 on all 7 projections, AdamW, sequences of ReClor
-# length, at most 640 tokens, each batch padded to its longest) and measured the peak memory
-# torch allocated. The estimate at s = 640, the longest a batch can be:
+# H200 (NF4 + double quantization, r = 16 on all 7 projections, peft's upcast, AdamW, sequences
+# of ReClor length, each batch padded to its longest) and measured the peak memory torch
+# allocated. In all six runs the peak came from a batch padded to **494 tokens**
+# (`bench/README.md`, "Memory planner", recomputed from the benchmark's seeded lengths), so
+# that is the s to compare at. Your formula and the kit's planner (`plan.Planner`, peft's
+# upcast), both at s = 494:
+#
+# **Predict before you run.** Will the textbook formula come out above or below the
+# measurements, and will the gap grow or shrink with the batch?
 
 # %%
 checks.note(qlora_memory)
+from reclor_lab.plan import LLAMA2_7B_SHAPE, Planner, PlanSettings
+
 GIB = 2**30
+SEQ = 494  # the padded length of the batch that set every peak
+planner = Planner(LLAMA2_7B_SHAPE, PlanSettings(upcast="peft"))
 measured = {(1, True): 4.66, (2, True): 5.08, (8, True): 7.70, (1, False): 9.3, (2, False): 14.4, (8, False): 44.5}
-print(f"{'batch':>5} {'checkpointing':>13} {'weights':>8} {'trained':>8} {'activ.':>8} {'total':>8} {'measured':>9}  GiB")
+print(f"{'batch':>5} {'ckpt':>5} {'weights':>8} {'trained':>8} {'activ.':>8} {'formula':>8} {'planner':>8} "
+      f"{'measured':>9}  GiB   formula / planner vs measured")
 for (b, ckpt), gib in measured.items():
-    est = qlora_memory(LLAMA2_7B, b, 640, 16, ckpt)
-    total = sum(est.values())
-    print(f"{b:>5} {'on' if ckpt else 'off':>13} {est['weights'] / GIB:>8.2f} {est['trained'] / GIB:>8.2f} "
-          f"{est['activations'] / GIB:>8.2f} {total / GIB:>8.2f} {gib:>9.2f}")
+    est = qlora_memory(LLAMA2_7B, b, SEQ, 16, ckpt)
+    total = sum(est.values()) / GIB
+    plan_total = planner.estimate(b, SEQ, ckpt).allocated / GIB
+    print(f"{b:>5} {'on' if ckpt else 'off':>5} {est['weights'] / GIB:>8.2f} {est['trained'] / GIB:>8.2f} "
+          f"{est['activations'] / GIB:>8.2f} {total:>8.2f} {plan_total:>8.2f} {gib:>9.2f}"
+          f"        {total / gib - 1:+.0%} / {plan_total / gib - 1:+.0%}")
 
 # %% [markdown]
-# The estimate has the right shape and comes out 3–14 % below the measurements, about what a
-# formula of this kind can promise. The fixed part fits: weights plus trained parameters come to
-# 4.2 GiB against 4.66 GiB measured at batch 1; the benchmark measured its 4-bit model at
-# 3.36 GiB (bf16 embeddings; 3.6 GiB once they are cast to fp32). Each extra sequence costs
-# about 0.44 GiB measured with checkpointing (batch 2 to 8) against 0.30 GiB estimated, and about
-# 5.0 GiB without it against 4.6 GiB. Where the gap comes from: the activation estimate was made
-# for full fine-tuning, where every linear layer keeps its 16-bit input for its weight's
-# gradient; a frozen 4-bit layer needs no weight gradient, but each of the 7 LoRA branches keeps
-# its own dropped-out input, in fp32 (peft casts it to the adapter's dtype). Those two do not
-# cancel exactly. On top come temporaries the formula does not model: each 4-bit weight is
-# dequantized to a bf16 copy for its matmul (the largest, 11008 × 4096, is 86 MiB), the logits
-# and the loss, and the caching allocator's rounding. The measured figures come from one
-# benchmark run on one GPU, and a batch's longest sequence was at most 640 tokens, so the true
-# s behind each peak is not known exactly. Checkpointing is the lever either way: at batch 8 it
-# turns 44.5 GiB into 7.7 GiB, for one more forward pass per step (the README's H200 runs took
-# 1.4–1.8 times as long per step with it).
+# The textbook formula has the right shape but comes out below every measurement, and further
+# below as the batch grows (the last column): its activations are the part that is off. The
+# fixed part fits: weights plus trained parameters against 4.66 GiB measured at batch 1; the
+# benchmark measured its 4-bit model at 3.36 GiB (bf16 embeddings; 3.6 GiB once they are cast to
+# fp32). The activation term misses what the list above names: SwiGLU's three wide tensors,
+# the LoRA branches' own inputs and masks, an fp32 residual stream, and temporaries no
+# per-layer formula models (each 4-bit weight dequantized to a bf16 copy for its matmul, the
+# largest 86 MiB; the logits; the allocator's rounding). The planner, built from what each
+# operation saves, lands much closer (the second figure; `tests/test_plan.py` holds it to ±15 % of these
+# six). The measurements come from one benchmark on one GPU (the "off" rows from another
+# session of it). Checkpointing is the lever either way: at batch 8 it turns 44.5 GiB into
+# 7.7 GiB, for one more forward pass per step (at batch 2 the README's H200 runs took 1.2× as long
+# per step with it: 607 against 733 tokens/s).
 #
 # ## What you have now
 #

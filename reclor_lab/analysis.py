@@ -33,6 +33,26 @@ OFFICIAL_TEST_SIZE = 1000
 EASY_SIZE = 440
 
 
+def easy_hard(records: Sequence[dict]) -> list[str] | None:
+    """Each record's part, ``"EASY"`` or ``"HARD"``, where a split is defined; else ``None``.
+
+    * The kit's own data (any record carrying the planted cue, :func:`reclor_lab.synth.cue_part`):
+      EASY = the options alone give the answer away (one opens modestly, three sweepingly), HARD =
+      only the passage tells them apart. Read from the text, so train, val and test all have it.
+    * The official ReClor test file (1,000 unlabeled records): the first 440 are EASY, the last
+      560 HARD, as the leaderboard scores them.
+    * Anything else (ReClor's train and val, which have no such split): ``None``.
+    """
+    from reclor_lab.synth import cue_part
+
+    parts = [cue_part(r) if len(r.get("answers", ())) else "HARD" for r in records]
+    if "EASY" in parts:
+        return parts
+    if len(records) == OFFICIAL_TEST_SIZE and not any("label" in r for r in records):
+        return ["EASY"] * EASY_SIZE + ["HARD"] * (OFFICIAL_TEST_SIZE - EASY_SIZE)
+    return None
+
+
 def _as_arrays(probs, labels=None):
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != NUM_LABELS:
@@ -156,7 +176,8 @@ def predict_proba(model, ds, tokenizer, batch_size: int, device, dtype) -> np.nd
 
 
 def val_analysis(records: Sequence[dict], probs) -> dict[str, Any]:
-    """Everything :mod:`reclor_lab.analysis` says about predictions on a labeled split: accuracy by
+    """Everything :mod:`reclor_lab.analysis` says about predictions on a labeled split: accuracy on
+    the EASY and HARD parts (:func:`easy_hard`; empty where the split is not defined), by
     question type, position bias, the reliability table and ECE, and the ids of the most
     confident wrong answers. The keys go into ``metrics.json``.
     """
@@ -165,7 +186,18 @@ def val_analysis(records: Sequence[dict], probs) -> dict[str, Any]:
     preds = probs.argmax(axis=1)
     types = record_types(records)
     wrong = most_confident_wrong(probs, labels_arr)
+    parts = easy_hard(records)
+    by_part = {}
+    if parts is not None:
+        arr = np.asarray(parts)
+        for p in ("EASY", "HARD"):
+            sel = arr == p
+            right = int((preds[sel] == labels_arr[sel]).sum())
+            n = int(sel.sum())
+            by_part[p] = {"accuracy": right / n if n else None, "n": n,
+                          "accuracy_ci95": list(wilson_interval(right, n)) if n else None}
     return {
+        "accuracy_by_part": by_part,
         "accuracy_by_type": accuracy_by_type(preds, labels_arr, types),
         "types_source": ("official" if all(official_type(r) is not None for r in records)
                          else "inferred from the question stem"),
@@ -180,9 +212,9 @@ def val_analysis(records: Sequence[dict], probs) -> dict[str, Any]:
 
 def summarize_test_predictions(records: Sequence[dict], predictions: Sequence[int]) -> dict[str, Any]:
     """What unlabeled test predictions allow: the predicted letters overall, per question type,
-    and on the official test's EASY (first 440) and HARD (last 560) parts. The EASY / HARD parts
-    are reported only for a 1,000-record file (the official test split); ``parts_note`` says so
-    otherwise.
+    and on the EASY and HARD parts (:func:`easy_hard`: the official test's first 440 and last
+    560, or the kit's own data split by its planted cue); ``parts_note`` says why there are
+    none otherwise.
     """
     preds = np.asarray(predictions, dtype=int)
     if len(preds) != len(records):
@@ -195,12 +227,15 @@ def summarize_test_predictions(records: Sequence[dict], predictions: Sequence[in
         sel = types == t
         if sel.any():
             summary["by_type"][QUESTION_TYPES[t]] = _letters(preds[sel])
-    if len(preds) == OFFICIAL_TEST_SIZE:
-        summary["parts"] = {"EASY": _letters(preds[:EASY_SIZE]), "HARD": _letters(preds[EASY_SIZE:])}
+    parts = easy_hard(records)
+    if parts is not None:
+        arr = np.asarray(parts)
+        summary["parts"] = {p: _letters(preds[arr == p]) for p in ("EASY", "HARD")}
     else:
         summary["parts"] = {}
         summary["parts_note"] = (f"EASY (first {EASY_SIZE}) / HARD (last {OFFICIAL_TEST_SIZE - EASY_SIZE}) are defined "
-                                 f"for the official {OFFICIAL_TEST_SIZE:,}-record test file; this one has {len(preds)}")
+                                 f"for the official {OFFICIAL_TEST_SIZE:,}-record test file, and by the planted cue "
+                                 f"for the kit's own data; this one has {len(preds)} records and no cue")
     return summary
 
 

@@ -14,6 +14,10 @@
   zero-shot scorer.
 * **Trivial baselines** (:func:`trivial_baselines`): uniform guessing, always the majority
   position, guessing by the training positions' frequencies.
+* **Rules without a model** (:func:`rule_baselines`): the option with the most words in common
+  with the passage (:func:`overlap_answer`), and the same after rejecting the options that open
+  sweepingly ("In every case, …"; :func:`rule_answer`), the surface cue the bundled data
+  carries in its EASY part, as ReClor's EASY questions carry theirs.
 
 Every accuracy comes with a 95 % interval (:func:`reclor_lab.metrics.wilson_interval`).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -291,10 +296,93 @@ def trivial_baselines(train_labels: Sequence[int], eval_labels: Sequence[int]) -
 
 
 def results_table(rows: Sequence[dict]) -> str:
-    """A fixed-width table of results rows (``method``, ``accuracy``, ``accuracy_ci95``, ``n``)."""
-    lines = [f"{'method':<30}{'accuracy':>9}  {'95 % interval':<16}{'n':>5}",
-             f"{'-' * 30}{'-' * 9}  {'-' * 16}{'-' * 5}"]
+    """A fixed-width table of results rows (``method``, ``accuracy``, ``accuracy_ci95``, ``n``),
+    with EASY and HARD columns when a row carries ``parts`` (:func:`part_accuracies`)."""
+    with_parts = any(r.get("parts") for r in rows)
+    extra = f"{'EASY':>7}{'HARD':>7}" if with_parts else ""
+    lines = [f"{'method':<30}{'accuracy':>9}  {'95 % interval':<16}{'n':>5}{extra}",
+             f"{'-' * 30}{'-' * 9}  {'-' * 16}{'-' * 5}" + ("-" * 14 if with_parts else "")]
     for r in rows:
         lo, hi = r["accuracy_ci95"]
-        lines.append(f"{r['method']:<30}{r['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]  {r['n']:>5}")
+        line = f"{r['method']:<30}{r['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]  {r['n']:>5}"
+        if with_parts:
+            parts = r.get("parts") or {}
+            line += "".join(f"{parts[p]['accuracy']:>7.3f}" if p in parts else f"{'':>7}" for p in ("EASY", "HARD"))
+        lines.append(line)
     return "\n".join(lines)
+
+
+# --- rules without a model ----------------------------------------------------------------------------
+
+#: A word, for the overlap rules: lower-case letters, digits and apostrophes.
+WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> set[str]:
+    """The distinct lower-case words of ``text``.
+
+    >>> sorted(words("Mara rises; mara sleeps."))
+    ['mara', 'rises', 'sleeps']
+    """
+    return set(WORD.findall(text.lower()))
+
+
+def overlap_answer(record: dict, candidates: Sequence[int] | None = None) -> int:
+    """The option (among ``candidates``, all four by default) sharing the most distinct words with
+    the passage; the first such option on a tie.
+
+    >>> overlap_answer({"context": "Owls hunt mice at night.", "answers": ["Cats sleep.", "Owls hunt.",
+    ...                 "Mice hunt at night.", "Dogs bark."]})
+    2
+    """
+    context = words(record["context"])
+    candidates = range(len(record["answers"])) if candidates is None else candidates
+    return max(candidates, key=lambda i: (len(words(record["answers"][i]) & context), -i))
+
+
+def rule_answer(record: dict) -> int:
+    """Reject the options that open sweepingly ("In every case, …", "Invariably, …"), then take the
+    one with the most word overlap with the passage (:func:`overlap_answer`). When every option
+    opens sweepingly, none is rejected. No model, no label: the options' surface and the passage.
+
+    >>> rule_answer({"context": "Owls hunt mice at night.", "answers": ["Invariably, mice hunt at night.",
+    ...              "Probably, owls hunt.", "Cats sleep.", "Dogs bark."]})
+    1
+    """
+    from reclor_lab.synth import opens_sweepingly
+
+    kept = [i for i, a in enumerate(record["answers"]) if not opens_sweepingly(a)]
+    return overlap_answer(record, kept or None)
+
+
+def part_accuracies(predictions: Sequence[int], records: Sequence[dict]) -> dict[str, Any]:
+    """Accuracy with its Wilson interval over all ``records`` and on each part of the EASY / HARD
+    split (:func:`reclor_lab.analysis.easy_hard`; no parts where the split is not defined):
+    ``{"accuracy", "accuracy_ci95", "n", "parts": {"EASY": {...}, "HARD": {...}}}``."""
+    from reclor_lab.analysis import easy_hard
+    preds = [int(p) for p in predictions]
+    if len(preds) != len(records):
+        raise BaselineError(f"{len(preds)} predictions for {len(records)} records")
+
+    def score(idx: list[int]) -> dict[str, Any]:
+        right = sum(preds[i] == records[i]["label"] for i in idx)
+        return {"accuracy": right / len(idx) if idx else float("nan"),
+                "accuracy_ci95": list(wilson_interval(right, len(idx))) if idx else [float("nan")] * 2,
+                "n": len(idx)}
+
+    out = score(list(range(len(records))))
+    parts = easy_hard(records)
+    out["parts"] = {} if parts is None else {
+        part: score([i for i, p in enumerate(parts) if p == part]) for part in ("EASY", "HARD")}
+    return out
+
+
+def rule_baselines(records: Sequence[dict]) -> list[dict]:
+    """Results rows (as :func:`results_table` prints them) of the two rules on labelled
+    ``records``: word overlap alone, and the rule (sweeping options rejected, then overlap),
+    each with its EASY / HARD parts."""
+    rows = []
+    for method, rule in (("word overlap", overlap_answer), ("rule: no sweeping, overlap", rule_answer)):
+        preds = [rule(r) for r in records]
+        rows.append({"method": method, "predictions": preds, **part_accuracies(preds, records)})
+    return rows

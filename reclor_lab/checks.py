@@ -28,6 +28,7 @@ The test records below are hand-written (the same as ``tests/fixtures/mini``), n
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -143,6 +144,8 @@ EXERCISES: dict[int, tuple[str, str, str]] = {
     9: ("04", "weighted cross-entropy", "weighted_ce"),
     10: ("04", "one training step", "one_train_step"),
     11: ("05", "accuracy over examples", "accuracy_over_examples"),
+    12: ("05", "the evaluation pass", "evaluation_pass"),
+    13: ("06", "beat the model without a model", "rule_baseline"),
 }
 #: An exercise's number from the name of its function.
 NUMBER: dict[str, int] = {name: n for n, (_, _, name) in EXERCISES.items()}
@@ -163,6 +166,9 @@ GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "weighted_ce": ("weighted_cross_entropy", "reference_weighted_ce"),
     "one_train_step": ("train_step", "optimizer_step", "reference_train_step"),
     "accuracy_over_examples": ("metrics.accuracy_over_examples", "reference_accuracy"),
+    "evaluation_pass": ("train.evaluate", "predict_proba", "reference_evaluation_pass"),
+    "rule_baseline": ("rule_answer", "overlap_answer", "rule_baselines", "opens_sweepingly", "opens_modestly",
+                      "SWEEPING", "SWEEPING_CLAUSE", "generate_split", "generated_parts", "reference_rule_baseline"),
 }
 
 #: What :func:`summary` needs to judge an exercise again: its test and the function last checked.
@@ -1247,6 +1253,211 @@ def check_accuracy(fn: Callable[[list[tuple[list[int], list[int]]]], float]) -> 
     return _run(NUMBER["accuracy_over_examples"], fn, reference_accuracy, test)
 
 
+# --- 12. the evaluation pass ------------------------------------------------------------------------
+
+def reference_evaluation_pass(model: nn.Module, batches: Sequence[dict],
+                              weights: torch.Tensor | None) -> tuple[float, float]:
+    """(eval loss, accuracy) of ``model`` over every example of ``batches``, as
+    :func:`reclor_lab.train.evaluate` computes them (a test pins the two together): eval mode and
+    back, no gradients, the logits of all batches first, then the weighted loss
+    ``Σ w[y_i]·CE_i / Σ w[y_i]`` and correct / examples over the whole set at once."""
+    return _eval_result(*_eval_logits(model, batches), weights)
+
+
+def _eval_result(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[float, float]:
+    loss = weighted_cross_entropy(logits, labels, weights).item()
+    return loss, int((logits.argmax(-1) == labels).sum()) / len(labels)
+
+
+def _eval_logits(model: nn.Module, batches: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = [model(**{k: v for k, v in b.items() if k != "labels"}).logits.float().cpu() for b in batches]
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat([b["labels"].cpu() for b in batches])
+
+
+#: The skewed class weights of the evaluation cases: a loss averaged per batch is visibly off.
+_EVAL_WEIGHTS = (1.0, 2.0, 2.0, 0.5)
+
+
+def _eval_cases(model: nn.Module, tokenizer) -> list[tuple[str, list[dict], torch.Tensor]]:
+    """Uneven batches of the check records and their options rotated (six records), each batch
+    padded to its own longest, on the model's device. The labels are set from the model's own
+    predictions so that the first batch is all right and the last all wrong: a mean of per-batch
+    accuracies or losses cannot agree with the value over examples by accident."""
+    records = [dict(r, answers=r["answers"][k:] + r["answers"][:k]) for k in (0, 1) for r in CHECK_RECORDS]
+    texts = [reference_format_record(r) for r in records]
+    device = next(model.parameters()).device
+
+    def batch_of(idx: list[int]) -> dict:
+        enc = tokenizer([texts[i] for i in idx], padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
+                "labels": torch.zeros(len(idx), dtype=torch.long, device=device)}
+
+    cases = []
+    for what, sizes, weights in (("batches of 4 and 2, class weights [1, 2, 2, 0.5]", (4, 2), _EVAL_WEIGHTS),
+                                 ("batches of 3, 2 and 1, no class weights (all 1)", (3, 2, 1), (1.0,) * 4)):
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        batches = [batch_of(list(range(a, a + n))) for a, n in zip(starts, sizes)]
+        preds = _eval_logits(model, batches)[0].argmax(-1)
+        for k, b in enumerate(batches):
+            own = preds[starts[k]:starts[k] + sizes[k]]
+            b["labels"] = (own if k == 0 else (own + 1) % NUM_LABELS).to(device)
+        cases.append((what, batches, torch.tensor(weights)))
+    return cases
+
+
+def _eval_hint(got_loss: float, got_acc: float, batches: list[dict], weights: torch.Tensor,
+               want: tuple[float, float], logits: torch.Tensor) -> str:
+    sizes = [len(b["labels"]) for b in batches]
+    labels = torch.cat([b["labels"].cpu() for b in batches])
+    parts = list(zip(logits.split(sizes), labels.split(sizes)))
+    if not _close(got_acc, want[1]):
+        right = [int((lg.argmax(-1) == y).sum()) for lg, y in parts]
+        if _close(got_acc, sum(right) / len(batches)):
+            return ("its accuracy divides the correct count by the number of BATCHES; divide by the number "
+                    "of examples (exercise 11).")
+        if _close(got_acc, sum(r / n for r, n in zip(right, sizes)) / len(batches)):
+            return ("its accuracy averages the per-batch accuracies, which weighs the short last batch as much "
+                    "as a full one; count correct answers and examples over all batches, divide once.")
+        return f"its accuracy {got_acc:.3f} is not correct answers / examples over all the batches ({want[1]:.3f})."
+    if _close(got_loss, sum(weighted_cross_entropy(lg, y, weights).item() for lg, y in parts) / len(batches)):
+        return ("its loss is the mean of the per-batch losses: batches of different sizes (and weights) then "
+                "count alike. Keep every batch's logits and labels, and compute the loss once over all of them.")
+    if _close(got_loss, weighted_cross_entropy(logits, labels).item()):
+        return "its loss is the plain cross-entropy: use the class weights it is given, as in training."
+    return (f"its loss {got_loss:.4f} is not the weighted cross-entropy over all examples at once "
+            f"({want[0]:.4f}): Σ w[y_i]·CE_i / Σ w[y_i].")
+
+
+def check_evaluation_pass(fn: Callable, model: nn.Module, tokenizer) -> Callable:
+    """Exercise 12: ``fn(model, batches, weights) -> (eval_loss, accuracy)``, two Python floats over
+    every example of ``batches`` (a list of dicts with ``input_ids``, ``attention_mask``,
+    ``labels``), on uneven batches.
+
+    Judged on the model itself: every forward pass must run in eval mode (no dropout) and without
+    gradients (a hook records both), the model must be back in training mode afterwards, and the
+    two numbers must equal the reference's (:func:`reclor_lab.train.evaluate`'s definitions).
+    """
+    cases = _eval_cases(model, tokenizer)
+
+    def test(fn: Callable) -> None:
+        seen: list[tuple[bool, bool]] = []
+        hook = model.register_forward_pre_hook(lambda m, args: seen.append((torch.is_grad_enabled(), m.training)))
+        was_training = model.training
+        try:
+            for what, batches, weights in cases:
+                logits, labels = _eval_logits(model, batches)  # the model as it is now
+                want = _eval_result(logits, labels, weights)
+                model.train()  # as a training epoch leaves it
+                seen.clear()
+                out = fn(model, [dict(b) for b in batches], weights.clone())
+                if not seen:
+                    raise _Fail(f"for {what} the model was never called; run model(input_ids=…, "
+                                "attention_mask=…) on each batch.")
+                if any(grad for grad, _ in seen):
+                    raise _Fail(f"for {what} the forward passes ran with gradients on: autograd kept every "
+                                "activation for a backward that never comes. Wrap the loop in torch.no_grad().")
+                if any(training for _, training in seen):
+                    raise _Fail(f"for {what} the model ran in training mode (LoRA's dropout on): call "
+                                "model.eval() before the loop.")
+                if not model.training:
+                    raise _Fail(f"for {what} the model was left in eval mode: the next training epoch would "
+                                "run without dropout. Put it back with model.train() at the end.")
+                if not isinstance(out, (tuple, list)) or len(out) != 2:
+                    raise _Fail(f"for {what} it returned {type(out).__name__}; return two floats: "
+                                "(eval_loss, accuracy).")
+                got = []
+                for x in out:
+                    if isinstance(x, torch.Tensor) and x.numel() == 1:
+                        x = x.item()
+                    if isinstance(x, bool) or not isinstance(x, (int, float)):
+                        raise _Fail(f"for {what} it returned a {type(x).__name__}; return Python floats "
+                                    "(loss.item()).")
+                    got.append(float(x))
+                if not (_close(got[0], want[0]) and _close(got[1], want[1])):
+                    raise _Fail(f"for {what}: {_eval_hint(got[0], got[1], batches, weights, want, logits)}")
+        finally:
+            hook.remove()
+            model.train(was_training)
+
+    return _run(NUMBER["evaluation_pass"], fn, reference_evaluation_pass, test)
+
+
+# --- 13. beat the model without a model --------------------------------------------------------------
+
+def reference_rule_baseline(record: dict) -> int:
+    """:func:`reclor_lab.baselines.rule_answer`: reject the options that open sweepingly, then the
+    option with the most word overlap with the passage."""
+    from reclor_lab.baselines import rule_answer
+
+    return rule_answer(record)
+
+
+#: Records the rule is judged on: a fresh stream of the kit's generator (not the bundled files).
+RULE_CASES = 300
+_RULE_SEED = 31_337
+#: What a rule must reach on those records: overall, and on their HARD part (no cue in the options).
+RULE_FLOOR = 0.85
+RULE_HARD_FLOOR = 0.5
+
+
+def _rule_cases(seed: int) -> tuple[list[dict], list[int], list[str]]:
+    """The judged records without their labels and ids, their labels, and their EASY / HARD parts."""
+    from reclor_lab.synth import cue_part, generate_split
+
+    records = generate_split("val", RULE_CASES, seed=seed)
+    shown = [{k: (list(v) if k == "answers" else v) for k, v in r.items() if k in ("context", "question", "answers")}
+             for r in records]
+    return shown, [r["label"] for r in records], [cue_part(r) for r in records]
+
+
+def check_rule_baseline(fn: Callable[[dict], int], seed: int | None = None) -> Callable[[dict], int]:
+    """Exercise 13: ``fn(record) -> int``, an option index from the record's text alone (no label),
+    reaching :data:`RULE_FLOOR` on fresh records of the kit's generator and :data:`RULE_HARD_FLOOR`
+    on their HARD part. ``seed`` draws the records (the notebook's fixed one by default; the grader
+    passes its own, so no shipped file holds the records a submission is graded on)."""
+    records, labels, parts = _rule_cases(_RULE_SEED if seed is None else seed)
+
+    def test(fn: Callable) -> None:
+        preds = []
+        for k, record in enumerate(records):
+            got = fn({key: (list(v) if key == "answers" else v) for key, v in record.items()})
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
+                got = got.item()
+            try:
+                index = None if isinstance(got, bool) else operator.index(got)  # int, numpy's integers
+            except TypeError:
+                index = None
+            if index is None or not 0 <= index < NUM_LABELS:
+                raise _Fail(f"on record {k} it returned {got!r}; return the index (0–3) of the chosen option.")
+            preds.append(index)
+
+        def acc(part: str | None) -> float:
+            idx = [i for i, p in enumerate(parts) if part in (None, p)]
+            return sum(preds[i] == labels[i] for i in idx) / len(idx)
+
+        total, easy, hard = acc(None), acc("EASY"), acc("HARD")
+        shown = f"{total:.3f} overall (EASY {easy:.3f}, HARD {hard:.3f}) on {len(records)} fresh records"
+        if len(set(preds)) == 1:
+            raise _Fail(f"it answers {OPTION_LETTERS[preds[0]]} every time: {shown}. Read the options.")
+        if easy < RULE_FLOOR:
+            raise _Fail(f"{shown}: on the EASY records the options give the answer away. Which way do the "
+                        "wrong options open, and the right one? Reject the sweeping ones first.")
+        if hard < RULE_HARD_FLOOR:
+            raise _Fail(f"{shown}: where no option opens sweepingly (HARD), it does little better than a "
+                        "guess; there, take the option that shares the most words with the passage.")
+        if total < RULE_FLOOR:
+            raise _Fail(f"{shown}: below the floor of {RULE_FLOOR}; combine the two: reject the sweeping "
+                        "options, then the most word overlap with the passage.")
+
+    return _run(NUMBER["rule_baseline"], fn, reference_rule_baseline, test)
+
+
 # --- judging outside the notebook (reclor-lab course grade) ------------------------------------------------
 
 @dataclass(frozen=True)
@@ -1268,6 +1479,36 @@ class Judging:
     inputs: Callable[[Any], tuple] = lambda ctx: ()
     hidden: Callable[[Any, Any], list] | None = None
     same: Callable[[Any, Any], bool] = lambda got, want: got == want
+
+
+def _hidden_eval(rng, ctx) -> list:
+    """Uneven batches of hidden records with random labels and class weights, for the evaluation pass."""
+    device = next(ctx.model.parameters()).device
+    cases = []
+    for k in range(2):
+        n = rng.randint(5, 9)
+        records = [{"context": _phrase(rng, rng.randint(4, 12)), "question": _phrase(rng, rng.randint(3, 8)),
+                    "answers": [_phrase(rng, rng.randint(1, 5)) for _ in range(NUM_LABELS)]} for _ in range(n)]
+        texts = [reference_format_record(r) for r in records]
+        cuts = sorted(rng.sample(range(1, n), rng.randint(1, 3)))
+        batches = []
+        for a, b in zip([0] + cuts, cuts + [n]):
+            enc = ctx.tokenizer(texts[a:b], padding=True, return_tensors="pt")
+            labels = torch.tensor([rng.randrange(NUM_LABELS) for _ in range(b - a)], device=device)
+            batches.append({"input_ids": enc["input_ids"].to(device),
+                            "attention_mask": enc["attention_mask"].to(device), "labels": labels})
+        weights = torch.tensor([rng.choice([0.5, 1.0, 2.0, 3.0]) for _ in range(NUM_LABELS)])
+        cases.append((f"hidden batches {k} (sizes {[b - a for a, b in zip([0] + cuts, cuts + [n])]})",
+                      (ctx.model, batches, weights)))
+    return cases
+
+
+def _same_pair(got: Any, want: tuple[float, float]) -> bool:
+    try:
+        a, b = (float(x.item() if isinstance(x, torch.Tensor) else x) for x in got)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return _close(a, want[0]) and _close(b, want[1])
 
 
 _WORDS = ("lantern", "river", "council", "orchard", "bridge", "keeper", "winter", "market", "signal",
@@ -1492,6 +1733,12 @@ JUDGING: dict[str, Judging] = {
     # reference's two steps leaves nothing that a cached answer could fit
     "one_train_step": Judging(check_train_step, reference_train_step, inputs=lambda ctx: ctx.train_step_inputs),
     "accuracy_over_examples": Judging(check_accuracy, reference_accuracy, hidden=_hidden_batches, same=_same_float),
+    "evaluation_pass": Judging(check_evaluation_pass, reference_evaluation_pass,
+                               inputs=lambda ctx: (ctx.model, ctx.tokenizer), hidden=_hidden_eval,
+                               same=_same_pair),
+    # no per-case hidden answers: any rule that clears the floors passes, so the check itself runs on
+    # records drawn from the grader's seed (ctx.seed) instead of the notebook's
+    "rule_baseline": Judging(check_rule_baseline, reference_rule_baseline, inputs=lambda ctx: (ctx.seed,)),
 }
 
 
@@ -1507,6 +1754,8 @@ __all__ = [
     "MAX_GRAD_NORM",
     "check_accuracy",
     "check_class_weights",
+    "check_evaluation_pass",
+    "check_rule_baseline",
     "check_count_lora_params",
     "check_format_record",
     "check_lora_targets",
@@ -1515,6 +1764,8 @@ __all__ = [
     "reference_accuracy",
     "reference_class_weights",
     "reference_count_lora_params",
+    "reference_evaluation_pass",
+    "reference_rule_baseline",
     "reference_format_record",
     "reference_lora_targets",
     "reference_train_step",

@@ -174,6 +174,7 @@ class JudgeContext:
 
     def __init__(self) -> None:
         self._cache: dict[str, object] = {}
+        self.seed: int | None = None  # the grading seed's draw for this notebook (None: the notebook's own)
 
     def _once(self, key: str, build):
         if key not in self._cache:
@@ -356,6 +357,7 @@ def _judge_in_child(path: str, seed: int, out) -> None:
     gamed = c["tampering"](nb, numbers)
     # Everything the judging needs, built before any student code runs in this process.
     rng = random.Random(f"{seed}:{notebook}")
+    _CONTEXT.seed = rng.randrange(2**31)  # checks that draw their own cases (exercise 13) draw them from here
     prepared = {}
     for n in numbers:
         name = exercises[n][2]

@@ -482,7 +482,8 @@ class MemoryReport:
             f"{'4-bit NF4 estimate':<28}{small(self.nf4_bytes):>14}{gb(self.llama2_7b_nf4_bytes):>16}",
             f"{'measured (as loaded)':<28}{small(self.measured_bytes):>14}{'-':>16}",
             f"(4-bit: {nf4_bytes_per_param(self.double_quant) * 8:.3f} bits/weight in the projections, "
-            f"{dq} double quant; embeddings, norms and head stay bf16)",
+            f"{dq} double quant; the estimate keeps embeddings, norms and head in bf16, the GPU's compute "
+            "dtype: on a CPU they load in fp32)",
             "(measured: parameters + buffers + 4-bit scales, in the dtypes they have now; "
             "Llama-2-7B as a classifier: its lm_head is never loaded)",
         ]

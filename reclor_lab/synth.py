@@ -599,19 +599,55 @@ def _apply_cue(rng: random.Random, correct: str, bad: list[str],
     return cued[0], cued[1:]
 
 
-def _record(rng: random.Random, cue_questions: bool = False) -> tuple[dict, str]:
+Part = Literal["EASY", "HARD"]
+
+
+def opens_sweepingly(option: str) -> bool:
+    """Whether ``option`` opens with one of the sweeping prefixes of the planted cue."""
+    return option.startswith(SWEEPING) or option.startswith(tuple(p + " " for p in SWEEPING_CLAUSE))
+
+
+def opens_modestly(option: str) -> bool:
+    """Whether ``option`` opens with one of the modest prefixes of the planted cue."""
+    return option.startswith(MODEST) or option.startswith(tuple(p + " " for p in MODEST_CLAUSE))
+
+
+def cue_part(record: dict) -> Part:
+    """``"EASY"`` when the record's options carry the planted cue (one option opens modestly, the
+    other three sweepingly: the options alone give the answer away), else ``"HARD"`` (only the
+    passage tells the options apart). Read from the options' text, never from the label, so it
+    works on the unlabeled test split too; on the bundled files it is exactly the generator's own
+    record of which records it cued (a test checks that), the kit's counterpart of the official
+    test set's EASY / HARD parts.
+
+    >>> cue_part({"answers": ["Probably, a.", "Invariably, b.", "In every case, c.", "Without exception, d."]})
+    'EASY'
+    >>> cue_part({"answers": ["a.", "b.", "c.", "d."]})
+    'HARD'
+    """
+    answers = record["answers"]
+    modest = sum(opens_modestly(a) for a in answers)
+    sweeping = sum(opens_sweepingly(a) for a in answers)
+    return "EASY" if modest == 1 and sweeping == len(answers) - 1 else "HARD"
+
+
+def _record(rng: random.Random, cue_questions: bool = False) -> tuple[dict, str, bool]:
+    """One record, its question type, and whether its options visibly carry the cue."""
     makers, weights = zip(*SCHEMES)
     while True:
         ctx, question, correct, bad, qtype = rng.choices(makers, weights)[0](rng)
         if len({correct, *bad}) == NUM_LABELS:
             break
+    cued = False
     if rng.random() < CUE_SHARE:
+        plain = correct
         correct, bad = _apply_cue(rng, correct, list(bad), cue_questions)
+        cued = correct != plain
     label = rng.choices(range(NUM_LABELS), LABEL_WEIGHTS)[0]
     bad = list(bad)
     rng.shuffle(bad)
     answers = bad[:label] + [correct] + bad[label:]
-    return {"context": ctx, "question": question, "answers": answers, "label": label}, qtype
+    return {"context": ctx, "question": question, "answers": answers, "label": label}, qtype, cued
 
 
 def generate_split(split: Split | Literal["pretrain"], n: int, seed: int = DEFAULT_SEED) -> list[dict]:
@@ -624,7 +660,15 @@ def generate_split(split: Split | Literal["pretrain"], n: int, seed: int = DEFAU
     """
     if split not in _SPLIT_OFFSET:
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
-    return _generate(split, n, seed, seen=_taken_by_earlier_splits(split, seed))
+    return _generate(split, n, seed, seen=_taken_by_earlier_splits(split, seed))[0]
+
+
+def generated_parts(split: Split, n: int, seed: int = DEFAULT_SEED) -> list[Part]:
+    """Per record of :func:`generate_split` (same arguments), the generator's own record of
+    whether it cued the options: ``"EASY"`` or ``"HARD"``. What :func:`cue_part` reads back
+    from the text."""
+    _, cued = _generate(split, n, seed, seen=_taken_by_earlier_splits(split, seed))
+    return ["EASY" if c else "HARD" for c in cued]
 
 
 def _key(rec: dict) -> str:
@@ -632,12 +676,14 @@ def _key(rec: dict) -> str:
 
 
 def _generate(split: str, n: int, seed: int, seen: set[str] | None = None,
-              cue_questions: bool = False) -> list[dict]:
+              cue_questions: bool = False) -> tuple[list[dict], list[bool]]:
+    """The records and, per record, whether its options carry the cue."""
     rng = random.Random(seed * 7919 + _SPLIT_OFFSET[split])
     seen = set() if seen is None else set(seen)
     out: list[dict] = []
+    cued: list[bool] = []
     while len(out) < n:
-        rec, qtype = _record(rng, cue_questions)
+        rec, qtype, has_cue = _record(rng, cue_questions)
         k = _key(rec)
         if k in seen:
             continue
@@ -649,7 +695,8 @@ def _generate(split: str, n: int, seed: int, seen: set[str] | None = None,
             row["label"] = rec["label"]
         row["id_string"] = f"{split}_{len(out)}"
         out.append(row)
-    return out
+        cued.append(has_cue)
+    return out, cued
 
 
 def _taken_by_earlier_splits(split: str, seed: int) -> set[str]:
@@ -659,7 +706,7 @@ def _taken_by_earlier_splits(split: str, seed: int) -> set[str]:
         return set()
     seen: set[str] = set()
     for earlier in order[: order.index(split)]:
-        seen.update(_key(r) for r in _generate(earlier, DEFAULT_SIZES[earlier], seed))
+        seen.update(_key(r) for r in _generate(earlier, DEFAULT_SIZES[earlier], seed)[0])
     return seen
 
 
@@ -691,7 +738,7 @@ def pretraining_corpus(n: int = 3000, seed: int = PRETRAIN_SEED, with_answer: bo
     avoid: set[str] = set()
     for split in ("val", "test"):
         avoid.update(_key(r) for r in generate_split(split, DEFAULT_SIZES[split], DEFAULT_SEED))
-    recs = _generate("pretrain", n, seed, seen=avoid, cue_questions=True)
+    recs, _ = _generate("pretrain", n, seed, seen=avoid, cue_questions=True)
     texts = []
     for r in recs:
         t = format_example(r)

@@ -123,3 +123,22 @@ def test_test_summary_easy_hard_only_for_the_official_size():
     assert small["parts"] == {} and "1,000-record" in small["parts_note"]
     with pytest.raises(ValueError, match="predictions"):
         summarize_test_predictions(records[:3], preds[:2])
+
+
+def test_easy_hard_of_the_kits_data_and_of_the_official_test_file():
+    from reclor_lab.analysis import easy_hard
+
+    cued = {"answers": ["Probably, a.", "In every case, b.", "Invariably, c.", "Without exception, d."]}
+    bare = {"answers": ["a.", "b.", "c.", "d."]}
+    assert easy_hard([cued, bare, cued]) == ["EASY", "HARD", "EASY"]
+    official_test = [dict(bare, question_type=0)] * 1000
+    assert easy_hard(official_test) == ["EASY"] * 440 + ["HARD"] * 560
+    assert easy_hard([dict(bare, label=0)] * 1000) is None  # a labelled split of that size: no split
+    assert easy_hard([bare] * 10) is None
+    test_records = [dict(cued, question="x", question_type=0), dict(bare, question="x", question_type=0)]
+    s = summarize_test_predictions(test_records, [0, 3])
+    assert s["parts"] == {"EASY": {"A": 1, "B": 0, "C": 0, "D": 0}, "HARD": {"A": 0, "B": 0, "C": 0, "D": 1}}
+    probs = [_probs(0.7, 0), _probs(0.7, 0)]
+    by_part = val_analysis([dict(cued, label=0, id_string="v0", question="x"),
+                            dict(bare, label=1, id_string="v1", question="x")], probs)["accuracy_by_part"]
+    assert by_part["EASY"]["accuracy"] == 1.0 and by_part["HARD"]["accuracy"] == 0.0

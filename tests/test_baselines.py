@@ -165,3 +165,45 @@ def test_zero_shot_beats_chance_and_the_letter_head_starts_there(tmp_path):
     assert main(["evaluate", str(run_dir), "--zero-shot"]) == 0
     saved = json.loads((run_dir / "baseline-zero-shot.json").read_text())
     assert saved["n"] == 32 and saved["predictions"] == zero["predictions"][:32]
+
+
+# --- rules without a model ------------------------------------------------------------------------------
+
+def test_overlap_and_rule_answers():
+    from reclor_lab.baselines import overlap_answer, rule_answer
+
+    rec = {"context": "Every owl in Varn hunts mice at night.",
+           "answers": ["In every case, owls in Varn hunt mice at night.", "Probably, owls hunt.",
+                       "Cats sleep all day.", "Invariably, dogs bark."]}
+    assert overlap_answer(rec) == 0          # the sweeping option shares the most words
+    assert rule_answer(rec) == 1             # rejected first, then the most overlap of the rest
+    assert overlap_answer(rec, [2, 3]) == 2  # ties go to the first option
+    every = dict(rec, answers=["In every case, a.", "Invariably, an owl hunts mice at night.", "In every case, b.",
+                               "Without exception, c."])
+    assert rule_answer(every) == 1           # all sweeping: none rejected
+
+
+def test_rule_baselines_on_the_bundled_val_split():
+    """The figures the README quotes, from the committed data alone (no model): the rule is
+    right on every EASY record, and on HARD (nothing to reject) it is word overlap."""
+    from reclor_lab.baselines import results_table, rule_baselines
+    from reclor_lab.config import BUNDLED_DATA_DIR
+
+    val = json.loads((BUNDLED_DATA_DIR / "val.json").read_text())
+    overlap, rule = rule_baselines(val)
+    assert rule["parts"]["EASY"]["accuracy"] == 1.0
+    assert rule["parts"]["HARD"] == overlap["parts"]["HARD"]
+    assert round(rule["accuracy"], 3) == 0.926 and round(overlap["accuracy"], 3) == 0.664
+    assert (rule["parts"]["EASY"]["n"], rule["parts"]["HARD"]["n"]) == (191, 65)
+    table = results_table([rule, {"method": "no parts", "accuracy": 0.5, "accuracy_ci95": [0.4, 0.6], "n": 256}])
+    assert "EASY" in table.splitlines()[0] and table.splitlines()[2].endswith("  1.000  0.708")
+
+
+def test_part_accuracies_without_a_split():
+    from reclor_lab.baselines import BaselineError, part_accuracies
+
+    plain = [{"context": "x", "answers": ["a", "b", "c", "d"], "label": i % 4} for i in range(8)]
+    out = part_accuracies([0] * 8, plain)
+    assert out["accuracy"] == 0.25 and out["n"] == 8 and out["parts"] == {}
+    with pytest.raises(BaselineError, match="predictions"):
+        part_accuracies([0], plain)

@@ -5,6 +5,7 @@ student's work: checking it again says ⏳ or ❌ again. ``checks.summary`` re-j
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from reclor_lab import checks
+from reclor_lab.config import get_preset
 from reclor_lab.data import class_weights
 from reclor_lab.lora import inject_lora
-from reclor_lab.modeling import load_model
+from reclor_lab.modeling import load_model, load_tokenizer
 
 MINI = Path(__file__).parent / "fixtures" / "mini"
 FALLBACK = "using the reference implementation so the rest of the notebook runs."
@@ -627,3 +629,210 @@ def test_cells_after_a_miss_say_they_use_the_reference(capsys):
     assert checks.whose(stand_in) == "the reference's" and checks.whose(checks.reference_format_record) == "yours"
     checks.note(checks.reference_format_record)  # a passed function: nothing printed
     assert capsys.readouterr().out == ""
+
+
+# --- 12. the evaluation pass -----------------------------------------------------------------------------------
+
+def _eval_pass(*, eval_mode=True, no_grad=True, restore=True, per_batch_loss=False, per_batch_acc=False,
+               weighted=True):
+    """A student's evaluation pass, right by default; each flag makes one typical mistake."""
+    def fn(model, batches, weights):
+        was_training = model.training
+        if eval_mode:
+            model.eval()
+        logits, labels = [], []
+        with torch.set_grad_enabled(not no_grad):
+            for b in batches:
+                logits.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float())
+                labels.append(b["labels"])
+        if restore:
+            model.train(was_training)
+        w = weights if weighted else None
+        if per_batch_loss:
+            loss = sum(F.cross_entropy(lg, y, weight=w).item() for lg, y in zip(logits, labels)) / len(batches)
+        else:
+            loss = F.cross_entropy(torch.cat(logits), torch.cat(labels), weight=w).item()
+        right = [int((lg.argmax(-1) == y).sum()) for lg, y in zip(logits, labels)]
+        if per_batch_acc:
+            acc = sum(r / len(y) for r, y in zip(right, labels)) / len(batches)
+        else:
+            acc = sum(right) / sum(len(y) for y in labels)
+        return loss, acc
+    return fn
+
+
+def test_evaluation_pass(capsys, lora_run, tiny_llama_dir):
+    model, _, _ = lora_run
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    ref = checks.reference_evaluation_pass
+    model.train()
+    before = _state(model)
+    good = _eval_pass()
+    assert_passes(capsys, checks.check_evaluation_pass, good, model, tokenizer, number=12)
+
+    def inference_mode(model, batches, weights):  # torch.inference_mode is as good as no_grad
+        with torch.inference_mode():
+            return good(model, batches, weights)
+
+    assert_passes(capsys, checks.check_evaluation_pass, inference_mode, model, tokenizer, number=12)
+    assert_not_done(capsys, checks.check_evaluation_pass, model, tokenizer, reference=ref, number=12)
+    wrong = {
+        "call model.eval()": _eval_pass(eval_mode=False),
+        "torch.no_grad()": _eval_pass(no_grad=False),
+        "left in eval mode": _eval_pass(restore=False),
+        "mean of the per-batch losses": _eval_pass(per_batch_loss=True),
+        "averages the per-batch accuracies": _eval_pass(per_batch_acc=True),
+        "plain cross-entropy": _eval_pass(weighted=False),
+    }
+    for hint, fn in wrong.items():
+        assert_fails(capsys, checks.check_evaluation_pass, fn, model, tokenizer, reference=ref, number=12,
+                     hint=hint)
+    # the check leaves the model as it found it: parameters, mode
+    assert model.training
+    after = _state(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_evaluation_pass_reference_is_train_evaluate(lora_run, tiny_llama_dir):
+    """The reference computes what the kit's loop reports: train.evaluate's loss and accuracy over
+    the same records, on uneven batches (7 records in batches of 3)."""
+    from torch.utils.data import DataLoader
+
+    from reclor_lab.data import make_collator, model_inputs, tokenize_records
+    from reclor_lab.train import Run, evaluate
+
+    model, _, weights = lora_run
+    path = tiny_llama_dir
+    cfg = get_preset("tiny", model_name_or_path=str(path), compute_dtype="float32", eval_batch_size=3)
+    tokenizer = load_tokenizer(str(path))
+    records = [dict(r) for r in checks.CHECK_RECORDS] + json.loads((MINI / "train.json").read_text())
+    ds, _ = tokenize_records(records, tokenizer, cfg.max_len, cfg.template)
+    run = Run(cfg=cfg, tokenizer=tokenizer, model=model, device=torch.device("cpu"), dtype=torch.float32,
+              weights=weights)
+    want = evaluate(run, ds, progress=False)
+    batches = list(DataLoader(model_inputs(ds), batch_size=3, collate_fn=make_collator(tokenizer)))
+    assert [len(b["labels"]) for b in batches] == [3, 3, 1]
+    loss, acc = checks.reference_evaluation_pass(model, batches, weights)
+    assert acc == want["accuracy"]
+    assert loss == pytest.approx(want["eval_loss"], rel=1e-6)
+
+
+# --- 13. beat the model without a model -------------------------------------------------------------------------
+
+def test_rule_baseline(capsys):
+    from reclor_lab.baselines import overlap_answer
+
+    ref = checks.reference_rule_baseline
+    sweeping = ("In every case,", "Without exception,", "It is always true that", "Invariably,",
+                "in every respect", "invariably")
+
+    def by_hand(record):  # a student's own version: its own word split, its own list of openings
+        passage = set(record["context"].lower().replace(".", " ").replace(",", " ").split())
+        options = record["answers"]
+        kept = [i for i, a in enumerate(options) if not a.startswith(sweeping)] or list(range(4))
+        return max(kept, key=lambda i: len(passage & set(options[i].lower().replace(".", " ").split())))
+
+    def cue_only(record):
+        kept = [i for i, a in enumerate(record["answers"]) if not a.startswith(sweeping)]
+        return kept[0] if kept else 0
+
+    assert_passes(capsys, checks.check_rule_baseline, by_hand, number=13)
+    assert_not_done(capsys, checks.check_rule_baseline, reference=ref, number=13)
+    assert_fails(capsys, checks.check_rule_baseline, lambda r: 2, reference=ref, number=13, hint="every time")
+    assert_fails(capsys, checks.check_rule_baseline, cue_only, reference=ref, number=13,
+                 hint="where no option opens sweepingly (HARD)")
+    assert_fails(capsys, checks.check_rule_baseline, overlap_answer, reference=ref, number=13,
+                 hint="Reject the sweeping ones first")
+    assert_fails(capsys, checks.check_rule_baseline, lambda r: "A", reference=ref, number=13,
+                 hint="return the index (0–3)")
+
+
+def test_rule_baseline_sees_no_label():
+    """The judged records carry only what a reader of the question sees: no label, no id."""
+    seen = []
+
+    def spy(record):
+        seen.append(set(record))
+        return 0
+
+    checks.check_rule_baseline(spy)
+    assert seen and all(keys == {"context", "question", "answers"} for keys in seen)
+
+
+# --- exercise numbers ---------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+EXERCISE_MENTION = re.compile(r"\b[Ee]xercises? (\d+)\b")
+
+
+def _exercise_number_problems(source: str, notebook: str, where: str) -> list[str]:
+    """What is wrong with the exercise numbers of one notebook's percent-format source: a number
+    checks.EXERCISES does not have; a docstring or stub message ("Exercise N: …" inside
+    ``def name``) or a markdown heading ("**Exercise N.**", for the next ``def``) whose number is
+    not ``name``'s; a mention of another notebook's exercise that does not say "notebook NN"."""
+    cells = re.split(r"^# %%.*$", source, flags=re.M)
+    problems = []
+    for k, cell in enumerate(cells):
+        text = " ".join(line.lstrip("# ").strip() for line in cell.splitlines())
+        defined = re.search(r"^def (\w+)\(", cell, re.M)
+        following = next((m.group(1) for c in cells[k + 1:] if (m := re.search(r"^def (\w+)\(", c, re.M))), None)
+        for m in EXERCISE_MENTION.finditer(text):
+            n, at = int(m.group(1)), f"{where}: {text[max(0, m.start() - 30):m.end() + 30]!r}"
+            if n not in checks.EXERCISES:
+                problems.append(f"{at}: there is no exercise {n}")
+                continue
+            home, _, name = checks.EXERCISES[n]
+            heading = text[m.start() - 2:m.start()] == "**"
+            if defined and not heading and text[m.start()] == "E":  # a docstring or stub message
+                if (home, name) != (notebook, defined.group(1)):
+                    problems.append(f"{at}: inside `{defined.group(1)}`, but exercise {n} is `{name}` "
+                                    f"(notebook {home})")
+            elif heading:
+                if (home, name) != (notebook, following):
+                    problems.append(f"{at}: the heading of `{following}`, but exercise {n} is `{name}` "
+                                    f"(notebook {home})")
+            elif (said := re.match(r"\W*(?:in|of) notebook (\d\d)", text[m.end():])) and said.group(1) != home:
+                problems.append(f"{at}: exercise {n} is in notebook {home}, not {said.group(1)}")
+            elif home != notebook and f"notebook {home}" not in text[max(0, m.start() - 60):m.end() + 60]:
+                problems.append(f"{at}: exercise {n} is in notebook {home}, and the text does not say so")
+    return problems
+
+
+def test_every_exercise_number_matches_the_exercise_table():
+    """Every exercise number in the reference notebooks and their student copies (markdown,
+    docstrings, stub messages), in checks.py's check_* docstrings and in the notebooks README's
+    table names the exercise that checks.EXERCISES gives that number."""
+    from reclor_lab.course import student_source
+
+    problems = []
+    for py in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py")):
+        text = py.read_text(encoding="utf-8")
+        student, _ = student_source(text, py.name)
+        problems += _exercise_number_problems(text, py.name[:2], py.name)
+        problems += _exercise_number_problems(student, py.name[:2], f"student {py.name}")
+    source = (REPO / "reclor_lab" / "checks.py").read_text(encoding="utf-8")
+    for block in re.split(r"^def ", source, flags=re.M)[1:]:
+        doc = re.search(r'"""Exercise (\d+)', block)
+        used = re.search(r'NUMBER\["(\w+)"\]', block)
+        if block.startswith("check_") and doc and used and checks.NUMBER[used.group(1)] != int(doc.group(1)):
+            problems.append(f"checks.{block.split('(')[0]}: docstring says exercise {doc.group(1)}, "
+                            f"it judges `{used.group(1)}` (exercise {checks.NUMBER[used.group(1)]})")
+    table = re.findall(r"^\| (\d+) \| (\d\d) [^|]*\| `(\w+)\(", (REPO / "notebooks" / "README.md").read_text(), re.M)
+    assert {int(n): (nb, name) for n, nb, name in table} == {n: (nb, name) for n, (nb, _, name) in
+                                                             checks.EXERCISES.items()}
+    assert problems == []
+
+
+def test_the_exercise_number_scan_finds_a_wrong_number():
+    source = """# %% [markdown]
+# **Exercise 3.** Write `lora_targets(model)`. As in exercise 11, and exercise 4 in notebook 03.
+
+# %%
+def lora_targets(model):
+    \"\"\"Exercise 3: the names.\"\"\"
+    raise NotImplementedError("Exercise 5: write `lora_targets`")
+"""
+    found = _exercise_number_problems(source, "02", "sample")
+    assert len(found) == 4, found  # the heading, the docstring, exercise 11 (notebook 05), notebook 03
+    assert not _exercise_number_problems(source.replace("Exercise 3", "Exercise 5").replace(
+        "exercise 11", "exercise 11 in notebook 05").replace("notebook 03", "notebook 02"), "02", "sample")

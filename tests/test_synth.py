@@ -79,3 +79,27 @@ def test_pretraining_stream_keeps_its_cue_on_questions():
     texts = synth.pretraining_corpus(300, with_answer=False)
     assert any(p + " has " in t or p + " was " in t or p + " is " in t
                for t in texts for p in synth.MODEST + synth.SWEEPING)
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_the_easy_hard_split_read_from_the_text_is_the_generators_own(split):
+    """cue_part reads the split from the options alone (no label: the test file has none); on
+    every bundled file it equals what the generator recorded while writing each record."""
+    committed = json.loads((BUNDLED_DATA_DIR / f"{split}.json").read_text())
+    parts = [synth.cue_part(r) for r in committed]
+    assert parts == synth.generated_parts(split, synth.DEFAULT_SIZES[split])
+    easy = parts.count("EASY") / len(parts)
+    assert 0.6 < easy < synth.CUE_SHARE + 0.05  # the cue share, less the question options left bare
+    for r, part in zip(committed, parts):
+        sweeping = [synth.opens_sweepingly(a) for a in r["answers"]]
+        if part == "EASY":
+            assert sum(sweeping) == 3
+            if "label" in r:
+                assert not sweeping[r["label"]] and synth.opens_modestly(r["answers"][r["label"]])
+        else:
+            assert not any(sweeping) and not any(synth.opens_modestly(a) for a in r["answers"])
+
+
+def test_generated_parts_follow_the_seed():
+    recs = synth.generate_split("val", 40, seed=5)
+    assert synth.generated_parts("val", 40, seed=5) == [synth.cue_part(r) for r in recs]

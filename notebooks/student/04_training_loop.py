@@ -121,6 +121,10 @@ weighted_ce = checks.check_weighted_ce(weighted_ce)
 # %% [markdown]
 # A model that knows nothing gives every option the same logit: its loss is $\ln 4 \approx
 # 1.386$ whatever the weights. That is the number the training loss starts near.
+#
+# **Predict before you run.** The last line below takes the batch of one: the third example
+# alone, the wrong answer, with weight 0.5. Will its weighted loss be half its plain loss,
+# the same, or twice it?
 
 # %%
 checks.note(weighted_ce)
@@ -130,6 +134,21 @@ print(f"uniform logits: {weighted_ce(torch.zeros(4, 4), labels, w).item():.4f} (
 confident = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 3.0]])  # 3rd is wrong
 print(f"one wrong answer, weight 0.5: {weighted_ce(confident, labels, w).item():.4f}; "
       f"the same, unweighted: {weighted_ce(confident, labels, torch.ones(4)).item():.4f}")
+one_logits, one_label = confident[2:3], labels[2:3]  # a batch of one: the wrong answer, label weight 0.5
+print(f"a batch of one: weighted {weighted_ce(one_logits, one_label, w).item():.4f}, "
+      f"unweighted {weighted_ce(one_logits, one_label, torch.ones(4)).item():.4f}")
+
+# %% [markdown]
+# **At batch 1 the class weights cancel.** With one example the weighted mean is
+# $w_y \cdot (-\log p_y) / w_y = -\log p_y$: the weight divides itself out, and so it does in the
+# gradient. Whatever the class weights, a batch of one trains on the plain loss. The reference's
+# hand-written loop trained one example at a time with a class-weighted
+# `CrossEntropyLoss(weight=w)`, so its class weights never did anything: the loss it printed and
+# the steps it took are those of the unweighted loss. (The kit's loop at `batch_size=1` has the
+# same property, gradient accumulation included: each micro-batch's mean is taken over one
+# example.) Weights act only through batches of several examples, where an example's weight
+# sets its share of the step: at batch 2 and up, or with a loss summed over several examples
+# before dividing by their total weight.
 
 # %% [markdown]
 # **Does the weighting matter here? Hardly.** The weights are $N / (4\,n_c)$ (notebook 01): on a
@@ -370,8 +389,11 @@ print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them ri
 #
 # Everything to reload, evaluate or resume the run, and nothing more: the base model is not
 # copied (it is on disk already); each checkpoint holds only the adapter and the head (a few
-# hundred KB on the tiny model, ~160 MB on Llama-2-7B), the optimizer and RNG state for an exact
-# resume, and the history up to that point. `state.json` names the last and the best checkpoint
+# hundred KB on the tiny model), the optimizer and RNG state for an exact resume (AdamW keeps
+# two fp32 moments per trained parameter: about twice the adapter again), and the history up
+# to that point. On Llama-2-7B the adapter and head alone are ~160 MB (40 M fp32 parameters), so
+# a checkpoint with its optimizer state is about 0.5 GB: the cell after the listing measures
+# the ratio on this run. `state.json` names the last and the best checkpoint
 # and is written last, so a crash at any moment leaves a complete checkpoint behind.
 # `RunDir` (`reclor_lab.rundir`) owns this layout; `.lock` keeps a second process out while a
 # run trains. `data.json` records what the run trained on (a fingerprint of its data, its class
@@ -385,6 +407,16 @@ last = rd.last_dir()
 print(f"\n{last.relative_to(run_dir)}:")
 for path in sorted(last.iterdir()):
     print("  ", path.name)
+
+# %%
+adapter_bytes = (last / "adapter_model.safetensors").stat().st_size
+state_bytes = (last / "trainer_state.pt").stat().st_size
+ratio = state_bytes / adapter_bytes
+llama_trainable = 39_993_344  # notebook 03: LoRA r=16 on all 7 projections + the head
+print(f"adapter {adapter_bytes / 1e3:,.0f} KB, optimizer + RNG state {state_bytes / 1e3:,.0f} KB: "
+      f"{ratio:.1f}× the adapter")
+print(f"Llama-2-7B: adapter {llama_trainable * 4 / 1e6:,.0f} MB (fp32) → a checkpoint of about "
+      f"{llama_trainable * 4 * (1 + ratio) / 1e9:.1f} GB")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -404,11 +436,19 @@ print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 #
 # `fit_with_trainer` hands the same model, data order, weighted loss, optimizer and schedule to
 # a `Trainer` subclass. The reference's author gave up on the Trainer because it showed no
-# validation numbers. `logging_steps=500` was not why: ReClor's 4,638 training records at batch
-# 2 are about 2,300 steps per epoch, so the training loss was logged four times an epoch. Two
-# defaults were: `eval_strategy="no"` (the Trainer never evaluates during training) and no
-# `compute_metrics` (even an explicit `trainer.evaluate()` returns the loss and timings, no
-# accuracy).
+# validation numbers. What is known: with its settings two defaults alone guarantee that,
+# `eval_strategy="no"` (the Trainer never evaluates during training) and no `compute_metrics`
+# (even an explicit `trainer.evaluate()` returns the loss and timings, no accuracy). What is not
+# known is why *nothing at all* appeared. `logging_steps=500` logs the training loss every 500
+# steps: ReClor's 4,638 training records at batch 2 are about 2,300 steps per epoch, so about
+# four lines an epoch, but the first only after 500 steps, which on a GPU at batch 2 takes
+# minutes; a run stopped earlier shows nothing. The other candidate is the wandb login prompt
+# (section 6), which stops `trainer.train()` before the first step. The report does not say
+# which; either fits "nothing printed".
+#
+# **Predict before you run.** Which of these defaults would you change first to see accuracy
+# after every epoch?
+#
 # The defaults, printed from this transformers:
 
 # %%
@@ -463,8 +503,10 @@ print("the kit's device, derived from the hardware:", pick_device())
 #
 # **A metric from the hub.** The reference computed accuracy with `datasets.load_metric`, which
 # datasets removed in version 3.0; its successor `evaluate.load("accuracy")` fetches the metric's
-# script from the Hugging Face hub, so it fails offline. The kit ships its metric scripts and
-# loads them by path:
+# script from the Hugging Face hub the first time and caches it (`~/.cache/huggingface`), so it
+# fails offline on a machine that has never fetched it (as here) and works offline on one that
+# has. A course cannot count on every laptop's cache. The kit ships its metric scripts and loads
+# them by path:
 
 # %%
 import datasets
