@@ -169,7 +169,7 @@ def test_the_loop_skips_and_counts_overflowing_steps_and_resumes_the_scaler_exac
 def _checkpoint(run_dir) -> dict:
     from reclor_lab.rundir import RunDir
 
-    return torch.load(RunDir(run_dir).last_dir() / "trainer_state.pt", weights_only=False)
+    return torch.load(RunDir(run_dir).last_dir() / "trainer_state.pt", weights_only=True)  # as the kit loads it
 
 
 def test_the_trainer_path_asks_for_the_trainer_s_own_fp16_loss_scaling(tmp_path):
