@@ -161,7 +161,7 @@ GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "nf4_block": ("quantize_4bit", "dequantize_4bit", "nf4_roundtrip", "reference_nf4_block"),
     "lora_targets": ("find_lora_targets", "quantizable_linears", "reference_lora_targets"),
     "count_lora_params": ("predicted_lora_params", "reference_count_lora_params"),
-    "lora_forward": ("LoRALinear", "merged_weight", "reference_lora_forward"),
+    "lora_forward": ("reference_lora_forward",),
     "qlora_memory": ("reference_qlora_memory", "estimate_bytes", "nf4_bytes_per_param", "memory_report"),
     "weighted_ce": ("weighted_cross_entropy", "reference_weighted_ce"),
     "one_train_step": ("train_step", "optimizer_step", "reference_train_step"),
