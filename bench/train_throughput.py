@@ -1,5 +1,6 @@
 """Training throughput on the tiny preset (CPU): real (non-padding) tokens per second and peak
-memory of three training loops over the same model, data and examples.
+memory of the kit's training loops over the same model, data and examples, and the time of
+``make demo``'s whole job.
 
 - kit loop: ``reclor_lab.train.fit`` (length-grouped batches of the preset's size, weighted loss,
   one host sync per epoch). Its per-epoch ``tokens_per_second`` times the training loop only.
@@ -10,25 +11,36 @@ memory of three training loops over the same model, data and examples.
 - reference-style loop: batch size 1 in shuffled order, the loss read with ``.item()`` and the
   cache cleared after every step. The reference calls ``torch.cuda.empty_cache()``; on a CPU there
   is no CUDA cache, so its CPU equivalent here is ``gc.collect()`` per step.
+- demo (only when named in ``--variants``): ``make demo``'s job, ``python -m reclor_lab train
+  --preset tiny --model M`` with the preset's own data and sizes (every training example, the full
+  validation set evaluated before training and after every epoch, checkpoints), timed from start
+  to exit, imports and setup included; ``--examples``/``--eval-examples``/``--epochs`` do not
+  apply to it.
 
-Every variant trains ``--epochs`` epochs over the same ``--examples`` training examples; the
+Every loop variant trains ``--epochs`` epochs over the same ``--examples`` training examples; the
 median of the per-epoch figures is reported (epoch 1 includes the warm-up). Each variant runs in
 its own subprocess, because the peak RSS (the CPU's peak memory) is a per-process high-water mark.
 
-``--baseline-model DIR`` compares two models on the same job: every variant runs on ``--model``
-and on the baseline, alternating which goes first, ``--rounds`` times, so that a load that comes
-and goes on a shared machine falls on both; the report gives each model's median epoch time and
-the ratio (e.g. the tiny model before and after a tokenizer change: its tokens per example
-change, so the epoch time is the figure to compare, not tokens/s).
+Side by side, alternating which goes first, ``--rounds`` times (a load that comes and goes on a
+shared machine falls on both), with each side's median and the ratio:
+
+- ``--baseline-model DIR``: two models on this checkout's code (e.g. the tiny model before and
+  after a tokenizer change: its tokens per example change, so compare times, not tokens/s);
+- ``--baseline-checkout DIR``: another checkout of the kit (e.g. ``git worktree add /tmp/old
+  <commit>``), its own code and its own tiny model unless ``--baseline-model`` names one: release
+  against release, demo variant only.
 
     python bench/train_throughput.py [--model PATH] [--examples 64] [--epochs 3] [--quick] [--json PATH]
-    python bench/train_throughput.py --baseline-model /tmp/old-tiny --variants kit --examples 1000 --rounds 2
+    python bench/train_throughput.py --baseline-model /tmp/old-tiny --variants kit,demo --examples 1000 --rounds 6
+    python bench/train_throughput.py --baseline-checkout /tmp/old --variants demo --rounds 6
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +56,9 @@ VARIANTS = {
     "kit": "kit loop (reclor_lab.train.fit)",
     "trainer": "kit Trainer (reclor_lab.trainer.fit_with_trainer)",
     "reference": "reference-style loop (batch 1, gc.collect() per step)",
+    "demo": "make demo's job (reclor-lab train --preset tiny, start to exit)",
 }
+DEFAULT_VARIANTS = ("kit", "trainer", "reference")
 
 
 def rss_mb() -> float:
@@ -93,6 +107,31 @@ def child(variant: str, model: str, data_dir: str, examples: int, eval_examples:
             "dtype": str(run.dtype).removeprefix("torch."),
         }
     Path(out).write_text(json.dumps(result))
+
+
+def run_demo(model: str, checkout: Path, tmp: Path, label: str) -> dict:
+    """``make demo``'s job, ``python -m reclor_lab train --preset tiny --model MODEL``, run with
+    ``checkout``'s own package (its folder first on ``PYTHONPATH``), timed from start to exit."""
+    run_dir = tmp / f"demo-{label}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=str(checkout), HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", "--model", model,
+           "--output-dir", str(run_dir)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"the demo on {model} ({checkout}) failed (exit {proc.returncode}); its output is above")
+    history = json.loads((run_dir / "history.json").read_text())
+    epochs = history["epochs"]
+    tokens = sum(e["tokens"] for e in epochs)
+    return {"tokens_per_second": [tokens / seconds], "seconds": [seconds], "tokens": tokens,
+            "batch_size": 8, "steps_per_epoch": len(history["steps"]) // len(epochs),
+            "peak_rss_mb": max(e["peak_memory_mb"] for e in epochs), "rss_before_training_mb": 0.0,
+            "device": "cpu", "dtype": "float32", "wall": seconds,
+            "epoch_seconds": [e["seconds"] for e in epochs],
+            "accuracy": max(e["accuracy"] for e in history["evals"])}
 
 
 def reference_loop(run) -> list[dict]:
@@ -156,10 +195,11 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=64, help="training examples per epoch (cfg.train_limit)")
     p.add_argument("--eval-examples", type=int, default=8, help="validation examples (kept tiny: see above)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per variant; the median epoch is reported")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
     p.add_argument("--baseline-model", default=None, help="a second model folder to run side by side (see above)")
-    p.add_argument("--rounds", type=int, default=2, help="with --baseline-model: rounds of both models, alternating")
-    p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--baseline-checkout", default=None, help="another checkout of the kit to run side by side")
+    p.add_argument("--rounds", type=int, default=2, help="with a baseline: rounds of both sides, alternating")
+    p.add_argument("--child", choices=[v for v in VARIANTS if v != "demo"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -171,80 +211,106 @@ def main() -> None:
     from reclor_lab.config import get_preset
 
     variants = [v.strip() for v in args.variants.split(",")]
-    models = {"model": args.model}
-    if args.baseline_model:
-        check_model_dir(args.baseline_model, "--baseline-model")
-        models["baseline"] = args.baseline_model
-    title = "training throughput on the tiny preset: kit loop vs kit Trainer vs reference-style loop"
-    report = Report(title + (", two models side by side" if len(models) > 1 else ""))
-    results, runs = {}, {}
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    sides = {"model": (args.model, REPO_ROOT)}  # label -> (model folder, checkout whose code runs it)
+    if args.baseline_checkout:
+        checkout = Path(args.baseline_checkout).resolve()
+        if not (checkout / "reclor_lab" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline-checkout {checkout}: not a checkout of the kit (no reclor_lab/ package)")
+        if variants != ["demo"]:
+            raise SystemExit("--baseline-checkout runs another checkout's code: only --variants demo applies")
+        sides["baseline"] = (args.baseline_model or str(checkout / "models" / "tiny-llama"), checkout)
+    elif args.baseline_model:
+        sides["baseline"] = (args.baseline_model, REPO_ROOT)
+    for model, _ in sides.values():
+        check_model_dir(model, "--model / --baseline-model")
+    title = "training throughput on the tiny preset"
+    report = Report(title + (", side by side" if len(sides) > 1 else ""))
+    runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, source = ensure_data(args.data_dir or get_preset("tiny").data_dir, args.examples,
                                        args.eval_examples, Path(tmp))
         report.settings = {"model": args.model, "data": source, "examples": args.examples,
                            "eval_examples": args.eval_examples, "epochs": args.epochs}
-        if len(models) > 1:
-            report.settings.update(baseline_model=args.baseline_model, rounds=args.rounds)
-        rounds = args.rounds if len(models) > 1 else 1
-        print(f"{args.examples} examples x {args.epochs} epochs per variant, each in its own process"
-              + (f"; {len(models)} models alternating, {rounds} rounds" if len(models) > 1 else ""), flush=True)
+        if len(sides) > 1:
+            report.settings.update(baseline_model=sides["baseline"][0], baseline_code=str(sides["baseline"][1]),
+                                   rounds=args.rounds)
+        rounds = args.rounds if len(sides) > 1 else 1
+        print(f"variants {', '.join(variants)}, each in its own process"
+              + (f"; {len(sides)} sides alternating, {rounds} rounds" if len(sides) > 1 else ""), flush=True)
         for r in range(rounds):
-            labels = list(models) if r % 2 == 0 else list(models)[::-1]
-            for label in labels:
+            for label in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                model, checkout = sides[label]
                 for v in variants:
-                    out = Path(tmp) / f"{label}-{v}-{r}.json"
-                    cmd = [sys.executable, __file__, "--child", v, "--model", models[label], "--data-dir", data_dir,
-                           "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
-                           "--epochs", str(args.epochs), "--out", str(out)]
-                    t0 = time.perf_counter()
-                    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-                        raise SystemExit(f"variant {v!r} on {models[label]} failed (exit {proc.returncode}); "
-                                         "its output is above")
-                    res = json.loads(out.read_text())
-                    res["wall"] = time.perf_counter() - t0
+                    res = (run_demo(model, checkout, Path(tmp), label) if v == "demo"
+                           else run_child(v, model, data_dir, args, Path(tmp) / f"{label}-{v}-{r}.json"))
                     runs.setdefault((label, v), []).append(res)
-                    print(f"  round {r + 1} {label} {v}: epochs " + ", ".join(f"{x:.1f} s" for x in res["seconds"])
-                          + f", {res['tokens']:,} tokens/epoch", flush=True)
-        for (label, v), rs in runs.items():
-            name = v if len(models) == 1 else f"{label} {v}"
-            r = results[label, v] = rs[0]
-            tps = statistics.median(x for res in rs for x in res["tokens_per_second"])
-            report.add(f"{name}: tokens/s", tps, "tokens/s",
-                       f"{VARIANTS[v]}; batch {r['batch_size']}, {r['steps_per_epoch']} steps/epoch; epochs: "
-                       + ", ".join(f"{x:,.0f}" for res in rs for x in res["tokens_per_second"]), show=True)
-            report.add(f"{name}: epoch time", statistics.median(x for res in rs for x in res["seconds"]), "s",
-                       f"{r['tokens']:,} real tokens per epoch")
-            report.add(f"{name}: peak RSS", max(res["peak_rss_mb"] for res in rs), "MB",
-                       f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training",
-                       show=True)
-            report.add(f"{name}: process wall time", statistics.median(res["wall"] for res in rs), "s",
-                       "imports + setup + training")
-    if len(models) > 1:
+                    what = (f"{res['seconds'][0]:.1f} s start to exit, val accuracy {res['accuracy']:.3f}"
+                            if v == "demo" else "epochs " + ", ".join(f"{x:.1f} s" for x in res["seconds"]))
+                    print(f"  round {r + 1} {label} {v}: {what}, {res['tokens']:,} tokens", flush=True)
+    for (label, v), rs in runs.items():
+        add_figures(report, v if len(sides) == 1 else f"{label} {v}", v, rs)
+    if len(sides) > 1:
         for v in variants:
-            new, old = (statistics.median(x for res in runs[k, v] for x in res["seconds"])
-                        for k in ("model", "baseline"))
-            report.add(f"{v}: epoch time, model / baseline", new / old, "x",
-                       f"{new:.1f} s vs {old:.1f} s; tokens per epoch {runs['model', v][0]['tokens']:,} vs "
+            new, old = (statistics.median(x for res in runs[k, v] for x in res["seconds"]) for k in sides)
+            unit = "job time" if v == "demo" else "epoch time"
+            report.add(f"{v}: {unit}, model / baseline", new / old, "x",
+                       f"{new:.1f} s vs {old:.1f} s; tokens {runs['model', v][0]['tokens']:,} vs "
                        f"{runs['baseline', v][0]['tokens']:,}", show=True)
             walls = [m["wall"] / b["wall"] for m, b in zip(runs["model", v], runs["baseline", v])]
             report.add(f"{v}: process wall time, model / baseline", statistics.median(walls), "x",
                        "per round: " + ", ".join(f"{w:.2f}" for w in walls))
-        results = {v: results["model", v] for v in variants}
-        report.settings.update(device=results[variants[0]]["device"], dtype=results[variants[0]]["dtype"])
-        return finish(report, args.json)
-    results = {v: results["model", v] for v in variants}
-    device = next(iter(results.values()))
-    report.settings.update(device=device["device"], dtype=device["dtype"])
-    tps = {v: statistics.median(r["tokens_per_second"]) for v, r in results.items()}
-    if "kit" in tps and "trainer" in tps:
-        report.add("kit loop / kit Trainer", tps["kit"] / tps["trainer"], "x")
-        report.goal("kit loop at least as fast as the Trainer", tps["kit"] >= tps["trainer"],
-                    f"{tps['kit'] / tps['trainer']:.2f}x")
-    if "kit" in tps and "reference" in tps:
-        report.add("kit loop / reference-style loop", tps["kit"] / tps["reference"], "x")
+    first = runs["model", variants[0]][0]
+    report.settings.update(device=first["device"], dtype=first["dtype"])
+    if len(sides) == 1:
+        tps = {v: statistics.median(runs["model", v][0]["tokens_per_second"]) for v in variants}
+        if "kit" in tps and "trainer" in tps:
+            report.add("kit loop / kit Trainer", tps["kit"] / tps["trainer"], "x")
+            report.goal("kit loop at least as fast as the Trainer", tps["kit"] >= tps["trainer"],
+                        f"{tps['kit'] / tps['trainer']:.2f}x")
+        if "kit" in tps and "reference" in tps:
+            report.add("kit loop / reference-style loop", tps["kit"] / tps["reference"], "x")
     finish(report, args.json)
+
+
+def run_child(variant: str, model: str, data_dir: str, args: argparse.Namespace, out: Path) -> dict:
+    """One loop variant in its own process (:func:`child`); its figures and its wall time."""
+    cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--data-dir", data_dir,
+           "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
+           "--epochs", str(args.epochs), "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"variant {variant!r} on {model} failed (exit {proc.returncode}); its output is above")
+    res = json.loads(out.read_text())
+    res["wall"] = time.perf_counter() - t0
+    return res
+
+
+def add_figures(report: Report, name: str, variant: str, rs: list[dict]) -> None:
+    """One side's figures of one variant, medians over its rounds."""
+    r = rs[0]
+    tps = statistics.median(x for res in rs for x in res["tokens_per_second"])
+    if variant == "demo":
+        report.add(f"{name}: job time", statistics.median(res["seconds"][0] for res in rs), "s",
+                   f"{VARIANTS[variant]}; per round: " + ", ".join(f"{res['seconds'][0]:.1f}" for res in rs),
+                   show=True)
+        report.add(f"{name}: training epoch time", statistics.median(x for res in rs for x in res["epoch_seconds"]),
+                   "s", f"{r['tokens'] // len(r['epoch_seconds']):,} real tokens per epoch")
+        report.add(f"{name}: val accuracy", r["accuracy"], "", "best epoch")
+        return
+    report.add(f"{name}: tokens/s", tps, "tokens/s",
+               f"{VARIANTS[variant]}; batch {r['batch_size']}, {r['steps_per_epoch']} steps/epoch; epochs: "
+               + ", ".join(f"{x:,.0f}" for res in rs for x in res["tokens_per_second"]), show=True)
+    report.add(f"{name}: epoch time", statistics.median(x for res in rs for x in res["seconds"]), "s",
+               f"{r['tokens']:,} real tokens per epoch")
+    report.add(f"{name}: peak RSS", max(res["peak_rss_mb"] for res in rs), "MB",
+               f"{r['peak_rss_mb'] - r['rss_before_training_mb']:,.0f} MB above the RSS before training", show=True)
+    report.add(f"{name}: process wall time", statistics.median(res["wall"] for res in rs), "s",
+               "imports + setup + training")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,13 +81,54 @@ def lora_config(cfg: RunConfig, targets: Sequence[str]):  # -> peft.LoraConfig
     )
 
 
+class LoRADropout(nn.Dropout):
+    """peft's dropout on the LoRA input, with a mask that is cheaper to draw on a CPU.
+
+    ``nn.Dropout`` on a CPU draws its Bernoulli mask with torch's Mersenne Twister, one number at
+    a time: on the tiny model that is a fifth of a training step (14 masks a step, one per adapted
+    layer; ``bench/train_throughput.py`` measures the step). Here each CPU call draws one 64-bit
+    seed from torch's generator and expands it with NumPy's PCG64 into 32-bit uniforms; an element
+    is kept when its uniform is at least ``round(p * 2**32)``, and kept elements are scaled by
+    ``1 / (1 - p)``. The same distribution (drop probability ``p`` up to 2**-33), the same
+    expectation and gradient as ``nn.Dropout``; a different random stream, still a pure function
+    of torch's RNG state, so ``torch.manual_seed`` and a resumed checkpoint's RNG state decide it
+    as before. Other devices, evaluation and ``p = 0`` are ``nn.Dropout`` itself.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1.0:
+            return x * 0.0
+        seed = int(torch.randint(2**63 - 1, (), dtype=torch.int64))
+        n = x.numel()
+        uniforms = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+        kept = (uniforms >= round(self.p * 2**32)).astype(np.float32)
+        return x * torch.from_numpy(kept).view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+def use_lora_dropout(model: nn.Module) -> int:
+    """Swap every ``nn.Dropout`` peft put on a LoRA input for :class:`LoRADropout` (same ``p``);
+    returns how many. ``inject_lora`` calls it."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict):
+            continue
+        for name, dropout in dropouts.items():
+            if type(dropout) is nn.Dropout:
+                dropouts[name] = LoRADropout(dropout.p)
+                swapped += 1
+    return swapped
+
+
 def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     """Freeze the base model and add LoRA adapters (targets from ``cfg.lora_targets`` or
     :func:`find_lora_targets`).
 
     A 4-bit model is first prepared by :func:`prepare_kbit` (frozen, fp32 where
     ``cfg.kbit_upcast`` says, gradient checkpointing when configured); the trained weights (LoRA
-    and the head) are fp32 either way.
+    and the head) are fp32 either way. The dropout on each LoRA input is :class:`LoRADropout`.
     """
     from peft import get_peft_model
 
@@ -107,6 +149,7 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
             # transformers would switch it off on the first forward with a printed notice.
             model.config.use_cache = False
         peft_model = get_peft_model(model, lora_config(cfg, targets))
+    use_lora_dropout(peft_model)
     for p in peft_model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # AdamW on 16-bit weights would round most updates away

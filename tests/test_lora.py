@@ -9,6 +9,7 @@ from torch import nn
 from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
 from reclor_lab.config import NUM_LABELS
 from reclor_lab.lora import (
+    LoRADropout,
     find_lora_targets,
     inject_lora,
     lora_config,
@@ -153,3 +154,50 @@ def test_target_shapes_are_the_same_before_and_after_injection(cfg, tokenizer):
     assert all(len(v) == TINY_LLAMA["num_hidden_layers"] for v in before.values()), before
     after = target_shapes(inject_lora(model, cfg))
     assert after == before
+
+
+# --- the dropout on the LoRA input (LoRADropout) -----------------------------------------------
+
+def test_every_lora_input_dropout_is_the_kits(peft_4bit, cfg):
+    dropouts = [d for m in peft_4bit.modules() if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
+                for d in m.lora_dropout.values()]
+    adapted = len(find_lora_targets(peft_4bit)) * peft_4bit.config.num_hidden_layers
+    assert len(dropouts) == adapted and cfg.lora_dropout > 0
+    assert all(type(d) is LoRADropout and d.p == cfg.lora_dropout for d in dropouts)
+
+
+def test_lora_dropout_drops_with_probability_p_and_rescales_the_rest():
+    p, n = 0.05, 2_000_000
+    drop = LoRADropout(p).train()
+    torch.manual_seed(0)
+    out = drop(torch.ones(n))
+    kept = out != 0
+    # a Bernoulli(p) count: 5 standard deviations either side of n * p (one draw in ~3.5 million fails)
+    assert abs(int((~kept).sum()) - n * p) <= 5 * (n * p * (1 - p)) ** 0.5
+    assert torch.all(out[kept] == torch.tensor(1 / (1 - p), dtype=torch.float32))
+    # no structure: the drops of even and odd positions (two halves of each 64-bit draw) are alike
+    even, odd = (float((~kept[i::2]).float().mean()) for i in (0, 1))
+    assert abs(even - odd) <= 5 * (4 * p * (1 - p) / n) ** 0.5
+
+
+def test_lora_dropout_follows_torchs_seed_and_moves_its_generator():
+    drop, x = LoRADropout(0.3).train(), torch.ones(64, 64)
+    torch.manual_seed(1)
+    first, second = drop(x), drop(x)
+    torch.manual_seed(1)
+    assert torch.equal(drop(x), first) and torch.equal(drop(x), second)
+    assert not torch.equal(first, second)  # each call draws a new mask
+
+
+def test_lora_dropout_gradient_is_its_mask_and_eval_is_the_identity():
+    drop = LoRADropout(0.2).train()
+    x = torch.randn(32, 16, requires_grad=True)
+    out = drop(x)
+    out.sum().backward()
+    mask = (out != 0).float() / 0.8
+    assert torch.allclose(x.grad, mask) and torch.allclose(out, x * mask)
+    assert drop(torch.ones(3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(LoRADropout(0.0).train()(x), x)
+    assert torch.equal(LoRADropout(1.0).train()(x), torch.zeros_like(x))

@@ -9,7 +9,7 @@ from torch import nn
 
 from reclor_lab.config import get_preset
 from reclor_lab.data import load_split, make_collator, model_inputs, tokenize_records
-from reclor_lab.lora import inject_lora, rounding_gamma
+from reclor_lab.lora import LoRADropout, inject_lora, rounding_gamma
 from reclor_lab.modeling import load_model
 from reclor_lab.train import train_step
 
@@ -83,7 +83,7 @@ def test_narrow_upcast_changes_nothing_in_fp32(tokenizer, examples):
     assert torch.equal(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("dropout, kind", [(0.0, nn.Identity), (0.05, nn.Dropout)])
+@pytest.mark.parametrize("dropout, kind", [(0.0, nn.Identity), (0.05, LoRADropout)])
 def test_lora_dropout_0_runs_no_dropout_op(tokenizer, dropout, kind):
     model = _model(get_preset("tiny", lora_dropout=dropout), tokenizer, lora_b_seed=None)
     layers = [m for n, m in model.named_modules() if n.endswith("lora_dropout.default")]

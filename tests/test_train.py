@@ -274,36 +274,29 @@ def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: with the Llama-2-tokenizer tiny model the Trainer path's val loss after training drifts "
-    "from the manual loop's by 3-6.5 % (0.634 vs 0.653 at epoch 1, 0.556 vs 0.523 at epoch 2; within "
-    "2 % with the earlier tiny model), while the untrained losses agree to 1e-5 and accuracies to 5/96; "
-    "not yet explained"))
 def test_trainer_path_matches_the_manual_loop(cpu_class, tmp_path):
     from reclor_lab.trainer import fit_with_trainer
 
-    # eval batches of 40, 40, 16: a mean of per-batch means would differ from the loss over examples
-    cfg = get_preset("tiny", output_dir=str(tmp_path / "manual"), eval_batch_size=40, **SHORT)
+    # LoRA dropout 0: the one thing the two paths do differently is when they draw dropout masks
+    # from torch's generator (Trainer.train() reseeds it, and its DataLoader draws a seed every
+    # epoch), and other masks move a run as far as another seed would (measured with dropout
+    # 0.05: val loss 3.6 % and 1.8 % apart after epochs 1 and 2). Without dropout the paths run
+    # the same operations in the same order on the same data, so they agree bit for bit, through
+    # the Trainer's own stop after epoch 1 and resume. Eval batches of 40, 40, 16: a mean of
+    # per-batch means would differ from the loss over examples.
+    cfg = get_preset("tiny", output_dir=str(tmp_path / "manual"), eval_batch_size=40, lora_dropout=0.0, **SHORT)
     manual = fit(setup(cfg, verbose=False), cfg.output_dir, verbose=False)
     tcfg = cfg.replace(output_dir=str(tmp_path / "trainer"))
-    # stopped after epoch 1 and resumed (`train --trainer --resume`): the Trainer's own resume
     fit_with_trainer(setup(tcfg, verbose=False), tcfg.output_dir, stop_after_epoch=1, verbose=False)
     assert RunDir(tcfg.output_dir).read_state()["last"] == "epoch-001"
     trainer = fit_with_trainer(setup(tcfg, verbose=False), tcfg.output_dir, resume=True, verbose=False)
-    # Stated tolerance: same data order, optimizer, schedule and loss; the two paths differ in
-    # floating-point summation order and in when dropout draws its random numbers, which moves
-    # a few borderline examples: per-epoch val accuracy within 5 of 96 examples, losses 2 %.
-    assert [e["epoch"] for e in trainer.evals] == [e["epoch"] for e in manual.evals]
+    assert [e["epoch"] for e in trainer.evals] == [e["epoch"] for e in manual.evals] == [0, 1, 2]
     for m, t in zip(manual.evals, trainer.evals):
-        assert abs(m["accuracy"] - t["accuracy"]) <= 5 / 96 + 1e-9, (m, t)
-        assert t["eval_loss"] == pytest.approx(m["eval_loss"], rel=0.02)
-    # Before training the two models are the same: the same eval loss (the weighted loss over the
-    # whole split, not the Trainer's per-batch means), up to fp32 rounding of the logits.
-    assert trainer.evals[0]["eval_loss"] == pytest.approx(manual.evals[0]["eval_loss"], rel=1e-5)
-    assert len(trainer.steps) == len(manual.steps)
-    assert [s["lr"] for s in trainer.steps] == pytest.approx([s["lr"] for s in manual.steps])
-    assert np.mean([s["loss"] for s in trainer.steps]) == pytest.approx(
-        np.mean([s["loss"] for s in manual.steps]), rel=0.02)
+        assert (t["eval_loss"], t["accuracy"]) == (m["eval_loss"], m["accuracy"]), (m, t)
+        assert t["confusion_matrix"] == m["confusion_matrix"]
+    assert manual.evals[2]["eval_loss"] < 0.9 * manual.evals[0]["eval_loss"]  # it trained
+    assert [(s["step"], s["lr"], s["loss"]) for s in trainer.steps] == [
+        (s["step"], s["lr"], s["loss"]) for s in manual.steps]
 
 
 def test_lr_schedule_warms_up_then_holds_or_decays():
