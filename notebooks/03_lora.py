@@ -157,7 +157,9 @@ print(f"Llama-2-7B, r=16, all 7 projections: {llama_lora:,} LoRA + {4 * h:,} hea
 # * `get_peft_model(model, LoraConfig(task_type=SEQ_CLS, r, lora_alpha, lora_dropout,
 #   target_modules))`: wraps each target layer in a `lora.Linear4bit` holding the frozen 4-bit
 #   layer plus `lora_A`, `lora_B` and a dropout, and, because of `SEQ_CLS`, keeps a trainable
-#   copy of the head `score`.
+#   copy of the head `score`. The kit then swaps peft's `Dropout` for `LoRADropout` (the
+#   printout below shows it): the same dropout, whose mask is cheaper to draw on a CPU, where
+#   torch's own drawing took a fifth of a tiny training step (`reclor_lab/lora.py` says how).
 
 # %%
 peft_model = inject_lora(model, cfg)
