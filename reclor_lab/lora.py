@@ -107,19 +107,15 @@ class LoRADropout(nn.Dropout):
         return x * torch.from_numpy(kept).view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
-def use_lora_dropout(model: nn.Module) -> int:
-    """Swap every ``nn.Dropout`` peft put on a LoRA input for :class:`LoRADropout` (same ``p``);
-    returns how many. ``inject_lora`` calls it."""
-    swapped = 0
+def use_lora_dropout(model: nn.Module) -> None:
+    """Swap every ``nn.Dropout`` peft put on a LoRA input for :class:`LoRADropout` (same ``p``).
+    ``inject_lora`` calls it."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
-        if not isinstance(dropouts, nn.ModuleDict):
-            continue
-        for name, dropout in dropouts.items():
-            if type(dropout) is nn.Dropout:
-                dropouts[name] = LoRADropout(dropout.p)
-                swapped += 1
-    return swapped
+        if isinstance(dropouts, nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if type(dropout) is nn.Dropout:
+                    dropouts[name] = LoRADropout(dropout.p)
 
 
 def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
