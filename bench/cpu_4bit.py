@@ -28,7 +28,7 @@ def main() -> None:
     from reclor_lab.config import get_preset
     from reclor_lab.cpu4bit import cpu_has_avx512_bf16, cpu_kernel_report
     from reclor_lab.data import load_split, make_collator, model_inputs, tokenize_records
-    from reclor_lab.modeling import load_model, load_tokenizer
+    from reclor_lab.model import load_model, load_tokenizer
 
     cfg = get_preset("tiny")
     tokenizer = load_tokenizer(cfg.model_name_or_path)

@@ -4,7 +4,7 @@ and the reference's way.
 - kit, first run: ``reclor_lab.data.tokenize_records(..., cache=False)``: the texts are formatted
   in one list comprehension and tokenized in one call by the fast tokenizer's Rust backend
   (``encode_batch_fast``: all cores, no offsets), then put into Arrow in one ``from_dict``.
-- kit, repeat run: ``tokenize_records`` with its token cache (``reclor_lab.cache``) already holding
+- kit, repeat run: ``tokenize_records`` with its token cache (``reclor_lab.runs.cache``) already holding
   the splits, as on every run after the first with the same files, tokenizer and ``max_len``.
   Also timed: the first run with the cache on (tokenize + write the entries).
 - reference: ``Dataset.from_list(records).map(lambda ex: tokenizer(format(ex), truncation=True,
@@ -48,7 +48,7 @@ def main() -> None:
 
     from reclor_lab.config import REFERENCE_TEMPLATE
     from reclor_lab.data import column, encode_texts, format_example, load_split, tokenize_records
-    from reclor_lab.modeling import load_tokenizer
+    from reclor_lab.model import load_tokenizer
 
     datasets.disable_progress_bars()  # a progress bar per map would be timed too
     tokenizer = load_tokenizer(args.tokenizer)

@@ -69,7 +69,7 @@ def build_model(args, device, dtype):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from reclor_lab.config import NUM_LABELS
-    from reclor_lab.modeling import HEAD_NAMES
+    from reclor_lab.model import HEAD_NAMES
 
     config = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -193,7 +193,7 @@ def run_loop(model, ds, lengths, bs, accum, args, device, dtype, cfg, profile_at
     from torch.utils.data import DataLoader
 
     from reclor_lab.data import BatchListSampler, epoch_batches
-    from reclor_lab.modeling import loss_scaler
+    from reclor_lab.model import loss_scaler
     from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
     scaler = loss_scaler(device, dtype)  # fp16: dynamic loss scaling; otherwise it passes through
@@ -406,7 +406,7 @@ def main() -> None:
         return
 
     from reclor_lab.lora import inject_lora
-    from reclor_lab.modeling import pick_device, resolve_compute_dtype
+    from reclor_lab.model import pick_device, resolve_compute_dtype
 
     shape = ModelShape(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers, heads=args.heads,
                        kv_heads=args.heads, vocab=args.vocab)

@@ -62,7 +62,7 @@ def main() -> None:
     args = p.parse_args()
     students = 6 if args.quick else args.students
 
-    from reclor_lab import grade
+    from reclor_lab.course import grade
 
     with tempfile.TemporaryDirectory(prefix="reclor-lab-bench-class-") as tmp:
         folder = Path(tmp) / "class"

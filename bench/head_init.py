@@ -25,9 +25,9 @@ def main() -> None:
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
 
-    from reclor_lab.baselines import lm_baseline
+    from reclor_lab.results.baselines import lm_baseline
     from reclor_lab.config import get_preset
-    from reclor_lab.modeling import load_model, load_tokenizer
+    from reclor_lab.model import load_model, load_tokenizer
     from reclor_lab.train import fit, setup
 
     report = Report("head_init: random vs letters (tiny preset, val)",

@@ -33,7 +33,7 @@ def main() -> None:
     import datasets
 
     from reclor_lab.data import column, epoch_batches, padding_fraction, tokenize_records
-    from reclor_lab.modeling import load_tokenizer
+    from reclor_lab.model import load_tokenizer
 
     datasets.disable_progress_bars()
     splits, source = reclor_size_records()

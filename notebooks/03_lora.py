@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from reclor_lab.config import get_preset
-from reclor_lab.notebook import start_notebook
+from reclor_lab.course.notebook import start_notebook
 
 start_notebook("torch", "transformers", "peft", "bitsandbytes")  # cd to the repo root, print versions
 
@@ -58,9 +58,9 @@ import ipywidgets as widgets
 import torch
 import transformers
 
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.lora import find_lora_targets, inject_lora, target_shapes, trainable_report
-from reclor_lab.modeling import (
+from reclor_lab.model import (
     LLAMA2_7B_CLASSIFIER_PARAMS, LLAMA2_7B_HIDDEN, LLAMA2_7B_INTERMEDIATE, LLAMA2_7B_LAYERS, load_model,
     load_tokenizer,
 )
@@ -226,7 +226,7 @@ import bitsandbytes.functional as bnbf
 
 from reclor_lab.cpu4bit import layer_compute_dtype
 from reclor_lab.lora import lora_error_bound
-from reclor_lab.modeling import nf4_roundtrip
+from reclor_lab.model import nf4_roundtrip
 
 lora_layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
 base = lora_layer.get_base_layer()
@@ -447,7 +447,7 @@ for value in (4, 64, cfg.lora_r):
 # also tries another model's shape.
 
 # %%
-from reclor_lab.checks import LLAMA2_7B, NF4_DQ_BITS, TRAINED_BYTES
+from reclor_lab.course.checks import LLAMA2_7B, NF4_DQ_BITS, TRAINED_BYTES
 
 
 def qlora_memory(shape, batch_size: int, seq_len: int, r: int, checkpointing: bool) -> dict[str, float]:

@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from reclor_lab.config import get_preset
-from reclor_lab.notebook import start_notebook
+from reclor_lab.course.notebook import start_notebook
 
 start_notebook("torch", "transformers", "peft", "bitsandbytes", "accelerate")  # cd to the repo root, print versions
 
@@ -68,12 +68,12 @@ from datasets.utils.logging import disable_progress_bar
 from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.data import class_weights, make_collator, model_inputs, run_records
-from reclor_lab.rundir import RunDir
-from reclor_lab.runs import finish_run, summary_table
+from reclor_lab.runs.rundir import RunDir
+from reclor_lab.runs.job import finish_run, summary_table
 from reclor_lab.train import fit, get_lr, setup, train_one_epoch
-from reclor_lab.trainer import fit_with_trainer
+from reclor_lab.runs.trainer import fit_with_trainer
 
 disable_progress_bar()  # datasets' progress bars: tokenizing is not what this notebook shows
 hf_logging.disable_progress_bar()  # nor is loading the model's 20 tensors
@@ -408,7 +408,7 @@ print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them ri
 # a checkpoint with its optimizer state is about 0.5 GB: the cell after the listing measures
 # the ratio on this run. `state.json` names the last and the best checkpoint
 # and is written last, so a crash at any moment leaves a complete checkpoint behind.
-# `RunDir` (`reclor_lab.rundir`) owns this layout; `.lock` keeps a second process out while a
+# `RunDir` (`reclor_lab.runs.rundir`) owns this layout; `.lock` keeps a second process out while a
 # run trains. `data.json` records what the run trained on (a fingerprint of its data, its class
 # weights), and `state.json` a checksum of every checkpoint file, checked whenever one is loaded.
 
@@ -500,7 +500,7 @@ trainer_history = fit_with_trainer(setup(trainer_cfg, verbose=False), trainer_cf
 from transformers import AutoModelForSequenceClassification
 
 from reclor_lab.config import TINY_MODEL_DIR
-from reclor_lab.modeling import pick_device
+from reclor_lab.model import pick_device
 
 try:
     AutoModelForSequenceClassification.from_pretrained(TINY_MODEL_DIR, num_labels=4, device_map={"": 4})
@@ -542,7 +542,7 @@ print("the kit's local module:", load_metric("accuracy").compute(predictions=[0,
 # behaves the same on both:
 
 # %%
-from reclor_lab.trainer import training_arguments
+from reclor_lab.runs.trainer import training_arguments
 
 print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/trainer-defaults"), 1).report_to)
 

@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from reclor_lab.config import get_preset
-from reclor_lab.notebook import start_notebook
+from reclor_lab.course.notebook import start_notebook
 
 start_notebook("torch", "transformers", "peft", "evaluate", "matplotlib")  # cd to the repo root, print versions
 
@@ -63,13 +63,13 @@ from transformers.utils import logging as hf_logging
 import torch
 from torch.utils.data import DataLoader
 
-from reclor_lab import checks
-from reclor_lab.baselines import part_accuracies, results_table, trivial_baselines
+from reclor_lab.course import checks
+from reclor_lab.results.baselines import part_accuracies, results_table, trivial_baselines
 from reclor_lab.config import OPTION_LETTERS
 from reclor_lab.data import class_weights, make_collator, model_inputs, run_records, tokenize_records
 from reclor_lab.metrics import format_accuracy, wilson_interval
 from reclor_lab.plots import plot_confusion, plot_eval, plot_loss
-from reclor_lab.runs import (
+from reclor_lab.runs.job import (
     ensure_trained, evaluate_run, load_run, predict_run, saved_history, saved_metrics, summary_table,
 )
 
@@ -166,7 +166,7 @@ plot_eval(history)
 # **EASY and HARD.** In most records of the kit's data the options give the answer away (the
 # right one opens modestly, "Probably, …", the wrong ones sweepingly, "In every case, …"): the
 # **EASY** part. In the rest only the passage tells the options apart: the **HARD** part
-# (`reclor_lab.analysis.easy_hard`, read from the options' text; ReClor's test set has the same
+# (`reclor_lab.results.analysis.easy_hard`, read from the options' text; ReClor's test set has the same
 # split, by which questions option-only models get right). An accuracy on the whole split mixes
 # the two, so every table from here on shows both.
 #
@@ -343,7 +343,7 @@ print(f"{len(batches)} batches of up to {bs}; accuracy_over_examples == saved ac
 # (the trained adapters, and so these ratios, vary across CPUs)
 import bitsandbytes.functional as bnbf
 
-from reclor_lab.modeling import nf4_roundtrip
+from reclor_lab.model import nf4_roundtrip
 
 sizes, lost = [], []
 for name, module in model.named_modules():

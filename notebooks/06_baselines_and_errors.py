@@ -52,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from reclor_lab.config import get_preset
-from reclor_lab.notebook import start_notebook
+from reclor_lab.course.notebook import start_notebook
 
 start_notebook("torch", "transformers", "peft", "matplotlib")  # cd to the repo root, print versions
 
@@ -68,26 +68,26 @@ import numpy as np
 from datasets.utils.logging import disable_progress_bar
 from transformers.utils import logging as hf_logging
 
-from reclor_lab.analysis import (
+from reclor_lab.results.analysis import (
     format_test_summary, most_confident_wrong, predict_proba, summarize_test_predictions, val_analysis,
 )
 from collections import Counter
 
-from reclor_lab import checks
-from reclor_lab.analysis import easy_hard
-from reclor_lab.baselines import (
+from reclor_lab.course import checks
+from reclor_lab.results.analysis import easy_hard
+from reclor_lab.results.baselines import (
     build_prompt, choose_shots, context_window, letter_token_ids, letter_head_weights, lm_baseline, part_accuracies,
     results_table, trivial_baselines, words,
 )
 from reclor_lab.config import OPTION_LETTERS
 from reclor_lab.data import format_example, run_records, tokenize_records
 from reclor_lab.metrics import accuracy_interval, format_accuracy
-from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
+from reclor_lab.model import load_model, load_tokenizer, pick_device, resolve_compute_dtype
 from reclor_lab.plots import (
     plot_accuracy_by_type, plot_confusion, plot_position_bias, plot_reliability, plot_results,
 )
 from reclor_lab.qtypes import agreement
-from reclor_lab.runs import ensure_trained, load_run, predict_run, saved_history, saved_metrics
+from reclor_lab.runs.job import ensure_trained, load_run, predict_run, saved_history, saved_metrics
 from reclor_lab.train import evaluate, fit, setup
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes)
@@ -121,7 +121,7 @@ print(results_table(trivial))
 # without the passage; they split the test set into **EASY** (the questions such option-only
 # models get right) and **HARD** (the rest), and the leaderboard scores the two apart. The kit's
 # data carries a cue of that kind on purpose, and its validation and test files have the same
-# split, read from the options (`reclor_lab.analysis.easy_hard`). How many of each:
+# split, read from the options (`reclor_lab.results.analysis.easy_hard`). How many of each:
 
 # %%
 parts = easy_hard(val)
@@ -171,7 +171,7 @@ rule_baseline = checks.check_rule_baseline(rule_baseline)
 # **Predict before you run.** Will word overlap alone do better on EASY or on HARD?
 
 # %%
-from reclor_lab.baselines import rule_baselines
+from reclor_lab.results.baselines import rule_baselines
 
 rules = rule_baselines(val)
 mine = {"method": "your rule_baseline", **part_accuracies([rule_baseline(r) for r in val], val)}

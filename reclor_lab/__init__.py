@@ -1,30 +1,34 @@
 """reclor-lab: fine-tune a decoder LLM with 4-bit quantization + LoRA (QLoRA) on ReClor.
 
 The notebooks in ``notebooks/`` teach the ideas; this package does the plumbing, one module per
-job, in layers. Lowest first; a module imports only from its own layer or a lower one, and no
-imports go in a circle (``tests/test_layers.py`` reads every import, function-local ones too):
+job. The modules directly in ``reclor_lab/`` are the QLoRA core a student reads; the machinery
+lives in sub-packages: ``runs/`` (run directories, resume, several processes), ``results/``
+(analysis and baselines), ``course/`` (exercise checks and grading) and ``tools/`` (the data and
+tiny-model generators). Modules sit in layers, lowest first; a module imports only from its own
+layer or a lower one, and no imports go in a circle (``tests/test_layers.py`` reads every
+import, function-local ones too):
 
-1. ``errors``, ``cpu4bit``, ``qtypes``, ``loss``, ``cache``, ``stored_outputs``: they import
-   nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected error),
-   ``cpu4bit`` (which 4-bit kernel a CPU runs), ``qtypes`` (ReClor's question types), ``loss``
-   (the weighted cross-entropy), ``cache`` (tokenized splits kept on disk), ``stored_outputs``
-   (nbconvert's filter of the notebooks' stored outputs).
+1. ``errors``, ``cpu4bit``, ``qtypes``, ``loss``, ``runs.cache``, ``course.stored_outputs``: they
+   import nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected
+   error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``qtypes`` (ReClor's question types),
+   ``loss`` (the weighted cross-entropy), ``runs.cache`` (tokenized splits kept on disk),
+   ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs).
 2. ``config``: the run config, its presets and checks.
-3. ``data``, ``synth``, ``tiny``, ``metrics``, ``plan``, ``plots``, ``letters``, ``rundir``,
-   ``distributed``, ``notebook``: ``data`` (ReClor files → tokenized datasets), ``synth`` (the
-   bundled ReClor-format data), ``tiny`` (the offline tiny Llama), ``metrics``, ``plan`` (model
-   shapes, LoRA counts and the memory model: pure arithmetic, no torch), ``plots``, ``letters``
-   (the answer letters as tokens and the letter head), ``rundir`` (a run directory's layout,
-   checkpoints and lock), ``distributed`` (several processes), ``notebook`` (the notebooks'
-   first cell).
-4. ``modeling``, ``lora``: the 4-bit model (loading, memory report, NF4 made visible) and the
+3. ``data``, ``tools.synth``, ``tools.tiny``, ``metrics``, ``plan``, ``plots``, ``letters``,
+   ``runs.rundir``, ``runs.distributed``, ``course.notebook``: ``data`` (ReClor files → tokenized
+   datasets), ``tools.synth`` (the bundled ReClor-format data), ``tools.tiny`` (the offline tiny
+   Llama), ``metrics``, ``plan`` (model shapes, LoRA counts and the memory model: pure
+   arithmetic, no torch), ``plots``, ``letters`` (the answer letters as tokens and the letter
+   head), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
+   ``runs.distributed`` (several processes), ``course.notebook`` (the notebooks' first cell).
+4. ``model``, ``lora``: the 4-bit model (loading, memory report, NF4 made visible) and the
    adapters (injection, counts).
-5. ``train``, ``trainer``: the manual loop (and the kit's one inference loop,
+5. ``train``, ``runs.trainer``: the manual loop (and the kit's one inference loop,
    ``train.predict_logits``) and the Hugging Face Trainer path.
-6. ``analysis``, ``baselines``, ``runs``: a run's results, what guessing and the untrained model
-   score, and the kit's main job (train, reload, evaluate, predict).
-7. ``checks``, ``course``, ``judge``, ``grade``: the student exercises, course mode, reading a
-   submission's exercise code (``judge``) and grading.
+6. ``results.analysis``, ``results.baselines``, ``runs.job``: a run's results, what guessing and
+   the untrained model score, and the kit's main job (train, reload, evaluate, predict).
+7. ``course.checks``, ``course.build``, ``course.judge``, ``course.grade``: the student exercises,
+   the student copies, reading a submission's exercise code (``judge``) and grading.
 8. ``cli``, ``__main__``: the ``reclor-lab`` command.
 """
 

@@ -32,14 +32,14 @@ class UsageError(ReclorLabError):
 
 # --- data ----------------------------------------------------------------------------------
 
-#: What ``data check`` says of its default tokenizer (the tiny model's: see reclor_lab/tiny.py).
+#: What ``data check`` says of its default tokenizer (the tiny model's: see reclor_lab/tools/tiny.py).
 LLAMA2_NOTE = ": Llama-2's, the same ids as meta-llama/Llama-2-7b-hf"
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from reclor_lab.data import label_distribution, measure_records, read_reclor
 
-    from reclor_lab.modeling import load_tokenizer
+    from reclor_lab.model import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     print(f"token counts: the tokenizer of {args.model} ({type(tokenizer).__name__}, {len(tokenizer):,} tokens"
@@ -119,7 +119,7 @@ def cmd_data_types(args: argparse.Namespace) -> int:
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
-    from reclor_lab.synth import write_bundled_data
+    from reclor_lab.tools.synth import write_bundled_data
 
     out = Path(args.output)
     existing = [p for p in (out / f"{s}.json" for s in ("train", "val", "test")) if p.exists()]
@@ -133,7 +133,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 # --- tiny model ----------------------------------------------------------------------------
 
 def cmd_tiny_build(args: argparse.Namespace) -> int:
-    from reclor_lab.tiny import build_tiny_model
+    from reclor_lab.tools.tiny import build_tiny_model
 
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -144,7 +144,7 @@ def cmd_tiny_build(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_tokenizer(args: argparse.Namespace) -> int:
-    from reclor_lab.tiny import LLAMA_TOKENIZER_JS, TOKENIZER_FILES, write_tokenizer
+    from reclor_lab.tools.tiny import LLAMA_TOKENIZER_JS, TOKENIZER_FILES, write_tokenizer
 
     out = Path(args.output)
     if args.package is not None and not args.package.is_file():
@@ -190,7 +190,7 @@ def _parse_setting(item: str) -> tuple[str, Any]:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from reclor_lab.lora import find_lora_targets, inject_lora, predicted_lora_params, trainable_report
-    from reclor_lab.modeling import bnb_config, load_model, load_tokenizer, memory_report
+    from reclor_lab.model import bnb_config, load_model, load_tokenizer, memory_report
 
     cfg = _config_from_args(args)
     q = bnb_config(cfg)
@@ -245,9 +245,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reclor_lab.distributed import launched, process
-    from reclor_lab.rundir import RunDir
-    from reclor_lab.runs import train_run
+    from reclor_lab.runs.distributed import launched, process
+    from reclor_lab.runs.rundir import RunDir
+    from reclor_lab.runs.job import train_run
 
     if args.processes > 1 and args.trainer:
         raise UsageError("--trainer runs in one process; several processes train with the manual loop "
@@ -352,8 +352,8 @@ def _launch(processes: int, argv: list[str], output_dir: str) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from reclor_lab.rundir import RunDir
-    from reclor_lab.runs import evaluate_run, saved_metrics
+    from reclor_lab.runs.rundir import RunDir
+    from reclor_lab.runs.job import evaluate_run, saved_metrics
 
     if args.zero_shot:
         return _lm_baseline(args)
@@ -381,10 +381,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _lm_baseline(args: argparse.Namespace) -> int:
     import json
 
-    from reclor_lab.baselines import lm_baseline, results_table, trivial_baselines, write_baseline
+    from reclor_lab.results.baselines import lm_baseline, results_table, trivial_baselines, write_baseline
     from reclor_lab.config import RunConfig
     from reclor_lab.data import load_split, run_records
-    from reclor_lab.rundir import RunDir
+    from reclor_lab.runs.rundir import RunDir
 
     shots = args.shots or 0
     if args.run_dir is not None:
@@ -409,7 +409,7 @@ def _lm_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from reclor_lab.runs import predict_run
+    from reclor_lab.runs.job import predict_run
 
     predict_run(args.run_dir, split=args.split, output=args.output)
     return 0
@@ -418,7 +418,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --- course mode -----------------------------------------------------------------------------
 
 def cmd_course_build(args: argparse.Namespace) -> int:
-    from reclor_lab import course
+    from reclor_lab.course import build as course
 
     if args.check:
         stale = course.check_up_to_date(args.source, args.output)
@@ -433,7 +433,7 @@ def cmd_course_build(args: argparse.Namespace) -> int:
 
 
 def cmd_course_grade(args: argparse.Namespace) -> int:
-    from reclor_lab import grade
+    from reclor_lab.course import grade
 
     points = grade.parse_points(args.points)
     if args.csv is not None and not args.overwrite:
@@ -613,7 +613,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reclor_lab.distributed import is_main_process
+    from reclor_lab.runs.distributed import is_main_process
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:
-        from reclor_lab.distributed import launched
+        from reclor_lab.runs.distributed import launched
 
         if launched() and ("gloo" in str(e).lower() or "connection closed by peer" in str(e).lower()):
             return 1  # another process of the run died: the launcher reports it in one line

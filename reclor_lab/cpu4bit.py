@@ -18,7 +18,7 @@ and on bitsandbytes' choice of kernel. bitsandbytes 0.50 has two CPU paths:
   kernels-community" when it cannot.
 
 The kit uses the first path on every CPU (:func:`use_portable_kernels`, called by
-:func:`reclor_lab.modeling.load_model`): correct gradients after an evaluation pass, double
+:func:`reclor_lab.model.load_model`): correct gradients after an evaluation pass, double
 quantization kept, and the same fp32 arithmetic whatever the CPU, so a run resumes bit for bit.
 What it costs: evaluation on an ``avx512_bf16`` CPU does not use the faster bf16 kernel
 (``bench/cpu_4bit.py`` measures the difference). A GPU is unaffected: it has its own kernels.
@@ -100,7 +100,7 @@ def use_portable_kernels(model: "nn.Module") -> int:
             f"{len(repacked)} 4-bit layers (first: {repacked[0]}) were already repacked by "
             "bitsandbytes' bf16 CPU kernel during an evaluation pass; load the model again and "
             "call use_portable_kernels(model) before its first forward pass "
-            "(reclor_lab.modeling.load_model does this)"
+            "(reclor_lab.model.load_model does this)"
         )
     for _, layer in layers:
         layer.support_avx512bf16_for_cpu = False

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from reclor_lab import cache as token_cache
+from reclor_lab.runs import cache as token_cache
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE, RunConfig
 from reclor_lab.errors import ReclorLabError
 from reclor_lab.qtypes import QUESTION_TYPES
@@ -331,7 +331,7 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
     ``cache``: the tokenized split is kept on disk under a key made of everything that decides
     it (the records, the template, the tokenizer's full definition, ``max_len``), so the next
     run with the same inputs loads it in milliseconds instead of tokenizing again (see
-    :mod:`reclor_lab.cache`). True uses the default folder (``$RECLOR_LAB_CACHE``, else
+    :mod:`reclor_lab.runs.cache`). True uses the default folder (``$RECLOR_LAB_CACHE``, else
     ``~/.cache/reclor-lab``), a path uses that folder, False never reads or writes one.
     ``source``: the file the records came from, named in errors.
 

@@ -1,11 +1,11 @@
 """The four answer letters as tokens, and the classifier head made of them.
 
-LM scoring (:mod:`reclor_lab.baselines`) reads a causal LM's next-token logits of the four letter
+LM scoring (:mod:`reclor_lab.results.baselines`) reads a causal LM's next-token logits of the four letter
 tokens after the answer cue; the letter tokens are found through the tokenizer
 (:func:`letter_token_ids`). The letter head (``head_init="letters"`` in the run config) starts
 the classifier's 4-row ``score`` head as the LM head's rows of those tokens
 (:func:`letter_head_weights`), so before training the classifier *is* the zero-shot scorer.
-Model loading (:func:`reclor_lab.modeling.load_model`) applies it, so it sits below both.
+Model loading (:func:`reclor_lab.model.load_model`) applies it, so it sits below both.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError, RunConfig
-from .modeling import HEAD_NAMES, logical_numel, quantizable_linears
-from .plan import lora_param_count
+from reclor_lab.config import ConfigError, RunConfig
+from reclor_lab.model import HEAD_NAMES, logical_numel, quantizable_linears
+from reclor_lab.plan import lora_param_count
 
 #: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
 CLASSIFIER_HEAD = "score"

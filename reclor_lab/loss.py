@@ -1,7 +1,7 @@
 """The loss: cross-entropy weighted by answer-position frequency (the reference's loss).
 
 One function serves the manual loop (:mod:`reclor_lab.train`) and the Trainer path
-(:mod:`reclor_lab.trainer`), so both optimise exactly the same objective.
+(:mod:`reclor_lab.runs.trainer`), so both optimise exactly the same objective.
 """
 
 from __future__ import annotations

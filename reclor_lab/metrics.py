@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .config import NUM_LABELS
+from reclor_lab.config import NUM_LABELS
 
 #: z for a two-sided 95 % interval of a normal distribution.
 Z95 = 1.959963984540054

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS  # noqa: E402
-from reclor_lab.rundir import atomic_write  # noqa: E402
+from reclor_lab.runs.rundir import atomic_write  # noqa: E402
 
 CHANCE = 1 / NUM_LABELS
 
@@ -139,7 +139,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | None =
 
 def save_run_plots(history: dict, confusion, paths: Sequence[Path]) -> list[Path]:
     """Write the loss plot (train and val loss), the eval plot (val accuracy) and the confusion
-    matrix to ``paths`` (a run's are :attr:`reclor_lab.rundir.RunDir.plot_paths`)."""
+    matrix to ``paths`` (a run's are :attr:`reclor_lab.runs.rundir.RunDir.plot_paths`)."""
     paths = list(paths)
     plot_loss(history, paths[0])
     plot_eval(history, paths[1])
@@ -177,7 +177,7 @@ def plot_results(rows: Sequence[dict], title: str = "Val accuracy with 95 % inte
 
 def plot_accuracy_by_type(by_type: dict, overall: float | None = None, title: str = "Val accuracy by question type",
                           save: str | Path | None = None):
-    """A bar per question type (from :func:`reclor_lab.analysis.accuracy_by_type`) with its Wilson
+    """A bar per question type (from :func:`reclor_lab.results.analysis.accuracy_by_type`) with its Wilson
     interval; each bar is labelled with its count (n), so a bar of 5 examples is not read as a
     bar of 50."""
     names = list(by_type)
@@ -201,7 +201,7 @@ def plot_accuracy_by_type(by_type: dict, overall: float | None = None, title: st
 
 def plot_reliability(bins: Sequence[dict], ece: float, title: str = "Reliability diagram (val)",
                      save: str | Path | None = None):
-    """Accuracy against confidence per bin (from :func:`reclor_lab.analysis.reliability`), the
+    """Accuracy against confidence per bin (from :func:`reclor_lab.results.analysis.reliability`), the
     diagonal of perfect calibration, the counts per bin, and the ECE in the title."""
     fig, (ax, axn) = plt.subplots(2, 1, figsize=(4.5, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = bins[0]["high"] - bins[0]["low"]

@@ -6,7 +6,7 @@
 cluster preempting the job, Ctrl-C): the loop finishes the optimizer step it is in, writes a
 checkpoint and stops. A resume from any checkpoint skips the batches already seen, in the same
 order, with the same RNG state: on a CPU it ends bit for bit where an uninterrupted run ends.
-The run directory's layout and files belong to :class:`reclor_lab.rundir.RunDir`.
+The run directory's layout and files belong to :class:`reclor_lab.runs.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from reclor_lab.data import (
     BatchListSampler, class_weights, column, epoch_batches, make_collator, model_inputs, run_records,
     split_path, tokenize_records,
 )
-from reclor_lab.distributed import Process, no_sync, process, shard, wrap
+from reclor_lab.runs.distributed import Process, no_sync, process, shard, wrap
 from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_classification_metrics, format_accuracy
-from reclor_lab.modeling import autocast_for, loss_scaler
-from reclor_lab.rundir import RunDir, RunStart, started
+from reclor_lab.model import autocast_for, loss_scaler
+from reclor_lab.runs.rundir import RunDir, RunStart, started
 
 #: Exit status of a run stopped by a signal: 128 + the signal number, as shells report it.
 SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -170,7 +170,7 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
     ``batch_size="auto"`` is settled first (:func:`reclor_lab.plan.resolve_batch`): the run's
     config holds the batch it trains with."""
     from reclor_lab.lora import inject_lora, trainable_report
-    from reclor_lab.modeling import load_model, load_tokenizer, pick_device, resolve_compute_dtype
+    from reclor_lab.model import load_model, load_tokenizer, pick_device, resolve_compute_dtype
     from reclor_lab.plan import resolve_batch
 
     proc = process()  # one process, or one of several started by a launcher
@@ -274,7 +274,7 @@ def train_step(model, batch: dict, weights: torch.Tensor | None, dtype: torch.dt
     """Forward, weighted loss, backward for one micro-batch; returns the (detached) loss.
     The caller's ``batch`` is left as it was. ``scale`` multiplies the loss that is
     backpropagated (a process's share of a batch split over several, see :func:`shard_scale`);
-    an enabled ``scaler`` (fp16, :func:`reclor_lab.modeling.loss_scaler`) multiplies it too."""
+    an enabled ``scaler`` (fp16, :func:`reclor_lab.model.loss_scaler`) multiplies it too."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with autocast_for(batch["labels"].device, dtype):
         logits = model(**inputs).logits
@@ -334,7 +334,7 @@ class Loop:
     step: int = 0               # optimizer steps done over the whole run
     epoch_tokens: int = 0       # tokens and training seconds of the epoch so far
     epoch_seconds: float = 0.0
-    scaler: torch.amp.GradScaler = NO_SCALING  # fp16's loss scale (reclor_lab.modeling.loss_scaler)
+    scaler: torch.amp.GradScaler = NO_SCALING  # fp16's loss scale (reclor_lab.model.loss_scaler)
     pending: list = field(default_factory=list)  # (history row, loss tensor): one host sync later
     lap_start: float = 0.0      # when the training time now running started (not saved)
 
@@ -474,7 +474,7 @@ class StopSignals:
 def data_fingerprint(run: Run) -> dict[str, str]:
     """What the run trains and evaluates on: a hash of each tokenized split (records, labels,
     token ids), so a resume on other data is refused."""
-    from reclor_lab.cache import checksum
+    from reclor_lab.runs.cache import checksum
 
     return {"train": checksum(run.train_ds), "val": checksum(run.val_ds)}
 
@@ -510,7 +510,7 @@ class EpochRest:
     """The batches of epoch ``loop.epoch`` still to run, as this process runs them.
 
     With several processes each batch of ``batch_size × processes`` examples is cut into one
-    part per process (:func:`reclor_lab.distributed.shard`); a process whose part is empty runs
+    part per process (:func:`reclor_lab.runs.distributed.shard`); a process whose part is empty runs
     the batch's first example with weight 0, since every process must take part in the gradient
     all-reduce.
     """
@@ -651,7 +651,7 @@ def fit(run: Run, run_dir: str | Path | RunStart, resume: bool = False, stop_aft
     :class:`TrainingInterrupted` with the command that resumes.
 
     ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`). With
-    several processes (see :mod:`reclor_lab.distributed`) every process runs this; the main one
+    several processes (see :mod:`reclor_lab.runs.distributed`) every process runs this; the main one
     holds the lock, prints and writes, and all stop at the same step.
     """
     cfg, proc = run.cfg, run.proc

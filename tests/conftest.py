@@ -47,7 +47,7 @@ def cfg(tiny_llama_dir):
 @pytest.fixture(scope="module")
 def tokenizer(tiny_llama_dir):
     """The random tiny Llama's tokenizer, loaded as the kit loads it."""
-    from reclor_lab.modeling import load_tokenizer
+    from reclor_lab.model import load_tokenizer
 
     return load_tokenizer(str(tiny_llama_dir))
 
@@ -57,7 +57,7 @@ def tiny_tokenizer():
     """The bundled tiny model's tokenizer (``models/tiny-llama``), loaded as the kit loads it.
     Tests that change its settings restore them."""
     from reclor_lab.config import TINY_MODEL_DIR
-    from reclor_lab.modeling import load_tokenizer
+    from reclor_lab.model import load_tokenizer
 
     return load_tokenizer(str(TINY_MODEL_DIR))
 

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from reclor_lab.config import get_preset
-from reclor_lab.distributed import finish
+from reclor_lab.runs.distributed import finish
 from reclor_lab.train import fit, setup
 
 p = argparse.ArgumentParser()

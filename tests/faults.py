@@ -70,7 +70,7 @@ class Fault:
 def make_base(folder: Path) -> tuple[Path, Path]:
     """A finished run of the tiny preset on a copy of the bundled data: (run dir, data dir)."""
     from reclor_lab.config import BUNDLED_DATA_DIR, get_preset
-    from reclor_lab.runs import train_run
+    from reclor_lab.runs.job import train_run
 
     data = folder / "data"
     data.mkdir(parents=True)
@@ -234,7 +234,7 @@ def _partial_tokenizer(args) -> None:
 
 @contextlib.contextmanager
 def training_in_progress(case: Case):
-    from reclor_lab.rundir import RunDir
+    from reclor_lab.runs.rundir import RunDir
 
     with RunDir(case.run).lock():  # flock is per open file: this stands in for another process
         yield

@@ -15,9 +15,9 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.config import REPO_ROOT
-from reclor_lab.course import KERNELSPEC, put_back_solutions
+from reclor_lab.course.build import KERNELSPEC, put_back_solutions
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 NB = {"01": "01_data_and_tokenization", "03": "03_lora", "04": "04_training_loop"}
@@ -114,7 +114,7 @@ def write_class(folder: Path) -> list[Case]:
                      "from reclor_lab.data import class_weights as cw\n\n"
                      "def class_weights_by_hand(labels):\n    return cw(labels).tolist()"))
     add(Case("imports_own_name", "01", {3: "❌"}, "imports `last_token_index`"),
-        _replace_def(solved01, "last_token_index", "from reclor_lab.modeling import last_token_index"))
+        _replace_def(solved01, "last_token_index", "from reclor_lab.model import last_token_index"))
     add(Case("dunder_import", "01", {2: "❌"}, "__import__"),
         _replace_def(solved01, "class_weights_by_hand",
                      "def class_weights_by_hand(labels):\n"
@@ -140,16 +140,16 @@ def write_class(folder: Path) -> list[Case]:
     # --- the stand-in and the checks themselves
     add(Case("recheck_reference", "01", {1: "❌"}, ".reference"),
         _insert_after(stub01, k, "format_record = checks.check_format_record(format_record.reference)"))
-    add(Case("patch_judge", "01", ALL01, "writes into reclor_lab.checks"),
-        _insert_after(stub01, 0, "from reclor_lab import checks as c\n"
+    add(Case("patch_judge", "01", ALL01, "writes into reclor_lab.course.checks"),
+        _insert_after(stub01, 0, "from reclor_lab.course import checks as c\n"
                                  "c._judge = lambda n, fn, test: ('✅', 'fine')"))
-    add(Case("patch_summary", "01", ALL01, "writes into reclor_lab.checks"),
+    add(Case("patch_summary", "01", ALL01, "writes into reclor_lab.course.checks"),
         stub01 + ["checks.summary = lambda *a: None"])
-    add(Case("write_checked", "01", ALL01, "reclor_lab.checks"),
+    add(Case("write_checked", "01", ALL01, "reclor_lab.course.checks"),
         _insert_after(stub01, k, "checks._CHECKED[1] = (lambda fn: None, format_record)"))
-    add(Case("patch_when_called", "01", {1: "❌"}, "reclor_lab.checks"),
+    add(Case("patch_when_called", "01", {1: "❌"}, "reclor_lab.course.checks"),
         _replace_def(stub01, "format_record",
-                     "def format_record(record):\n    import reclor_lab.checks as c\n"
+                     "def format_record(record):\n    import reclor_lab.course.checks as c\n"
                      "    c.reference_format_record = lambda r: 'x'\n    return 'x'"))
     add(Case("setattr_on_checks", "01", ALL01, "setattr"),
         stub01 + ["setattr(checks, 'summary', print)"])

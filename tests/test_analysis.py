@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reclor_lab.analysis import (
+from reclor_lab.results.analysis import (
     accuracy_by_type,
     expected_calibration_error,
     format_test_summary,
@@ -126,7 +126,7 @@ def test_test_summary_easy_hard_only_for_the_official_size():
 
 
 def test_easy_hard_of_the_kits_data_and_of_the_official_test_file():
-    from reclor_lab.analysis import easy_hard
+    from reclor_lab.results.analysis import easy_hard
 
     cued = {"answers": ["Probably, a.", "In every case, b.", "Invariably, c.", "Without exception, d."]}
     bare = {"answers": ["a.", "b.", "c.", "d."]}

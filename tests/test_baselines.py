@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from reclor_lab.baselines import (
+from reclor_lab.results.baselines import (
     ANSWER_CUE,
     BaselineError,
     binomial_range,
@@ -19,7 +19,7 @@ from reclor_lab.baselines import (
     trivial_baselines,
 )
 from reclor_lab.config import TINY_TEMPLATE, ConfigError, get_preset
-from reclor_lab.rundir import write_json
+from reclor_lab.runs.rundir import write_json
 
 LETTERS = "ABCD"
 
@@ -143,7 +143,7 @@ def test_zero_shot_beats_chance_and_the_letter_head_starts_there(tmp_path):
     """The tiny model was pre-trained on text ending in " Answer: X": scored as a causal LM it
     is above chance on the bundled val set, and a classifier whose head starts from the letter
     rows predicts exactly what the zero-shot scorer does, before any training."""
-    from reclor_lab.baselines import lm_baseline
+    from reclor_lab.results.baselines import lm_baseline
     from reclor_lab.cli import main
     from reclor_lab.train import evaluate, setup
 
@@ -170,7 +170,7 @@ def test_zero_shot_beats_chance_and_the_letter_head_starts_there(tmp_path):
 # --- rules without a model ------------------------------------------------------------------------------
 
 def test_overlap_and_rule_answers():
-    from reclor_lab.baselines import overlap_answer, rule_answer
+    from reclor_lab.results.baselines import overlap_answer, rule_answer
 
     rec = {"context": "Every owl in Varn hunts mice at night.",
            "answers": ["In every case, owls in Varn hunt mice at night.", "Probably, owls hunt.",
@@ -186,7 +186,7 @@ def test_overlap_and_rule_answers():
 def test_rule_baselines_on_the_bundled_val_split():
     """The figures the README quotes, from the committed data alone (no model): the rule is
     right on every EASY record, and on HARD (nothing to reject) it is word overlap."""
-    from reclor_lab.baselines import results_table, rule_baselines
+    from reclor_lab.results.baselines import results_table, rule_baselines
     from reclor_lab.config import BUNDLED_DATA_DIR
 
     val = json.loads((BUNDLED_DATA_DIR / "val.json").read_text())
@@ -200,7 +200,7 @@ def test_rule_baselines_on_the_bundled_val_split():
 
 
 def test_part_accuracies_without_a_split():
-    from reclor_lab.baselines import BaselineError, part_accuracies
+    from reclor_lab.results.baselines import BaselineError, part_accuracies
 
     plain = [{"context": "x", "answers": ["a", "b", "c", "d"], "label": i % 4} for i in range(8)]
     out = part_accuracies([0] * 8, plain)

@@ -9,11 +9,11 @@ import warnings
 
 import pytest
 
-from reclor_lab import cache as token_cache
+from reclor_lab.runs import cache as token_cache
 from reclor_lab import data
 from reclor_lab.config import BUNDLED_DATA_DIR, REFERENCE_TEMPLATE, TINY_TEMPLATE, get_preset
 from reclor_lab.data import column, encode_texts, format_example, load_split, tokenize_records
-from reclor_lab.modeling import load_tokenizer
+from reclor_lab.model import load_tokenizer
 
 RECORDS = load_split(BUNDLED_DATA_DIR, "val")[:40]
 

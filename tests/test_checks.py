@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.config import get_preset
 from reclor_lab.data import class_weights
 from reclor_lab.lora import inject_lora
-from reclor_lab.modeling import load_model, load_tokenizer
+from reclor_lab.model import load_model, load_tokenizer
 
 MINI = Path(__file__).parent / "fixtures" / "mini"
 FALLBACK = "using the reference implementation so the rest of the notebook runs."
@@ -218,7 +218,7 @@ def test_last_token_index(capsys, base_model):
 def test_last_token_index_is_where_the_model_reads(base_model):
     """The package's rule against transformers' own pooling, with right and left padding."""
     _, tokenizer, model = base_model
-    from reclor_lab.modeling import last_token_index
+    from reclor_lab.model import last_token_index
 
     body = getattr(model, model.base_model_prefix)
     enc = tokenizer(["a b c d e f", "a b", "a b c"], padding=True, return_tensors="pt")
@@ -234,7 +234,7 @@ def test_last_token_index_is_where_the_model_reads(base_model):
 # --- 4. NF4 on one block --------------------------------------------------------------------------
 
 def _nf4_by_hand(block, *, scale=None, levels=None, multiply=True):
-    from reclor_lab.modeling import NF4_CODE
+    from reclor_lab.model import NF4_CODE
 
     code = torch.tensor(NF4_CODE)
     absmax = block.abs().max() if scale is None else scale(block)
@@ -407,7 +407,7 @@ def test_qlora_memory(capsys):
 
 def test_qlora_memory_reference_matches_the_package_counts():
     """The formula's parts agree with the package's own counts for Llama-2-7B as a classifier."""
-    from reclor_lab.modeling import LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, LLAMA2_7B_QUANTIZED_PARAMS, estimate_bytes
+    from reclor_lab.model import LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, LLAMA2_7B_QUANTIZED_PARAMS, estimate_bytes
 
     got = checks.reference_qlora_memory(checks.LLAMA2_7B, 1, 512, 16, checkpointing=True)
     bf16_kept = estimate_bytes(LLAMA2_7B_QUANTIZED_PARAMS, LLAMA2_7B_CLASSIFIER_OTHER_PARAMS, "4bit")
@@ -720,7 +720,7 @@ def test_evaluation_pass_reference_is_train_evaluate(lora_run, tiny_llama_dir):
 # --- 13. beat the model without a model -------------------------------------------------------------------------
 
 def test_rule_baseline(capsys):
-    from reclor_lab.baselines import overlap_answer
+    from reclor_lab.results.baselines import overlap_answer
 
     ref = checks.reference_rule_baseline
     sweeping = ("In every case,", "Without exception,", "It is always true that", "Invariably,",
@@ -802,7 +802,7 @@ def test_every_exercise_number_matches_the_exercise_table():
     """Every exercise number in the reference notebooks and their student copies (markdown,
     docstrings, stub messages), in checks.py's check_* docstrings and in the notebooks README's
     table names the exercise that checks.EXERCISES gives that number."""
-    from reclor_lab.course import student_source
+    from reclor_lab.course.build import student_source
 
     problems = []
     for py in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py")):
@@ -810,7 +810,7 @@ def test_every_exercise_number_matches_the_exercise_table():
         student, _ = student_source(text, py.name)
         problems += _exercise_number_problems(text, py.name[:2], py.name)
         problems += _exercise_number_problems(student, py.name[:2], f"student {py.name}")
-    source = (REPO / "reclor_lab" / "checks.py").read_text(encoding="utf-8")
+    source = (REPO / "reclor_lab" / "course" / "checks.py").read_text(encoding="utf-8")
     for block in re.split(r"^def ", source, flags=re.M)[1:]:
         doc = re.search(r'"""Exercise (\d+)', block)
         used = re.search(r'NUMBER\["(\w+)"\]', block)

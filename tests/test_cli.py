@@ -124,7 +124,7 @@ def _fake_run(path: Path, output_dir: str, epochs: int = 3) -> None:
     """A run directory as `train` leaves it after epoch 1 (the checkpoint's contents are not read
     before the model loads)."""
     from reclor_lab.config import get_preset
-    from reclor_lab.rundir import RunDir
+    from reclor_lab.runs.rundir import RunDir
 
     rd = RunDir(path)
     rd.path.mkdir(parents=True)
@@ -139,15 +139,15 @@ def _fake_run(path: Path, output_dir: str, epochs: int = 3) -> None:
 def test_resume_trains_the_directory_named_not_the_one_its_config_recorded(tmp_path, monkeypatch, capsys):
     """Defect 1: `train --resume --output-dir w/runA` continues w/runA, even though its
     config.json says w/runs-tiny (where another run now lives), and from any working directory."""
-    import reclor_lab.runs
+    import reclor_lab.runs.job
 
     seen = []
 
     def setup(cfg, verbose):  # train_run's checks all ran; stop before loading a model
         seen.append(cfg)
-        raise reclor_lab.runs.RunDirError("stopped here")
+        raise reclor_lab.runs.job.RunDirError("stopped here")
 
-    monkeypatch.setattr(reclor_lab.runs, "setup", setup)
+    monkeypatch.setattr(reclor_lab.runs.job, "setup", setup)
     _fake_run(tmp_path / "w" / "runA", output_dir="w/runs-tiny")
     _fake_run(tmp_path / "w" / "runs-tiny", output_dir="w/runs-tiny")
     monkeypatch.chdir(tmp_path / "w")  # not where the run was created
@@ -197,7 +197,7 @@ def test_bad_data_files_and_templates_get_one_line(tmp_path, capsys):
 
 
 def test_expected_errors_never_reach_the_user_as_a_traceback(capsys, monkeypatch):
-    from reclor_lab import modeling
+    from reclor_lab import model as modeling
 
     def unavailable(device):
         raise modeling.QuantizationUnavailable("bitsandbytes cannot quantize to 4-bit here; set quantization=\"none\"")

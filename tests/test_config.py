@@ -4,7 +4,7 @@ import json
 import pytest
 
 from reclor_lab.config import PRESETS, REFERENCE_TEMPLATE, ConfigError, RunConfig, get_preset
-from reclor_lab.rundir import write_json
+from reclor_lab.runs.rundir import write_json
 
 
 def test_presets_are_valid_and_reference_matches_the_solution():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reclor_lab.config import REPO_ROOT, TINY_MODEL_DIR
-from reclor_lab.course import (
+from reclor_lab.course.build import (
     KERNELSPEC,
     CourseError,
     build_student_notebooks,
@@ -40,7 +40,7 @@ SAMPLE = '''\
 # BEGIN SOLUTION
 
 # %%
-from reclor_lab import checks
+from reclor_lab.course import checks
 
 
 # %%
@@ -185,7 +185,7 @@ def test_committed_student_set_is_up_to_date():
 
 def test_checks_know_every_exercise_and_its_notebook():
     """checks.EXERCISES (what summary() lists per notebook) matches the checks in the notebooks."""
-    from reclor_lab import checks
+    from reclor_lab.course import checks
 
     found = {}
     for ref in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")):
@@ -212,9 +212,9 @@ def test_reference_notebooks_hold_enough_exercises_each_followed_by_its_check():
 
 def _giveaways(student_py: str) -> list[str]:
     """Each use, in a student notebook, of something that computes an exercise's answer
-    (:data:`reclor_lab.checks.GIVEAWAYS`, any ``reference_…`` of the checks, or an import under the
+    (:data:`reclor_lab.course.checks.GIVEAWAYS`, any ``reference_…`` of the checks, or an import under the
     exercise's own name) in the cells from the top down to that exercise's check cell."""
-    from reclor_lab import checks
+    from reclor_lab.course import checks
 
     cells = _code_cells(student_py)
     found = []
@@ -254,7 +254,7 @@ def test_the_giveaway_scan_catches_an_import_above_the_exercise():
 
 SAMPLE_WITH_GIVEAWAY = '''\
 # %%
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.data import format_example
 from reclor_lab.lib import format_record as fr
 

@@ -23,7 +23,7 @@ from reclor_lab.cpu4bit import (
     use_portable_kernels,
 )
 from reclor_lab.lora import inject_lora
-from reclor_lab.modeling import load_model, memory_report
+from reclor_lab.model import load_model, memory_report
 
 #: The warning torch prints when an op without an autograd kernel is differentiated through.
 NO_AUTOGRAD = "autograd kernel was not registered"
@@ -51,7 +51,7 @@ def _raw_4bit_model(cfg, tokenizer):
     """The model as bitsandbytes alone would leave it (the kit's portable switch undone)."""
     from transformers import AutoModelForSequenceClassification
 
-    from reclor_lab.modeling import bnb_config
+    from reclor_lab.model import bnb_config
 
     model = AutoModelForSequenceClassification.from_pretrained(
         cfg.model_name_or_path, num_labels=4, quantization_config=bnb_config(cfg), dtype=torch.float32)

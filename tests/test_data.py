@@ -201,7 +201,7 @@ import sys
 from pathlib import Path
 from reclor_lab.cli import main
 from reclor_lab.data import encode_texts
-from reclor_lab.modeling import load_tokenizer
+from reclor_lab.model import load_tokenizer
 
 def kib(field):  # /proc/self/status: this process's memory now (VmRSS) and its peak (VmHWM)
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))

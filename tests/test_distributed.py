@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from reclor_lab.config import get_preset
-from reclor_lab.distributed import shard
-from reclor_lab.rundir import RunDir
+from reclor_lab.runs.distributed import shard
+from reclor_lab.runs.rundir import RunDir
 from reclor_lab.train import shard_scale
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def two(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one(tmp_path_factory) -> Path:
-    from reclor_lab.runs import train_run
+    from reclor_lab.runs.job import train_run
 
     run_dir = tmp_path_factory.mktemp("dist") / "one"
     train_run(get_preset("tiny", output_dir=str(run_dir), **{**COMMON, "batch_size": 2 * PER_PROCESS_BATCH}),

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import faults
-from reclor_lab.rundir import RunDir
+from reclor_lab.runs.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_one_resume_decides_once_checks_its_config_once_and_reads_config_json_on
     """The run is started in one place (RunDir.open): the lock, one decision, one config check,
     one read of config.json, for `train --resume` all the way to its metrics."""
     from reclor_lab import cli, config
-    from reclor_lab.rundir import RunDir as RD
+    from reclor_lab.runs.rundir import RunDir as RD
 
     case = faults.make_case(*base, tmp_path / "case")
     (case.run / "metrics.json").unlink()
@@ -58,7 +58,7 @@ def test_one_resume_decides_once_checks_its_config_once_and_reads_config_json_on
 
 
 def test_ensure_trained_finishes_a_run_that_only_lacks_metrics_and_deletes_nothing(base, tmp_path, monkeypatch):
-    from reclor_lab.runs import ensure_trained
+    from reclor_lab.runs.job import ensure_trained
 
     case = faults.make_case(*base, tmp_path / "case")
     (case.run / "metrics.json").unlink()
@@ -82,7 +82,7 @@ def faults_error():
 
 
 def test_the_class_weights_come_from_the_run_not_its_data_folder(base, tmp_path):
-    from reclor_lab.runs import _reloaded
+    from reclor_lab.runs.job import _reloaded
 
     case = faults.make_case(*base, tmp_path / "case")
     saved = json.loads((case.run / "data.json").read_text())["class_weights"]
@@ -97,7 +97,7 @@ def test_the_class_weights_come_from_the_run_not_its_data_folder(base, tmp_path)
 def test_a_token_cache_entry_rewritten_with_a_recomputed_inner_checksum_is_not_served(tmp_path, tiny_tokenizer):
     import datasets
 
-    from reclor_lab import cache as token_cache
+    from reclor_lab.runs import cache as token_cache
     from reclor_lab.config import BUNDLED_DATA_DIR
     from reclor_lab.data import load_split, tokenize_records
 
@@ -118,7 +118,7 @@ def test_a_token_cache_entry_rewritten_with_a_recomputed_inner_checksum_is_not_s
 def test_a_live_reader_retries_when_training_prunes_the_checkpoint_it_read(tmp_path, monkeypatch):
     """A reader that read state.json naming a checkpoint that training pruned right after (a new
     state.json written) reads the new state instead of reporting damage."""
-    from reclor_lab import rundir as rundir_module
+    from reclor_lab.runs import rundir as rundir_module
 
     rd = RunDir(tmp_path)
     old = {"version": 2, "last": "step-000003", "best": "step-000003", "last_epoch": 0, "last_step": 3,
@@ -141,7 +141,7 @@ def test_the_trainer_path_stops_on_sigterm_after_the_step_with_a_checkpoint_and_
     from reclor_lab.config import get_preset
     from reclor_lab.errors import TrainingInterrupted
     from reclor_lab.train import setup
-    from reclor_lab.trainer import HistoryCallback, fit_with_trainer
+    from reclor_lab.runs.trainer import HistoryCallback, fit_with_trainer
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     cfg = get_preset("tiny", output_dir=str(tmp_path / "run"), train_limit=48, eval_limit=16, epochs=1)

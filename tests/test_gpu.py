@@ -26,7 +26,7 @@ def test_tiny_model_trains_in_4bit_with_16_bit_compute_on_cuda(compute_dtype):
 
     from reclor_lab.data import format_example
     from reclor_lab.lora import inject_lora
-    from reclor_lab.modeling import load_model, load_tokenizer, loss_scaler, pick_device, resolve_compute_dtype
+    from reclor_lab.model import load_model, load_tokenizer, loss_scaler, pick_device, resolve_compute_dtype
     from reclor_lab.train import make_optimizer, optimizer_step, train_step
 
     cfg = get_preset("tiny", gradient_checkpointing=True, compute_dtype=compute_dtype)

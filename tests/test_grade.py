@@ -12,10 +12,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from reclor_lab import checks, grade, judge
+from reclor_lab.course import checks, grade, judge
 from reclor_lab.cli import main
 from reclor_lab.config import REPO_ROOT
-from reclor_lab.course import KERNELSPEC
+from reclor_lab.course.build import KERNELSPEC
 
 from gamed_corpus import write_class
 
@@ -117,9 +117,10 @@ def test_gradebook_details_and_feedback(graded, tmp_path):
     details = list(csv.DictReader((tmp_path / "grades_details.csv").open(encoding="utf-8")))
     assert len(details) == 3 * len(numbers)
     judge_row = next(d for d in details if d["student"] == "patch_judge" and d["exercise"] == "1")
-    assert judge_row["status"] == "❌" and "writes into reclor_lab.checks" in judge_row["reason"]
+    assert judge_row["status"] == "❌" and "writes into reclor_lab.course.checks" in judge_row["reason"]
     feedback = (tmp_path / "grades_feedback" / "patch_judge.txt").read_text(encoding="utf-8")
-    assert "❌ Exercise 1 (format a record): 0 point(s). gamed: code cell 1 writes into reclor_lab.checks" in feedback
+    assert ("❌ Exercise 1 (format a record): 0 point(s). gamed: code cell 1 writes into reclor_lab.course.checks"
+            in feedback)
     assert "01_data_and_tokenization.ipynb (notebook 01), judged in" in feedback
     assert len(written) == 2 + 3
 
@@ -165,7 +166,7 @@ def test_the_runtime_guard_sees_a_rebound_name():
     real = checks._judge
     try:
         checks._judge = lambda *a: ("✅", "")
-        assert grade._changed_since(before) == "reclor_lab.checks._judge"
+        assert grade._changed_since(before) == "reclor_lab.course.checks._judge"
     finally:
         checks._judge = real
     assert grade._changed_since(before) == ""

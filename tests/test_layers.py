@@ -24,27 +24,37 @@ def stated_layers() -> list[list[str]]:
     for number, text in zip(items[::2], items[1::2]):
         assert int(number) == len(layers) + 1, f"layer {number} is out of order in the package docstring"
         head = re.split(r":\s", text, maxsplit=1)[0]
-        layers.append(re.findall(r"``(\w+)``", head))
+        layers.append(re.findall(r"``([\w.]+)``", head))
     return layers
 
 
 def modules() -> set[str]:
-    return {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    """Every module of the package by its dotted name below ``reclor_lab`` (``runs.rundir``); a
+    sub-package's ``__init__`` holds only its docstring and is not a module of its own here."""
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+            if p.name != "__init__.py" and "metric_modules" not in p.parts}
+
+
+def module_path(name: str) -> Path:
+    return PACKAGE.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def imports_of(path: Path, known: set[str]) -> dict[str, int]:
     """The kit's modules ``path`` imports, anywhere in it (function-local imports too), with the
-    line of the first such import."""
+    line of the first such import. A relative import is counted as the kit's (the package
+    imports absolutely; a relative one must not slip past the layers)."""
     found: dict[str, int] = {}
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names: list[str] = []
         if isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("reclor_lab.")]
+            names = [a.name.removeprefix("reclor_lab.") for a in node.names if a.name.startswith("reclor_lab.")]
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            if node.level == 1 or module == "reclor_lab" or module.startswith("reclor_lab."):
-                parts = module.split(".")[0 if node.level else 1:] if module else []
-                names = [parts[0]] if parts and parts[0] else [a.name for a in node.names]
+            if node.level or module == "reclor_lab" or module.startswith("reclor_lab."):
+                base = module.removeprefix("reclor_lab").lstrip(".") if not node.level else module
+                # ``from reclor_lab.runs import rundir``: the module is runs.rundir; from a module, its name
+                names = [f"{base}.{a.name}".lstrip(".") if f"{base}.{a.name}".lstrip(".") in known else base
+                         for a in node.names]
         for name in names:
             if name in known:
                 found.setdefault(name, node.lineno)
@@ -53,7 +63,7 @@ def imports_of(path: Path, known: set[str]) -> dict[str, int]:
 
 def import_graph() -> dict[str, dict[str, int]]:
     known = modules()
-    return {m: {n: line for n, line in imports_of(PACKAGE / f"{m}.py", known).items() if n != m}
+    return {m: {n: line for n, line in imports_of(module_path(m), known).items() if n != m}
             for m in sorted(known)}
 
 
@@ -66,7 +76,8 @@ def test_the_stated_layers_name_every_module_once():
 
 def test_no_import_runs_against_the_layers():
     layer = {m: i for i, names in enumerate(stated_layers()) for m in names}
-    upward = [f"reclor_lab/{m}.py:{line} imports {n} (layer {layer[n] + 1}) from layer {layer[m] + 1}"
+    upward = [f"{module_path(m).relative_to(PACKAGE.parent)}:{line} imports {n} (layer {layer[n] + 1}) "
+              f"from layer {layer[m] + 1}"
               for m, edges in import_graph().items() for n, line in edges.items() if layer[n] > layer[m]]
     assert not upward, "\n".join(upward)
 
@@ -98,9 +109,13 @@ def test_the_import_reader_sees_every_form_of_import(tmp_path):
     inside functions all count; other packages do not."""
     src = tmp_path / "m.py"
     src.write_text("from .config import X\nimport reclor_lab.data\nfrom reclor_lab import plan\n"
-                   "from . import lora\nimport torch\n\ndef f():\n    from reclor_lab.train import fit\n")
-    got = imports_of(src, {"config", "data", "plan", "lora", "train", "torch"})
-    assert got == {"config": 1, "data": 2, "plan": 3, "lora": 4, "train": 8}
+                   "from reclor_lab.runs import rundir\nimport reclor_lab.course.checks\n"
+                   "from reclor_lab.tools.synth import make\nimport torch\n\n"
+                   "def f():\n    from reclor_lab.train import fit\n")
+    known = {"config", "data", "plan", "runs.rundir", "course.checks", "tools.synth", "train", "torch"}
+    got = imports_of(src, known)
+    assert got == {"config": 1, "data": 2, "plan": 3, "runs.rundir": 4, "course.checks": 5, "tools.synth": 6,
+                   "train": 10}
 
 
 def test_the_planner_imports_no_torch():

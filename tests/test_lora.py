@@ -17,7 +17,7 @@ from reclor_lab.lora import (
     target_shapes,
     trainable_report,
 )
-from reclor_lab.modeling import load_model
+from reclor_lab.model import load_model
 
 
 @pytest.fixture()

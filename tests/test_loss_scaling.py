@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reclor_lab.config import ConfigError, get_preset
-from reclor_lab.modeling import loss_scaler, resolve_compute_dtype
+from reclor_lab.model import loss_scaler, resolve_compute_dtype
 from reclor_lab.train import NO_SCALING, optimizer_step, train_step
 
 CPU = torch.device("cpu")
@@ -167,13 +167,13 @@ def test_the_loop_skips_and_counts_overflowing_steps_and_resumes_the_scaler_exac
 
 
 def _checkpoint(run_dir) -> dict:
-    from reclor_lab.rundir import RunDir
+    from reclor_lab.runs.rundir import RunDir
 
     return torch.load(RunDir(run_dir).last_dir() / "trainer_state.pt", weights_only=True)  # as the kit loads it
 
 
 def test_the_trainer_path_asks_for_the_trainer_s_own_fp16_loss_scaling(tmp_path):
-    from reclor_lab.trainer import training_arguments
+    from reclor_lab.runs.trainer import training_arguments
 
     cfg = get_preset("tiny")
     assert training_arguments(cfg, tmp_path, 10, fp16=True).fp16 is True

@@ -53,7 +53,8 @@ def test_one_memory_model_behind_the_exercise_and_the_memory_table():
     count the planner's terms. The exercise simplifies in two stated ways: the head once in
     ``weights`` (the planner keeps peft's original beside the trained copy) and its fp32 weight
     once more in ``trained``; it keeps no compute-dtype copy of LoRA (fp32 throughout)."""
-    from reclor_lab import checks, modeling
+    from reclor_lab.course import checks
+    from reclor_lab import model as modeling
 
     for shape in (SMALL, LLAMA2_7B_SHAPE, checks.LLAMA2_13B):
         head = shape.head_params
@@ -215,7 +216,7 @@ def test_activation_prediction_matches_what_autograd_saves_on_the_cpu(dropout):
     compute dtype), counted once per storage, parameters excluded, against the planner's
     activations for the same padded batch. Counting bytes is deterministic: no timing involved."""
     from reclor_lab.lora import inject_lora
-    from reclor_lab.modeling import load_model, load_tokenizer
+    from reclor_lab.model import load_model, load_tokenizer
 
     cfg = get_preset("tiny", compute_dtype="float32", lora_dropout=dropout)
     tokenizer = load_tokenizer(cfg.model_name_or_path)

@@ -24,7 +24,7 @@ def test_ddp_leaves_out_exactly_the_parameters_and_buffers_the_kit_names(tmp_pat
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from reclor_lab.distributed import Process, wrap
+    from reclor_lab.runs.distributed import Process, wrap
 
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     model[0].weight.requires_grad_(False)  # stands for a frozen 4-bit weight

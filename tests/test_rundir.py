@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reclor_lab import rundir as rundir_module
+from reclor_lab.runs import rundir as rundir_module
 from reclor_lab.errors import RunDirError
-from reclor_lab.rundir import RunDir, _next_state
+from reclor_lab.runs.rundir import RunDir, _next_state
 
 
 class FakeModel:

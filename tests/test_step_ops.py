@@ -10,7 +10,7 @@ from torch import nn
 from reclor_lab.config import get_preset
 from reclor_lab.data import load_split, make_collator, model_inputs, tokenize_records
 from reclor_lab.lora import LoRADropout, inject_lora, rounding_gamma
-from reclor_lab.modeling import load_model
+from reclor_lab.model import load_model
 from reclor_lab.train import train_step
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nbformat
 
-from reclor_lab.stored_outputs import WIDGET, DropProgressBars, is_progress_bar
+from reclor_lab.course.stored_outputs import WIDGET, DropProgressBars, is_progress_bar
 
 
 def widget(text: str) -> dict:

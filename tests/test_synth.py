@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reclor_lab import synth
+from reclor_lab.tools import synth
 from reclor_lab.config import BUNDLED_DATA_DIR, NUM_LABELS
 from reclor_lab.data import format_example
 
@@ -74,7 +74,7 @@ def test_question_options_carry_no_cue_prefix(split):
 
 
 def test_pretraining_stream_keeps_its_cue_on_questions():
-    """The committed tiny model was pre-trained on this stream as first written (reclor_lab.tiny
+    """The committed tiny model was pre-trained on this stream as first written (reclor_lab.tools.tiny
     rebuilds it from these texts), so the pre-training texts still carry the prefix."""
     texts = synth.pretraining_corpus(300, with_answer=False)
     assert any(p + " has " in t or p + " was " in t or p + " is " in t

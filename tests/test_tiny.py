@@ -130,7 +130,7 @@ LLAMA_PARAGRAPH_IDS = [
 
 # A text that *starts* with whitespace: SentencePiece (llama-tokenizer-js; tokenizers reading the
 # hub-layout tokenizer.json) puts its own "▁" in front anyway; transformers 5's LlamaTokenizer,
-# which rebuilds the pipeline for meta-llama/Llama-2-7b-hf too, does not (reclor_lab/tiny.py).
+# which rebuilds the pipeline for meta-llama/Llama-2-7b-hf too, does not (reclor_lab/tools/tiny.py).
 LEADING_SPACE = [  # text, SentencePiece's ids (llama-tokenizer-js), transformers 5's ids
     (" grabbed", [1, 29871, 2646, 1327, 287], [1, 2646, 1327, 287]),
     ("           grabbed", [1, 9651, 2646, 1327, 287], [1, 965, 2646, 1327, 287]),
@@ -169,7 +169,7 @@ def test_a_leading_space_is_where_transformers_and_sentencepiece_differ(committe
 def test_the_tokenizer_regenerates_from_the_npm_package(tmp_path):
     """``reclor-lab tiny tokenizer`` writes the committed files again, byte for byte, from
     llama-tokenizer-js (npm's cache or the registry; skipped where neither is reachable)."""
-    from reclor_lab.tiny import TOKENIZER_FILES, TokenizerSourceError, fetch_llama_tokenizer_js, write_tokenizer
+    from reclor_lab.tools.tiny import TOKENIZER_FILES, TokenizerSourceError, fetch_llama_tokenizer_js, write_tokenizer
 
     try:
         package = fetch_llama_tokenizer_js(tmp_path / "npm")
@@ -181,7 +181,7 @@ def test_the_tokenizer_regenerates_from_the_npm_package(tmp_path):
 
 
 def test_a_wrong_package_is_refused(tmp_path):
-    from reclor_lab.tiny import TokenizerSourceError, read_llama_tokenizer_js
+    from reclor_lab.tools.tiny import TokenizerSourceError, read_llama_tokenizer_js
 
     fake = tmp_path / "llama-tokenizer-js-1.2.2.tgz"
     fake.write_bytes(b"not the package")
@@ -225,7 +225,7 @@ def _same_files(a, b):
 
 def test_build_is_bit_for_bit_deterministic_on_one_machine(tmp_path):
     """Same seed, same machine, same files: a shortened build twice (the full one is below)."""
-    from reclor_lab.tiny import build_tiny_model
+    from reclor_lab.tools.tiny import build_tiny_model
 
     a = build_tiny_model(tmp_path / "a", verbose=False, steps=15)
     b = build_tiny_model(tmp_path / "b", verbose=False, steps=15)
@@ -237,7 +237,7 @@ def test_build_is_bit_for_bit_deterministic_on_one_machine(tmp_path):
 @pytest.mark.slow
 def test_rebuild_reproduces_the_committed_model(tmp_path):
     """Across CPUs a rebuild reproduces the tokenizer, its license files and the config exactly
-    and the model's quality, not its last bits (see reclor_lab/tiny.py): fp32 AdamW over 700
+    and the model's quality, not its last bits (see reclor_lab/tools/tiny.py): fp32 AdamW over 700
     steps amplifies each instruction set's rounding, so the committed weights (built on an AMD
     EPYC) and a rebuild elsewhere differ in the last bits (0.05 % of a tensor's norm between
     AVX-512 and AVX2 kernels).
@@ -250,7 +250,7 @@ def test_rebuild_reproduces_the_committed_model(tmp_path):
     error is 1.9 points (2.5 at the earlier 0.5-0.6); a rebuild must come within 5 points,
     2.6 standard errors, where the two builds measured agreed exactly.
     """
-    from reclor_lab.tiny import build_tiny_model, pretraining_quality
+    from reclor_lab.tools.tiny import build_tiny_model, pretraining_quality
 
     out = build_tiny_model(tmp_path / "tiny", verbose=False)
     new, old = _same_files(out, TINY_MODEL_DIR)

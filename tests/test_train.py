@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from reclor_lab.config import get_preset
 from reclor_lab.data import load_split
 from reclor_lab.errors import RunDirError
-from reclor_lab.rundir import RunDir
+from reclor_lab.runs.rundir import RunDir
 from reclor_lab.train import fit, get_lr, setup
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ SHORT = dict(train_limit=240, eval_limit=96, epochs=2)
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """The README's main job: the tiny preset on the bundled data, 3 epochs."""
-    from reclor_lab.runs import train_run
+    from reclor_lab.runs.job import train_run
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     metrics = train_run(get_preset("tiny", output_dir=str(run_dir)), verbose=False)
@@ -85,8 +85,9 @@ def test_the_best_epoch_is_evaluated_once(tmp_path, monkeypatch):
     """finish_run analyses the best epoch from the logits of that epoch's own evaluation: one
     inference pass per evaluation (the baseline and each epoch), none again at the end; and the
     analysis agrees with the saved accuracy."""
-    from reclor_lab import analysis, train
-    from reclor_lab.runs import train_run
+    from reclor_lab.results import analysis
+    from reclor_lab import train
+    from reclor_lab.runs.job import train_run
 
     passes = []
 
@@ -106,7 +107,7 @@ def test_the_best_epoch_is_evaluated_once(tmp_path, monkeypatch):
 
 
 def test_evaluate_reproduces_saved_metrics(finished_run):
-    from reclor_lab.runs import evaluate_run
+    from reclor_lab.runs.job import evaluate_run
 
     run_dir, metrics = finished_run
     again = evaluate_run(run_dir, verbose=False)
@@ -116,7 +117,7 @@ def test_evaluate_reproduces_saved_metrics(finished_run):
 
 
 def test_predict_writes_one_index_per_test_record(finished_run):
-    from reclor_lab.runs import predict_run
+    from reclor_lab.runs.job import predict_run
 
     run_dir, _ = finished_run
     npy = predict_run(run_dir, split="test", verbose=False)
@@ -135,7 +136,7 @@ def test_predict_writes_one_index_per_test_record(finished_run):
 
 def test_predict_output_writes_only_the_file_named_and_never_an_input(finished_run, tmp_path):
     """Defect 2: --output D/test.npy used to replace D/test.json (an input) with predictions."""
-    from reclor_lab.runs import predict_run
+    from reclor_lab.runs.job import predict_run
 
     run_dir, _ = finished_run
     out = tmp_path / "out"
@@ -159,7 +160,7 @@ def test_a_damaged_or_partial_checkpoint_is_refused_not_resumed_from_fresh_weigh
     """Defect 5 and 7: set_peft_model_state_dict's missing keys used to be ignored."""
     from safetensors.torch import save_file
 
-    from reclor_lab.runs import load_run
+    from reclor_lab.runs.job import load_run
 
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_run[0], run_dir)
@@ -184,7 +185,7 @@ def test_a_damaged_or_partial_checkpoint_is_refused_not_resumed_from_fresh_weigh
         load_run(run_dir) if damage != "empty-trainer-state" else RunDir(run_dir).load_checkpoint(
             load_run(run_dir)[2], folder.name)
     # A forger who also rewrites state.json's checksums still meets the checks behind them.
-    from reclor_lab.rundir import sha256_file
+    from reclor_lab.runs.rundir import sha256_file
 
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text())
@@ -244,7 +245,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
 
 
 def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
-    from reclor_lab.runs import load_run
+    from reclor_lab.runs.job import load_run
 
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", "--output-dir", str(run_dir),
@@ -275,7 +276,7 @@ def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
 
 
 def test_trainer_path_matches_the_manual_loop(cpu_class, tmp_path):
-    from reclor_lab.trainer import fit_with_trainer
+    from reclor_lab.runs.trainer import fit_with_trainer
 
     # LoRA dropout 0: the one thing the two paths do differently is when they draw dropout masks
     # from torch's generator (Trainer.train() reseeds it, and its DataLoader draws a seed every

@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from reclor_lab.config import get_preset
-from reclor_lab.notebook import start_notebook
+from reclor_lab.course.notebook import start_notebook
 
 start_notebook("torch", "transformers", "tokenizers", "datasets")  # cd to the repo root, print versions
 
@@ -71,10 +71,10 @@ import transformers
 from datasets.utils.logging import disable_progress_bar
 from torch.utils.data import DataLoader
 
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS
 from reclor_lab.data import label_distribution, load_split, make_collator, model_inputs, tokenize_records
-from reclor_lab.modeling import load_model, load_tokenizer
+from reclor_lab.model import load_model, load_tokenizer
 
 disable_progress_bar()  # datasets' progress bars (token-cache writes): tidier output
 transformers.logging.disable_progress_bar()  # no "Loading weights 0%" bars stored in the notebook
@@ -422,7 +422,7 @@ for row, i in enumerate(read_at.tolist()):
 # **Why the tiny preset appends `" Answer:"`.** With the reference layout the last token is the
 # last sub-word of option D: the head would read a hidden state that, in a causal LM, is busy
 # predicting how option D's sentence goes on. The tiny model was pre-trained (on synthetic
-# text, `reclor_lab.tiny`) to name the answer's letter right after `" Answer:"`, so ending the
+# text, `reclor_lab.tools.tiny`) to name the answer's letter right after `" Answer:"`, so ending the
 # input there hands the head the state in which pre-training put the answer. The reference
 # fine-tuned Llama-2-7B on the plain layout, and the `llama2-7b` preset keeps it, so its results
 # compare with the reference's. What the head reads under each layout, for the first training

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from reclor_lab.config import get_preset
-from reclor_lab.notebook import start_notebook
+from reclor_lab.course.notebook import start_notebook
 
 start_notebook("torch", "transformers", "bitsandbytes")  # cd to the repo root, print versions
 
@@ -54,9 +54,9 @@ import torch
 import transformers
 import bitsandbytes as bnb
 
-from reclor_lab import checks
+from reclor_lab.course import checks
 from reclor_lab.cpu4bit import cpu_kernel_report, is_repacked
-from reclor_lab.modeling import (
+from reclor_lab.model import (
     NF4_BLOCKSIZE, NF4_CODE, bnb_config, is_4bit, load_model, load_tokenizer, logical_numel,
     pick_device,
 )
@@ -94,7 +94,7 @@ print("device:", pick_device().type)
 # memory we also measure it, for the table in section 3.
 
 # %%
-from reclor_lab.modeling import measured_bytes
+from reclor_lab.model import measured_bytes
 
 tokenizer = load_tokenizer(cfg.model_name_or_path)
 plain = load_model(cfg.replace(quantization="none"), tokenizer)  # its load report: section 3
@@ -155,7 +155,7 @@ nf4_block = checks.check_nf4_block(nf4_block)
 checks.note(nf4_block)
 import bitsandbytes.functional as bnbf
 
-from reclor_lab.modeling import nf4_roundtrip
+from reclor_lab.model import nf4_roundtrip
 
 blocks = W.reshape(-1, NF4_BLOCKSIZE)                  # (n_blocks, 64)
 n = min(len(blocks), 64)                               # a Python loop: a few blocks are enough
@@ -264,7 +264,7 @@ print(f"least used {share.min():.1%} (code {share.argmin().item()}), most used {
 # quantized weights:
 
 # %%
-from reclor_lab.modeling import LLAMA2_7B_CLASSIFIER_PARAMS, LLAMA2_7B_QUANTIZED_PARAMS, nf4_bytes_per_param
+from reclor_lab.model import LLAMA2_7B_CLASSIFIER_PARAMS, LLAMA2_7B_QUANTIZED_PARAMS, nf4_bytes_per_param
 
 plain_bits, dq_bits = nf4_bytes_per_param(double_quant=False) * 8, nf4_bytes_per_param(double_quant=True) * 8
 print(f"bits per weight: {plain_bits:.3f} plain, {dq_bits:.3f} double quantized; saved {plain_bits - dq_bits:.3f}")
@@ -304,7 +304,7 @@ model = load_model(cfg.replace(model_name_or_path=os.path.relpath(model_path) if
 # size. Will it shrink the tiny model as much?
 
 # %%
-from reclor_lab.modeling import memory_report
+from reclor_lab.model import memory_report
 
 print(memory_report(model).table())
 print(f"Llama-2-7B as a classifier: {LLAMA2_7B_QUANTIZED_PARAMS:,} of {LLAMA2_7B_CLASSIFIER_PARAMS:,} weights "

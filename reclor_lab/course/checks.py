@@ -19,7 +19,7 @@ never prints the solution itself.
 ``reclor-lab course grade`` does not rely on any of this running in the student's kernel: it
 judges the notebook's final ``def`` of each exercise in a process of its own, with the test a
 check builds (:func:`build_test`) and the hidden cases of :data:`JUDGING`
-(:mod:`reclor_lab.grade`). A new exercise adds its entry to :data:`EXERCISES` and to
+(:mod:`reclor_lab.course.grade`). A new exercise adds its entry to :data:`EXERCISES` and to
 :data:`JUDGING`.
 
 The test records below are hand-written (the same as ``tests/fixtures/mini``), never ReClor text.
@@ -157,7 +157,7 @@ NUMBER: dict[str, int] = {name: n for n, (_, _, name) in EXERCISES.items()}
 GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "format_record": ("format_example", "REFERENCE_TEMPLATE", "TINY_TEMPLATE", "reference_format_record"),
     "class_weights_by_hand": ("class_weights", "reference_class_weights"),
-    "last_token_index": ("modeling.last_token_index", "reference_last_token_index"),
+    "last_token_index": ("model.last_token_index", "reference_last_token_index"),
     "nf4_block": ("quantize_4bit", "dequantize_4bit", "nf4_roundtrip", "reference_nf4_block"),
     "lora_targets": ("find_lora_targets", "quantizable_linears", "reference_lora_targets"),
     "count_lora_params": ("predicted_lora_params", "reference_count_lora_params"),
@@ -414,8 +414,8 @@ def check_class_weights(fn: Callable[[list[int]], list[float]]) -> Callable[[lis
 # --- 3. the position the head reads ------------------------------------------------------------------
 
 def reference_last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
-    """:func:`reclor_lab.modeling.last_token_index`: per row, the rightmost non-pad position."""
-    from reclor_lab.modeling import last_token_index
+    """:func:`reclor_lab.model.last_token_index`: per row, the rightmost non-pad position."""
+    from reclor_lab.model import last_token_index
 
     return last_token_index(input_ids, pad_token_id)
 
@@ -518,7 +518,7 @@ def reference_nf4_block(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """
     import bitsandbytes.functional as bnbf
 
-    from reclor_lab.modeling import NF4_BLOCKSIZE
+    from reclor_lab.model import NF4_BLOCKSIZE
 
     block = block.detach().float().cpu().flatten()
     packed, state = bnbf.quantize_4bit(block, blocksize=NF4_BLOCKSIZE, quant_type="nf4",
@@ -544,7 +544,7 @@ def _nf4_cases() -> list[tuple[str, torch.Tensor]]:
 
 def _nf4_hint(part: str, got: torch.Tensor, block: torch.Tensor, codes: torch.Tensor,
               absmax: torch.Tensor) -> str:
-    from reclor_lab.modeling import NF4_CODE
+    from reclor_lab.model import NF4_CODE
 
     code = torch.tensor(NF4_CODE)
     if part == "absmax":
@@ -1391,9 +1391,9 @@ def check_evaluation_pass(fn: Callable, model: nn.Module, tokenizer) -> Callable
 # --- 13. beat the model without a model --------------------------------------------------------------
 
 def reference_rule_baseline(record: dict) -> int:
-    """:func:`reclor_lab.baselines.rule_answer`: reject the options that open sweepingly, then the
+    """:func:`reclor_lab.results.baselines.rule_answer`: reject the options that open sweepingly, then the
     option with the most word overlap with the passage."""
-    from reclor_lab.baselines import rule_answer
+    from reclor_lab.results.baselines import rule_answer
 
     return rule_answer(record)
 
@@ -1408,7 +1408,7 @@ RULE_HARD_FLOOR = 0.5
 
 def _rule_cases(seed: int) -> tuple[list[dict], list[int], list[str]]:
     """The judged records without their labels and ids, their labels, and their EASY / HARD parts."""
-    from reclor_lab.synth import cue_part, generate_split
+    from reclor_lab.tools.synth import cue_part, generate_split
 
     records = generate_split("val", RULE_CASES, seed=seed)
     shown = [{k: (list(v) if k == "answers" else v) for k, v in r.items() if k in ("context", "question", "answers")}
@@ -1467,7 +1467,7 @@ class Judging:
 
     * ``check``: the notebook's check (``check_X(fn, *inputs)``); its test runs first, with its hints.
     * ``inputs(ctx)``: the check's arguments after ``fn``, built in the grader's process from
-      ``ctx`` (a :class:`reclor_lab.grade.JudgeContext`: ``ctx.model``, ``ctx.tokenizer``,
+      ``ctx`` (a :class:`reclor_lab.course.grade.JudgeContext`: ``ctx.model``, ``ctx.tokenizer``,
       ``ctx.lora_layer``, ``ctx.train_step_inputs`` …), never from the submission.
     * ``hidden(rng, ctx)``: cases drawn at grading time from the grader's seed, ``[(what, args)]``;
       the function must give what ``reference(*args)`` gives (``same(got, want)``), so an answer

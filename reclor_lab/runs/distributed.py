@@ -140,7 +140,7 @@ def wrap(model, proc: Process):
     quantized model (3.5 GB for a 7B) for nothing; bitsandbytes' packed ``Params4bit`` are no
     tensors DDP's buckets should hold anyway. Every trainable parameter takes part in every
     forward pass, so ``find_unused_parameters`` stays off (it would cost a graph traversal per step).
-    On a CPU each process loads its model through :func:`reclor_lab.modeling.load_model`, which
+    On a CPU each process loads its model through :func:`reclor_lab.model.load_model`, which
     puts every 4-bit layer on the portable kernel (:mod:`reclor_lab.cpu4bit`) before the first
     forward pass, so all processes compute on the same path and their gradients can be averaged.
     """

@@ -17,7 +17,7 @@ from reclor_lab.data import class_weights, load_split, run_records, tokenize_rec
 from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
 from reclor_lab.plots import save_run_plots
-from reclor_lab.rundir import RunDir, RunStart, atomic_write, read_json, started, write_json
+from reclor_lab.runs.rundir import RunDir, RunStart, atomic_write, read_json, started, write_json
 from reclor_lab.train import History, Run, evaluate, fit, setup
 
 
@@ -38,7 +38,7 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
     metrics.
 
     Given the ``run`` that trained (its model in memory), the best epoch's val predictions are
-    analysed (:func:`reclor_lab.analysis.val_analysis`), from the logits of that epoch's
+    analysed (:func:`reclor_lab.results.analysis.val_analysis`), from the logits of that epoch's
     evaluation when this process ran it, else from its adapter loaded again: accuracy by
     question type, position bias, calibration, the most confident wrong answers go into
     metrics.json, the per-example probabilities into ``val-predictions.json``.
@@ -59,8 +59,8 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
 
 
 def _analyse_best_epoch(run: Run, rd: RunDir, best_epoch: int) -> dict:
-    from reclor_lab.analysis import predict_proba, probabilities, record_types, val_analysis
-    from reclor_lab.rundir import load_adapter
+    from reclor_lab.results.analysis import predict_proba, probabilities, record_types, val_analysis
+    from reclor_lab.runs.rundir import load_adapter
 
     records = run_records(run.cfg, "val")
     if best_epoch in run.val_logits:  # evaluated in this process: the same logits, no second pass
@@ -85,7 +85,7 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
     ``accelerate launch``), every process trains its share; the main one writes the run
     directory and returns the metrics, the others return an empty dict.
     """
-    from reclor_lab.distributed import finish, process
+    from reclor_lab.runs.distributed import finish, process
     from reclor_lab.plan import resolve_batch
 
     proc = process()
@@ -99,7 +99,7 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
             print(cfg.describe())
         run = setup(cfg, verbose=verbose)
         if use_trainer:
-            from reclor_lab.trainer import fit_with_trainer
+            from reclor_lab.runs.trainer import fit_with_trainer
 
             history = fit_with_trainer(run, opened, resume=resume, verbose=verbose)
         else:
@@ -147,8 +147,8 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
 
     from reclor_lab.lora import prepare_kbit, without_peft_noise
 
-    from reclor_lab.modeling import load_model, load_tokenizer
-    from reclor_lab.rundir import load_adapter
+    from reclor_lab.model import load_model, load_tokenizer
+    from reclor_lab.runs.rundir import load_adapter
 
     rd = RunDir(run_dir)
     if not rd.config_path.exists() or not rd.state_path.exists():
@@ -176,7 +176,7 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
 
 def _reloaded(run_dir: str | Path) -> tuple[RunConfig, Run]:
     """A Run of a finished run's best adapter, ready for :func:`reclor_lab.train.evaluate`."""
-    from reclor_lab.modeling import pick_device, resolve_compute_dtype
+    from reclor_lab.model import pick_device, resolve_compute_dtype
 
     import torch
 
@@ -237,7 +237,7 @@ def predict_run(run_dir: str | Path, split: Literal["train", "val", "test"] = "t
         print(f"{len(preds)} predictions for {split} → " + " and ".join(map(str, written)) + "; per option: "
               + ", ".join(f"{l} {c}" for l, c in zip(OPTION_LETTERS, counts)))
     if split == "test" and output is None:  # no labels: distributions per question type and EASY / HARD
-        from reclor_lab.analysis import format_test_summary, summarize_test_predictions
+        from reclor_lab.results.analysis import format_test_summary, summarize_test_predictions
 
         summary = summarize_test_predictions(records, preds)
         write_json(rd.summary_path(npy), summary)

@@ -254,7 +254,7 @@ class RunDir:
         ``cfg``: the config to train with; for a resume None means the saved config (with
         ``epochs`` when given: more epochs extend the run, fewer are refused).
         """
-        from reclor_lab.distributed import Process, on_main  # torch, only once a run starts
+        from reclor_lab.runs.distributed import Process, on_main  # torch, only once a run starts
 
         proc = proc or Process()
         start = RunStart(self, proc)
@@ -626,7 +626,7 @@ class RunStart:
         a new run or a restart clears whatever an interrupted first try left and saves the
         config, the tokenizer and what the run trains on; a resume checks that it is the same
         data and saves the config (more epochs may extend the run)."""
-        from reclor_lab.distributed import on_main
+        from reclor_lab.runs.distributed import on_main
 
         on_main(self.proc, self._prepare, cfg, tokenizer, fingerprint, weights)
 

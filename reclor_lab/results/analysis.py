@@ -36,14 +36,14 @@ EASY_SIZE = 440
 def easy_hard(records: Sequence[dict]) -> list[str] | None:
     """Each record's part, ``"EASY"`` or ``"HARD"``, where a split is defined; else ``None``.
 
-    * The kit's own data (any record carrying the planted cue, :func:`reclor_lab.synth.cue_part`):
+    * The kit's own data (any record carrying the planted cue, :func:`reclor_lab.tools.synth.cue_part`):
       EASY = the options alone give the answer away (one opens modestly, three sweepingly), HARD =
       only the passage tells them apart. Read from the text, so train, val and test all have it.
     * The official ReClor test file (1,000 unlabeled records): the first 440 are EASY, the last
       560 HARD, as the leaderboard scores them.
     * Anything else (ReClor's train and val, which have no such split): ``None``.
     """
-    from reclor_lab.synth import cue_part
+    from reclor_lab.tools.synth import cue_part
 
     parts = [cue_part(r) if len(r.get("answers", ())) else "HARD" for r in records]
     if "EASY" in parts:
@@ -176,7 +176,7 @@ def predict_proba(model, ds, tokenizer, batch_size: int, device, dtype) -> np.nd
 
 
 def val_analysis(records: Sequence[dict], probs) -> dict[str, Any]:
-    """Everything :mod:`reclor_lab.analysis` says about predictions on a labeled split: accuracy on
+    """Everything :mod:`reclor_lab.results.analysis` says about predictions on a labeled split: accuracy on
     the EASY and HARD parts (:func:`easy_hard`; empty where the split is not defined), by
     question type, position bias, the reliability table and ECE, and the ids of the most
     confident wrong answers. The keys go into ``metrics.json``.

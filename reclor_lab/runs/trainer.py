@@ -24,7 +24,7 @@ from reclor_lab.data import column, epoch_batches, make_collator, model_inputs
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_metrics
 from reclor_lab.errors import RunDirError
-from reclor_lab.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
+from reclor_lab.runs.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
 
 from reclor_lab.train import (
     History, Loop, Run, StopSignals, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb,

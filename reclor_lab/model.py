@@ -28,11 +28,11 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from .config import NUM_LABELS, RunConfig
-from .cpu4bit import use_portable_kernels
-from .errors import ModelError, ReclorLabError
-from .letters import init_letter_head
-from .plan import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
+from reclor_lab.config import NUM_LABELS, RunConfig
+from reclor_lab.cpu4bit import use_portable_kernels
+from reclor_lab.errors import ModelError, ReclorLabError
+from reclor_lab.letters import init_letter_head
+from reclor_lab.plan import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
 
 # The transformers / bitsandbytes imports are heavy (seconds); modules that only need the
 # constants below (a notebook plotting NF4 codes, the config printer) should not pay for them.
@@ -311,7 +311,7 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     ``cfg.head_init == "letters"`` starts the head from the LM head's rows of the four answer
     letters (:func:`reclor_lab.letters.init_letter_head`) instead of at random.
     ``task="causal-lm"`` loads the same 4-bit model with its LM head instead (the zero-shot
-    scorer of :mod:`reclor_lab.baselines`), through the same kernels.
+    scorer of :mod:`reclor_lab.results.baselines`), through the same kernels.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -346,7 +346,7 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
             trust_remote_code=False,
         )
     if tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer has no pad token; load it with reclor_lab.modeling.load_tokenizer")
+        raise ValueError("tokenizer has no pad token; load it with reclor_lab.model.load_tokenizer")
     # Without it Llama's classifier cannot find the last real token of a padded batch and
     # refuses batches larger than 1.
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -22,7 +22,7 @@ texts start with ``Context:``.
 
 **The model.** :func:`build_tiny_model` creates a Llama-architecture causal LM (hidden size 64,
 2 layers: about 0.1 M parameters in its body, 4.1 M in its two 32,000 × 64 tables), pre-trains it
-briefly as a causal LM on a corpus made by :func:`reclor_lab.synth.pretraining_corpus`, and saves
+briefly as a causal LM on a corpus made by :func:`reclor_lab.tools.synth.pretraining_corpus`, and saves
 everything as an ordinary Hugging Face directory (``config.json``, ``model.safetensors``,
 ``generation_config.json``, ``tokenizer.json``, ``tokenizer_config.json``). It then loads with
 the same calls as Llama-2::
@@ -70,9 +70,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import TINY_MODEL_DIR
-from .errors import ReclorLabError
-from .synth import PRETRAIN_SEED, pretraining_corpus
+from reclor_lab.config import TINY_MODEL_DIR
+from reclor_lab.errors import ReclorLabError
+from reclor_lab.tools.synth import PRETRAIN_SEED, pretraining_corpus
 
 #: Architecture of the tiny model (all widths multiples of 64, as 4-bit blocks like).
 TINY_ARCH = dict(

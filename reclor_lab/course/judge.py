@@ -4,7 +4,7 @@
 them (``ast``), and for each exercise builds a small module from the submission's **final**
 top-level ``def`` of the exercise's function plus the top-level imports, ``def``\\ s, classes and
 constants that ``def`` needs (followed name by name, transitively). That module is what
-:mod:`reclor_lab.grade` executes and judges, in a process where the checks were imported before
+:mod:`reclor_lab.course.grade` executes and judges, in a process where the checks were imported before
 any student code ran. Nothing a notebook printed or stored as output counts.
 
 Before that, two scans (:func:`tampering` over the whole notebook, :func:`scan_exercise` over the
@@ -21,15 +21,15 @@ import symtable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reclor_lab.checks import EXERCISES, GIVEAWAYS
+from reclor_lab.course.checks import EXERCISES, GIVEAWAYS
 
 #: Modules whose names exercise code may import (their submodules too). Anything else inside the
 #: code an exercise runs (``sys``, ``os``, ``importlib``, ``inspect``, ``gc``, ``ctypes``,
 #: ``threading``, ``reclor_lab.data`` …) marks it as gamed: no exercise needs them.
 ALLOWED_IMPORTS = ("__future__", "math", "cmath", "statistics", "fractions", "decimal", "numbers", "collections",
                    "itertools", "functools", "typing", "dataclasses", "enum", "heapq", "bisect", "re", "string",
-                   "copy", "numpy", "torch", "bitsandbytes", "reclor_lab.config", "reclor_lab.modeling",
-                   "reclor_lab.checks")
+                   "copy", "numpy", "torch", "bitsandbytes", "reclor_lab.config", "reclor_lab.model",
+                   "reclor_lab.course.checks")
 #: Built-in names that reach around the code's own logic (run strings as code, reach modules or
 #: frames, rewrite attributes by computed name, read files).
 BANNED_BUILTINS = ("exec", "eval", "compile", "__import__", "globals", "locals", "vars", "setattr", "delattr",
@@ -50,9 +50,11 @@ _PUBLIC_CHECKS = re.compile(r"^(?:[A-Z][A-Z0-9_]*|ModelShape)$")
 _CHECK_CALL = re.compile(r"^check_\w+$")
 #: The notebook a file belongs to, from its name (``01_data_and_tokenization.ipynb``, ``ana__03_lora.ipynb``).
 NOTEBOOK_IN_NAME = re.compile(r"(?:^|__|[^0-9])(\d\d)_")
-CHECKS_MODULE = "reclor_lab.checks"
+CHECKS_MODULE = "reclor_lab.course.checks"
 #: ``from reclor_lab import …`` exercise code may use: the allowed modules of the package.
-_PACKAGE_MODULES = ("checks", "config", "modeling")
+_PACKAGE_MODULES = ("config", "model")
+#: ``from reclor_lab.course import checks``: the one module of the course package exercise code may name.
+COURSE_PACKAGE = "reclor_lab.course"
 
 
 class NotANotebook(ValueError):
@@ -163,8 +165,8 @@ def exercises_of(notebook: str) -> list[int]:
 # --- the whole notebook: tampering with the checks, answers read off the package ------------------------
 
 def _checks_aliases(nb: Notebook) -> tuple[set[str], bool]:
-    """Names bound to the module ``reclor_lab.checks``, and whether ``reclor_lab`` itself is imported
-    (``reclor_lab.checks.X`` then reaches it)."""
+    """Names bound to the module ``reclor_lab.course.checks``, and whether ``reclor_lab`` itself is imported
+    (``reclor_lab.course.checks.X`` then reaches it)."""
     aliases, package = set(), False
     for node in ast.walk(ast.Module(body=[s.node for s in nb.statements], type_ignores=[])):
         if isinstance(node, ast.Import):
@@ -173,7 +175,7 @@ def _checks_aliases(nb: Notebook) -> tuple[set[str], bool]:
                     aliases.add(a.asname)
                 elif a.name.split(".")[0] == "reclor_lab" and not a.asname:
                     package = True
-        elif isinstance(node, ast.ImportFrom) and node.module == "reclor_lab":
+        elif isinstance(node, ast.ImportFrom) and node.module == COURSE_PACKAGE:
             aliases |= {a.asname or a.name for a in node.names if a.name == "checks"}
     return aliases, package
 
@@ -190,7 +192,7 @@ def _root(node: ast.AST) -> tuple[str | None, list[str]]:
 
 def _reaches_checks(node: ast.AST, aliases: set[str], package: bool) -> bool:
     root, attrs = _root(node)
-    return root in aliases or (package and root == "reclor_lab" and attrs[:1] == ["checks"])
+    return root in aliases or (package and root == "reclor_lab" and attrs[:2] == ["course", "checks"])
 
 
 def _exercise_of_giveaway(word: str, numbers: list[int]) -> list[int]:
@@ -201,12 +203,12 @@ def _exercise_of_giveaway(word: str, numbers: list[int]) -> list[int]:
 def tampering(nb: Notebook, numbers: list[int]) -> dict[int, str]:
     """Exercise number → why it counts as gamed, for the exercises ``numbers`` of this notebook:
 
-    * any write into ``reclor_lab.checks`` (an attribute assigned or deleted, an item of its
+    * any write into ``reclor_lab.course.checks`` (an attribute assigned or deleted, an item of its
       private state changed, ``setattr``/``vars``/``getattr`` on it, any private name of it): all
       of the notebook's exercises;
     * a ``reference_…`` function of the checks, or ``.reference`` of a stand-in: that exercise;
     * a string that looks like a verdict (``✅ Exercise N``): exercise N (else all);
-    * the string ``"reclor_lab.checks"`` outside an import (``sys.modules[…]``, ``__import__``).
+    * the string ``"reclor_lab.course.checks"`` outside an import (``sys.modules[…]``, ``__import__``).
     """
     aliases, package = _checks_aliases(nb)
     found: dict[int, str] = {}
@@ -222,7 +224,7 @@ def tampering(nb: Notebook, numbers: list[int]) -> dict[int, str]:
                 targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
                 for t in targets:
                     if isinstance(t, (ast.Attribute, ast.Subscript)) and _reaches_checks(t, aliases, package):
-                        mark(numbers, where, f"writes into reclor_lab.checks (`{_short(ast.unparse(t))} = …`)")
+                        mark(numbers, where, f"writes into reclor_lab.course.checks (`{_short(ast.unparse(t))} = …`)")
             elif isinstance(node, ast.Attribute):
                 if _reaches_checks(node, aliases, package) and node.attr.startswith("_"):
                     mark(numbers, where, f"reaches the checks' private state (`{_short(ast.unparse(node))}`)")
@@ -234,7 +236,7 @@ def tampering(nb: Notebook, numbers: list[int]) -> dict[int, str]:
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
                 if (node.func.id in ("setattr", "delattr", "getattr", "vars")
                         and _reaches_checks(node.args[0], aliases, package)):
-                    mark(numbers, where, f"calls {node.func.id}() on reclor_lab.checks")
+                    mark(numbers, where, f"calls {node.func.id}() on reclor_lab.course.checks")
             elif isinstance(node, ast.ImportFrom) and node.module == CHECKS_MODULE:
                 for a in node.names:
                     if a.name.startswith("_") or a.name == "*":
@@ -344,7 +346,7 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
     """Why the code an exercise runs counts as gamed, or ``""``: an import outside
     :data:`ALLOWED_IMPORTS`, a name of :data:`BANNED_BUILTINS`, an attribute of
     :data:`BANNED_ATTRIBUTES` or a private one, the package function that computes the answer
-    (:data:`reclor_lab.checks.GIVEAWAYS`), a ``reference_…``, anything of ``reclor_lab.checks``
+    (:data:`reclor_lab.course.checks.GIVEAWAYS`), a ``reference_…``, anything of ``reclor_lab.course.checks``
     but its public constants, a write into a module, or an import under the exercise's own name."""
     tree = ast.parse(code.source)
     name = code.name
@@ -362,7 +364,8 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level or not (_allowed_module(module) or module == "reclor_lab" and all(
-                    a.name in _PACKAGE_MODULES for a in node.names)):
+                    a.name in _PACKAGE_MODULES for a in node.names)
+                    or module == COURSE_PACKAGE and all(a.name == "checks" for a in node.names)):
                 what = f"from {module or '.'} import {', '.join(a.name for a in node.names)}"
                 if any(a.name in giveaways or a.name == name for a in node.names):
                     return f"gamed: `{name}` uses `{what}`, which computes the answer"
@@ -374,8 +377,8 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
                 if bound == name or a.name == name:
                     return f"gamed: `{name}` is imported (`from {module} import {a.name}`), not written"
                 if module == CHECKS_MODULE and not _PUBLIC_CHECKS.match(a.name):
-                    return f"gamed: `{name}` imports `{a.name}` from reclor_lab.checks"
-                if module == "reclor_lab" and a.name == "checks":
+                    return f"gamed: `{name}` imports `{a.name}` from reclor_lab.course.checks"
+                if module == COURSE_PACKAGE and a.name == "checks":
                     checks_names.add(bound)
                 modules.add(bound)
         elif isinstance(node, ast.Name):
@@ -392,10 +395,10 @@ def scan_exercise(code: ExerciseCode, number: int) -> str:
             if attr in giveaways or attr.startswith("reference_"):
                 return f"gamed: `{name}` uses `{_short(ast.unparse(node))}`, which computes the answer"
             root, attrs = _root(node)
-            if (root in checks_names or (root == "reclor_lab" and attrs[:1] == ["checks"])):
+            if (root in checks_names or (root == "reclor_lab" and attrs[:2] == ["course", "checks"])):
                 last = attrs[-1] if attrs else ""
                 if not _PUBLIC_CHECKS.match(last) or not isinstance(node.ctx, ast.Load):
-                    return f"gamed: `{name}` uses `{_short(ast.unparse(node))}` of reclor_lab.checks"
+                    return f"gamed: `{name}` uses `{_short(ast.unparse(node))}` of reclor_lab.course.checks"
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _DUNDER.match(node.name) \
                 and node.name not in ALLOWED_METHODS:
             return (f"gamed: `{name}` defines `{node.name}`: an object that decides how it compares or converts "
@@ -431,7 +434,8 @@ ESCAPE_MODULES = ("sys", "os", "importlib", "builtins", "ctypes", "gc", "inspect
 
 
 def _not_allowed(name: str, what: str, module: str) -> str:
-    if module.split(".")[0] in ESCAPE_MODULES or module == "reclor_lab.data" or module.startswith("reclor_lab.checks"):
+    if (module.split(".")[0] in ESCAPE_MODULES or module == "reclor_lab.data"
+            or module.startswith("reclor_lab.course.checks")):
         return f"gamed: `{name}` uses `{what}`, which exercise code may not use"
     return (f"`{name}` needs `{what}` (notebook state or a package module), which the grader does not run "
             "in exercise code: a graded function may use its arguments, its own helpers and constants, and "

@@ -41,8 +41,8 @@ from reclor_lab.errors import BaselineError
 # notebook 06 and older code import them from here as well.
 from reclor_lab.letters import ANSWER_CUE, letter_head_weights, letter_token_ids  # noqa: F401
 from reclor_lab.metrics import compute_classification_metrics, format_accuracy, wilson_interval
-from reclor_lab.modeling import load_model, load_tokenizer, resolve_compute_dtype
-from reclor_lab.rundir import RunDir, write_json
+from reclor_lab.model import load_model, load_tokenizer, resolve_compute_dtype
+from reclor_lab.runs.rundir import RunDir, write_json
 
 #: Between the shots of a k-shot prompt and the question.
 SHOT_SEPARATOR = "\n\n"
@@ -149,7 +149,7 @@ def score_prompts(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[
     real token. Only the letters' rows of the LM head are applied (not the whole vocabulary:
     on Llama-2 a batch of 8 k-shot prompts would otherwise make gigabytes of logits).
     """
-    from reclor_lab.modeling import autocast_for
+    from reclor_lab.model import autocast_for
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -191,7 +191,7 @@ def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: boo
     Returns the metrics (accuracy with its 95 % interval, macro F1, the confusion matrix), the
     predicted-letter distribution, and per example the predictions and the four probabilities.
 
-    ``model`` / ``tokenizer``: an already loaded causal LM (:func:`reclor_lab.modeling.load_model`
+    ``model`` / ``tokenizer``: an already loaded causal LM (:func:`reclor_lab.model.load_model`
     with ``task="causal-lm"``), to score several settings without loading it again.
     """
     tokenizer = tokenizer or load_tokenizer(cfg.model_name_or_path)
@@ -349,7 +349,7 @@ def rule_answer(record: dict) -> int:
     ...              "Probably, owls hunt.", "Cats sleep.", "Dogs bark."]})
     1
     """
-    from reclor_lab.synth import opens_sweepingly
+    from reclor_lab.tools.synth import opens_sweepingly
 
     kept = [i for i, a in enumerate(record["answers"]) if not opens_sweepingly(a)]
     return overlap_answer(record, kept or None)
@@ -357,9 +357,9 @@ def rule_answer(record: dict) -> int:
 
 def part_accuracies(predictions: Sequence[int], records: Sequence[dict]) -> dict[str, Any]:
     """Accuracy with its Wilson interval over all ``records`` and on each part of the EASY / HARD
-    split (:func:`reclor_lab.analysis.easy_hard`; no parts where the split is not defined):
+    split (:func:`reclor_lab.results.analysis.easy_hard`; no parts where the split is not defined):
     ``{"accuracy", "accuracy_ci95", "n", "parts": {"EASY": {...}, "HARD": {...}}}``."""
-    from reclor_lab.analysis import easy_hard
+    from reclor_lab.results.analysis import easy_hard
     preds = [int(p) for p in predictions]
     if len(preds) != len(records):
         raise BaselineError(f"{len(preds)} predictions for {len(records)} records")

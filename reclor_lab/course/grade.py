@@ -2,12 +2,12 @@
 
 ``reclor-lab course grade SUBMISSIONS --jobs N --csv grades.csv`` reads every submitted ``.ipynb``
 and judges each exercise on the submission's final ``def`` of its function (see
-:mod:`reclor_lab.judge` for what is read and what counts as gamed). No notebook is executed: no
+:mod:`reclor_lab.course.judge` for what is read and what counts as gamed). No notebook is executed: no
 training run, no kernel, nothing a notebook printed or stored counts.
 
 How one notebook is judged:
 
-* ``--jobs N`` worker processes each import :mod:`reclor_lab.checks`, capture the functions that
+* ``--jobs N`` worker processes each import :mod:`reclor_lab.course.checks`, capture the functions that
   judge (:data:`_CAPTURED`), load the tiny model, tokenizer and LoRA layer the checks need
   (:class:`JudgeContext`) once, then **fork a fresh child per submitted notebook**.
 * The child contains the submission: no network (a new network namespace where the kernel allows
@@ -15,7 +15,7 @@ How one notebook is judged:
   (nothing of the instructor's), CPU-time, memory and file-size limits (``resource.setrlimit``),
   output to ``/dev/null``. It builds every exercise's test and hidden cases **before** any
   student code runs, then executes each exercise's module and judges it with the captured
-  functions. A change to ``reclor_lab.checks``, ``torch`` or the other modules the checks use,
+  functions. A change to ``reclor_lab.course.checks``, ``torch`` or the other modules the checks use,
   made while the student's code ran, voids the verdict (❌ gamed); so does a thread left running.
 * The worker reads the child's verdicts from a pipe (one JSON line per exercise, so the
   exercises judged before a limit was hit keep their verdicts) and kills it at the wall-clock
@@ -42,7 +42,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from reclor_lab.checks import EXERCISES
+from reclor_lab.course.checks import EXERCISES
 from reclor_lab.errors import ReclorLabError
 
 PASS, FAIL, TODO, MISSING, LIMIT = "✅", "❌", "⏳", "missing", "limit"
@@ -61,9 +61,9 @@ STUDENT_SEPARATOR = "__"
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
              "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 #: Modules whose top-level names must be the same after a student's code ran as before.
-GUARDED_MODULES = ("reclor_lab.checks", "reclor_lab.config", "reclor_lab.data", "reclor_lab.loss",
-                   "reclor_lab.metrics", "reclor_lab.modeling", "reclor_lab.lora", "reclor_lab.train",
-                   "reclor_lab.grade", "reclor_lab.judge", "torch", "torch.nn", "torch.nn.functional",
+GUARDED_MODULES = ("reclor_lab.course.checks", "reclor_lab.config", "reclor_lab.data", "reclor_lab.loss",
+                   "reclor_lab.metrics", "reclor_lab.model", "reclor_lab.lora", "reclor_lab.train",
+                   "reclor_lab.course.grade", "reclor_lab.course.judge", "torch", "torch.nn", "torch.nn.functional",
                    "torch.nn.utils", "math", "builtins", "bitsandbytes", "bitsandbytes.functional")
 
 
@@ -170,7 +170,7 @@ class JudgeContext:
     tiny model (never from a submission): ``model`` (4-bit classifier), ``tokenizer``,
     ``lora_layer`` (peft's 4-bit LoRA layer), ``train_step_inputs`` (model with LoRA, a batch of
     the check records, class weights). Built on first use; a new exercise that needs something
-    else adds a property here and names it in its :class:`reclor_lab.checks.Judging`."""
+    else adds a property here and names it in its :class:`reclor_lab.course.checks.Judging`."""
 
     def __init__(self) -> None:
         self._cache: dict[str, object] = {}
@@ -189,20 +189,20 @@ class JudgeContext:
 
     @property
     def tokenizer(self):
-        from reclor_lab.modeling import load_tokenizer
+        from reclor_lab.model import load_tokenizer
 
         return self._once("tokenizer", lambda: load_tokenizer(self.cfg.model_name_or_path))
 
     @property
     def model(self):
-        from reclor_lab.modeling import load_model
+        from reclor_lab.model import load_model
 
         return self._once("model", lambda: _quiet(load_model, self.cfg, self.tokenizer))
 
     @property
     def peft_model(self):
         from reclor_lab.lora import inject_lora
-        from reclor_lab.modeling import load_model
+        from reclor_lab.model import load_model
 
         return self._once("peft", lambda: inject_lora(_quiet(load_model, self.cfg, self.tokenizer), self.cfg))
 
@@ -215,7 +215,7 @@ class JudgeContext:
         def build():
             import torch
 
-            from reclor_lab.checks import CHECK_RECORDS
+            from reclor_lab.course.checks import CHECK_RECORDS
             from reclor_lab.data import class_weights, format_example
 
             texts = [format_example(r, self.cfg.template) for r in CHECK_RECORDS]
@@ -230,7 +230,7 @@ class JudgeContext:
 
     def build_all(self, names: list[str]) -> None:
         """Build what the exercises ``names`` need now (in the worker, before any fork)."""
-        from reclor_lab.checks import JUDGING
+        from reclor_lab.course.checks import JUDGING
 
         for name in names:
             if name in JUDGING:
@@ -258,7 +258,7 @@ def _init_worker(settings: dict) -> None:
     import torch
 
     torch.set_num_threads(1)  # --jobs gives the parallelism; one thread also keeps fork() safe
-    from reclor_lab import checks, judge
+    from reclor_lab.course import checks, judge
 
     _CAPTURED.update(judge=checks._judge, build_test=checks.build_test, judging=dict(checks.JUDGING),
                      exercises=dict(checks.EXERCISES), read=judge.read_notebook, tampering=judge.tampering,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
-from reclor_lab import modeling
+from reclor_lab import model as modeling
 from reclor_lab.config import NUM_LABELS, get_preset
-from reclor_lab.modeling import (
+from reclor_lab.model import (
     LLAMA2_7B_CLASSIFIER_PARAMS,
     LLAMA2_7B_PARAMS,
     NF4_CODE,

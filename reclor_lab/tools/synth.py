@@ -26,9 +26,9 @@ import random
 from pathlib import Path
 from typing import Callable, Literal
 
-from .config import BUNDLED_DATA_DIR, NUM_LABELS, OPTION_LETTERS
-from .data import format_example
-from .qtypes import QUESTION_TYPES
+from reclor_lab.config import BUNDLED_DATA_DIR, NUM_LABELS, OPTION_LETTERS
+from reclor_lab.data import format_example
+from reclor_lab.qtypes import QUESTION_TYPES
 
 Split = Literal["train", "val", "test"]
 
@@ -731,7 +731,7 @@ def pretraining_corpus(n: int = 3000, seed: int = PRETRAIN_SEED, with_answer: bo
     `` Answer: X`` (the letter of the correct option) when ``with_answer``.
 
     This stream keeps the cue in front of question options too (``cue_questions``): the
-    committed tiny model was pre-trained on it as first written, and :mod:`reclor_lab.tiny`
+    committed tiny model was pre-trained on it as first written, and :mod:`reclor_lab.tools.tiny`
     rebuilds that model from exactly these texts (its tokenizer bit for bit). The phrasing
     matters to no one here: these texts teach the layout and the letters, and no student reads
     them. The bundled splits do not carry it."""
