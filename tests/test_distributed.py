@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from procs import run
 from reclor_lab.config import get_preset
 from reclor_lab.runs.distributed import shard
 from reclor_lab.runs.rundir import RunDir
@@ -46,6 +47,10 @@ PER_PROCESS_BATCH = 4
 #: steps) leaves a margin of 30x for other CPUs, and still catches any real mistake (a batch
 #: counted twice, a wrong loss scale on an unequal part), which moves the loss by 1e-2 or more.
 LOSS_TOLERANCE = 1e-5
+#: Seconds one launch may take (~15 s idle): below pytest's per-test timeout (pyproject), so a
+#: stuck launch fails here and its launcher and workers are killed (tests/procs.py), where
+#: pytest-timeout would end the whole pytest process and leave them running.
+LAUNCH_TIMEOUT = 600
 
 
 def _env() -> dict:
@@ -57,8 +62,8 @@ def _overrides(batch_size: int) -> list[str]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", *args],
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    return run([sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", *args], env=_env(),
+               timeout=LAUNCH_TIMEOUT)
 
 
 def _adapter(run_dir: Path, epoch: int) -> dict:
@@ -167,9 +172,8 @@ def test_stop_inside_an_epoch_and_resume_under_two_processes_is_bit_identical(tw
     run_dir = tmp_path / "split"
     script = Path(__file__).parent / "distributed_run.py"
     overrides = json.dumps({**COMMON, "batch_size": PER_PROCESS_BATCH})
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(run_dir), overrides, "--stop-after-step", "3"],
-                       env=_env(), capture_output=True, text=True, timeout=600)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(script), str(run_dir), overrides, "--stop-after-step", "3"], env=_env(), timeout=LAUNCH_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     state = RunDir(run_dir).read_state()
     assert (state["last"], state["last_step"]) == ("step-000003", 3)

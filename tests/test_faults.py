@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 import faults
+from procs import children, started
 from reclor_lab.runs.rundir import RunDir
 
 pytestmark = pytest.mark.slow
@@ -189,20 +190,6 @@ def test_the_launcher_s_own_failure_report_is_left_out_and_said_in_one_line():
     assert launcher_stderr(mine, out) is False and out.getvalue() == mine[0]
 
 
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _rank(pid: int) -> str | None:
     from pathlib import Path
 
@@ -211,6 +198,11 @@ def _rank(pid: int) -> str | None:
     except OSError:
         return None
     return next((e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"RANK=")), None)
+
+
+#: Seconds the stopped two-process run may take to finish: below pytest's per-test timeout
+#: (pyproject), so a stuck run fails here and its launcher and workers are killed on the way out.
+RUN_TIMEOUT = 600
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="finds the processes through /proc")
@@ -226,23 +218,21 @@ def test_a_two_process_run_killed_or_stopped_is_one_line_and_leaves_the_checkpoi
     cmd = [sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", "--processes", "2",
            "--output-dir", str(run_dir), "--epochs", "2", "--set", "train_limit=64", "--set", "eval_limit=16",
            "--set", "batch_size=4", "--set", "save_every_steps=1"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
     rd = RunDir(run_dir)
-    try:
-        while not (rd.has_run() and rd.read_state()["last_step"] >= 2):  # progress, not time, decides
+    with started(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True) as proc:  # on any way out, the launcher and its workers go too
+        deadline = time.monotonic() + RUN_TIMEOUT  # a safety net only: progress, not time, decides
+        while not (rd.has_run() and rd.read_state()["last_step"] >= 2):
             assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, f"no step 2 within {RUN_TIMEOUT} s"
             time.sleep(0.05)
         if fault == "SIGTERM":  # a scheduler preempting the job
             proc.send_signal(signal.SIGTERM)
         else:
-            workers = [w for launcher in _children(proc.pid) for w in _children(launcher)]
+            workers = [w for launcher in children(proc.pid) for w in children(launcher)]
             (victim,) = [w for w in workers if _rank(w) == "1"]
             os.kill(victim, signal.SIGKILL)
-        _, err = proc.communicate(timeout=900)
-    finally:
-        proc.kill()
-        proc.wait()
+        _, err = proc.communicate(timeout=RUN_TIMEOUT)
     assert "Traceback" not in err, err[-3000:]
     lines = [line for line in err.strip().splitlines() if line.strip()]
     if fault == "SIGTERM":

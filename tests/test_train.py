@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from procs import kill_tree, started
 from reclor_lab.config import get_preset
 from reclor_lab.data import load_split
 from reclor_lab.errors import RunDirError
@@ -251,8 +252,7 @@ def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "reclor_lab", "train", "--preset", "tiny", "--output-dir", str(run_dir),
            "--epochs", "3"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         deadline = time.time() + WAIT_LIMIT
         while not (run_dir / "state.json").exists():
             assert proc.poll() is None, "training ended before its first checkpoint"
@@ -260,9 +260,6 @@ def test_killed_process_leaves_a_loadable_last_checkpoint(tmp_path):
             time.sleep(0.2)
         time.sleep(1.0)  # well into epoch 2
         proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
     rd = RunDir(run_dir)
     state = rd.read_state()
     assert state["last_epoch"] >= 1
@@ -389,7 +386,10 @@ def test_kill_9_at_random_moments_and_sigterm_each_resume_ends_bit_identical(tmp
             proc.kill()
             proc.wait()
     proc = _train(run_dir, resume=True)
-    out, err = proc.communicate(timeout=WAIT_LIMIT)
+    try:
+        out, err = proc.communicate(timeout=WAIT_LIMIT)
+    finally:
+        kill_tree(proc)  # reaps it; on a timeout, kills it first
     assert proc.returncode == 0, err
     assert stopped_at is not None
 
