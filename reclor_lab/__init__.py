@@ -14,12 +14,13 @@ import, function-local ones too):
    ``loss`` (the weighted cross-entropy), ``runs.cache`` (tokenized splits kept on disk),
    ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs).
 2. ``config``: the run config, its presets and checks.
-3. ``data``, ``tools.synth``, ``tools.tiny``, ``metrics``, ``plan``, ``plots``, ``letters``,
+3. ``data``, ``tools.synth``, ``tools.tiny``, ``tools.honest``, ``metrics``, ``plan``, ``plots``, ``letters``,
    ``runs.rundir``, ``runs.distributed``, ``course.notebook``: ``data`` (ReClor files → tokenized
    datasets), ``tools.synth`` (the bundled ReClor-format data), ``tools.tiny`` (the offline tiny
-   Llama), ``metrics``, ``plan`` (model shapes, LoRA counts and the memory model: pure
-   arithmetic, no torch), ``plots``, ``letters`` (the answer letters as tokens and the letter
-   head), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
+   Llama), ``tools.honest`` (honest independent solutions of the exercises), ``metrics``,
+   ``plan`` (model shapes, LoRA counts and the memory model: pure arithmetic, no torch),
+   ``plots``, ``letters`` (the answer letters as tokens and the letter head), ``runs.rundir``
+   (a run directory's layout, checkpoints and lock),
    ``runs.distributed`` (several processes), ``course.notebook`` (the notebooks' first cell).
 4. ``model``, ``lora``: the 4-bit model (loading, memory report, NF4 made visible) and the
    adapters (injection, counts).
@@ -29,7 +30,11 @@ import, function-local ones too):
    the untrained model score, and the kit's main job (train, reload, evaluate, predict).
 7. ``course.checks``, ``course.build``, ``course.judge``, ``course.grade``: the student exercises,
    the student copies, reading a submission's exercise code (``judge``) and grading.
-8. ``cli``, ``__main__``: the ``reclor-lab`` command.
+8. ``course.outfiles``, ``course.roster``, ``course.export``, ``course.similar``, ``course.feedback``,
+   ``course.report``: the instructor's view of a graded class: files written safely, the class
+   list, the gradebook in otter's, Canvas's and Moodle's layouts, copied work, feedback per
+   student and the HTML class report.
+9. ``cli``, ``__main__``: the ``reclor-lab`` command.
 """
 
 __version__ = "0.1.0"

@@ -443,16 +443,80 @@ def cmd_course_grade(args: argparse.Namespace) -> int:
             taken.append(feedback)
         if taken:
             raise UsageError(f"{', '.join(map(str, taken))} exists; choose another --csv file or pass --overwrite")
+    class_roster = _class_view_before(args)
     results = grade.grade(args.submissions, jobs=args.jobs, seed=args.seed,
                           cpu_seconds=args.cpu_limit or grade.CPU_SECONDS,
                           memory_bytes=int(args.memory_limit * 2**30) if args.memory_limit else grade.MEMORY_BYTES,
                           wall_seconds=args.timeout or grade.WALL_SECONDS)
+    class_rows, results = _class_view_rows(results, class_roster)
     print()
     print(grade.table(results))
     if args.csv is not None:
         written = grade.write_gradebook(results, args.csv, points)
         print(f"wrote {written[0]}, {written[1]} and {len(written) - 2} feedback file(s) in {written[-1].parent}")
+    _class_view_after(args, class_rows, points)
     return 0
+
+
+# --- course grade: the instructor's view (roster, LMS exports, class report, feedback; issue 31) ----------
+
+def _class_view_before(args: argparse.Namespace):
+    """Check the roster and the class-view outputs before grading starts (minutes of work are not
+    spent on a run whose files could not be written); return the roster (or ``None``)."""
+    from reclor_lab.course import export, outfiles, roster
+
+    entries = roster.read_roster(args.roster) if args.roster else None
+    formats = [f for f in dict.fromkeys(args.export or []) if f != "kit"]
+    if formats and args.csv is None:
+        raise UsageError(f"--export {formats[0]} writes next to the gradebook: give --csv FILE too")
+    if {"canvas", "moodle"} & set(formats) and entries is None:
+        raise UsageError(f"--export {sorted({'canvas', 'moodle'} & set(formats))[0]} needs --roster: the LMS matches "
+                         "a grade on a student id or e-mail, which only the roster has")
+    targets = [export.export_path(args.csv, f) for f in formats] + ([args.report] if args.report else [])
+    for path in targets:
+        outfiles.check_free(path, args.overwrite)
+    if args.feedback is not None and args.feedback.is_symlink():
+        raise UsageError(f"--feedback {args.feedback} is a symbolic link; choose a real folder")
+    if args.feedback is not None and args.feedback.is_dir() and any(args.feedback.iterdir()) and not args.overwrite:
+        raise UsageError(f"--feedback {args.feedback} is not empty; choose another folder or pass --overwrite")
+    return entries
+
+
+def _class_view_rows(results, entries) -> tuple[list, list]:
+    """The class's rows (:func:`reclor_lab.course.roster.join`) and their results: with a roster,
+    every roster student has one (every exercise ``missing`` when nothing was handed in)."""
+    from reclor_lab.course import roster
+
+    rows = roster.join(results, entries)
+    return rows, [row.result for row in rows]
+
+
+def _class_view_after(args: argparse.Namespace, rows, points) -> None:
+    from reclor_lab.course import export, feedback, report, similar
+
+    entries = [row.entry for row in rows if row.entry is not None] if any(row.rostered for row in rows) else None
+    results = [row.result for row in rows if row.submitted]
+    if entries is not None:
+        missing = [row.submission for row in rows if not row.submitted]
+        extra = [row.submission for row in rows if row.entry is None]
+        print(f"roster: {len(entries)} student(s); {len(missing)} with no submission"
+              + (f" ({', '.join(missing)})" if missing else "") + f"; {len(extra)} submission(s) not in the roster"
+              + (f" ({', '.join(extra)})" if extra else ""))
+        if args.csv is not None:
+            export.add_identity(args.csv, rows)
+    for fmt in [f for f in dict.fromkeys(args.export or []) if f != "kit"]:
+        path = export.export_path(args.csv, fmt)
+        left_out = export.write_export(fmt, rows, points, path, overwrite=args.overwrite,
+                                       canvas_columns=args.canvas_columns)
+        print(f"wrote {path} ({fmt})" + (f"; left out, not in the roster: {', '.join(left_out)}" if left_out else ""))
+    if args.report is not None:
+        pairs = similar.similar_pairs(results)
+        report.write_report(args.report, rows, points, pairs, overwrite=args.overwrite)
+        print(f"wrote {args.report}: {len(pairs.pairs)} similar pair(s) on exercise(s) "
+              f"{', '.join(map(str, pairs.compared)) or 'none'}")
+    if args.feedback is not None:
+        written = feedback.write_feedback(rows, points, args.feedback, overwrite=args.overwrite)
+        print(f"wrote {len(written)} feedback file(s) in {args.feedback}")
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -575,6 +639,17 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("--cpu-limit", type=_positive_int, help="CPU seconds per notebook (default: grade.CPU_SECONDS, 60)")
     cg.add_argument("--memory-limit", type=float,
                     help="GiB a notebook's judging may add to the grader's own memory (default: 2)")
+    # the instructor's view of the class (issue 31): roster, LMS exports, class report, feedback
+    cg.add_argument("--roster", type=Path, help="CSV with columns submission,id,name,email: maps folder or file "
+                                                 "names to students; roster students with no submission get 0")
+    cg.add_argument("--export", action="append", choices=["kit", "otter", "canvas", "moodle"],
+                    help="also write the gradebook for otter-grader, Canvas or Moodle next to --csv "
+                         "(FILE_otter.csv …; repeatable; canvas and moodle need --roster; default: the kit's only)")
+    cg.add_argument("--canvas-columns", choices=["notebook", "course"], default="notebook",
+                    help="Canvas export: one assignment column per notebook, or one for the course (default: notebook)")
+    cg.add_argument("--report", type=Path, help="write the class report here (one HTML file: figures, frequent "
+                                                 "mistakes, flagged rows, similar pairs)")
+    cg.add_argument("--feedback", type=Path, metavar="DIR", help="write each student's feedback as DIR/STUDENT.md")
     cg.set_defaults(func=cmd_course_grade)
     return p
 

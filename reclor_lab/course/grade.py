@@ -78,6 +78,8 @@ class Verdict:
     number: int
     status: str  # ✅ ❌ ⏳ missing limit
     reason: str = ""  # the check's line for ❌/⏳, or why it is gamed / missing / not reached
+    code: str = ""  # the exercise's source as judged (what the class report compares between students)
+    hidden: str = ""  # the hidden case that failed (what it was, never its expected value)
 
     @property
     def passed(self) -> bool:
