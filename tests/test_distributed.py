@@ -29,9 +29,8 @@ import pytest
 import torch
 
 from reclor_lab.config import get_preset
-from reclor_lab.runs.distributed import shard
+from reclor_lab.runs.distributed import shard, shard_scale
 from reclor_lab.runs.rundir import RunDir
-from reclor_lab.train import shard_scale
 
 pytestmark = pytest.mark.slow
 

@@ -131,6 +131,24 @@ def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     return list(batch[start:stop])
 
 
+def shard_scale(batch: list[int], part: list[int], labels: list[int], weights: torch.Tensor | None,
+                world_size: int) -> float:
+    """How much this process's mean loss over ``part`` of a global ``batch`` counts:
+    ``world_size · W(part) / W(batch)``, W being the sum of the class weights of a set's labels
+    (its size without class weighting). DDP averages the processes' gradients, so the step then
+    follows the gradient of the whole batch's weighted mean loss, as one process holding the
+    whole batch would: unequal parts (a last batch of 5 over 2 processes) and class weights
+    included. An empty part counts 0.
+
+    >>> shard_scale([0, 1, 2], [0, 1], [0, 0, 0], None, 2)
+    1.3333333333333333
+    """
+    if world_size == 1:
+        return 1.0
+    total = (lambda idx: sum(float(weights[labels[i]]) for i in idx)) if weights is not None else len
+    return world_size * total(part) / total(batch)
+
+
 def wrap(model, proc: Process):
     """The model the training step calls: DistributedDataParallel over the trainable (LoRA and
     head) parameters when there are several processes, else the model itself.
