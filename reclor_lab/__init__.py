@@ -21,8 +21,10 @@ import, function-local ones too):
    arithmetic, no torch), ``plots``, ``letters`` (the answer letters as tokens and the letter
    head), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
    ``runs.distributed`` (several processes), ``course.notebook`` (the notebooks' first cell).
-4. ``model``, ``lora``: the 4-bit model (loading, memory report, NF4 made visible) and the
-   adapters (injection, counts).
+4. ``model``, ``lora``, ``runs.session``: the 4-bit model (loading, memory report, NF4 made
+   visible), the adapters (a hand-written ``LoRALinear``, injection through peft, counts), and
+   what the training loop reaches through a few named calls (``runs.session``: the run
+   directory, resume, signals, several processes).
 5. ``train``, ``runs.trainer``: the manual loop (and the kit's one inference loop,
    ``train.predict_logits``) and the Hugging Face Trainer path.
 6. ``results.analysis``, ``results.baselines``, ``runs.job``: a run's results, what guessing and
