@@ -423,7 +423,7 @@ for value in (4, 64, cfg.lora_r):
 #   numbers in bf16, 2 bytes), and backward recomputes one layer at a time, so one layer's full
 #   activations exist at once on top.
 #
-# **Where this formula differs from Llama and from the kit's own planner** (`reclor_lab.plan`,
+# **Where this formula differs from Llama and from the kit's own planner** (`reclor_lab.tools.plan`,
 # which `reclor-lab plan` and `batch_size="auto"` use, derived from what each operation of
 # *this* model saves for backward):
 #
@@ -485,7 +485,8 @@ qlora_memory = checks.check_qlora_memory(qlora_memory)
 
 # %%
 checks.note(qlora_memory)
-from reclor_lab.plan import LLAMA2_7B_SHAPE, Planner, PlanSettings
+from reclor_lab.shapes import LLAMA2_7B_SHAPE
+from reclor_lab.tools.plan import Planner, PlanSettings
 
 GIB = 2**30
 SEQ = 494  # the padded length of the batch that set every peak

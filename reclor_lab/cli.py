@@ -82,7 +82,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 def cmd_data_types(args: argparse.Namespace) -> int:
     from reclor_lab.data import DataError, read_reclor
-    from reclor_lab.qtypes import QUESTION_TYPES, agreement, classify_question, official_type
+    from reclor_lab.results.qtypes import QUESTION_TYPES, agreement, classify_question, official_type
 
     report = []
     for path in args.paths:
@@ -213,7 +213,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from reclor_lab.plan import (
+    from reclor_lab.tools.plan import (
         DEFAULT_BATCHES, GIB, Planner, PlanSettings, choose_batch, gpu_compute_bytes, model_shape, parse_memory,
         plan_table,
     )

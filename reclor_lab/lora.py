@@ -31,7 +31,7 @@ from torch import nn
 
 from reclor_lab.config import ConfigError, RunConfig
 from reclor_lab.model import HEAD_NAMES, logical_numel, quantizable_linears
-from reclor_lab.plan import lora_param_count
+from reclor_lab.shapes import lora_param_count
 
 #: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
 CLASSIFIER_HEAD = "score"

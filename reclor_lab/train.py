@@ -164,7 +164,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tenso
 
 def setup(cfg: RunConfig, verbose: bool = True) -> Run:
     """Seed, load the tokenizer and the 4-bit model, inject LoRA, tokenize the data.
-    ``batch_size="auto"`` is settled first (:func:`reclor_lab.plan.resolve_batch`): the run's
+    ``batch_size="auto"`` is settled first (:func:`reclor_lab.tools.plan.resolve_batch`): the run's
     config holds the batch it trains with."""
     from reclor_lab.lora import inject_lora, trainable_report
     from reclor_lab.model import load_model, load_tokenizer, pick_device, resolve_compute_dtype
@@ -177,7 +177,7 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
     if cfg.batch_size == "auto":  # the memory planner settles it (once: a job settles it before setup)
-        from reclor_lab.plan import resolve_batch
+        from reclor_lab.tools.plan import resolve_batch
 
         cfg = resolve_batch(cfg, verbose=verbose)
     set_seed(cfg.seed)

@@ -16,7 +16,7 @@ from reclor_lab.config import OPTION_LETTERS, RunConfig
 from reclor_lab.data import class_weights, load_split, run_records, tokenize_records
 from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
-from reclor_lab.plots import save_run_plots
+from reclor_lab.plots import plot_confusion, plot_eval, plot_loss
 from reclor_lab.runs.rundir import RunDir, atomic_write, read_json, started, write_json
 from reclor_lab.train import History, Run, evaluate, fit, setup
 
@@ -58,6 +58,14 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
     return metrics
 
 
+def save_run_plots(history: dict, confusion, paths: list[Path]) -> None:
+    """Write the loss plot (train and val loss), the eval plot (val accuracy) and the confusion
+    matrix to ``paths`` (a run's :attr:`RunDir.plot_paths`), each complete or not at all."""
+    for path, draw in zip(paths, (lambda f: plot_loss(history, save=f), lambda f: plot_eval(history, save=f),
+                                  lambda f: plot_confusion(confusion, save=f))):
+        atomic_write(path, draw)
+
+
 def _analyse_best_epoch(run: Run, rd: RunDir, best_epoch: int) -> dict:
     from reclor_lab.results.analysis import predict_proba, probabilities, record_types, val_analysis
     from reclor_lab.runs.rundir import load_adapter
@@ -87,7 +95,7 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
     others return an empty dict.
     """
     from reclor_lab.runs.distributed import finish, process
-    from reclor_lab.plan import resolve_batch
+    from reclor_lab.tools.plan import resolve_batch
 
     proc = process()
     verbose = verbose and proc.is_main
