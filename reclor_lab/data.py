@@ -79,7 +79,11 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
         if not rec[key].strip():
             raise DataError(f"{where}: {key!r} is empty")
         _check_text(where, key, rec[key])
-    answers = rec["answers"]
+    _check_answers(where, rec["answers"])
+    _check_label(where, rec, labeled)
+
+
+def _check_answers(where: str, answers: Any) -> None:
     if not isinstance(answers, list):
         raise DataError(f"{where}: 'answers' must be a list of {NUM_LABELS} strings, got {type(answers).__name__}")
     if len(answers) != NUM_LABELS:
@@ -90,6 +94,9 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
         if not ans.strip():
             raise DataError(f"{where}: option {OPTION_LETTERS[j]} is empty")
         _check_text(where, f"option {OPTION_LETTERS[j]}", ans)
+
+
+def _check_label(where: str, rec: dict, labeled: bool | None) -> None:
     if "label" in rec:
         label = rec["label"]
         if not isinstance(label, int) or isinstance(label, bool):

@@ -104,8 +104,9 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.B(self.A(self.dropout(x.to(self.A.weight.dtype))))
-        return self.base(x) + (update * self.scaling).to(x.dtype)
+        result = self.base(x)  # W0 x, through the frozen (4-bit) layer
+        update = self.B(self.A(self.dropout(x.to(self.A.weight.dtype))))  # two thin matmuls, A and B in fp32
+        return result + update.to(result.dtype) * self.scaling
 
 
 class LoRADropout(nn.Dropout):

@@ -13,6 +13,19 @@ The division of work, as in DistributedDataParallel everywhere:
   are averaged across processes (all-reduce) before the step, so every copy takes the same step;
 - evaluation is cut the same way and the logits gathered, each example exactly once;
 - only the main process (rank 0) writes the run directory, prints and shows progress bars.
+
+Why the kit's own code and not ``Accelerator.prepare`` / ``backward`` / ``gather`` (accelerate
+still forms the process group, :func:`process`): a run on N processes must take the same
+optimizer steps as one process at N times the batch (``tests/test_distributed.py``), and
+resume bit for bit. ``Accelerator.prepare(loader)`` deals whole batches out to the processes
+(each optimizer step would see other examples than one process's step) and, with
+``even_batches``, repeats examples to pad the last batch (counted twice in the loss); the kit
+cuts every batch into contiguous parts with weights (:func:`shard`, :func:`shard_scale`). Its
+``gather`` needs tensors of one size on every process, while the evaluation's parts differ by
+one example; ``gather_for_metrics`` drops padding only for a loader it prepared.
+``Accelerator.prepare(model)`` would put the frozen 4-bit weights into DDP's buckets, which
+:func:`wrap` leaves out. ``Accelerator.backward`` is ``loss.backward()`` here (no DeepSpeed,
+and fp16's scaler is the kit's own): ``fit`` calls that directly.
 """
 
 from __future__ import annotations
