@@ -333,14 +333,14 @@ class LoopState:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),  # {} unless fp16
                 "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
 
-    def load_state_dict(self, ts: dict, history: dict) -> None:
-        self.optimizer.load_state_dict(ts["optimizer"])
-        if ts.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
-            self.scaler.load_state_dict(ts["scaler"])
+    def load_state_dict(self, saved: dict, history: dict) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
+            self.scaler.load_state_dict(saved["scaler"])
         self.history = History.from_dict(history)
-        self.epoch, self.batch, self.step = ts["epoch"], ts["batch"], ts["step"]
-        self.epoch_tokens, self.epoch_seconds = ts["epoch_tokens"], ts["epoch_seconds"]
-        self.warmup_steps = ts["warmup_steps"]  # keep the run's warm-up when --epochs extends it
+        self.epoch, self.batch, self.step = saved["epoch"], saved["batch"], saved["step"]
+        self.epoch_tokens, self.epoch_seconds = saved["epoch_tokens"], saved["epoch_seconds"]
+        self.warmup_steps = saved["warmup_steps"]  # keep the run's warm-up when --epochs extends it
 
     def end_epoch(self, result: dict, memory_mb: float) -> dict:
         """Record epoch ``self.epoch``'s evaluation and its figures, and move on to the next

@@ -212,8 +212,8 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
                 raise RunDirError(f"{checkpoint} was written by the manual loop, not the Trainer: resume it "
                                   "without --trainer")
             # checks every file's checksum and the adapter; the Trainer reloads them
-            ts, history = rd.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
-            loop.history, loop.warmup_steps = History.from_dict(history), ts["warmup_steps"]
+            saved, history = rd.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
+            loop.history, loop.warmup_steps = History.from_dict(history), saved["warmup_steps"]
         opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: get_lr(s, cfg, total_steps, loop.warmup_steps) / cfg.learning_rate)
