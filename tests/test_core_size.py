@@ -177,11 +177,12 @@ def figures(core: Core) -> dict[str, int]:
     return out
 
 
-#: Where the core stands today (rounded up to 50 lines), as ceilings it must not grow past while
-#: the targets above are not reached: measured on this branch, 04 at 1,722 and 06 at 1,814 lines
-#: (``RunConfig`` and its checks alone are ~380 in every notebook), the core 3,280.
-NOW_PER_NOTEBOOK = 1850
-NOW_CORE = 3300
+#: Ceilings the core must not grow past while the targets above are not reached: where it
+#: stood when this test came (04 at 1,730 lines and 06 at 1,822, ``RunConfig`` and its checks
+#: alone ~380 in every notebook; the core 3,295), plus about 100 lines of room for the work
+#: merged beside it. Lower them as the core shrinks.
+NOW_PER_NOTEBOOK = 1900
+NOW_CORE = 3400
 
 
 def test_the_core_does_not_grow(core):
