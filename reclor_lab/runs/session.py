@@ -183,7 +183,8 @@ class RunSession:
         self.model = None  # DDP's reducer goes while the process group is still there
         self._held.__exit__(*exc)  # the signal handlers back, the lock released
         if exc[0] is None and self.stop.signum is not None:
-            raise self.stop.interrupted(self.state.step if self.state else 0, self.opened.rd.path, self.run.proc.world_size)
+            step = self.state.step if self.state else 0
+            raise self.stop.interrupted(step, self.opened.rd.path, self.run.proc.world_size)
 
     def resume(self, state: LoopState) -> bool:
         """Restore ``state`` from the run's last checkpoint (True), or prepare a new run's
@@ -257,7 +258,8 @@ class RunSession:
         skipped is marked."""
         step_loss = self.run.proc.sum(torch.stack(state.losses).mean())  # the whole batch's loss
         state.losses.clear()
-        row = {"step": state.step, "epoch": state.epoch, "loss": None, "lr": lr} | ({"skipped": True} if skipped else {})
+        row = {"step": state.step, "epoch": state.epoch, "loss": None, "lr": lr}
+        row |= {"skipped": True} if skipped else {}
         state.history.steps.append(row)
         state.pending.append((row, step_loss))
         if state.step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
