@@ -326,7 +326,7 @@ class Variant:
 
 def variants(args, budget: float, shape) -> list[Variant]:
     from reclor_lab.config import get_preset
-    from reclor_lab.plan import Planner, PlanSettings, choose_batch
+    from reclor_lab.tools.plan import Planner, PlanSettings, choose_batch
 
     base = get_preset("llama2-7b", seed=args.seed, max_len=args.max_len, max_grad_norm=args.max_grad_norm)
     ref = base.replace(batch_size=2, gradient_checkpointing=True)
@@ -393,7 +393,8 @@ def main() -> None:
 
     import torch
 
-    from reclor_lab.plan import GIB, ModelShape, Planner, PlanSettings, parse_memory
+    from reclor_lab.shapes import ModelShape
+    from reclor_lab.tools.plan import GIB, Planner, PlanSettings, parse_memory
 
     report = Report("QLoRA on a Llama-2-7B-shaped model: reference Trainer vs the kit's default")
     report.settings = {"layers": args.layers, "hidden": args.hidden, "steps": args.steps, "warmup": args.warmup,

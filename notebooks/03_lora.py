@@ -252,6 +252,24 @@ print(checks.whose(lora_forward), "== peft's lora.Linear4bit, within rounding:",
       bool(((y_mine - y_peft).abs().double() <= bound).all()))
 
 # %% [markdown]
+# The same layer as a module: `reclor_lab.lora.LoRALinear`, written out like rasbt's and
+# torchtune's (a test holds it equal to peft's layer, gradients included). Given peft's frozen
+# base layer and the same $A$ and $B$, it computes exactly what peft's layer computed above:
+
+# %%
+import inspect
+
+from reclor_lab.lora import LoRALinear
+
+print(inspect.getsource(LoRALinear))
+mine = LoRALinear(base, r, alpha, dropout=lora_cfg.lora_dropout).to(device).eval()  # eval: no dropout
+with torch.no_grad():
+    mine.A.weight.copy_(A)
+    mine.B.weight.copy_(B)
+    y_module = mine(x.to(device)).float().cpu()
+print("LoRALinear == peft's lora.Linear4bit, bit for bit:", torch.equal(y_module, y_peft))
+
+# %% [markdown]
 # **Merging into a 4-bit base is not exact.** `merge_and_unload` folds each adapter into its
 # layer so the model runs without LoRA. On a 4-bit base it cannot store $W_0 + \Delta W$ in full
 # precision: peft dequantizes $W_0$, adds $\Delta W = \frac{\alpha}{r} B A$ and quantizes the sum
@@ -423,7 +441,7 @@ for value in (4, 64, cfg.lora_r):
 #   numbers in bf16, 2 bytes), and backward recomputes one layer at a time, so one layer's full
 #   activations exist at once on top.
 #
-# **Where this formula differs from Llama and from the kit's own planner** (`reclor_lab.plan`,
+# **Where this formula differs from Llama and from the kit's own planner** (`reclor_lab.tools.plan`,
 # which `reclor-lab plan` and `batch_size="auto"` use, derived from what each operation of
 # *this* model saves for backward):
 #
@@ -485,7 +503,8 @@ qlora_memory = checks.check_qlora_memory(qlora_memory)
 
 # %%
 checks.note(qlora_memory)
-from reclor_lab.plan import LLAMA2_7B_SHAPE, Planner, PlanSettings
+from reclor_lab.shapes import LLAMA2_7B_SHAPE
+from reclor_lab.tools.plan import Planner, PlanSettings
 
 GIB = 2**30
 SEQ = 494  # the padded length of the batch that set every peak

@@ -72,7 +72,7 @@ from reclor_lab.course import checks
 from reclor_lab.data import class_weights, make_collator, model_inputs, run_records
 from reclor_lab.runs.rundir import RunDir
 from reclor_lab.runs.job import finish_run, summary_table
-from reclor_lab.train import fit, get_lr, setup, train_one_epoch
+from reclor_lab.train import fit, get_lr, schedule_steps, setup
 from reclor_lab.runs.trainer import fit_with_trainer
 
 disable_progress_bar()  # datasets' progress bars: tokenizing is not what this notebook shows
@@ -82,20 +82,18 @@ hf_logging.disable_progress_bar()  # nor is loading the model's 20 tensors
 # ## The loop in one screen
 #
 # This is `reclor_lab.train.fit`, the loop section 3 runs, printed from the package itself (what
-# you read is what runs). `start` evaluates the untrained model (epoch 0, the baseline);
-# `train_one_epoch` runs the batches of one epoch (shuffled, grouped by length, the same order
-# every run) through `train_step` and `optimizer_step`, the five lines you write in exercise 10;
-# `end_epoch` evaluates on the validation split and writes a checkpoint. The rest is about
-# stopping cleanly: Ctrl-C or a cluster's SIGTERM finish the current step and save.
+# you read is what runs). A new run first evaluates the untrained model (epoch 0, the baseline).
+# Then, per micro-batch of an epoch (shuffled, grouped by length, the same order every run): the
+# forward pass, the weighted loss and backward; after the last micro-batch of an optimizer step,
+# the schedule's learning rate, clipping and the step: the lines you write in exercise 10. Each
+# epoch ends with an evaluation on the validation split and a checkpoint.
 #
-# Below it, one level down, `train_one_epoch`: each line is a named step. `micro_step` is the
-# forward and backward pass of one micro-batch; after the last micro-batch of an optimizer step,
-# `step_and_record` steps the optimizer (exercise 10) and writes the step's row of the history;
-# then the loop checks whether to stop or save. `inspect.getsource` shows any of the steps.
+# `session` is the run directory and everything that makes the loop a resumable run (the lock,
+# checkpoints, resuming, Ctrl-C or a cluster's SIGTERM, several processes): machinery in
+# `reclor_lab.runs.session`, reached through the few named calls you see.
 
 # %%
 print(inspect.getsource(fit))
-print(inspect.getsource(train_one_epoch))
 
 # %% [markdown]
 # ## 1. The weighted loss
@@ -350,9 +348,7 @@ run = setup(cfg)
 # the reference (`lr_schedule="cosine"` decays it instead).
 
 # %%
-steps_per_epoch = math.ceil(math.ceil(len(run.train_ds) / cfg.batch_size) / cfg.grad_accum_steps)
-total_steps = steps_per_epoch * cfg.epochs
-warmup_steps = max(1, round(cfg.warmup_ratio * total_steps))
+steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds))
 print(f"{steps_per_epoch} steps per epoch × {cfg.epochs} epochs = {total_steps} optimizer steps, "
       f"{warmup_steps} of warm-up")
 for step in (0, 1, warmup_steps // 2, warmup_steps - 1, warmup_steps, total_steps - 1):

@@ -8,22 +8,25 @@ tiny-model generators). Modules sit in layers, lowest first; a module imports on
 layer or a lower one, and no imports go in a circle (``tests/test_layers.py`` reads every
 import, function-local ones too):
 
-1. ``errors``, ``cpu4bit``, ``qtypes``, ``loss``, ``runs.cache``, ``course.stored_outputs``: they
-   import nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected
-   error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``qtypes`` (ReClor's question types),
-   ``loss`` (the weighted cross-entropy), ``runs.cache`` (tokenized splits kept on disk),
+1. ``errors``, ``cpu4bit``, ``loss``, ``results.qtypes``, ``runs.cache``, ``course.stored_outputs``:
+   they import nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected
+   error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``loss`` (the weighted cross-entropy),
+   ``results.qtypes`` (ReClor's question types), ``runs.cache`` (tokenized splits kept on disk),
    ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs).
 2. ``config``: the run config, its presets and checks.
-3. ``data``, ``tools.synth``, ``tools.tiny``, ``tools.honest``, ``metrics``, ``plan``, ``plots``, ``letters``,
-   ``runs.rundir``, ``runs.distributed``, ``course.notebook``: ``data`` (ReClor files → tokenized
-   datasets), ``tools.synth`` (the bundled ReClor-format data), ``tools.tiny`` (the offline tiny
-   Llama), ``tools.honest`` (honest independent solutions of the exercises), ``metrics``,
-   ``plan`` (model shapes, LoRA counts and the memory model: pure arithmetic, no torch),
-   ``plots``, ``letters`` (the answer letters as tokens and the letter head), ``runs.rundir``
-   (a run directory's layout, checkpoints and lock),
+3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
+   ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``course.notebook``:
+   ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
+   LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``letters`` (the answer
+   letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
+   ``batch_size="auto"``: no torch), ``tools.synth`` (the bundled ReClor-format data),
+   ``tools.tiny`` (the offline tiny Llama), ``tools.honest`` (honest independent solutions of the
+   exercises), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
    ``runs.distributed`` (several processes), ``course.notebook`` (the notebooks' first cell).
-4. ``model``, ``lora``: the 4-bit model (loading, memory report, NF4 made visible) and the
-   adapters (injection, counts).
+4. ``model``, ``lora``, ``runs.session``: the 4-bit model (loading, memory report, NF4 made
+   visible), the adapters (a hand-written ``LoRALinear``, injection through peft, counts), and
+   what the training loop reaches through a few named calls (``runs.session``: the run
+   directory, resume, signals, several processes).
 5. ``train``, ``runs.trainer``: the manual loop (and the kit's one inference loop,
    ``train.predict_logits``) and the Hugging Face Trainer path.
 6. ``results.analysis``, ``results.baselines``, ``runs.job``: a run's results, what guessing and
@@ -35,6 +38,12 @@ import, function-local ones too):
    list, the gradebook in otter's, Canvas's and Moodle's layouts, copied work, feedback per
    student and the HTML class report.
 9. ``cli``, ``__main__``: the ``reclor-lab`` command.
+
+The core reaches into the sub-packages in these places only (``tests/test_layers.py`` holds the
+list): ``train`` → ``runs.session`` (``fit``'s named calls: the run directory, resume, signals),
+``train`` → ``runs.distributed`` (which process this is, for ``setup`` and the evaluation's
+gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` when its caller has
+not), ``data`` → ``runs.cache`` (tokenized splits kept on disk).
 """
 
 __version__ = "0.1.0"

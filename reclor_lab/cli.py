@@ -82,7 +82,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 def cmd_data_types(args: argparse.Namespace) -> int:
     from reclor_lab.data import DataError, read_reclor
-    from reclor_lab.qtypes import QUESTION_TYPES, agreement, classify_question, official_type
+    from reclor_lab.results.qtypes import QUESTION_TYPES, agreement, classify_question, official_type
 
     report = []
     for path in args.paths:
@@ -213,7 +213,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from reclor_lab.plan import (
+    from reclor_lab.tools.plan import (
         DEFAULT_BATCHES, GIB, Planner, PlanSettings, choose_batch, gpu_compute_bytes, model_shape, parse_memory,
         plan_table,
     )
@@ -245,8 +245,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- training and what follows ---------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reclor_lab.runs.distributed import launched, process
-    from reclor_lab.runs.rundir import RunDir
+    from reclor_lab.runs.distributed import launched
     from reclor_lab.runs.job import train_run
 
     if args.processes > 1 and args.trainer:
@@ -258,12 +257,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.set:
         raise UsageError("--set cannot change a resumed run (it keeps its saved config.json; "
                          "only --epochs may extend it): drop --set, or start a new run")
-    # The run is opened once: its lock, then the decision. A resumed run keeps its own saved
-    # config (None here); only --epochs may extend it. The directory named on the command line
-    # is the run, whatever output_dir its config.json recorded.
-    with RunDir(cfg.output_dir).open(args.resume, None if args.resume else cfg, epochs=args.epochs,
-                                     proc=process()) as start:
-        train_run(start.cfg, resume=args.resume, use_trainer=args.trainer, start=start)
+    # A resumed run keeps its own saved config; only --epochs may extend it. The directory named
+    # on the command line is the run, whatever output_dir its config.json recorded.
+    train_run(cfg, resume=args.resume, use_trainer=args.trainer, saved_config=args.resume, epochs=args.epochs)
     return 0
 
 

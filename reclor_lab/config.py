@@ -389,6 +389,15 @@ class RunConfig:
         return out
 
 
+def _spec_problem(parts: list[tuple]) -> str | None:
+    """A format field's width or precision that is too large or a nested field, if any."""
+    for _, name, spec, _ in parts:
+        if spec and ("{" in spec or any(int(n) > MAX_FIELD_WIDTH for n in re.findall(r"\d+", spec))):
+            return (f"`template` field {{{name}:{spec[:20]}}}: widths and precisions may be at most "
+                    f"{MAX_FIELD_WIDTH} and may not be nested fields")
+    return None
+
+
 def template_problems(template: str) -> list[str]:
     """What is wrong with an input layout (unknown or missing fields), as sentences."""
     import string
@@ -402,10 +411,8 @@ def template_problems(template: str) -> list[str]:
     except ValueError as e:
         return [f"`template` is not a valid format string: {e}"]
     names = {n for _, n, _, _ in parts if n is not None}
-    for _, name, spec, _ in parts:
-        if spec and ("{" in spec or any(int(n) > MAX_FIELD_WIDTH for n in re.findall(r"\d+", spec))):
-            return [f"`template` field {{{name}:{spec[:20]}}}: widths and precisions may be at most "
-                    f"{MAX_FIELD_WIDTH} and may not be nested fields"]
+    if spec_problem := _spec_problem(parts):
+        return [spec_problem]
     allowed = {"context", "question", "a", "b", "c", "d"}
     out = []
     if names - allowed:

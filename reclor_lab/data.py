@@ -25,7 +25,6 @@ from torch.utils.data import Sampler
 from reclor_lab.runs import cache as token_cache
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE, RunConfig
 from reclor_lab.errors import ReclorLabError
-from reclor_lab.qtypes import QUESTION_TYPES
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -35,6 +34,9 @@ REQUIRED_KEYS = ("context", "question", "answers", "id_string")
 #: The longest text field a record may have, in characters. ReClor's passages run to a few
 #: thousand; a far longer one is a wrong file, and tokenizing it would take gigabytes.
 MAX_FIELD_CHARS = 100_000
+#: ReClor's 17 question types: a record's ``question_type`` is an index 0-16
+#: (:mod:`reclor_lab.results.qtypes` names them).
+NUM_QUESTION_TYPES = 17
 #: Columns the model's forward pass takes; everything else is dropped before batching.
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
@@ -77,7 +79,11 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
         if not rec[key].strip():
             raise DataError(f"{where}: {key!r} is empty")
         _check_text(where, key, rec[key])
-    answers = rec["answers"]
+    _check_answers(where, rec["answers"])
+    _check_label(where, rec, labeled)
+
+
+def _check_answers(where: str, answers: Any) -> None:
     if not isinstance(answers, list):
         raise DataError(f"{where}: 'answers' must be a list of {NUM_LABELS} strings, got {type(answers).__name__}")
     if len(answers) != NUM_LABELS:
@@ -88,6 +94,9 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
         if not ans.strip():
             raise DataError(f"{where}: option {OPTION_LETTERS[j]} is empty")
         _check_text(where, f"option {OPTION_LETTERS[j]}", ans)
+
+
+def _check_label(where: str, rec: dict, labeled: bool | None) -> None:
     if "label" in rec:
         label = rec["label"]
         if not isinstance(label, int) or isinstance(label, bool):
@@ -97,8 +106,8 @@ def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> Non
     elif labeled:
         raise DataError(f"{where}: missing 'label' (this split must be labeled)")
     if "question_type" in rec and (not isinstance(rec["question_type"], int) or isinstance(rec["question_type"], bool)
-                                   or not 0 <= rec["question_type"] < len(QUESTION_TYPES)):
-        raise DataError(f"{where}: 'question_type' must be an integer 0-{len(QUESTION_TYPES) - 1}, "
+                                   or not 0 <= rec["question_type"] < NUM_QUESTION_TYPES):
+        raise DataError(f"{where}: 'question_type' must be an integer 0-{NUM_QUESTION_TYPES - 1}, "
                         f"got {str(rec['question_type'])[:40]}")
 
 

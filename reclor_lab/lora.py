@@ -1,7 +1,13 @@
-"""LoRA adapters on the (4-bit) linear layers, and a hand-written LoRA layer for teaching.
+"""LoRA adapters on the (4-bit) linear layers: a hand-written :class:`LoRALinear`, and
+:func:`inject_lora`, which puts peft's equal layer on every one of them.
 
-The reference adapts every 4-bit linear layer except the head with r=16, alpha=16, dropout 0.05;
-the classification head (``score``) is new, so it trains in full (peft's SEQ_CLS task type puts
+:class:`LoRALinear` is the whole idea in a few lines (rasbt's ``LinearWithLoRA``, torchtune's
+``LoRALinear``): a frozen base layer plus ``B @ A`` scaled by ``alpha / r``; a test holds it equal
+to peft's layer (outputs and gradients) on a 4-bit and on a plain base. The runs themselves use
+peft's (saving, loading, merging, every layer type).
+
+The reference adapts every 4-bit linear layer except the head with r=16, alpha=16, dropout
+0.05; the classification head (``score``) is new, so it trains in full (peft's SEQ_CLS task type puts
 it in ``modules_to_save``).
 
 >>> from reclor_lab.config import get_preset
@@ -13,6 +19,7 @@ trainable params: 35,072 || all params: 133,952 || trainable%: 26.1825
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +31,7 @@ from torch import nn
 
 from reclor_lab.config import ConfigError, RunConfig
 from reclor_lab.model import HEAD_NAMES, logical_numel, quantizable_linears
-from reclor_lab.plan import lora_param_count
+from reclor_lab.shapes import lora_param_count
 
 #: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
 CLASSIFIER_HEAD = "score"
@@ -79,6 +86,27 @@ def lora_config(cfg: RunConfig, targets: Sequence[str]):  # -> peft.LoraConfig
         bias=cfg.lora_bias,
         target_modules=list(targets),
     )
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + B(A(dropout(x))) * alpha / r``: a frozen linear layer (``nn.Linear`` or
+    bitsandbytes' ``Linear4bit``) plus a trainable low-rank update, initialised as peft does:
+    A (r × in) Kaiming-uniform, B (out × r) zeros, so the layer starts as the base layer."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base.requires_grad_(False)  # frozen: only A and B train
+        self.A = nn.Linear(base.in_features, r, bias=False)  # weight: r × in
+        self.B = nn.Linear(r, base.out_features, bias=False)  # weight: out × r
+        nn.init.kaiming_uniform_(self.A.weight, a=math.sqrt(5))  # peft's (and nn.Linear's) init
+        nn.init.zeros_(self.B.weight)  # B·A = 0: training starts from the base model exactly
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)  # W0 x, through the frozen (4-bit) layer
+        update = self.B(self.A(self.dropout(x.to(self.A.weight.dtype))))  # two thin matmuls, A and B in fp32
+        return result + update.to(result.dtype) * self.scaling
 
 
 class LoRADropout(nn.Dropout):

@@ -32,7 +32,7 @@ from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.cpu4bit import use_portable_kernels
 from reclor_lab.errors import ModelError, ReclorLabError
 from reclor_lab.letters import init_letter_head
-from reclor_lab.plan import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
+from reclor_lab.shapes import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
 
 # The transformers / bitsandbytes imports are heavy (seconds); modules that only need the
 # constants below (a notebook plotting NF4 codes, the config printer) should not pay for them.
@@ -53,7 +53,7 @@ NF4_CODE: tuple[float, ...] = (
 )
 
 # --- Llama-2-7B, for the "what would this cost on the real model" column -----------------------
-# Every count comes from the planner's one shape (reclor_lab.plan.LLAMA2_7B_SHAPE).
+# Every count comes from the planner's one shape (reclor_lab.shapes.LLAMA2_7B_SHAPE).
 LLAMA2_7B_HIDDEN = LLAMA2_7B_SHAPE.hidden
 LLAMA2_7B_INTERMEDIATE = LLAMA2_7B_SHAPE.intermediate
 LLAMA2_7B_LAYERS = LLAMA2_7B_SHAPE.layers

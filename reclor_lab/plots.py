@@ -2,14 +2,15 @@
 and of its analysis: baselines, accuracy by question type, calibration, position bias.
 
 Each function takes the history (or metrics) as data, returns the matplotlib ``Figure`` and,
-given ``save=path``, writes a PNG. The notebooks show the figures; the CLI saves them.
+given ``save`` (a path, or a binary file: PNG), writes it. The notebooks show the figures; a
+finished run's are written into its directory by :func:`reclor_lab.runs.job.finish_run`.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import matplotlib
 
@@ -21,7 +22,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS  # noqa: E402
-from reclor_lab.runs.rundir import atomic_write  # noqa: E402
 
 CHANCE = 1 / NUM_LABELS
 
@@ -39,11 +39,11 @@ def smooth(values: Sequence[float], alpha: float = 0.9) -> np.ndarray:
     return np.asarray(out)
 
 
-def _finish(fig, save: str | Path | None):
+def _finish(fig, save: str | Path | BinaryIO | None):
     fig.tight_layout()
-    if save is not None:  # complete or not at all
-        fmt = Path(save).suffix.lstrip(".") or "png"
-        atomic_write(save, lambda f: fig.savefig(f, format=fmt, dpi=110))
+    if save is not None:
+        fmt = (Path(save).suffix.lstrip(".") if isinstance(save, (str, Path)) else "") or "png"
+        fig.savefig(save, format=fmt, dpi=110)
     plt.close(fig)  # the caller displays the returned figure; no duplicate inline copy
     return fig
 
@@ -67,7 +67,7 @@ def _epoch_ends(history: dict) -> dict[int, int]:
     return ends
 
 
-def plot_loss(history: dict, save: str | Path | None = None):
+def plot_loss(history: dict, save: str | Path | BinaryIO | None = None):
     """Train loss at every optimizer step (raw and smoothed) and the validation loss after every
     epoch, on one axis, with the epoch ends marked and ln 4 (the loss of a uniform guess)."""
     steps = [r["step"] for r in history["steps"]]
@@ -93,7 +93,7 @@ def plot_loss(history: dict, save: str | Path | None = None):
     return _finish(fig, save)
 
 
-def plot_eval(history: dict, save: str | Path | None = None):
+def plot_eval(history: dict, save: str | Path | BinaryIO | None = None):
     """Val accuracy per epoch (epoch 0 = before training) with its 95 % interval, beside chance
     (25 %) and the best constant answer (always the most frequent correct option of the set)."""
     evals = history["evals"]
@@ -117,7 +117,7 @@ def plot_eval(history: dict, save: str | Path | None = None):
     return _finish(fig, save)
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | None = None,
+def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | BinaryIO | None = None,
                    title: str = "Confusion matrix (val)"):
     """Rows: the true option; columns: the predicted option; counts in the cells."""
     cm = np.asarray(confusion)
@@ -137,16 +137,6 @@ def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | None =
     return _finish(fig, save)
 
 
-def save_run_plots(history: dict, confusion, paths: Sequence[Path]) -> list[Path]:
-    """Write the loss plot (train and val loss), the eval plot (val accuracy) and the confusion
-    matrix to ``paths`` (a run's are :attr:`reclor_lab.runs.rundir.RunDir.plot_paths`)."""
-    paths = list(paths)
-    plot_loss(history, paths[0])
-    plot_eval(history, paths[1])
-    plot_confusion(confusion, paths[2])
-    return paths
-
-
 # --- baselines and error analysis ---------------------------------------------------------------
 
 def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> np.ndarray:
@@ -156,7 +146,7 @@ def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -
 
 
 def plot_results(rows: Sequence[dict], title: str = "Val accuracy with 95 % intervals",
-                 save: str | Path | None = None):
+                 save: str | Path | BinaryIO | None = None):
     """One horizontal bar per result row (``method``, ``accuracy``, ``accuracy_ci95``), its
     interval as an error bar, the value written beside it, and the 25 % chance line."""
     names = [r["method"] for r in rows]
@@ -176,7 +166,7 @@ def plot_results(rows: Sequence[dict], title: str = "Val accuracy with 95 % inte
 
 
 def plot_accuracy_by_type(by_type: dict, overall: float | None = None, title: str = "Val accuracy by question type",
-                          save: str | Path | None = None):
+                          save: str | Path | BinaryIO | None = None):
     """A bar per question type (from :func:`reclor_lab.results.analysis.accuracy_by_type`) with its Wilson
     interval; each bar is labelled with its count (n), so a bar of 5 examples is not read as a
     bar of 50."""
@@ -200,7 +190,7 @@ def plot_accuracy_by_type(by_type: dict, overall: float | None = None, title: st
 
 
 def plot_reliability(bins: Sequence[dict], ece: float, title: str = "Reliability diagram (val)",
-                     save: str | Path | None = None):
+                     save: str | Path | BinaryIO | None = None):
     """Accuracy against confidence per bin (from :func:`reclor_lab.results.analysis.reliability`), the
     diagonal of perfect calibration, the counts per bin, and the ECE in the title."""
     fig, (ax, axn) = plt.subplots(2, 1, figsize=(4.5, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -223,7 +213,7 @@ def plot_reliability(bins: Sequence[dict], ece: float, title: str = "Reliability
 
 
 def plot_position_bias(bias: dict, title: str = "Predicted vs correct position (val)",
-                       save: str | Path | None = None):
+                       save: str | Path | BinaryIO | None = None):
     """Side-by-side bars per letter: how often it is predicted, and how often it is the answer."""
     letters = list(bias)
     x = np.arange(len(letters))

@@ -1,22 +1,21 @@
 """The manual training loop: setup → fit → evaluate, with checkpoints that resume exactly.
 
-``fit`` is the loop on one screen: a baseline evaluation, then per epoch
-:func:`train_one_epoch`, :func:`evaluate` and a checkpoint. Checkpoints also come every
-``save_every_steps`` optimizer steps inside an epoch, and when SIGTERM or SIGINT arrives (a
-cluster preempting the job, Ctrl-C): the loop finishes the optimizer step it is in, writes a
-checkpoint and stops. A resume from any checkpoint skips the batches already seen, in the same
-order, with the same RNG state: on a CPU it ends bit for bit where an uninterrupted run ends.
-The run directory's layout and files belong to :class:`reclor_lab.runs.rundir.RunDir`.
+:func:`fit` is the loop on one screen, in nanoGPT's sense: a baseline evaluation, then per
+micro-batch the forward pass, the weighted loss and backward, per optimizer step the schedule's
+learning rate, clipping and the step, and per epoch an evaluation and a checkpoint. A resume
+from any checkpoint skips the batches already seen, in the same order, with the same RNG state:
+on a CPU it ends bit for bit where an uninterrupted run ends. What makes the loop a *run* (the
+run directory, its lock and checkpoints, resume, signals, several processes) is machinery in
+:mod:`reclor_lab.runs`, reached from ``fit`` through a few named calls on one object
+(:class:`reclor_lab.runs.session.RunSession`). :func:`train_step` and :func:`optimizer_step` are
+the same step as functions of their own (exercise 10 and the tests call them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,13 @@ from tqdm.auto import tqdm
 
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.data import (
-    BatchListSampler, class_weights, column, epoch_batches, make_collator, model_inputs, run_records,
-    split_path, tokenize_records,
+    class_weights, column, make_collator, model_inputs, run_records, split_path, tokenize_records,
 )
-from reclor_lab.runs.distributed import Process, no_sync, process, shard, wrap
-from reclor_lab.errors import RunDirError, TrainingInterrupted
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import compute_classification_metrics, format_accuracy
 from reclor_lab.model import autocast_for, loss_scaler
-from reclor_lab.runs.rundir import RunDir, RunStart, started
-
-#: Exit status of a run stopped by a signal: 128 + the signal number, as shells report it.
-SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
+# Which process this is among a run's processes (one, in a notebook): run machinery, see setup.
+from reclor_lab.runs.distributed import Process, process, shard
 
 
 # --- small pure helpers --------------------------------------------------------------------------
@@ -69,6 +63,11 @@ def schedule_steps(cfg: RunConfig, n_train: int, processes: int = 1) -> tuple[in
     return steps_per_epoch, total_steps, max(1, round(cfg.warmup_ratio * total_steps))
 
 
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """The parameters training changes (LoRA's A and B, the head), in the model's order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over the trainable (LoRA + head) parameters.
 
@@ -76,8 +75,7 @@ def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.A
     all ~450 LoRA tensors of a 7B model instead of a few per tensor group. The CPU keeps the
     foreach kernel, so CPU runs stay bit-for-bit what they were.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                              fused=device.type == "cuda" or None)
 
 
@@ -150,7 +148,6 @@ class Run:
     weights: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)  # token statistics per split
     proc: Process = field(default_factory=Process)  # this process among the run's processes
-    train_model: Any = None  # what a training step calls: the model, or its DDP wrapper (set by fit)
     val_logits: dict = field(default_factory=dict)  # epoch → the val logits of its evaluation
 
 
@@ -167,11 +164,10 @@ def prepare_data(cfg: RunConfig, tokenizer) -> tuple[Any, Any, dict, torch.Tenso
 
 def setup(cfg: RunConfig, verbose: bool = True) -> Run:
     """Seed, load the tokenizer and the 4-bit model, inject LoRA, tokenize the data.
-    ``batch_size="auto"`` is settled first (:func:`reclor_lab.plan.resolve_batch`): the run's
+    ``batch_size="auto"`` is settled first (:func:`reclor_lab.tools.plan.resolve_batch`): the run's
     config holds the batch it trains with."""
     from reclor_lab.lora import inject_lora, trainable_report
     from reclor_lab.model import load_model, load_tokenizer, pick_device, resolve_compute_dtype
-    from reclor_lab.plan import resolve_batch
 
     proc = process()  # one process, or one of several started by a launcher
     verbose = verbose and proc.is_main
@@ -180,7 +176,10 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    cfg = resolve_batch(cfg, verbose=verbose)
+    if cfg.batch_size == "auto":  # the memory planner settles it (once: a job settles it before setup)
+        from reclor_lab.tools.plan import resolve_batch
+
+        cfg = resolve_batch(cfg, verbose=verbose)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     with proc.main_first():  # the main process fills the token cache, the others read it
@@ -283,24 +282,6 @@ def train_step(model, batch: dict, weights: torch.Tensor | None, dtype: torch.dt
     return loss.detach()
 
 
-def shard_scale(batch: list[int], part: list[int], labels: list[int], weights: torch.Tensor | None,
-                world_size: int) -> float:
-    """How much this process's mean loss over ``part`` of a global ``batch`` counts:
-    ``world_size · W(part) / W(batch)``, W being the sum of the class weights of a set's labels
-    (its size without class weighting). DDP averages the processes' gradients, so the step then
-    follows the gradient of the whole batch's weighted mean loss, as one process holding the
-    whole batch would: unequal parts (a last batch of 5 over 2 processes) and class weights
-    included. An empty part counts 0.
-
-    >>> shard_scale([0, 1, 2], [0, 1], [0, 0, 0], None, 2)
-    1.3333333333333333
-    """
-    if world_size == 1:
-        return 1.0
-    total = (lambda idx: sum(float(weights[labels[i]]) for i in idx)) if weights is not None else len
-    return world_size * total(part) / total(batch)
-
-
 def optimizer_step(model, optimizer, lr: float, max_grad_norm: float,
                    scaler: torch.amp.GradScaler = NO_SCALING) -> bool:
     """Set the lr, clip the gradient norm, step, and clear the gradients. True when the step was
@@ -311,7 +292,7 @@ def optimizer_step(model, optimizer, lr: float, max_grad_norm: float,
         group["lr"] = lr
     scaler.unscale_(optimizer)  # the true gradients, before they are clipped
     if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
     before = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
@@ -319,11 +300,12 @@ def optimizer_step(model, optimizer, lr: float, max_grad_norm: float,
     return scaler.get_scale() < before
 
 
-# --- where the loop is, and its checkpoints ------------------------------------------------------
+# --- where the loop is ---------------------------------------------------------------------------
 
 @dataclass
-class Loop:
-    """Where the loop is: exactly what a checkpoint saves and a resume restores."""
+class LoopState:
+    """Where the loop is: what a checkpoint saves and a resume restores (with the RNG states,
+    which :mod:`reclor_lab.runs.session` adds)."""
 
     optimizer: torch.optim.Optimizer
     history: History
@@ -335,23 +317,8 @@ class Loop:
     epoch_tokens: int = 0       # tokens and training seconds of the epoch so far
     epoch_seconds: float = 0.0
     scaler: torch.amp.GradScaler = NO_SCALING  # fp16's loss scale (reclor_lab.model.loss_scaler)
+    losses: list = field(default_factory=list)   # the micro-batch losses of the step in progress
     pending: list = field(default_factory=list)  # (history row, loss tensor): one host sync later
-    lap_start: float = 0.0      # when the training time now running started (not saved)
-
-    def lap(self) -> None:
-        """Add the training time since the last lap to the epoch's seconds."""
-        now = time.perf_counter()
-        self.epoch_seconds += now - self.lap_start
-        self.lap_start = now
-
-    @contextlib.contextmanager
-    def clock(self):
-        """Count the time inside ``with`` as the epoch's training time (a checkpoint laps it)."""
-        self.lap_start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.lap()
 
     def flush(self) -> None:
         """Turn the pending step losses into floats (one GPU sync for many steps)."""
@@ -359,259 +326,32 @@ class Loop:
             row["loss"] = loss.item()
         self.pending.clear()
 
-    def trainer_state(self, proc: Process = Process()) -> dict:
-        """The loop's state; with several processes also each one's RNG state (their dropout
-        masks differ), gathered from all of them: every process must call it."""
+    def state_dict(self) -> dict:
         self.flush()
-        ts = {
-            "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),  # {} unless fp16
-            "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-            **rng_state(),
-        }
-        if proc.distributed:
-            ts["processes"] = proc.world_size
-            ts["process_rng"] = proc.gather(rng_state())
-        return ts
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),  # {} unless fp16
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
 
-    def restore(self, ts: dict, history: dict, proc: Process = Process()) -> None:
-        if ts.get("processes", 1) != proc.world_size:
-            n = ts.get("processes", 1)
-            raise RunDirError(f"this run trained on {n} process{'es' if n > 1 else ''} and cannot resume on "
-                              f"{proc.world_size}: its batches are cut for {n} (resume it with "
-                              f"--processes {n})")
-        self.optimizer.load_state_dict(ts["optimizer"])
-        if ts.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
-            self.scaler.load_state_dict(ts["scaler"])
+    def load_state_dict(self, saved: dict, history: dict) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
+            self.scaler.load_state_dict(saved["scaler"])
         self.history = History.from_dict(history)
-        self.epoch, self.batch, self.step = ts["epoch"], ts["batch"], ts["step"]
-        self.epoch_tokens, self.epoch_seconds = ts["epoch_tokens"], ts["epoch_seconds"]
-        self.warmup_steps = ts["warmup_steps"]  # keep the run's warm-up when --epochs extends it
-        set_rng_state(ts["process_rng"][proc.rank] if proc.distributed else ts)
+        self.epoch, self.batch, self.step = saved["epoch"], saved["batch"], saved["step"]
+        self.epoch_tokens, self.epoch_seconds = saved["epoch_tokens"], saved["epoch_seconds"]
+        self.warmup_steps = saved["warmup_steps"]  # keep the run's warm-up when --epochs extends it
 
-
-def rng_state() -> dict:
-    """This process's torch, CUDA, Python and NumPy RNG states, as a checkpoint keeps them."""
-    return {
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python_rng": random.getstate(),
-        "numpy_rng": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-    }
-
-
-def set_rng_state(ts: dict) -> None:
-    torch.set_rng_state(ts["torch_rng"])
-    if ts.get("cuda_rng"):
-        torch.cuda.set_rng_state_all(ts["cuda_rng"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in ts["python_rng"]))
-    kind, keys, pos, has_gauss, gauss = ts["numpy_rng"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-
-
-def save(run: Run, rd: RunDir, loop: Loop, epoch_end: bool, accuracy: float | None = None,
-         extra=None) -> str:
-    """A checkpoint of the loop where it is, written by the main process; returns its name."""
-    epoch = loop.epoch - 1 if epoch_end else loop.epoch  # an epoch end has already moved on
-    ts = loop.trainer_state(run.proc)  # every process: it gathers their RNG states
-    if not run.proc.is_main:
-        return ""
-    return rd.save_checkpoint(run.model, ts, loop.history.to_dict(), epoch=epoch,
-                              step=loop.step, epoch_end=epoch_end, accuracy=accuracy,
-                              keep_last=run.cfg.keep_last_checkpoints, extra=extra).name
-
-
-class StopSignals:
-    """Within ``with``: SIGTERM / SIGINT set ``signum`` instead of killing the process, so the
-    loop can finish its optimizer step and write a checkpoint. A second signal stops at once
-    (SIGINT raises KeyboardInterrupt, SIGTERM exits 143), leaving the previous checkpoint intact.
-    Outside the main thread (where Python allows no handlers) it does nothing."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            import os
-
-            os._exit(SIGNAL_EXIT.get(signum, 128 + signum))
-        self.signum = signum
-
-    def agree(self, proc: Process, device: torch.device) -> bool:
-        """Whether to stop: with several processes, every one stops if any got a signal (a host
-        sync on GPUs), so all stop at the same step."""
-        if proc.distributed:
-            self.signum = proc.max_int(self.signum or 0, device) or None
-        return self.signum is not None
-
-    def __enter__(self) -> "StopSignals":
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for s in SIGNAL_EXIT:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
-
-    def interrupted(self, step: int, run_dir: Path, processes: int = 1, trainer: bool = False) -> TrainingInterrupted:
-        """What a stopped run raises: one line with the command that resumes it."""
-        name = signal.Signals(self.signum).name
-        return TrainingInterrupted(
-            f"{name}: stopped after step {step}, checkpoint written; resume with: "
-            f"reclor-lab train --resume --output-dir {run_dir}" + (" --trainer" if trainer else "")
-            + (f" --processes {processes}" if processes > 1 else ""), SIGNAL_EXIT[self.signum])
-
-
-# --- the loop ---------------------------------------------------------------------------------------
-
-def data_fingerprint(run: Run) -> dict[str, str]:
-    """What the run trains and evaluates on: a hash of each tokenized split (records, labels,
-    token ids), so a resume on other data is refused."""
-    from reclor_lab.runs.cache import checksum
-
-    return {"train": checksum(run.train_ds), "val": checksum(run.val_ds)}
-
-
-def start(run: Run, opened: RunStart, verbose: bool) -> Loop:
-    """A fresh loop (directory prepared, baseline evaluated) or one restored from the run's last
-    checkpoint; the decision was taken when the run was opened (:meth:`RunDir.open`)."""
-    cfg, rd, proc = run.cfg, opened.rd, run.proc
-    _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), proc.world_size)
-    loop = Loop(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps,
-                scaler=loss_scaler(run.device, run.dtype))
-    weights = None if run.weights is None else run.weights.tolist()
-    if opened.decision == "resume":
-        batches = math.ceil(len(run.train_ds) / (cfg.batch_size * proc.world_size))
-        ts, history = rd.load_checkpoint(run.model, batches_per_epoch=batches)  # every process reads it
-        loop.restore(ts, history, proc)
-        opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)  # the same data; --epochs may extend
-        if verbose:
-            print(f"resuming {rd.path} at epoch {loop.epoch}, batch {loop.batch} (step {loop.step})"
-                  + ("" if loop.epoch <= cfg.epochs else
-                     f"; it already has {cfg.epochs} epochs: pass more --epochs to extend it"))
-        return loop
-    opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
-    baseline = evaluate(run, run.val_ds, desc="baseline")
-    loop.history.evals.append(eval_row(0, baseline))
-    if verbose:
-        print(eval_line(0, baseline))
-    return loop
-
-
-@dataclass
-class EpochRest:
-    """The batches of epoch ``loop.epoch`` still to run, as this process runs them.
-
-    With several processes each batch of ``batch_size × processes`` examples is cut into one
-    part per process (:func:`reclor_lab.runs.distributed.shard`); a process whose part is empty runs
-    the batch's first example with weight 0, since every process must take part in the gradient
-    all-reduce.
-    """
-
-    batches: list[list[int]]  # every batch of the epoch (example indices, all processes)
-    scales: list[float]       # how much this process's part of each remaining batch counts
-    loader: DataLoader        # this process's parts of the remaining batches, in order
-    lengths: list[int]        # tokens per example, for the tokens/s figure
-    accum: int                # micro-batches per optimizer step
-    losses: list = field(default_factory=list)  # the losses of the optimizer step in progress
-
-    def ends_step(self, done: int) -> bool:
-        """Whether micro-batch number ``done`` (1-based) is the last of an optimizer step."""
-        return done % self.accum == 0 or done == len(self.batches)
-
-
-def start_epoch(run: Run, loop: Loop) -> EpochRest:
-    """The epoch's batches (a pure function of seed and epoch) from micro-batch ``loop.batch``
-    on; the model in train mode."""
-    cfg, proc = run.cfg, run.proc
-    lengths, labels = column(run.train_ds, "length"), column(run.train_ds, "labels")
-    batches = epoch_batches(lengths, cfg.batch_size * proc.world_size, cfg.seed, loop.epoch,
-                            cfg.group_by_length)
-    rest = batches[loop.batch:]
-    parts = [shard(b, proc.rank, proc.world_size) for b in rest]
-    scales = [shard_scale(b, p, labels, run.weights, proc.world_size) for b, p in zip(rest, parts)]
-    # Its own generator: a DataLoader draws a seed from the global RNG when it starts iterating,
-    # which a mid-epoch resume would draw at another point than the uninterrupted run.
-    sampler = BatchListSampler([p or b[:1] for p, b in zip(parts, rest)])
-    loader = DataLoader(model_inputs(run.train_ds), batch_sampler=sampler,
-                        collate_fn=make_collator(run.tokenizer), generator=torch.Generator())
-    run.model.train()
-    return EpochRest(batches, scales, loader, lengths, cfg.grad_accum_steps)
-
-
-def progress_bar(run: Run, loop: Loop, epoch: EpochRest):
-    """The epoch's progress bar over its loader (on the main process only)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(epoch.loader, desc=f"epoch {loop.epoch}/{run.cfg.epochs}", initial=loop.batch,
-                total=len(epoch.batches), disable=None if run.proc.is_main else True)
-
-
-def micro_step(run: Run, loop: Loop, epoch: EpochRest, batch: dict, scale: float) -> None:
-    """Forward and backward of this process's part of one micro-batch; its loss waits in
-    ``epoch.losses`` for the optimizer step."""
-    model = run.train_model or run.model
-    loop.epoch_tokens += sum(epoch.lengths[i] for i in epoch.batches[loop.batch])  # the whole batch's, on the host
-    batch = {k: v.to(run.device) for k, v in batch.items()}
-    with no_sync(model, skip=not epoch.ends_step(loop.batch + 1)):  # all-reduce once per optimizer step
-        loss = train_step(model, batch, run.weights, run.dtype, run.cfg.grad_accum_steps, scale, loop.scaler)
-    epoch.losses.append(loss * (scale / run.proc.world_size))  # this process's share of the batch's loss
-    loop.batch += 1
-
-
-def step_and_record(run: Run, loop: Loop, epoch: EpochRest, bar) -> None:
-    """The optimizer step at the schedule's learning rate, and its history row (the loss stays
-    on the device until :meth:`Loop.flush`). A step that fp16's loss scaler skipped is marked."""
-    lr = get_lr(loop.step, run.cfg, loop.total_steps, loop.warmup_steps)
-    skipped = optimizer_step(run.model, loop.optimizer, lr, run.cfg.max_grad_norm, loop.scaler)
-    step_loss = run.proc.sum(torch.stack(epoch.losses).mean())  # the whole batch's loss
-    epoch.losses.clear()
-    row = {"step": loop.step + 1, "epoch": loop.epoch, "loss": None, "lr": lr} | ({"skipped": True} if skipped else {})
-    loop.history.steps.append(row)
-    loop.pending.append((row, step_loss))
-    loop.step += 1
-    if loop.step % 10 == 0:  # .item() syncs with the GPU: only every 10 steps
-        bar.set_postfix(loss=f"{step_loss.item():.4f}", lr=f"{lr:.2e}")
-
-
-def checkpoint_due(cfg: RunConfig, step: int) -> bool:
-    """Whether ``save_every_steps`` asks for a checkpoint after optimizer step ``step``."""
-    return bool(cfg.save_every_steps) and step % cfg.save_every_steps == 0
-
-
-def checkpoint(run: Run, rd: RunDir, loop: Loop) -> None:
-    """A checkpoint inside the epoch, its training time counted up to here."""
-    loop.lap()
-    save(run, rd, loop, epoch_end=False)
-
-
-def train_one_epoch(run: Run, loop: Loop, rd: RunDir, stop: StopSignals,
-                    stop_after_step: int | None = None) -> bool:
-    """Train the rest of epoch ``loop.epoch`` from micro-batch ``loop.batch``, checkpointing
-    every ``save_every_steps`` steps. False when a signal (or ``stop_after_step``) stopped it
-    after a checkpoint; True at the epoch's end."""
-    epoch = start_epoch(run, loop)
-    with progress_bar(run, loop, epoch) as bar, loop.clock():
-        for batch, scale in zip(bar, epoch.scales):
-            micro_step(run, loop, epoch, batch, scale)
-            if not epoch.ends_step(loop.batch):
-                continue  # more micro-batches before this optimizer step
-            step_and_record(run, loop, epoch, bar)
-            stopping = stop.agree(run.proc, run.device) or loop.step == stop_after_step
-            if loop.batch == len(epoch.batches):
-                break  # the epoch's end evaluates and saves (and a stop waits for that)
-            if stopping or checkpoint_due(run.cfg, loop.step):
-                checkpoint(run, rd, loop)
-            if stopping:
-                return False
-    return True
+    def end_epoch(self, result: dict, memory_mb: float) -> dict:
+        """Record epoch ``self.epoch``'s evaluation and its figures, and move on to the next
+        epoch; returns the epoch's history row."""
+        self.history.evals.append(eval_row(self.epoch, result))
+        tokens, seconds = self.epoch_tokens, self.epoch_seconds
+        row = {"epoch": self.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
+               "peak_memory_mb": memory_mb} | scaling_row(self.history, self.epoch, self.scaler)
+        self.history.epochs.append(row)
+        self.epoch, self.batch, self.epoch_tokens, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
+        return row
 
 
 def scaling_row(history: History, epoch: int, scaler) -> dict:
@@ -624,51 +364,82 @@ def scaling_row(history: History, epoch: int, scaler) -> dict:
     return {"skipped_steps": skipped, "loss_scale": scaler.get_scale()}
 
 
-def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
-    """Evaluate, record the epoch, and write its checkpoint."""
-    logits = run_logits(run, run.val_ds)
-    run.val_logits[loop.epoch] = logits  # the best epoch's are analysed at the end, without another pass
-    result = scores(logits, run.val_ds, run.weights)
-    loop.history.evals.append(eval_row(loop.epoch, result))
-    tokens, seconds, memory = loop.epoch_tokens, loop.epoch_seconds, peak_memory_mb(run.device)
-    row = {"epoch": loop.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
-           "peak_memory_mb": memory} | scaling_row(loop.history, loop.epoch, loop.scaler)
-    loop.history.epochs.append(row)
-    if verbose:
-        print(eval_line(loop.epoch, result) + f" | {tokens / seconds:,.0f} tokens/s, peak memory {memory:,.0f} MB"
-              + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
-                 if "loss_scale" in row else ""))
-    loop.epoch, loop.batch, loop.epoch_tokens, loop.epoch_seconds = loop.epoch + 1, 0, 0, 0.0
-    save(run, rd, loop, epoch_end=True, accuracy=result["accuracy"])
+def epoch_line(row: dict, result: dict) -> str:
+    """The line printed after each epoch: its evaluation, speed and memory (and fp16's skips)."""
+    return (eval_line(row["epoch"], result) + f" | {row['tokens_per_second']:,.0f} tokens/s, "
+            f"peak memory {row['peak_memory_mb']:,.0f} MB"
+            + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
+               if "loss_scale" in row else ""))
 
 
-def fit(run: Run, run_dir: str | Path | RunStart, resume: bool = False, stop_after_epoch: int | None = None,
+# --- the loop ---------------------------------------------------------------------------------------
+
+def fit(run: Run, run_dir: str | Path | Any, resume: bool = False, stop_after_epoch: int | None = None,
         stop_after_step: int | None = None, verbose: bool = True) -> History:
     """Train ``run.model`` for ``cfg.epochs`` epochs, evaluating and checkpointing after each.
 
-    ``stop_after_epoch`` / ``stop_after_step`` end the call there, after a checkpoint (as an
-    interrupt would), for teaching and testing resume. SIGTERM / SIGINT do the same, then raise
-    :class:`TrainingInterrupted` with the command that resumes.
+    Per micro-batch: forward, the weighted loss, backward (the gradients add up over
+    ``grad_accum_steps`` micro-batches); per optimizer step: the schedule's learning rate,
+    clipping, the step. Checkpoints also come every ``save_every_steps`` optimizer steps inside
+    an epoch, and when SIGTERM or SIGINT arrives (a cluster preempting the job, Ctrl-C): the
+    loop finishes the optimizer step it is in, writes a checkpoint, stops and raises
+    :class:`TrainingInterrupted` with the command that resumes. ``stop_after_epoch`` /
+    ``stop_after_step`` end the call there, after a checkpoint (as an interrupt would), for
+    teaching and testing resume.
 
-    ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`). With
-    several processes (see :mod:`reclor_lab.runs.distributed`) every process runs this; the main one
-    holds the lock, prints and writes, and all stop at the same step.
+    ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`). The run
+    directory, resume, signals and several processes are reached through ``session``
+    (:class:`reclor_lab.runs.session.RunSession`); with several processes every process runs
+    this, the main one holds the lock, prints and writes, and all stop at the same step.
     """
-    cfg, proc = run.cfg, run.proc
-    verbose = verbose and proc.is_main
-    with started(run_dir, resume, cfg, proc) as opened, StopSignals() as stop:
-        rd = opened.rd
-        run.model.to(run.device)
-        run.train_model = wrap(run.model, proc)
-        loop = start(run, opened, verbose)
-        stopped = False
-        while loop.epoch <= cfg.epochs and not stopped:
-            if train_one_epoch(run, loop, rd, stop, stop_after_step):
-                end_epoch(run, rd, loop, verbose)
-                stop.agree(proc, run.device)  # a signal during the evaluation stops every process here
-            stopped = (stop.signum is not None or loop.batch > 0  # a mid-epoch stop
-                       or loop.step == stop_after_step or loop.epoch - 1 == stop_after_epoch)
-    run.train_model = None  # DDP's reducer goes while the process group is still there
-    if stop.signum is not None:
-        raise stop.interrupted(loop.step, rd.path, proc.world_size)
-    return loop.history
+    from reclor_lab.runs.session import RunSession  # the machinery, behind a few named calls
+
+    cfg, trainable = run.cfg, trainable_parameters(run.model)
+    with RunSession(run, run_dir, resume, verbose) as session:  # the lock; new, resume or refuse; signals
+        _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), run.proc.world_size)
+        state = LoopState(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps,
+                          scaler=loss_scaler(run.device, run.dtype))
+        if not session.resume(state):  # a new run: the untrained model's scores first (epoch 0)
+            baseline = evaluate(run, run.val_ds, desc="baseline")
+            state.history.evals.append(eval_row(0, baseline))
+            session.log(eval_line(0, baseline))
+        stopping = False
+        while state.epoch <= cfg.epochs and not stopping:
+            for batch, scale in session.batches(state):  # the epoch's batches not yet run, in order
+                batch = {k: v.to(run.device) for k, v in batch.items()}
+                labels = batch.pop("labels")
+                with session.no_sync(state):  # several processes: all-reduce on a step's last micro-batch
+                    with autocast_for(run.device, run.dtype):
+                        logits = session.model(**batch).logits
+                    loss = weighted_cross_entropy(logits, labels, run.weights)
+                    # scale: 1 on one process, this process's share of the batch on several
+                    state.scaler.scale(loss * scale / cfg.grad_accum_steps).backward()
+                state.losses.append(loss.detach() * (scale / run.proc.world_size))
+                state.batch += 1
+                if not session.ends_step(state.batch):
+                    continue  # the gradients add up over the micro-batches of one optimizer step
+                lr = get_lr(state.step, cfg, state.total_steps, state.warmup_steps)
+                for group in state.optimizer.param_groups:
+                    group["lr"] = lr
+                state.scaler.unscale_(state.optimizer)  # fp16: the true gradients, before clipping
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                scale_before = state.scaler.get_scale()
+                state.scaler.step(state.optimizer)  # fp16: skipped if a gradient is inf or NaN
+                state.scaler.update()
+                state.optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                session.record_step(state, lr, skipped=state.scaler.get_scale() < scale_before)
+                stopping = session.should_stop() or state.step == stop_after_step
+                if session.checkpoint_due(state, stopping):  # every save_every_steps; a stop inside the epoch
+                    session.save(state)
+                    if stopping:
+                        break
+            else:  # the epoch ran to its end: evaluate, record, checkpoint
+                run.val_logits[state.epoch] = logits = run_logits(run, run.val_ds)  # analysed at the end
+                result = scores(logits, run.val_ds, run.weights)
+                row = state.end_epoch(result, peak_memory_mb(run.device))
+                session.log(epoch_line(row, result))
+                session.save(state, epoch_end=True, accuracy=result["accuracy"])
+                stopping = session.should_stop() or stopping or state.epoch - 1 == stop_after_epoch
+    return state.history

@@ -30,9 +30,8 @@ import torch
 
 from procs import run
 from reclor_lab.config import get_preset
-from reclor_lab.runs.distributed import shard
+from reclor_lab.runs.distributed import shard, shard_scale
 from reclor_lab.runs.rundir import RunDir
-from reclor_lab.train import shard_scale
 
 pytestmark = pytest.mark.slow
 

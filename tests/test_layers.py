@@ -104,6 +104,27 @@ def test_no_imports_go_in_a_circle():
             pytest.fail("an import circle: " + " → ".join(circle))
 
 
+#: The core's (the modules directly in reclor_lab/, the command layer apart) only ways into the
+#: sub-packages, each stated in the package docstring.
+CORE_INTO_SUB_PACKAGES = {
+    ("train", "runs.session"),       # fit's named calls: run directory, resume, signals
+    ("train", "runs.distributed"),   # which process this is: setup, the evaluation's gather
+    ("train", "tools.plan"),         # setup settles batch_size="auto" when its caller has not
+    ("data", "runs.cache"),          # tokenized splits kept on disk
+}
+COMMAND_LAYER = {"cli", "__main__"}
+
+
+def test_the_core_reaches_into_the_sub_packages_only_where_stated():
+    graph = import_graph()
+    core = {m for m in graph if "." not in m and m not in COMMAND_LAYER}
+    reaching = {(m, n) for m in core for n in graph[m] if "." in n}
+    assert reaching <= CORE_INTO_SUB_PACKAGES, f"not stated: {sorted(reaching - CORE_INTO_SUB_PACKAGES)}"
+    doc = " ".join(ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))).split())
+    for m, n in sorted(CORE_INTO_SUB_PACKAGES):
+        assert f"``{m}`` → ``{n}``" in doc, f"the package docstring does not state {m} → {n}"
+
+
 def test_the_import_reader_sees_every_form_of_import(tmp_path):
     """The graph's reader itself: relative, absolute, ``from reclor_lab import x`` and imports
     inside functions all count; other packages do not."""
@@ -120,6 +141,6 @@ def test_the_import_reader_sees_every_form_of_import(tmp_path):
 
 def test_the_planner_imports_no_torch():
     """``reclor-lab plan`` and the config's memory checks load no torch (seconds on a laptop)."""
-    code = "import sys, reclor_lab.plan; print('torch' in sys.modules)"
+    code = "import sys, reclor_lab.shapes, reclor_lab.tools.plan; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

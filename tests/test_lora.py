@@ -10,6 +10,7 @@ from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
 from reclor_lab.config import NUM_LABELS
 from reclor_lab.lora import (
     LoRADropout,
+    LoRALinear,
     find_lora_targets,
     inject_lora,
     lora_config,
@@ -225,3 +226,60 @@ def test_lora_dropout_redraws_the_same_mask_when_checkpointing_recomputes():
     torch.manual_seed(12)  # another mask: other gradients (the comparison above can fail)
     block(x).square().sum().backward()
     assert not torch.equal(grads[0], torch.cat([p.grad.flatten() for p in block.parameters()]))
+
+
+# --- the hand-written layer against peft's ------------------------------------------------------------
+
+def _peft_layer(base: nn.Module, four_bit: bool, r: int, alpha: int, dropout: float) -> nn.Module:
+    """peft's LoRA layer around ``base``, as get_peft_model builds it (for a 4-bit base: peft's
+    bitsandbytes ``Linear4bit``, the layer a QLoRA run trains)."""
+    from peft import LoraConfig, get_peft_model
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = base
+
+        def forward(self, x):
+            return self.proj(x)
+
+    holder = One()
+    holder.is_loaded_in_4bit = four_bit  # what a 4-bit transformers model says; peft dispatches on it
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=["proj"])
+    return get_peft_model(holder, config).base_model.model.proj
+
+
+@pytest.mark.parametrize("four_bit", [False, True], ids=["nn.Linear", "Linear4bit"])
+def test_hand_written_lora_linear_equals_peft_s_layer(four_bit):
+    """Same A, B and base weights, same dropout draws (the same seed before each forward):
+    the same outputs and the same gradients for A, B and the input, bit for bit in fp32 (both
+    compute base(x) + B(A(dropout(x))) · alpha / r with the same operations, in the same order)."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    base = (bnb.nn.Linear4bit(32, 24, compute_dtype=torch.float32, quant_type="nf4").to("cpu") if four_bit
+            else nn.Linear(32, 24))
+    theirs = _peft_layer(base, four_bit, r=4, alpha=8, dropout=0.1)
+    assert type(theirs).__module__ == ("peft.tuners.lora.bnb" if four_bit else "peft.tuners.lora.layer")
+    ours = LoRALinear(theirs.base_layer, r=4, alpha=8, dropout=0.1)
+    assert ours.A.weight.shape == theirs.lora_A["default"].weight.shape == (4, 32)
+    assert ours.B.weight.shape == theirs.lora_B["default"].weight.shape == (24, 4)
+    assert not ours.B.weight.any() and ours.scaling == theirs.scaling["default"] == 2.0
+    with torch.no_grad():  # B starts at zero; a random B makes A's gradient non-zero too
+        theirs.lora_B["default"].weight.normal_()
+        ours.A.weight.copy_(theirs.lora_A["default"].weight)
+        ours.B.weight.copy_(theirs.lora_B["default"].weight)
+    x = torch.randn(3, 5, 32)
+    got = []
+    for layer, A, B in ((theirs, theirs.lora_A["default"], theirs.lora_B["default"]), (ours, ours.A, ours.B)):
+        layer.train()
+        torch.manual_seed(1)  # the same dropout mask for both
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        y.square().sum().backward()
+        got.append((y.detach(), A.weight.grad, B.weight.grad, xi.grad))
+    (want_y, *want_grads), (our_y, *our_grads) = got
+    assert torch.equal(our_y, want_y)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, want_grads))
+    assert not torch.equal(our_y, theirs.base_layer(x))  # the update is there: the test compares something
+    assert all(p.grad is None for p in ours.base.parameters())  # the base stays frozen

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from reclor_lab.config import REPO_ROOT, ConfigError, get_preset
-from reclor_lab.plan import (
-    GIB, LLAMA2_7B_SHAPE, ModelShape, PlanError, Planner, PlanSettings, backward_transient_bytes,
-    choose_batch, layer_activation_bytes, lora_params, lora_state_bytes, model_shape, parse_memory,
-    resolve_batch, sqrt_lr, weight_bytes,
+from reclor_lab.shapes import LLAMA2_7B_SHAPE, ModelShape, lora_params
+from reclor_lab.tools.plan import (
+    GIB, PlanError, Planner, PlanSettings, backward_transient_bytes, choose_batch, layer_activation_bytes,
+    lora_state_bytes, model_shape, parse_memory, resolve_batch, sqrt_lr, weight_bytes,
 )
 
 #: A shape small enough to work by hand: h=8, I=16, 2 layers, 2 heads, vocab 10.
@@ -280,7 +280,7 @@ def test_plan_for_fp16_on_a_15_gib_t4(capsys):
     adds a scale and a counter), so auto picks what a 15 GiB bf16 card would get."""
     from reclor_lab.cli import main
     from reclor_lab.config import get_preset
-    from reclor_lab.plan import gpu_compute_bytes
+    from reclor_lab.tools.plan import gpu_compute_bytes
 
     assert gpu_compute_bytes(get_preset("llama2-7b", compute_dtype="float16")) == 2
     assert gpu_compute_bytes(get_preset("llama2-7b", compute_dtype="float32")) == 4

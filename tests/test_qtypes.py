@@ -8,7 +8,7 @@ import json
 import pytest
 
 from reclor_lab.cli import main
-from reclor_lab.qtypes import QUESTION_TYPES, agreement, classify_question, record_type
+from reclor_lab.results.qtypes import QUESTION_TYPES, agreement, classify_question, record_type
 
 STEMS: dict[str, list[str]] = {
     "Necessary Assumptions": [
@@ -104,6 +104,12 @@ STEMS: dict[str, list[str]] = {
         "Each of the following is mentioned in the passage EXCEPT:",
     ],
 }
+
+
+def test_the_data_checks_know_every_type():
+    from reclor_lab.data import NUM_QUESTION_TYPES
+
+    assert len(QUESTION_TYPES) == NUM_QUESTION_TYPES
 
 
 def test_every_type_has_at_least_three_stems():

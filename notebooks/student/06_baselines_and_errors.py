@@ -85,7 +85,7 @@ from reclor_lab.model import load_model, load_tokenizer, pick_device, resolve_co
 from reclor_lab.plots import (
     plot_accuracy_by_type, plot_confusion, plot_position_bias, plot_reliability, plot_results,
 )
-from reclor_lab.qtypes import agreement
+from reclor_lab.results.qtypes import agreement
 from reclor_lab.runs.job import ensure_trained, load_run, predict_run, saved_history, saved_metrics
 from reclor_lab.train import evaluate, fit, setup
 
@@ -387,7 +387,7 @@ print(f"fine-tuned model overall {format_accuracy(overall['accuracy'], overall['
 # %% [markdown]
 # **Accuracy by reasoning type.** ReClor's 17 question types are only in the official test
 # file's `question_type` field; train and val have none, so the kit infers them from the
-# question stem with rules (`reclor_lab.qtypes`: "most seriously weakens" → Weaken, …). On the
+# question stem with rules (`reclor_lab.results.qtypes`: "most seriously weakens" → Weaken, …). On the
 # bundled test file, which carries the field, the rules agree with it here:
 
 # %%

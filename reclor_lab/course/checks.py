@@ -41,7 +41,7 @@ from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE
 from reclor_lab.data import class_weights, format_example
 from reclor_lab.loss import weighted_cross_entropy
 from reclor_lab.metrics import accuracy_over_examples
-from reclor_lab.plan import LLAMA2_7B_SHAPE, ModelShape, lora_param_count, lora_params, nf4_bytes_per_param
+from reclor_lab.shapes import LLAMA2_7B_SHAPE, ModelShape, lora_param_count, lora_params, nf4_bytes_per_param
 
 #: The gradient-norm clip of the exercise's train step (QLoRA's value, ``RunConfig.max_grad_norm``).
 MAX_GRAD_NORM = 0.3
@@ -848,7 +848,7 @@ def check_lora_forward(fn: Callable, lora_layer: nn.Module, adapter: str = "defa
 
 # --- 8. QLoRA memory of Llama-2-7B --------------------------------------------------------------------
 
-#: The exercise's shapes are the planner's (:class:`reclor_lab.plan.ModelShape`): it reads
+#: The exercise's shapes are the planner's (:class:`reclor_lab.shapes.ModelShape`): it reads
 #: ``layers``, ``hidden``, ``intermediate``, ``heads`` and ``vocab``.
 LLAMA2_7B = LLAMA2_7B_SHAPE
 LLAMA2_13B = ModelShape(layers=40, hidden=5120, intermediate=13824, heads=40, kv_heads=40, vocab=32000)

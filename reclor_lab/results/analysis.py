@@ -19,7 +19,7 @@ import torch
 
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS
 from reclor_lab.metrics import wilson_interval
-from reclor_lab.qtypes import QUESTION_TYPES, official_type, record_type
+from reclor_lab.results.qtypes import QUESTION_TYPES, official_type, record_type
 from reclor_lab.train import predict_logits
 
 #: Equal-width confidence bins of the reliability diagram and the ECE.

@@ -204,17 +204,12 @@ def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: boo
     logits = score_prompts(model, [p.ids for p in prompts], letters, tokenizer.pad_token_id,
                            cfg.eval_batch_size, resolve_compute_dtype(cfg))
     preds = logits.argmax(-1)
-    counts = np.bincount(preds, minlength=NUM_LABELS)
     result: dict[str, Any] = {
         "method": "zero-shot" if shots == 0 else f"{shots}-shot",
         "split": split, "n": len(records), "shots": shots,
         "shot_ids": [s["id_string"] for s in chosen],
         "letter_tokens": tokenizer.convert_ids_to_tokens(letters), "letter_token_ids": letters,
-        "context_window": window,
-        "prompts_with_all_shots": sum(p.shots_used == shots for p in prompts),
-        "prompts_with_context_cut": sum(p.context_cut for p in prompts),
-        "mean_prompt_tokens": float(np.mean([len(p.ids) for p in prompts])),
-        "predicted_distribution": {OPTION_LETTERS[c]: int(counts[c]) for c in range(NUM_LABELS)},
+        "context_window": window, **_prompt_figures(prompts, shots, preds),
     }
     if all("label" in r for r in records):
         result.update(compute_classification_metrics(preds, [r["label"] for r in records]))
@@ -223,6 +218,18 @@ def lm_baseline(cfg: RunConfig, shots: int = 0, split: str = "val", verbose: boo
     if verbose:
         print(baseline_line(result))
     return result
+
+
+def _prompt_figures(prompts: list, shots: int, preds: np.ndarray) -> dict[str, Any]:
+    """How many prompts kept all their shots or had their passage cut, their mean length, and
+    how often each letter was predicted."""
+    counts = np.bincount(preds, minlength=NUM_LABELS)
+    return {
+        "prompts_with_all_shots": sum(p.shots_used == shots for p in prompts),
+        "prompts_with_context_cut": sum(p.context_cut for p in prompts),
+        "mean_prompt_tokens": float(np.mean([len(p.ids) for p in prompts])),
+        "predicted_distribution": {OPTION_LETTERS[c]: int(counts[c]) for c in range(NUM_LABELS)},
+    }
 
 
 def baseline_line(result: dict) -> str:

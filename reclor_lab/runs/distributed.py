@@ -13,6 +13,19 @@ The division of work, as in DistributedDataParallel everywhere:
   are averaged across processes (all-reduce) before the step, so every copy takes the same step;
 - evaluation is cut the same way and the logits gathered, each example exactly once;
 - only the main process (rank 0) writes the run directory, prints and shows progress bars.
+
+Why the kit's own code and not ``Accelerator.prepare`` / ``backward`` / ``gather`` (accelerate
+still forms the process group, :func:`process`): a run on N processes must take the same
+optimizer steps as one process at N times the batch (``tests/test_distributed.py``), and
+resume bit for bit. ``Accelerator.prepare(loader)`` deals whole batches out to the processes
+(each optimizer step would see other examples than one process's step) and, with
+``even_batches``, repeats examples to pad the last batch (counted twice in the loss); the kit
+cuts every batch into contiguous parts with weights (:func:`shard`, :func:`shard_scale`). Its
+``gather`` needs tensors of one size on every process, while the evaluation's parts differ by
+one example; ``gather_for_metrics`` drops padding only for a loader it prepared.
+``Accelerator.prepare(model)`` would put the frozen 4-bit weights into DDP's buckets, which
+:func:`wrap` leaves out. ``Accelerator.backward`` is ``loss.backward()`` here (no DeepSpeed,
+and fp16's scaler is the kit's own): ``fit`` calls that directly.
 """
 
 from __future__ import annotations
@@ -129,6 +142,24 @@ def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     bounds = [i * (n // k) + min(i, n % k) for i in range(k + 1)]
     start, stop = bounds[rank], bounds[rank + 1]
     return list(batch[start:stop])
+
+
+def shard_scale(batch: list[int], part: list[int], labels: list[int], weights: torch.Tensor | None,
+                world_size: int) -> float:
+    """How much this process's mean loss over ``part`` of a global ``batch`` counts:
+    ``world_size · W(part) / W(batch)``, W being the sum of the class weights of a set's labels
+    (its size without class weighting). DDP averages the processes' gradients, so the step then
+    follows the gradient of the whole batch's weighted mean loss, as one process holding the
+    whole batch would: unequal parts (a last batch of 5 over 2 processes) and class weights
+    included. An empty part counts 0.
+
+    >>> shard_scale([0, 1, 2], [0, 1], [0, 0, 0], None, 2)
+    1.3333333333333333
+    """
+    if world_size == 1:
+        return 1.0
+    total = (lambda idx: sum(float(weights[labels[i]]) for i in idx)) if weights is not None else len
+    return world_size * total(part) / total(batch)
 
 
 def wrap(model, proc: Process):

@@ -16,8 +16,8 @@ from reclor_lab.config import OPTION_LETTERS, RunConfig
 from reclor_lab.data import class_weights, load_split, run_records, tokenize_records
 from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
-from reclor_lab.plots import save_run_plots
-from reclor_lab.runs.rundir import RunDir, RunStart, atomic_write, read_json, started, write_json
+from reclor_lab.plots import plot_confusion, plot_eval, plot_loss
+from reclor_lab.runs.rundir import RunDir, atomic_write, read_json, started, write_json
 from reclor_lab.train import History, Run, evaluate, fit, setup
 
 
@@ -58,6 +58,14 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
     return metrics
 
 
+def save_run_plots(history: dict, confusion, paths: list[Path]) -> None:
+    """Write the loss plot (train and val loss), the eval plot (val accuracy) and the confusion
+    matrix to ``paths`` (a run's :attr:`RunDir.plot_paths`), each complete or not at all."""
+    for path, draw in zip(paths, (lambda f: plot_loss(history, save=f), lambda f: plot_eval(history, save=f),
+                                  lambda f: plot_confusion(confusion, save=f))):
+        atomic_write(path, draw)
+
+
 def _analyse_best_epoch(run: Run, rd: RunDir, best_epoch: int) -> dict:
     from reclor_lab.results.analysis import predict_proba, probabilities, record_types, val_analysis
     from reclor_lab.runs.rundir import load_adapter
@@ -76,24 +84,25 @@ def _analyse_best_epoch(run: Run, rd: RunDir, best_epoch: int) -> dict:
 
 
 def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
-              verbose: bool = True, start: RunStart | None = None) -> dict:
+              verbose: bool = True, saved_config: bool = False, epochs: int | None = None) -> dict:
     """The main job: fine-tune per ``cfg`` into ``cfg.output_dir``; returns the final metrics.
 
-    The run is opened first (:meth:`RunDir.open`: the lock, then new / resume / refuse, before
-    minutes of loading), unless the caller hands in the ``start`` it opened (the CLI's resume,
-    which trains with the run's saved config). Launched as several processes (``--processes N``,
-    ``accelerate launch``), every process trains its share; the main one writes the run
-    directory and returns the metrics, the others return an empty dict.
+    The run is opened here, first (:meth:`RunDir.open`: the lock, then new / resume / refuse,
+    before minutes of loading); ``fit`` trains in the run opened. ``saved_config`` (the CLI's
+    resume) trains with the run's saved config.json instead of ``cfg``, ``epochs`` extending it.
+    Launched as several processes (``--processes N``, ``accelerate launch``), every process
+    trains its share; the main one writes the run directory and returns the metrics, the
+    others return an empty dict.
     """
     from reclor_lab.runs.distributed import finish, process
-    from reclor_lab.plan import resolve_batch
+    from reclor_lab.tools.plan import resolve_batch
 
     proc = process()
     verbose = verbose and proc.is_main
     if use_trainer and proc.distributed:
         raise ReclorLabError("--trainer runs in one process; several processes train with the manual loop "
                              "(drop --trainer)")
-    with started(start or cfg.output_dir, resume, cfg, proc) as opened:
+    with started(cfg.output_dir, resume, None if saved_config else cfg, proc, epochs=epochs) as opened:
         cfg = resolve_batch(opened.cfg, verbose=verbose)  # the saved config records the batch actually used
         if verbose:
             print(cfg.describe())

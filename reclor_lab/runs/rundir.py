@@ -655,13 +655,13 @@ class RunStart:
 
 
 @contextlib.contextmanager
-def started(run_dir, resume: bool, cfg, proc) -> Iterator[RunStart]:
+def started(run_dir, resume: bool, cfg, proc, epochs: int | None = None) -> Iterator[RunStart]:
     """``run_dir`` itself when it is a :class:`RunStart` already opened by the caller (who closes
-    it), else a fresh one opened (and closed) here."""
+    it), else a fresh one opened (and closed) here: the kit's one way into :meth:`RunDir.open`."""
     if isinstance(run_dir, RunStart):
         yield run_dir
         return
-    with RunDir(run_dir).open(resume, cfg, proc=proc) as start:
+    with RunDir(run_dir).open(resume, cfg, epochs=epochs, proc=proc) as start:
         yield start
 
 

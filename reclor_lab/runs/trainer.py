@@ -26,9 +26,9 @@ from reclor_lab.metrics import compute_metrics
 from reclor_lab.errors import RunDirError
 from reclor_lab.runs.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
 
+from reclor_lab.runs.session import StopSignals, data_fingerprint, save_checkpoint
 from reclor_lab.train import (
-    History, Loop, Run, StopSignals, data_fingerprint, eval_line, get_lr, make_optimizer, peak_memory_mb,
-    save, scaling_row, schedule_steps,
+    History, LoopState, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, scaling_row, schedule_steps,
 )
 
 
@@ -84,7 +84,7 @@ class HistoryCallback(TrainerCallback):
     same checkpoints (plus the Trainer's own optimizer, scheduler, RNG and state files, so that
     ``Trainer.train(resume_from_checkpoint=...)`` continues from them)."""
 
-    def __init__(self, run: Run, rd: RunDir, loop: Loop, verbose: bool, stop_after_epoch: int | None = None,
+    def __init__(self, run: Run, rd: RunDir, loop: LoopState, verbose: bool, stop_after_epoch: int | None = None,
                  stop: StopSignals | None = None, steps_per_epoch: int = 0):
         self.run, self.rd, self.loop, self.verbose = run, rd, loop, verbose
         self.stop_after_epoch = stop_after_epoch
@@ -115,7 +115,7 @@ class HistoryCallback(TrainerCallback):
                 return  # the epoch's end evaluates and saves; on_evaluate stops there
             done_in_epoch = step - (epoch - 1) * self.steps_per_epoch
             loop.epoch, loop.step, loop.batch = epoch, step, done_in_epoch * args.gradient_accumulation_steps
-            save(self.run, self.rd, loop, epoch_end=False, extra=self.trainer_files)
+            save_checkpoint(self.run, self.rd, loop, epoch_end=False, extra=self.trainer_files)
             control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -130,7 +130,7 @@ class HistoryCallback(TrainerCallback):
                                         "peak_memory_mb": peak_memory_mb(self.run.device)}
                                        | scaling_row(loop.history, epoch, self.trainer.accelerator.scaler))
             loop.epoch, loop.batch, loop.step, loop.epoch_seconds = epoch + 1, 0, state.global_step, 0.0
-            save(self.run, self.rd, loop, epoch_end=True, accuracy=row["accuracy"], extra=self.trainer_files)
+            save_checkpoint(self.run, self.rd, loop, epoch_end=True, accuracy=row["accuracy"], extra=self.trainer_files)
             if epoch == self.stop_after_epoch or (self.stop is not None and self.stop.signum is not None):
                 control.should_training_stop = True
         if self.verbose:
@@ -203,7 +203,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
         # The manual loop's optimizer and schedule, handed to the Trainer (its default optimizer
         # exempts biases and norms from weight decay; the manual loop does not).
         optimizer = make_optimizer(run.model, cfg, run.device)
-        loop = Loop(optimizer, History(), total_steps, warmup_steps)
+        loop = LoopState(optimizer, History(), total_steps, warmup_steps)
         checkpoint = None
         weights = None if run.weights is None else run.weights.tolist()
         if opened.decision == "resume":
@@ -212,8 +212,8 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
                 raise RunDirError(f"{checkpoint} was written by the manual loop, not the Trainer: resume it "
                                   "without --trainer")
             # checks every file's checksum and the adapter; the Trainer reloads them
-            ts, history = rd.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
-            loop.history, loop.warmup_steps = History.from_dict(history), ts["warmup_steps"]
+            saved, history = rd.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
+            loop.history, loop.warmup_steps = History.from_dict(history), saved["warmup_steps"]
         opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: get_lr(s, cfg, total_steps, loop.warmup_steps) / cfg.learning_rate)

@@ -28,7 +28,7 @@ from typing import Callable, Literal
 
 from reclor_lab.config import BUNDLED_DATA_DIR, NUM_LABELS, OPTION_LETTERS
 from reclor_lab.data import format_example
-from reclor_lab.qtypes import QUESTION_TYPES
+from reclor_lab.results.qtypes import QUESTION_TYPES
 
 Split = Literal["train", "val", "test"]
 
