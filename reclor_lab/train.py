@@ -105,6 +105,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def rate(tokens: int, seconds: float) -> float | None:
+    """Tokens per second; None when no time was measured (a clock too coarse or stopped)."""
+    return tokens / seconds if seconds > 0 else None
+
+
+def format_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
 @dataclass
 class History:
     """What happened, as plain data (floats, no tensors): one row per optimizer step, one per
@@ -113,13 +122,16 @@ class History:
     steps: list[dict] = field(default_factory=list)   # {"step", "epoch", "loss", "lr"}
     evals: list[dict] = field(default_factory=list)   # {"epoch", "eval_loss", "accuracy", ...}
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "seconds", "tokens_per_second", ...}
+    config_changes: list[dict] = field(default_factory=list)  # {"step", "field", "old", "new"}: see RunStart
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "evals": self.evals, "epochs": self.epochs}
+        return {"steps": self.steps, "evals": self.evals, "epochs": self.epochs} | (
+            {"config_changes": self.config_changes} if self.config_changes else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])))
+        return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])),
+                   config_changes=list(d.get("config_changes", [])))
 
 
 def eval_row(epoch: int, result: dict) -> dict:
@@ -341,7 +353,7 @@ class Loop:
     def lap(self) -> None:
         """Add the training time since the last lap to the epoch's seconds."""
         now = time.perf_counter()
-        self.epoch_seconds += now - self.lap_start
+        self.epoch_seconds += max(0.0, now - self.lap_start)  # a clock that went back adds nothing
         self.lap_start = now
 
     @contextlib.contextmanager
@@ -489,7 +501,7 @@ def start(run: Run, opened: RunStart, verbose: bool) -> Loop:
     weights = None if run.weights is None else run.weights.tolist()
     if opened.decision == "resume":
         batches = math.ceil(len(run.train_ds) / (cfg.batch_size * proc.world_size))
-        ts, history = rd.load_checkpoint(run.model, batches_per_epoch=batches)  # every process reads it
+        ts, history = opened.load_checkpoint(run.model, batches_per_epoch=batches)  # every process reads it
         loop.restore(ts, history, proc)
         opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)  # the same data; --epochs may extend
         if verbose:
@@ -631,11 +643,12 @@ def end_epoch(run: Run, rd: RunDir, loop: Loop, verbose: bool) -> None:
     result = scores(logits, run.val_ds, run.weights)
     loop.history.evals.append(eval_row(loop.epoch, result))
     tokens, seconds, memory = loop.epoch_tokens, loop.epoch_seconds, peak_memory_mb(run.device)
-    row = {"epoch": loop.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
+    row = {"epoch": loop.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": rate(tokens, seconds),
            "peak_memory_mb": memory} | scaling_row(loop.history, loop.epoch, loop.scaler)
     loop.history.epochs.append(row)
     if verbose:
-        print(eval_line(loop.epoch, result) + f" | {tokens / seconds:,.0f} tokens/s, peak memory {memory:,.0f} MB"
+        print(eval_line(loop.epoch, result) + f" | {format_rate(row['tokens_per_second'])} tokens/s, "
+              f"peak memory {memory:,.0f} MB"
               + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
                  if "loss_scale" in row else ""))
     loop.epoch, loop.batch, loop.epoch_tokens, loop.epoch_seconds = loop.epoch + 1, 0, 0, 0.0
