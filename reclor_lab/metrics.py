@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from reclor_lab.config import NUM_LABELS
+from reclor_lab.errors import ReclorLabError
 
 #: z for a two-sided 95 % interval of a normal distribution.
 Z95 = 1.959963984540054
@@ -50,7 +52,16 @@ def load_metric(name: str):  # -> evaluate.EvaluationModule
             f"metric script {path / (name + '.py')} is missing; reinstall reclor-lab "
             "(pip install -e .) so the package data is in place"
         )
-    return evaluate.load(str(path))
+    try:
+        return evaluate.load(str(path))
+    except OSError as e:  # a read-only or missing cache: evaluate copies the script there first
+        from evaluate import config
+
+        source = next((v for v in ("HF_MODULES_CACHE", "HF_HOME", "XDG_CACHE_HOME") if os.environ.get(v)), "HOME")
+        raise ReclorLabError(
+            f"{config.HF_MODULES_CACHE}: the Hugging Face cache cannot be written ({e.strerror or e}); evaluate "
+            f"copies the kit's metric scripts there before loading them. Its place comes from ${source}: set "
+            "HF_HOME to a writable folder (e.g. HF_HOME=/tmp/hf), then run the command again") from None
 
 
 def compute_classification_metrics(
