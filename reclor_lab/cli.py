@@ -680,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         from reclor_lab.runs.distributed import is_main_process
 
         say = is_main_process()  # of several processes, the main one speaks for all
+        if args.func in (cmd_train, cmd_evaluate, cmd_predict):  # they compute metrics
+            from reclor_lab.metrics import check_hf_cache
+
+            check_hf_cache()  # before minutes of loading, and before matplotlib warns about the same folder
         return args.func(args)
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: a checkpoint was written
         if say:

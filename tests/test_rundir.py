@@ -325,5 +325,5 @@ def test_best_must_agree_with_the_history(tmp_path):
     forged = json.loads(json.dumps(state))
     forged["checkpoints"][0]["accuracy"] = 0.9
     forged["best_accuracy"] = 0.9
-    with pytest.raises(RunDirError, match=r"best is epoch-001, but the history's best is epoch 1 \(val accuracy 0.5000"):
+    with pytest.raises(RunDirError, match=r"best is epoch-001, but the history's best is epoch 1 \(val accuracy 0.5"):
         rd.check_best(forged)
