@@ -698,8 +698,8 @@ FAULTS: list[Fault] = [
           env={}, limits={resource.RLIMIT_AS: 2**30}),
     Fault("MemoryError in a training step", "traceback", RESUME, expect="out of memory", writes=("config.json",),
           inject=raise_in("reclor_lab.train.train_step", MemoryError())),
-    Fault("torch cannot allocate in a training step", "traceback", RESUME, expect="out of memory", writes=("config.json",),
-          inject=raise_in("reclor_lab.train.train_step", RuntimeError(
+    Fault("torch cannot allocate in a training step", "traceback", RESUME, expect="out of memory",
+          writes=("config.json",), inject=raise_in("reclor_lab.train.train_step", RuntimeError(
               "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
               "allocate 1187840 bytes. Error code 12 (Cannot allocate memory)"))),
     Fault("HF_HOME read-only", "traceback", NEW(*SMALL), expect="comes from $HF_HOME: set HF_HOME",

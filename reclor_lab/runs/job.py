@@ -155,9 +155,9 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     if not rd.config_path.exists() or not rd.state_path.exists():
         raise RunDirError(f"{rd.path}: not a run directory (needs config.json and state.json from `reclor-lab train`)")
     cfg = rd.load_config()
-    state = rd.verified_state()  # before minutes of loading a model
+    state = rd.verified_state()  # last and best checked, before minutes of loading a model
     rd.config_changes(cfg, state)  # config.json as the run trained, in every field that matters
-    folder = rd.verify_checkpoint(state[checkpoint], state)
+    folder = rd.checkpoint_dir(state[checkpoint])
     rd.check_tokenizer()
     tokenizer = load_tokenizer(str(rd.path))
     base = load_model(cfg, tokenizer)

@@ -321,6 +321,9 @@ class RunDir:
             self.read_state()  # a damaged state.json is reported now, not after loading a model
             decision: Decision = "resume"
         elif kept := self._checkpoint_folders():
+            if not resume and (p / STATE_NEXT_FILE).is_file():
+                raise RunDirError(f"{p}: a checkpoint save was interrupted before the run's first state.json; "
+                                  f"`reclor-lab train --resume --output-dir {p}` checks it and continues from it")
             raise RunDirError(f"{self.state_path}: the run state is missing while {self.checkpoints_dir} holds "
                               f"{len(kept)} checkpoint(s) ({', '.join(kept[:3])}); nothing was changed: restore "
                               "state.json, or move the run away and start a new one")
