@@ -90,7 +90,7 @@ CHECKPOINT_FILES = (ADAPTER_FILE, "adapter_config.json", TRAINER_STATE, HISTORY_
 RESUMABLE_FIELDS = {
     "epochs": "more epochs extend the run (never below the epoch it has reached)",
     "data_dir": "the data may move: data.json's fingerprint of what it holds must still match",
-    "eval_batch_size": "speed and memory of the evaluation, which is computed over examples",
+    "eval_batch_size": "speed and memory: the evaluation is over examples, whatever the batch (up to rounding)",
     "gradient_checkpointing": "memory and speed: recomputed activations give the same gradients",
     "gpu_memory": "only plans batch_size auto, which a run settles when it starts",
     "save_every_steps": "when checkpoints are written (a resume continues exactly)",
