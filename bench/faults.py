@@ -1,6 +1,8 @@
 """The fault-injection tally: every fault of the table in ``tests/faults.py`` (symlinks, a full
 disk, bit flips and forged checkpoint state, other data on resume, damaged run files, bad flags,
-config values and model folders, a training already in progress) against a finished tiny run,
+config values and model folders, a training already in progress, config edits before a resume,
+missing evidence, a run folder moved while training, real file-size, disk and address-space
+limits, non-UTF-8 terminals, broken clocks, read-only caches) against a finished tiny run,
 each classified as survived / clear error / traceback / data lost / silent wrong::
 
     python bench/faults.py [--json bench/results/faults.json]
@@ -32,6 +34,8 @@ def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     info = machine_info()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print("a real full disk (tmpfs) case: " + ("included (root)" if faults.can_mount() else
+                                              "left out (mounting a tmpfs needs root)"))
     with tempfile.TemporaryDirectory(prefix="reclor-faults-") as tmp:
         tally = faults.run_table(Path(tmp))
     print(f"{len(faults.FAULTS)} faults: " + ", ".join(f"{len(v)} {k}" for k, v in tally.items()))

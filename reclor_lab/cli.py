@@ -30,6 +30,42 @@ class UsageError(ReclorLabError):
     """A problem with what the user asked for; printed as one line, exit status 1."""
 
 
+# --- a terminal that cannot show every character ------------------------------------------------
+
+#: What the kit prints in place of a character the terminal's encoding lacks (``PYTHONIOENCODING=
+#: ascii``, a C locale, a latin-1 console); any other such character is written as ``\uXXXX``.
+ASCII_FALLBACKS = {"→": "->", "←": "<-", "↔": "<->", "⇒": "=>", "↑": "^", "↓": "v", "×": "x", "–": "-",
+                   "—": "--", "…": "...", "±": "+/-", "≤": "<=", "≥": ">=", "≈": "~", "≠": "!=", "·": ".",
+                   "“": '"', "”": '"', "‘": "'", "’": "'", "█": "#", "▏": "|", "µ": "u", "°": " deg"}
+_FALLBACK_ERRORS = "reclor-lab-fallback"
+
+
+def _fallback(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    text = err.object[err.start:err.end]
+    return "".join(ASCII_FALLBACKS.get(ch) or ch.encode("ascii", "backslashreplace").decode() for ch in text), err.end
+
+
+def plain_text_fallback(streams=None) -> None:
+    """Let stdout and stderr write what their encoding cannot show with :data:`ASCII_FALLBACKS`
+    instead of raising UnicodeEncodeError (only on a stream whose encoding lacks "→")."""
+    import codecs
+
+    try:
+        codecs.lookup_error(_FALLBACK_ERRORS)
+    except LookupError:
+        codecs.register_error(_FALLBACK_ERRORS, _fallback)
+    for stream in streams or (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        try:
+            "→…×".encode(encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors=_FALLBACK_ERRORS)
+
+
 # --- data ----------------------------------------------------------------------------------
 
 #: What ``data check`` says of its default tokenizer (the tiny model's: see reclor_lab/tools/tiny.py).
@@ -683,13 +719,42 @@ def _int_list(text: str) -> list[int]:
     return [_positive_int(part.strip()) for part in text.split(",")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from reclor_lab.runs.distributed import is_main_process
+#: The least address space (``ulimit -v``, ``prlimit --as``) the kit starts with. Below about this,
+#: importing torch and its libraries fails wherever it happens to be, some of it in native code
+#: that aborts the process: with the tiny preset on Linux x86-64, 1.2 GB failed while importing
+#: and 1.5 GB in the first forward pass (both caught), 3 GB trained.
+MIN_ADDRESS_SPACE = 2 * 2**30
+#: What torch, numpy and the dynamic loader say when memory runs out (besides MemoryError).
+OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to map segment")
 
+
+def check_address_space() -> None:
+    """Refuse, in one line, an address-space limit too small to import the kit's libraries."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
+        raise UsageError(f"the address-space limit (ulimit -v / prlimit --as) is {soft / 2**30:.2f} GiB; the kit "
+                         f"needs at least {MIN_ADDRESS_SPACE / 2**30:.0f} GiB to load torch and its libraries: raise "
+                         "it (ulimit -v unlimited)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    plain_text_fallback()
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    say = is_main_process()  # of several processes, the main one speaks for all
+    say = True
     try:
+        check_address_space()
+        from reclor_lab.runs.distributed import is_main_process
+
+        say = is_main_process()  # of several processes, the main one speaks for all
+        if args.func in (cmd_train, cmd_evaluate, cmd_predict):  # they compute metrics
+            from reclor_lab.metrics import check_hf_cache
+
+            check_hf_cache()  # before minutes of loading, and before matplotlib warns about the same folder
         return args.func(args)
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: a checkpoint was written
         if say:
@@ -699,7 +764,15 @@ def main(argv: list[str] | None = None) -> int:
         if say:
             print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:
+    except Exception as e:  # MemoryError; torch's RuntimeError; the tokenizers library's plain Exception
+        if isinstance(e, MemoryError) or any(m in str(e).lower() for m in OUT_OF_MEMORY):
+            # where Python sees it; a native library's failed allocation aborts instead (see README)
+            print("reclor-lab: error: out of memory (the machine's, or a limit set with ulimit -v / prlimit --as: "
+                  f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else 'MemoryError'}); lower "
+                  "batch_size, eval_batch_size or max_len, or raise the limit", file=sys.stderr)
+            return 1
+        if not isinstance(e, RuntimeError):
+            raise
         from reclor_lab.runs.distributed import launched
 
         if launched() and ("gloo" in str(e).lower() or "connection closed by peer" in str(e).lower()):

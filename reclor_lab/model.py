@@ -224,6 +224,19 @@ def _load_errors(path: str, what: str):
                          "damaged or not a model the kit loads (config.json + safetensors weights)") from None
 
 
+#: The files a model folder's tokenizer comes from (a fast tokenizer, SentencePiece, or BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_vocabulary(tokenizer, model, where: str) -> None:
+    """Refuse a tokenizer whose ids go past the model's embedding rows (a tokenizer of another
+    model): the first such id would fail deep inside the embedding lookup."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
+                         f"{rows:,} rows: they are not a pair: use the tokenizer saved with the model")
+
+
 def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """The model's tokenizer with ``pad_token = eos_token`` and right padding, nothing else changed.
 
@@ -236,9 +249,17 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     from transformers import AutoTokenizer
 
     check_model_source(path)
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build a tokenizer of 3 special tokens that turns every text into nothing
+        raise ModelError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy the model's "
+                         "tokenizer into the folder (tokenizer.save_pretrained) or point at the folder that has it")
     with _load_errors(path, "tokenizer"):
         # never run code a model or run directory ships (an auto_map would ask y/N in a terminal)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if not tokenizer("The answer is A.", add_special_tokens=False)["input_ids"]:
+        raise ModelError(f"{path}: the tokenizer ({len(tokenizer)} tokens) turns text into no tokens at all; its "
+                         "files are damaged or incomplete: copy the model's tokenizer files into the folder")
     if tokenizer.eos_token is None:
         raise ModelError(
             f"tokenizer at {path!r} has no eos_token, so it cannot double as the pad token; "
@@ -347,6 +368,7 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
         )
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with reclor_lab.model.load_tokenizer")
+    check_vocabulary(tokenizer, model, cfg.model_name_or_path)
     # Without it Llama's classifier cannot find the last real token of a padded batch and
     # refuses batches larger than 1.
     model.config.pad_token_id = tokenizer.pad_token_id

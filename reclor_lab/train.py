@@ -103,6 +103,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def rate(tokens: int, seconds: float) -> float | None:
+    """Tokens per second; None when no time was measured (a clock too coarse or stopped)."""
+    return tokens / seconds if seconds > 0 else None
+
+
+def format_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
 @dataclass
 class History:
     """What happened, as plain data (floats, no tensors): one row per optimizer step, one per
@@ -111,13 +120,16 @@ class History:
     steps: list[dict] = field(default_factory=list)   # {"step", "epoch", "loss", "lr"}
     evals: list[dict] = field(default_factory=list)   # {"epoch", "eval_loss", "accuracy", ...}
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "seconds", "tokens_per_second", ...}
+    config_changes: list[dict] = field(default_factory=list)  # {"step", "field", "old", "new"}: see RunStart
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "evals": self.evals, "epochs": self.epochs}
+        return {"steps": self.steps, "evals": self.evals, "epochs": self.epochs} | (
+            {"config_changes": self.config_changes} if self.config_changes else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])))
+        return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])),
+                   config_changes=list(d.get("config_changes", [])))
 
 
 def eval_row(epoch: int, result: dict) -> dict:
@@ -347,7 +359,7 @@ class LoopState:
         epoch; returns the epoch's history row."""
         self.history.evals.append(eval_row(self.epoch, result))
         tokens, seconds = self.epoch_tokens, self.epoch_seconds
-        row = {"epoch": self.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
+        row = {"epoch": self.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": rate(tokens, seconds),
                "peak_memory_mb": memory_mb} | scaling_row(self.history, self.epoch, self.scaler)
         self.history.epochs.append(row)
         self.epoch, self.batch, self.epoch_tokens, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
@@ -366,7 +378,7 @@ def scaling_row(history: History, epoch: int, scaler) -> dict:
 
 def epoch_line(row: dict, result: dict) -> str:
     """The line printed after each epoch: its evaluation, speed and memory (and fp16's skips)."""
-    return (eval_line(row["epoch"], result) + f" | {row['tokens_per_second']:,.0f} tokens/s, "
+    return (eval_line(row["epoch"], result) + f" | {format_rate(row['tokens_per_second'])} tokens/s, "
             f"peak memory {row['peak_memory_mb']:,.0f} MB"
             + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
                if "loss_scale" in row else ""))

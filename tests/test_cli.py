@@ -121,19 +121,24 @@ def test_set_overrides_any_config_field_and_bad_values_get_one_clear_error(tmp_p
 
 
 def _fake_run(path: Path, output_dir: str, epochs: int = 3) -> None:
-    """A run directory as `train` leaves it after epoch 1 (the checkpoint's contents are not read
-    before the model loads)."""
+    """A run directory as `train` leaves it after epoch 2 (the checkpoint's files are checked against
+    their checksums, its adapter and trainer state are not read before the model loads)."""
     from reclor_lab.config import get_preset
     from reclor_lab.runs.rundir import RunDir
+
+    class Adapter:  # stands in for a PeftModel: its save_pretrained writes the adapter's two files
+        def save_pretrained(self, folder):
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"")
+            (Path(folder) / "adapter_config.json").write_text("{}")
 
     rd = RunDir(path)
     rd.path.mkdir(parents=True)
     rd.save_config(get_preset("tiny", output_dir=output_dir, epochs=epochs, seed=1))
-    (rd.checkpoint_dir("epoch-001")).mkdir(parents=True)
-    (rd.checkpoint_dir("epoch-001") / "trainer_state.pt").write_bytes(b"")
-    rd.state_path.write_text(json.dumps({
-        "last": "epoch-001", "best": "epoch-001", "last_epoch": 1, "total_steps": 9, "warmup_steps": 1,
-        "checkpoints": [{"name": "epoch-001", "epoch": 1, "step": 3, "epoch_end": True, "accuracy": 0.5}]}))
+    rd.save_data({"train": "t", "val": "v"}, [1.0, 1.0, 1.0, 1.0], {"tokenizer.json": "0" * 64})
+    evals = [{"epoch": e, "accuracy": a, "eval_loss": 1.4 - a} for e, a in ((0, 0.25), (1, 0.4), (2, 0.5))]
+    rd.save_checkpoint(Adapter(), {"step": 6, "total_steps": 9, "warmup_steps": 1},
+                       {"steps": [{"step": i} for i in range(1, 7)], "evals": evals}, epoch=2, step=6, epoch_end=True,
+                       accuracy=0.5)
 
 
 def test_resume_trains_the_directory_named_not_the_one_its_config_recorded(tmp_path, monkeypatch, capsys):
@@ -155,8 +160,8 @@ def test_resume_trains_the_directory_named_not_the_one_its_config_recorded(tmp_p
     assert code == 1 and "stopped here" in err, err
     (cfg,) = seen
     assert cfg.output_dir == "runA" and cfg.epochs == 4 and cfg.seed == 1
-    code, _, err = run(capsys, "train", "--resume", "--output-dir", "runA", "--epochs", "2")
-    assert code == 1 and "3-epoch run; --epochs 2 would shrink it" in err
+    code, _, err = run(capsys, "train", "--resume", "--output-dir", "runA", "--epochs", "1")
+    assert code == 1 and "`epochs` 1 is below epoch 2, which the run has already reached" in err
 
 
 @pytest.mark.parametrize("setting, message", [

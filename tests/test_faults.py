@@ -122,9 +122,10 @@ def test_a_live_reader_retries_when_training_prunes_the_checkpoint_it_read(tmp_p
     from reclor_lab.runs import rundir as rundir_module
 
     rd = RunDir(tmp_path)
-    old = {"version": 2, "last": "step-000003", "best": "step-000003", "last_epoch": 0, "last_step": 3,
-           "total_steps": 9, "warmup_steps": 1,
-           "checkpoints": [{"name": "step-000003", "epoch": 1, "step": 3, "epoch_end": False}]}
+    old = {"version": 3, "last": "step-000003", "best": "step-000003", "last_epoch": 0, "last_step": 3,
+           "total_steps": 9, "warmup_steps": 1, "config": {}, "data_sha256": "0" * 64,
+           "checkpoints": [{"name": "step-000003", "epoch": 1, "step": 3, "epoch_end": False,
+                            "sha256": {"trainer_state.pt": "0" * 64}}]}
     new = json.loads(json.dumps(old).replace("000003", "000004").replace('"step": 3', '"step": 4'))
     (rd.checkpoint_dir("step-000004")).mkdir(parents=True)
     (rd.checkpoint_dir("step-000004") / "trainer_state.pt").write_bytes(b"x")

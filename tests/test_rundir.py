@@ -4,6 +4,7 @@ checkpoints under injected faults, keep-K bookkeeping, the lock, damaged state f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,28 @@ class FakeModel:
 
     def save_pretrained(self, folder):
         (Path(folder) / "adapter_model.safetensors").write_text(str(self.value))
+        (Path(folder) / "adapter_config.json").write_text("{}")
 
 
 def trainer_state(step: int) -> dict:
     return {"step": step, "total_steps": 10, "warmup_steps": 1}
 
 
+def started(rd: RunDir, **config) -> RunDir:
+    """What a run's start writes before its first checkpoint: config.json and data.json."""
+    from reclor_lab.config import get_preset
+
+    rd.path.mkdir(parents=True, exist_ok=True)
+    if rd._config is None:
+        rd.save_config(get_preset("tiny", output_dir=str(rd.path), **config))
+    if not rd.data_path.exists():
+        rd.save_data({"train": "t", "val": "v"}, [1.0, 1.0, 1.0, 1.0], {"tokenizer.json": "0" * 64})
+    return rd
+
+
 def save(rd: RunDir, step: int, epoch_end: bool = False, accuracy=None, keep_last: int = 1, history=None):
     epoch = step // 5 if epoch_end else step // 5 + 1
+    started(rd)
     return rd.save_checkpoint(FakeModel(step), trainer_state(step), history or {"steps": list(range(step))},
                               epoch=epoch, step=step, epoch_end=epoch_end, accuracy=accuracy, keep_last=keep_last)
 
@@ -83,7 +98,7 @@ def test_equally_good_epochs_keep_the_earliest_as_best():
     s = None
     for step, acc in ((5, 0.6), (10, 0.6)):
         s = _next_state(s, rundir_module.Checkpoint(f"epoch-{step // 5:03d}", step // 5, step, True, acc), 1,
-                        trainer_state(step))
+                        trainer_state(step), {}, "0" * 64)
     assert s["best"] == "epoch-001"
 
 
@@ -121,13 +136,32 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_and_its_history(tmp
     assert rd.load_history() == {"evals": [0, 1, 2]}
 
 
-def test_an_orphan_checkpoint_left_by_a_crash_after_state_json_is_removed(tmp_path):
+def test_an_orphan_checkpoint_left_by_a_crash_after_state_json_is_removed(tmp_path, monkeypatch):
     rd = RunDir(tmp_path)
+    save(rd, 3)
+    monkeypatch.setattr(RunDir, "prune", lambda self, state, previous=None: None)  # a crash before pruning
     save(rd, 5, epoch_end=True, accuracy=0.5)
-    (rd.checkpoints_dir / "step-000003").mkdir()  # what a crash before pruning leaves
-    (rd.checkpoints_dir / "epoch-002.tmp").mkdir()
+    monkeypatch.undo()
+    (rd.checkpoints_dir / "epoch-002.tmp").mkdir()  # a crash while writing a checkpoint
+    assert sorted(p.name for p in rd.checkpoints_dir.iterdir()) == ["epoch-001", "epoch-002.tmp", "step-000003"]
     save(rd, 7)
     assert sorted(p.name for p in rd.checkpoints_dir.iterdir()) == ["epoch-001", "step-000007"]
+
+
+def test_prune_removes_only_what_the_run_made_and_mentions_the_rest_once(tmp_path, capsys):
+    rd = RunDir(tmp_path)
+    save(rd, 2)
+    (rd.checkpoints_dir / "step-000002-backup").mkdir()
+    (rd.checkpoints_dir / "step-000002-backup" / "adapter_model.safetensors").write_text("mine")
+    (rd.checkpoints_dir / "NOTES.txt").write_text("my notes")
+    (rd.checkpoints_dir / "step-000001").mkdir()  # a checkpoint's name, but no state.json ever named it
+    save(rd, 3)
+    save(rd, 4)
+    assert sorted(p.name for p in rd.checkpoints_dir.iterdir()) == [
+        "NOTES.txt", "step-000001", "step-000002-backup", "step-000004"]
+    assert (rd.checkpoints_dir / "NOTES.txt").read_text() == "my notes"
+    notes = [line for line in capsys.readouterr().err.splitlines() if "alone" in line]
+    assert len(notes) == 1 and "NOTES.txt, step-000001/, step-000002-backup/" in notes[0], notes
 
 
 @pytest.mark.parametrize("content", ["", "{trunc", "[]", '{"last": "epoch-001"}',
@@ -164,11 +198,132 @@ def test_load_config_takes_the_folder_as_the_run(tmp_path):
     assert json.loads(rd.config_path.read_text())["output_dir"] == "w/runs-tiny"
 
 
-def test_a_resume_may_extend_a_run_but_not_shrink_it(tmp_path):
+def test_a_resume_may_change_epochs_but_never_below_the_epoch_reached(tmp_path):
     from reclor_lab.config import get_preset
 
+    rd = started(RunDir(tmp_path), epochs=5)
+    save(rd, 7)  # inside epoch 2
+    tiny = lambda **kw: get_preset("tiny", output_dir="elsewhere", **kw)  # noqa: E731 (output_dir: never compared)
+    assert rd.check_resume_config(tiny(epochs=7)) == [{"field": "epochs", "old": 5, "new": 7}]
+    assert rd.check_resume_config(tiny(epochs=2)) == [{"field": "epochs", "old": 5, "new": 2}]
+    with pytest.raises(RunDirError, match=r"`epochs` 1 is below epoch 2, which the run has already reached"):
+        rd.check_resume_config(tiny(epochs=1))
+
+
+@pytest.mark.parametrize("field, value", [("learning_rate", 0.02), ("model_name_or_path", "/elsewhere/model"),
+                                          ("batch_size", 4), ("seed", 7), ("lora_dropout", 0.1),
+                                          ("max_grad_norm", 1.0), ("max_len", 256), ("train_limit", 3),
+                                          ("template", "{context} {question} {a} {b} {c} {d}"),
+                                          ("class_weighting", False), ("lr_schedule", "cosine")])
+def test_a_resume_that_changes_the_result_is_refused_naming_the_field_old_and_new(tmp_path, field, value):
+    from reclor_lab.config import get_preset
+
+    rd = started(RunDir(tmp_path), epochs=5)
+    save(rd, 7)
+    old = rundir_module._shown(rd.recorded_config(rd.read_state()).to_dict()[field])
+    new = rundir_module._shown(value)
+    cfg = get_preset("tiny", epochs=5, **{field: value})
+    with pytest.raises(RunDirError, match=rf"config.json: .* in {field} {re.escape(old)} → {re.escape(new)}"
+                                          r": these change the result"):
+        rd.check_resume_config(cfg)
+    two = cfg.replace(seed=8, epochs=9)  # every refused field is named, in one line; epochs is not refused
+    with pytest.raises(RunDirError) as e:
+        rd.check_resume_config(two)
+    assert f"{field} " in str(e.value) and "seed 42 → 8" in str(e.value) and "epochs" not in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 9), ("eval_batch_size", 3), ("save_every_steps", 2),
+                                          ("keep_last_checkpoints", 4), ("gradient_checkpointing", True),
+                                          ("gpu_memory", "24GiB"), ("data_dir", "/data/moved"),
+                                          ("preset", "mine")])
+def test_a_resume_may_change_how_the_run_is_carried_out_and_says_what_changed(tmp_path, field, value):
+    from reclor_lab.config import get_preset
+
+    rd = started(RunDir(tmp_path), epochs=5)
+    save(rd, 7)
+    old = rd.recorded_config(rd.read_state()).to_dict()[field]
+    assert rd.check_resume_config(get_preset("tiny", **{"epochs": 5, field: value})) == [
+        {"field": field, "old": old, "new": value}]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s.update(version=2), r"written by an older reclor-lab \(run layout 2; .*train it again"),
+    (lambda s: s.update(version=9), r"written by a newer reclor-lab \(run layout 9"),
+    (lambda s: s["checkpoints"][0].update(sha256=None), r"checkpoint 'epoch-001' has no checksums"),
+    (lambda s: s.pop("config"), r"missing the config the run trains with"),
+    (lambda s: s.update(data_sha256=None), r"missing or null SHA-256 of data.json"),
+])
+def test_evidence_is_never_optional_in_state_json(tmp_path, damage, message):
     rd = RunDir(tmp_path)
-    rd.save_config(get_preset("tiny", epochs=5))
-    rd.check_resume_config(get_preset("tiny", epochs=7))
-    with pytest.raises(RunDirError, match="5-epoch run; --epochs 2 would shrink it"):
-        rd.check_resume_config(get_preset("tiny", epochs=2))
+    save(rd, 5, epoch_end=True, accuracy=0.5)
+    state = json.loads(rd.state_path.read_text())
+    damage(state)
+    rd.state_path.write_text(json.dumps(state))
+    with pytest.raises(RunDirError, match=message):
+        rd.read_state()
+
+
+def test_data_json_missing_or_edited_is_damage_once_the_run_has_a_checkpoint(tmp_path):
+    rd = RunDir(tmp_path)
+    save(rd, 5, epoch_end=True, accuracy=0.5)
+    data = json.loads(rd.data_path.read_text())
+    rd.data_path.write_text(json.dumps({**data, "class_weights": [2.0, 1.0, 1.0, 1.0]}))
+    with pytest.raises(RunDirError, match=r"data.json: checksum mismatch: .*class weights"):
+        rd.class_weights(True)
+    rd.data_path.write_text(json.dumps({**data, "tokenizer": None}))
+    with pytest.raises(RunDirError, match=r"data.json: the run's data record is damaged"):
+        rd.check_tokenizer()
+    rd.data_path.unlink()
+    with pytest.raises(RunDirError, match=r"data.json: the run's data record is missing"):
+        rd.check_data({"train": "t", "val": "v"})
+    assert not rd.data_path.exists()  # never re-created
+
+
+def test_a_checkpoint_renamed_into_place_before_its_first_state_json_is_taken_on_resume(tmp_path, monkeypatch):
+    """A kill between the first checkpoint's rename and its state.json: --resume verifies the
+    checkpoint against state.json.next and takes it; a damaged one is refused, never taken."""
+    from reclor_lab.runs.rundir import STATE_NEXT_FILE, RunStart
+
+    rd = RunDir(tmp_path)
+    real = rundir_module.write_json
+
+    def killed(path, obj):
+        if Path(path).name == "state.json":
+            raise KeyboardInterrupt  # stands in for kill -9 at that point
+        real(path, obj)
+
+    monkeypatch.setattr(rundir_module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save(rd, 2)
+    monkeypatch.undo()
+    assert not rd.state_path.exists() and (rd.path / STATE_NEXT_FILE).exists()
+    assert rd.checkpoint_dir("step-000002").is_dir()
+    pending = (rd.path / STATE_NEXT_FILE).read_bytes()
+    (rd.checkpoint_dir("step-000002") / "history.json").write_text('{"steps": []}')  # damaged meanwhile
+    start = RunStart(rd, None)
+    with pytest.raises(RunDirError, match="the run state is missing while"):
+        start._decide_locked(True, None, None)
+    start.close()
+    assert not rd.state_path.exists() and rd.checkpoint_dir("step-000002").is_dir()  # nothing taken, nothing lost
+    (rd.path / STATE_NEXT_FILE).write_bytes(pending)
+    (rd.checkpoint_dir("step-000002") / "history.json").write_text(json.dumps({"steps": [0, 1]}, indent=2) + "\n")
+    rd.recover_state()
+    assert rd.read_state()["last"] == "step-000002" and not (rd.path / STATE_NEXT_FILE).exists()
+
+
+def test_best_must_agree_with_the_history(tmp_path):
+    rd = RunDir(tmp_path)
+    history = {"steps": [{"step": i} for i in range(5)], "evals": [{"epoch": 0, "accuracy": 0.2, "eval_loss": 1.4},
+                                                  {"epoch": 1, "accuracy": 0.5, "eval_loss": 1.3}]}
+    save(rd, 5, epoch_end=True, accuracy=0.5, history=history)
+    save(rd, 7, keep_last=2, history={**history, "steps": [{"step": i} for i in range(7)]})
+    state = rd.read_state()
+    rd.check_best(state)
+    with pytest.raises(RunDirError, match=r"best is step-000007, but the history's best is epoch 1"):
+        rd.check_best({**state, "best": "step-000007"})
+    forged = json.loads(json.dumps(state))
+    forged["checkpoints"][0]["accuracy"] = 0.9
+    forged["best_accuracy"] = 0.9
+    with pytest.raises(RunDirError, match=r"best is epoch-001, but the history's best is epoch 1 \(val accuracy 0.5"):
+        rd.check_best(forged)

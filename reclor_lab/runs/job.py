@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from reclor_lab.config import OPTION_LETTERS, RunConfig
-from reclor_lab.data import class_weights, load_split, run_records, tokenize_records
+from reclor_lab.data import load_split, run_records, tokenize_records
 from reclor_lab.errors import ReclorLabError, RunDirError
 from reclor_lab.metrics import format_accuracy
 from reclor_lab.plots import plot_confusion, plot_eval, plot_loss
@@ -33,7 +33,7 @@ def summary_table(history: dict) -> str:
     return "\n".join(lines)
 
 
-def finish_run(run_dir: str | Path, history: History, run: Run | None = None) -> dict:
+def finish_run(run_dir: str | Path | RunDir, history: History, run: Run | None = None) -> dict:
     """Write metrics.json (the best epoch's val metrics), history.json and the plots; return the
     metrics.
 
@@ -43,7 +43,8 @@ def finish_run(run_dir: str | Path, history: History, run: Run | None = None) ->
     question type, position bias, calibration, the most confident wrong answers go into
     metrics.json, the per-example probabilities into ``val-predictions.json``.
     """
-    rd = RunDir(run_dir)
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    rd.check_still_here()  # moved or deleted while training: one line, nothing re-created
     rd.check_no_links()
     state = rd.read_state()
     best = next(e for e in history.evals if e["epoch"] == state["best_epoch"])
@@ -113,7 +114,7 @@ def train_run(cfg: RunConfig, resume: bool = False, use_trainer: bool = False,
             history = fit_with_trainer(run, opened, resume=resume, verbose=verbose)
         else:
             history = fit(run, opened, resume=resume, verbose=verbose)
-        metrics = finish_run(opened.rd.path, history, run) if proc.is_main else {}
+        metrics = finish_run(opened.rd, history, run) if proc.is_main else {}
     finish(proc)
     if verbose:
         print(summary_table(history.to_dict()))
@@ -163,8 +164,9 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     if not rd.config_path.exists() or not rd.state_path.exists():
         raise RunDirError(f"{rd.path}: not a run directory (needs config.json and state.json from `reclor-lab train`)")
     cfg = rd.load_config()
-    state = rd.read_state()
-    folder = rd.verify_checkpoint(state[checkpoint], state)  # before minutes of loading a model
+    state = rd.verified_state()  # last and best checked, before minutes of loading a model
+    rd.config_changes(cfg, state)  # config.json as the run trained, in every field that matters
+    folder = rd.checkpoint_dir(state[checkpoint])
     rd.check_tokenizer()
     tokenizer = load_tokenizer(str(rd.path))
     base = load_model(cfg, tokenizer)
@@ -190,13 +192,9 @@ def _reloaded(run_dir: str | Path) -> tuple[RunConfig, Run]:
     import torch
 
     cfg, tokenizer, model = load_run(run_dir)
-    weights = None
-    if cfg.class_weighting:  # the same weighted loss as in training, so eval_loss compares
-        data = RunDir(run_dir).load_data()
-        if data is not None and data["class_weights"] is not None:  # as the run saved them
-            weights = torch.tensor(data["class_weights"], dtype=torch.float32)
-        else:  # a run saved before the kit kept its class weights: from its data folder
-            weights = class_weights([r["label"] for r in run_records(cfg, "train")])
+    # the same weighted loss as in training, so eval_loss compares: the weights the run saved
+    saved = RunDir(run_dir).class_weights(cfg.class_weighting)
+    weights = None if saved is None else torch.tensor(saved, dtype=torch.float32)
     return cfg, Run(cfg, tokenizer, model, pick_device(), resolve_compute_dtype(cfg), weights=weights)
 
 

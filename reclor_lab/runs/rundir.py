@@ -17,9 +17,20 @@ A run directory holds::
 
 A checkpoint is ``epoch-NNN`` at the end of epoch NNN (after its evaluation) or ``step-NNNNNN``
 after optimizer step NNNNNN inside an epoch (``save_every_steps``). Its folder is written under
-a temporary name and renamed; ``state.json`` is replaced last, and only then are checkpoints it
-no longer names removed. So a crash at any moment leaves ``state.json`` naming a complete
-checkpoint whose history matches it exactly, and a leftover folder is removed the next time.
+a temporary name; the state that will name it is written to ``state.json.next``; the folder is
+renamed into place, ``state.json`` replaced, and only then are the checkpoints it no longer names
+removed. So a crash at any moment leaves ``state.json`` naming a complete checkpoint whose
+history matches it exactly, or (a crash right after the first checkpoint's rename) a
+``state.json.next`` that ``--resume`` verifies and takes. Only checkpoint folders that a
+``state.json`` named, and the kit's own temporary folders, are ever removed: anything else in
+``checkpoints/`` is left where it is (and mentioned once).
+
+Evidence is never optional: ``state.json`` (layout version 3) records the config the run trains
+with, the SHA-256 of ``data.json`` (the data fingerprint, class weights and tokenizer checksums)
+and of every checkpoint file. A missing record, a null checksum, a ``best`` that disagrees with
+the history or a run written in an older layout is refused, naming the file. On resume every
+config field that changes the result must be as the run left it (:data:`RESUMABLE_FIELDS` may
+change, and are recorded in the history with the step).
 
 The folder the user names *is* the run: the ``output_dir`` saved in ``config.json`` is where the
 run was created, never where it is looked for.
@@ -45,7 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Literal
 
-from reclor_lab.errors import RunDirError
+from reclor_lab.errors import ReclorLabError, RunDirError
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -65,8 +76,29 @@ TRAINER_STATE = "trainer_state.pt"
 TRAINER_STATE_JSON = "trainer_state.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 LOCK_FILE = ".lock"
-#: Bumped when the layout of state.json changes.
-STATE_VERSION = 2
+#: Bumped when the layout of state.json changes. 3: the config, data.json's SHA-256 and every
+#: checkpoint file's SHA-256 are recorded and required.
+STATE_VERSION = 3
+#: The state a checkpoint being saved will have, written before its folder is renamed into place:
+#: a crash between the rename and ``state.json`` leaves it for ``--resume`` to verify and take.
+STATE_NEXT_FILE = "state.json.next"
+#: The files every checkpoint holds, each with its SHA-256 in state.json.
+CHECKPOINT_FILES = (ADAPTER_FILE, "adapter_config.json", TRAINER_STATE, HISTORY_FILE)
+#: Config fields a resume may change, and why: none of them changes what the run computes. Every
+#: other field (the model, the data's layout and limits, LoRA, the optimisation, the seed, ...)
+#: must be as the run's last checkpoint recorded it, or the resume is refused.
+RESUMABLE_FIELDS = {
+    "epochs": "more epochs extend the run (never below the epoch it has reached)",
+    "data_dir": "the data may move: data.json's fingerprint of what it holds must still match",
+    "eval_batch_size": "speed and memory: the evaluation is over examples, whatever the batch (up to rounding)",
+    "gradient_checkpointing": "memory and speed: recomputed activations give the same gradients",
+    "gpu_memory": "only plans batch_size auto, which a run settles when it starts",
+    "save_every_steps": "when checkpoints are written (a resume continues exactly)",
+    "keep_last_checkpoints": "how many checkpoints stay on disk",
+    "preset": "a name, informational",
+}
+#: Never compared: the folder the user names is the run, wherever it was created.
+IGNORED_FIELDS = ("output_dir",)
 _TMP_SUFFIX = ".tmp"
 #: A checkpoint's name: a plain name inside this run's checkpoints/ (never a path).
 CHECKPOINT_NAME = re.compile(r"epoch-\d{3,9}|step-\d{6,12}")
@@ -77,6 +109,13 @@ STATE_READ_ATTEMPTS = 3
 #: What :meth:`RunDir.decide` answers: a new run, a resume from the last checkpoint, or a restart
 #: of a run that stopped before its first checkpoint (from its saved config).
 Decision = Literal["new", "resume", "restart"]
+
+
+def _note(text: str) -> None:
+    """A remark that needs no action, on stderr (never mixed into a command's output)."""
+    import sys
+
+    print(f"reclor-lab: note: {text}", file=sys.stderr)
 
 
 class WriteError(RunDirError):
@@ -181,6 +220,9 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._config: dict | None = None  # the config this process trains with (save_config)
+        self._lock_id: tuple[int, int] | None = None  # the lock file's (device, inode) while held
+        self._mentioned: set[str] = set()  # what prune has already said it leaves alone
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -279,10 +321,16 @@ class RunDir:
             self.read_state()  # a damaged state.json is reported now, not after loading a model
             decision: Decision = "resume"
         elif kept := self._checkpoint_folders():
+            if not resume and (p / STATE_NEXT_FILE).is_file():
+                raise RunDirError(f"{p}: a checkpoint save was interrupted before the run's first state.json; "
+                                  f"`reclor-lab train --resume --output-dir {p}` checks it and continues from it")
             raise RunDirError(f"{self.state_path}: the run state is missing while {self.checkpoints_dir} holds "
                               f"{len(kept)} checkpoint(s) ({', '.join(kept[:3])}); nothing was changed: restore "
                               "state.json, or move the run away and start a new one")
         elif self.config_path.exists():
+            if self.is_model_folder():
+                raise RunDirError(f"{p} is a model folder (its config.json is a model's, not a run's); the kit "
+                                  "never trains into it: choose a new --output-dir for the run")
             if not resume:
                 raise RunDirError(f"{p} holds a run that stopped before its first checkpoint; "
                                   f"`reclor-lab train --resume --output-dir {p}` starts it over with its "
@@ -291,12 +339,36 @@ class RunDir:
         else:
             if resume:
                 raise RunDirError(f"{p}: nothing to resume (no {CONFIG_FILE}); start a new run without --resume")
-            if p.exists() and (not p.is_dir() or any(f.name not in (LOCK_FILE, CHECKPOINTS) for f in p.iterdir())):
+            if self.holds_other_files():
                 raise RunDirError(f"{p} already exists and is not empty; choose another --output-dir "
                                   "(or pass --resume to continue a run there)")
             decision = "new"
         self.check_writable()
         return decision
+
+    def is_model_folder(self) -> bool:
+        """Whether config.json is a model's (``model_type``), not a run's."""
+        try:
+            raw = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return False
+        return isinstance(raw, dict) and ("model_type" in raw or "architectures" in raw)
+
+    def holds_other_files(self) -> bool:
+        """Whether the path is something a new run may not start in: a file, or a folder with
+        anything but a lock and a checkpoints folder (what an interrupted start leaves)."""
+        p = self.path
+        return p.exists() and (not p.is_dir() or any(f.name not in (LOCK_FILE, CHECKPOINTS) for f in p.iterdir()))
+
+    def _refused_before_lock(self, resume: bool) -> bool:
+        """Whether :meth:`decide` refuses this folder whatever happens, so the lock (a file) is
+        never left in a folder that is not a run: nothing to resume, a model folder, a
+        non-empty folder for a new run."""
+        if self.state_path.exists():
+            return False
+        if self.config_path.exists():
+            return self.is_model_folder()
+        return resume or self.holds_other_files()
 
     def _checkpoint_folders(self) -> list[str]:
         """Complete checkpoint folders present (not the temporary ones a crash leaves)."""
@@ -365,11 +437,31 @@ class RunDir:
                                   "in progress); wait for it to finish (or stop it) before starting or "
                                   "resuming it") from None
             raise
+        st = os.fstat(fd)
+        self._lock_id = (st.st_dev, st.st_ino)
         return fd
+
+    def check_still_here(self) -> None:
+        """Refuse to write once the run directory has been moved or deleted under a training that
+        holds its lock (the lock file at the path is no longer the one held): writing would
+        re-create a half-empty run at the old path. A RunDir that holds no lock checks nothing."""
+        if self._lock_id is None:
+            return
+        try:
+            st = os.stat(self.path / LOCK_FILE, follow_symlinks=False)
+            here = (st.st_dev, st.st_ino) == self._lock_id
+        except OSError:
+            here = False
+        if not here:
+            raise RunDirError(f"{self.path}: the run directory was moved or deleted during training; stopped "
+                              "without writing anything there (nothing is re-created): put the folder back and "
+                              f"resume it with `reclor-lab train --resume --output-dir {self.path}`")
 
     # --- config, tokenizer, data ------------------------------------------------------------
     def save_config(self, cfg) -> None:
+        """config.json; it is also the config this process's checkpoints record in state.json."""
         write_json(self.config_path, cfg.to_dict())
+        self._config = cfg.to_dict()
 
     def load_config(self):
         """The run's RunConfig, with ``output_dir`` set to this directory (the folder is the run)."""
@@ -377,12 +469,41 @@ class RunDir:
 
         return RunConfig.load(self.config_path).replace(output_dir=str(self.path))
 
-    def check_resume_config(self, cfg, saved=None) -> None:
-        """A resume may extend a run (more ``epochs``) but never shrink it."""
-        saved = saved if saved is not None else self.load_config()
-        if cfg.epochs < saved.epochs:
-            raise RunDirError(f"{self.path} is a {saved.epochs}-epoch run; --epochs {cfg.epochs} would shrink it: "
-                              f"pass --epochs {saved.epochs} or more, or no --epochs")
+    def recorded_config(self, state: dict):
+        """The RunConfig the run's last checkpoint was trained with (state.json's ``config``)."""
+        from reclor_lab.config import SAVED_BEFORE_FIELD, ConfigError, RunConfig
+
+        try:
+            return RunConfig(**{**SAVED_BEFORE_FIELD, **state["config"]})
+        except (ConfigError, TypeError) as e:
+            raise RunDirError(f"{self.state_path}: the run state is damaged (its recorded config: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+
+    def config_changes(self, cfg, state: dict) -> list[dict]:
+        """The fields of ``cfg`` that differ from the config the run's last checkpoint recorded,
+        as ``{"field", "old", "new"}`` rows; any field outside :data:`RESUMABLE_FIELDS` is refused
+        in one line naming each, old → new."""
+        old, new = self.recorded_config(state).to_dict(), cfg.to_dict()
+        diffs = [(k, old[k], new[k]) for k in old if k not in IGNORED_FIELDS and old[k] != new[k]]
+        refused = [f"{k} {_shown(o)} → {_shown(n)}" for k, o, n in diffs if k not in RESUMABLE_FIELDS]
+        if refused:
+            raise RunDirError(f"{self.config_path}: the run's config differs from the one its checkpoints were "
+                              f"trained with in {'; '.join(refused)}: these change the result, so the run is "
+                              "not used with them: put them back as they were, or start a new run in another "
+                              "--output-dir")
+        return [{"field": k, "old": o, "new": n} for k, o, n in diffs]
+
+    def check_resume_config(self, cfg, state: dict | None = None) -> list[dict]:
+        """What a resume with ``cfg`` changes (:meth:`config_changes`, refused unless every
+        changed field may change); ``epochs`` may grow or shrink, never below the epoch the run
+        has reached."""
+        state = state if state is not None else self.read_state()
+        changes = self.config_changes(cfg, state)
+        last = self.checkpoint_entry(state["last"], state)
+        if cfg.epochs < last.epoch:
+            raise RunDirError(f"{self.path}: `epochs` {cfg.epochs} is below epoch {last.epoch}, which the run has "
+                              f"already reached (checkpoint {last.name}): pass --epochs {last.epoch} or more")
+        return changes
 
     def save_tokenizer(self, tokenizer) -> dict[str, str]:
         """The tokenizer's files, each written complete or not at all: saved into a temporary
@@ -397,22 +518,25 @@ class RunDir:
                 os.replace(f, self.path / f.name)
             fsync_dir(self.path)
             return sums
-        except OSError as e:
-            raise WriteError(f"{self.path}: cannot write the tokenizer's files ({e.strerror or e}); free some "
-                             "space, then start the run again") from None
+        except (ReclorLabError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # OSError; the tokenizers library raises a plain Exception ("os error 28")
+            reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200] or type(e).__name__
+            raise WriteError(f"{self.path}: cannot write the tokenizer's files ({reason}); nothing was kept: free "
+                             "some space (or raise the file-size limit), then start the run again") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def save_data(self, fingerprint: dict[str, str], weights: list[float] | None,
-                  tokenizer: dict[str, str] | None = None) -> None:
+                  tokenizer: dict[str, str]) -> None:
+        """data.json: what the run trains on (fingerprint), its class weights (or null without
+        class weighting) and its tokenizer files' SHA-256s. Written once, when the run starts;
+        its own SHA-256 goes into state.json with the first checkpoint."""
         write_json(self.data_path, {"fingerprint": fingerprint, "class_weights": weights, "tokenizer": tokenizer})
 
     def check_tokenizer(self) -> None:
-        """Refuse a run whose tokenizer files are missing or changed since it saved them (a run
-        saved before the kit recorded them is not checked)."""
-        data = self.load_data()
-        sums = (data or {}).get("tokenizer")
-        for name, digest in sorted(sums.items() if isinstance(sums, dict) else []):
+        """Refuse a run whose tokenizer files are missing or changed since it saved them."""
+        for name, digest in sorted(self.load_data()["tokenizer"].items()):
             path = self.path / Path(name).name
             if not path.is_file():
                 raise RunDirError(f"{path}: the run's tokenizer file is missing; restore it from the model the "
@@ -421,29 +545,45 @@ class RunDir:
                 raise RunDirError(f"{path}: checksum mismatch: the run's tokenizer file changed after it was "
                                   "written; refusing to load it")
 
-    def load_data(self) -> dict | None:
-        """data.json checked, or None for a run saved before the kit wrote it."""
-        if not self.data_path.exists():
-            return None
+    def load_data(self, state: dict | None = None) -> dict:
+        """data.json, checked: its shape, and (once the run has a checkpoint) its SHA-256 against
+        the one state.json recorded. Missing, it is damage: it is the run's record of what it
+        trained on."""
+        if not self.data_path.exists() and not self.data_path.is_symlink():
+            raise RunDirError(f"{self.data_path}: the run's data record is missing (the fingerprint of the data "
+                              "it trained on, its class weights, its tokenizer checksums); nothing was changed: "
+                              "restore it from a copy of the run, or start a new run")
         d = read_json(self.data_path, "the run's data record")
-        ok = (isinstance(d, dict) and isinstance(d.get("fingerprint"), dict)
+        ok = (isinstance(d, dict) and isinstance(d.get("fingerprint"), dict) and d["fingerprint"]
               and all(isinstance(v, str) for v in d["fingerprint"].values())
               and (d.get("class_weights") is None or (isinstance(d["class_weights"], list)
                    and len(d["class_weights"]) == 4
                    and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 1e6
                            for w in d["class_weights"])))
-              and (d.get("tokenizer") is None or (isinstance(d["tokenizer"], dict) and all(
-                  isinstance(k, str) and isinstance(v, str) for k, v in d["tokenizer"].items()))))
+              and isinstance(d.get("tokenizer"), dict) and d["tokenizer"] and all(
+                  isinstance(k, str) and isinstance(v, str) for k, v in d["tokenizer"].items()))
         if not ok:
-            raise RunDirError(f"{self.data_path}: the run's data record is damaged (expected a fingerprint and "
-                              "4 positive class weights or null)")
+            raise RunDirError(f"{self.data_path}: the run's data record is damaged (expected a fingerprint, "
+                              "4 positive class weights or null, and the tokenizer files' checksums)")
+        if state is None and self.state_path.exists():
+            state = self.read_state()
+        if state is not None and sha256_file(self.data_path) != state["data_sha256"]:
+            raise RunDirError(f"{self.data_path}: checksum mismatch: the run's data record (its data fingerprint, "
+                              "class weights, tokenizer checksums) changed after it was written; refusing to "
+                              "use it")
         return d
+
+    def class_weights(self, class_weighting: bool) -> list[float] | None:
+        """The class weights the run trained with, as data.json recorded them (checked)."""
+        weights = self.load_data()["class_weights"]
+        if class_weighting and weights is None:
+            raise RunDirError(f"{self.data_path}: the run's data record has no class weights, but its config "
+                              "trains with class_weighting: the record is damaged")
+        return weights if class_weighting else None
 
     def check_data(self, fingerprint: dict[str, str]) -> None:
         """Refuse to continue a run on other data than it trained on."""
         saved = self.load_data()
-        if saved is None:
-            return
         changed = sorted(k for k in set(saved["fingerprint"]) | set(fingerprint)
                          if saved["fingerprint"].get(k) != fingerprint.get(k))
         if changed:
@@ -459,6 +599,7 @@ class RunDir:
         previous = None
         for _ in range(STATE_READ_ATTEMPTS):
             state = read_json(self.state_path, "the run state")
+            _check_layout(self.state_path, state)
             problem = _state_problem(state)
             if problem is None:
                 for name in (state["last"], state["best"]):
@@ -474,6 +615,62 @@ class RunDir:
 
     def has_run(self) -> bool:
         return self.state_path.exists()
+
+    def verified_state(self) -> dict:
+        """state.json, with its last and best checkpoints checked against their SHA-256s and its
+        ``best`` checked against the history (what evaluate, predict and a resume start from)."""
+        state = self.read_state()
+        for name in dict.fromkeys((state["last"], state["best"])):
+            self.verify_checkpoint(name, state)
+        self.check_best(state)
+        return state
+
+    def check_best(self, state: dict) -> None:
+        """``best`` must be the checkpoint of the history's best epoch (the highest val accuracy,
+        the earliest of equal ones), with that accuracy; before the first epoch ends, the last
+        checkpoint. The history is the last checkpoint's (checked by its SHA-256)."""
+        path = self.checkpoint_dir(state["last"]) / HISTORY_FILE
+        history = read_json(path, "the checkpoint's history")
+        problem = _history_problem(history)
+        if problem:
+            raise RunDirError(f"{path}: the run history is damaged ({problem})")
+        evals = [e for e in history["evals"] if e["epoch"] >= 1]
+        best = self.checkpoint_entry(state["best"], state)
+        if evals:
+            top = max(evals, key=lambda e: (e["accuracy"], -e["epoch"]))
+            ok = (best.epoch_end and best.epoch == top["epoch"] and best.accuracy == top["accuracy"]
+                  and state.get("best_epoch") == top["epoch"])
+            wanted = f"epoch {top['epoch']} (val accuracy {top['accuracy']:.4f})"
+        else:
+            ok, wanted = best.name == state["last"], f"the last checkpoint {state['last']}"
+        if not ok:
+            raise RunDirError(f"{self.state_path}: the run state is damaged (best is {best.name}, but the history's "
+                              f"best is {wanted}); refusing to use it")
+
+    def recover_state(self) -> None:
+        """Finish a checkpoint save that a crash interrupted between renaming its folder into place
+        and writing state.json: a ``state.json.next`` whose checkpoints are all there and match
+        their SHA-256s becomes state.json (newer than the one there, if any); otherwise it is
+        stale and removed. Called with the lock held, before the decision."""
+        path = self.path / STATE_NEXT_FILE
+        if not path.is_file() or path.is_symlink():
+            return
+        try:
+            pending = read_json(path, "the pending run state")
+            _check_layout(path, pending)
+            problem = _state_problem(pending)
+            if problem is None:
+                for c in pending["checkpoints"]:
+                    self.verify_checkpoint(c["name"], pending)
+        except RunDirError as e:
+            problem = str(e)
+        current = read_json(self.state_path, "the run state") if self.state_path.exists() else None
+        if problem is None and pending != current and (current is None or
+                                                      pending.get("last_step", -1) > current.get("last_step", -1)):
+            write_json(self.state_path, pending)
+            _note(f"{self.path}: a checkpoint save was interrupted after {pending['last']} was complete; "
+                  f"took its state ({pending['last']}, every file checked against its SHA-256)")
+        _remove(path)
 
     def last_dir(self) -> Path:
         return self.checkpoint_dir(self.read_state()["last"])
@@ -495,41 +692,66 @@ class RunDir:
         """
         import torch
 
+        self.check_still_here()  # moved or deleted: stop, and never re-create it half empty
         self.check_no_links()
         name = Checkpoint.name_for(epoch, step, epoch_end)
         final = self.checkpoint_dir(name)
         tmp = final.with_name(final.name + _TMP_SUFFIX)
+        previous = self.read_state() if self.state_path.exists() else None
+        config = self._config or (previous or {}).get("config")
+        if config is None:
+            raise RunDirError(f"{self.path}: the run's config was not saved before its first checkpoint "
+                              "(RunDir.save_config); nothing was written")
         try:
             _remove(tmp)
-            tmp.mkdir(parents=True)
+            self.checkpoints_dir.mkdir(exist_ok=True)  # never its parents: the run directory must be there
+            tmp.mkdir()
             model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json (head included)
             torch.save(trainer_state, tmp / TRAINER_STATE)
             write_json(tmp / HISTORY_FILE, history)
             if extra is not None:
                 extra(tmp)
             ckpt = Checkpoint(name, epoch, step, epoch_end, accuracy, _seal(tmp))
+            data_sha = previous["data_sha256"] if previous else sha256_file(self.data_path)
+            state = _next_state(previous, ckpt, keep_last, trainer_state, config, data_sha)
+            write_json(self.path / STATE_NEXT_FILE, state)  # a crash after the rename: --resume takes it
             _remove(final)
             os.replace(tmp, final)
             fsync_dir(self.checkpoints_dir)
-            previous = self.read_state() if self.state_path.exists() else None
-            state = _next_state(previous, ckpt, keep_last, trainer_state)
             write_json(self.state_path, state)
         except (OSError, RuntimeError, WriteError) as e:  # torch.save reports a full disk as RuntimeError
             _remove(tmp)
+            _remove(self.path / STATE_NEXT_FILE)
             raise RunDirError(f"{final}: cannot write the checkpoint ({e}); the previous checkpoint is "
                               "intact: free some space, then resume with --resume") from None
-        self.prune(state)
+        _remove(self.path / STATE_NEXT_FILE)
+        self.prune(state, previous)
         return ckpt
 
-    def prune(self, state: dict | None = None) -> None:
-        """Remove every checkpoint folder state.json does not name (leftovers of a crash too)."""
+    def prune(self, state: dict, previous: dict | None = None) -> None:
+        """Remove what the run made and no longer keeps: the checkpoint folders ``previous`` (the
+        state before the save) kept or had dropped, and those ``state`` drops, unless ``state``
+        keeps them; and the kit's own temporary folders (``epoch-NNN.tmp``). Anything else in
+        checkpoints/ (a user's backup, notes) is left, and mentioned once."""
         if not self.checkpoints_dir.is_dir() or self.checkpoints_dir.is_symlink():
             return
-        state = state if state is not None else (self.read_state() if self.has_run() else {"checkpoints": []})
         kept = {c["name"] for c in state["checkpoints"]}
-        for folder in self.checkpoints_dir.iterdir():
-            if folder.name not in kept:
+        made = {c["name"] for c in (previous or {}).get("checkpoints", [])}
+        made |= set((previous or {}).get("dropped", [])) | set(state.get("dropped", []))
+        others = []
+        for folder in sorted(self.checkpoints_dir.iterdir()):
+            name = folder.name
+            temporary = name.endswith(_TMP_SUFFIX) and CHECKPOINT_NAME.fullmatch(name[:-len(_TMP_SUFFIX)])
+            if name in kept:
+                continue
+            if name in made or temporary:
                 _remove(folder)
+            elif name not in self._mentioned:
+                others.append(name + ("/" if folder.is_dir() else ""))
+                self._mentioned.add(name)
+        if others:
+            _note(f"{self.checkpoints_dir}: left {', '.join(others[:5])}{' ...' if len(others) > 5 else ''} alone "
+                  "(not made by this run: the kit removes only its own checkpoints)")
 
     def checkpoint_entry(self, name: str, state: dict | None = None) -> Checkpoint:
         state = state or self.read_state()
@@ -538,10 +760,14 @@ class RunDir:
 
     def verify_checkpoint(self, name: str, state: dict | None = None) -> Path:
         """The checkpoint's folder, after checking each file against the SHA-256 recorded when it
-        was written (a checkpoint of a run saved before the kit recorded them is not checked)."""
+        was written; every checkpoint records one for each of :data:`CHECKPOINT_FILES`."""
         folder = self.checkpoint_dir(name)
-        sums = self.checkpoint_entry(name, state).sha256
-        for rel, digest in sorted((sums or {}).items()):
+        sums = self.checkpoint_entry(name, state).sha256 or {}
+        missing = [f for f in CHECKPOINT_FILES if f not in sums]
+        if missing:
+            raise RunDirError(f"{self.state_path}: the run state is damaged (checkpoint {name} has no checksum for "
+                              f"{', '.join(missing)}); refusing to load it unchecked")
+        for rel, digest in sorted(sums.items()):
             path = folder / rel
             try:
                 ok = not path.is_symlink() and sha256_file(path) == digest
@@ -600,23 +826,26 @@ class RunStart:
         self.decision: Decision | None = None
         self.cfg = None
         self._lock: int | None = None
+        self.changes: list[dict] = []  # the config fields a resume changed (RESUMABLE_FIELDS)
 
     def __repr__(self) -> str:
         return f"RunStart({str(self.rd.path)!r}, {self.decision!r})"
 
     def _decide_locked(self, resume: bool, cfg, epochs: int | None):
         rd = self.rd
-        if resume and not rd.path.is_dir():  # nothing there: refuse without creating anything
-            rd.decide(resume)
+        if resume and not rd.path.is_dir() or rd.path.is_dir() and rd._refused_before_lock(resume):
+            rd.decide(resume)  # refuses without creating anything (no lock file in a folder that is no run)
         self._lock = rd._acquire_lock()
         rd.check_no_links()
+        if resume:
+            rd.recover_state()  # a first checkpoint complete before its state.json was written
         decision = rd.decide(resume)
         if decision == "resume":
-            rd.verify_checkpoint(rd.read_state()["last"])  # a damaged file is reported before a model loads
+            state = rd.verified_state()  # a damaged file is reported before a model loads
             saved = rd.load_config()
             if cfg is None:
                 cfg = saved.replace(**({"epochs": epochs} if epochs else {}))
-            rd.check_resume_config(cfg, saved)
+            self.changes = rd.check_resume_config(cfg, state)
         elif decision == "restart" and cfg is None:
             cfg = rd.load_config().replace(**({"epochs": epochs} if epochs else {}))
         return decision, cfg
@@ -630,15 +859,23 @@ class RunStart:
 
         on_main(self.proc, self._prepare, cfg, tokenizer, fingerprint, weights)
 
+    def load_checkpoint(self, model, batches_per_epoch: int | None = None) -> tuple[dict, dict]:
+        """The last checkpoint (:meth:`RunDir.load_checkpoint`), its history with this resume's
+        config changes recorded: ``{"step", "field", "old", "new"}`` rows under
+        ``config_changes``, ``step`` being the optimizer steps done when the change took effect."""
+        ts, history = self.rd.load_checkpoint(model, batches_per_epoch=batches_per_epoch)
+        if self.changes:
+            rows = [{"step": ts["step"], **c} for c in self.changes]
+            history = {**history, "config_changes": [*history.get("config_changes", []), *rows]}
+        return ts, history
+
     def _prepare(self, cfg, tokenizer, fingerprint, weights) -> None:
         rd = self.rd
         if self.decision == "resume":
             rd.check_data(fingerprint)
-            if rd.load_data() is None:
-                rd.save_data(fingerprint, weights)
             rd.save_config(cfg)
             return
-        rd.prune({"checkpoints": []})  # a restart: whatever an interrupted first try left
+        rd.prune({"checkpoints": []})  # a restart: the kit's temporary folders an interrupted first try left
         rd.save_config(cfg)
         rd.save_data(fingerprint, weights, rd.save_tokenizer(tokenizer))
 
@@ -728,9 +965,40 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _shown(v: Any) -> str:
+    """A config value in a one-line message."""
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_layout(path: Path, state: Any) -> None:
+    """Refuse a state written in another layout than this version's, naming it."""
+    if not isinstance(state, dict):
+        return
+    version = state.get("version")  # none at all: damaged (_state_problem says so)
+    if version == STATE_VERSION or not isinstance(version, int) or isinstance(version, bool):
+        return
+    if version < STATE_VERSION:
+        raise RunDirError(f"{path}: this run was written by an older reclor-lab (run layout {version}; this version "
+                          f"writes and checks layout {STATE_VERSION}, which records every checksum and the config): "
+                          "it cannot be checked, so it is not used: train it again with this version")
+    raise RunDirError(f"{path}: this run was written by a newer reclor-lab (run layout {version}; this version "
+                      f"reads layout {STATE_VERSION}): use that version")
+
+
+def _is_sha(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+
 def _state_problem(state: Any) -> str | None:
     if not isinstance(state, dict):
         return "expected a JSON object"
+    if state.get("version") != STATE_VERSION:
+        return f"missing or wrong 'version' (expected {STATE_VERSION})"
+    if not isinstance(state.get("config"), dict):
+        return "missing the config the run trains with"
+    if not _is_sha(state.get("data_sha256")):
+        return "missing or null SHA-256 of data.json"
     for key, kind in (("last", str), ("best", str), ("checkpoints", list), ("last_epoch", int),
                       ("total_steps", int), ("warmup_steps", int)):
         if not isinstance(state.get(key), kind):
@@ -744,8 +1012,10 @@ def _state_problem(state: Any) -> str | None:
         if not (_is_count(c.get("epoch")) and _is_count(c.get("step")) and isinstance(c.get("epoch_end"), bool)):
             return f"checkpoint {c['name']!r} lacks a valid epoch, step or epoch_end"
         sums = c.get("sha256")
-        if sums is not None and not (isinstance(sums, dict) and all(
-                isinstance(k, str) and isinstance(v, str) and ".." not in Path(k).parts and not Path(k).is_absolute()
+        if sums is None:
+            return f"checkpoint {c['name']!r} has no checksums"
+        if not (isinstance(sums, dict) and sums and all(
+                isinstance(k, str) and _is_sha(v) and ".." not in Path(k).parts and not Path(k).is_absolute()
                 for k, v in sums.items())):
             return f"checkpoint {c['name']!r} has malformed checksums"
         names.append(c["name"])
@@ -802,8 +1072,10 @@ def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_pe
     return None
 
 
-def _next_state(previous: dict | None, new: Checkpoint, keep_last: int, ts: dict) -> dict:
-    """state.json after saving ``new``: the last ``keep_last`` checkpoints plus the best one."""
+def _next_state(previous: dict | None, new: Checkpoint, keep_last: int, ts: dict, config: dict,
+                data_sha256: str) -> dict:
+    """state.json after saving ``new``: the last ``keep_last`` checkpoints plus the best one, the
+    ones it drops (for pruning), the config the run trains with and data.json's SHA-256."""
     kept = [Checkpoint(**c) for c in (previous or {}).get("checkpoints", []) if c["name"] != new.name]
     kept.append(new)
     ends = [c for c in kept if c.epoch_end]
@@ -811,10 +1083,12 @@ def _next_state(previous: dict | None, new: Checkpoint, keep_last: int, ts: dict
     # the first epoch ends, the last checkpoint stands in
     best = max(ends, key=lambda c: (c.accuracy, -c.step)) if ends else new
     keep = {c.name for c in kept[-keep_last:]} | {best.name}
+    dropped = [c.name for c in kept if c.name not in keep]
     kept = [c for c in kept if c.name in keep]
     last_epoch = max((c.epoch for c in ends), default=0)
     return {"version": STATE_VERSION, "last": new.name, "best": best.name,
             "last_epoch": last_epoch, "last_step": new.step,
             "best_epoch": best.epoch if best.epoch_end else None, "best_accuracy": best.accuracy,
             "total_steps": ts["total_steps"], "warmup_steps": ts["warmup_steps"],
-            "checkpoints": [asdict(c) for c in kept]}
+            "checkpoints": [asdict(c) for c in kept], "dropped": dropped,
+            "config": config, "data_sha256": data_sha256}

@@ -196,7 +196,7 @@ class RunSession:
             opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
             return False
         batches = math.ceil(len(run.train_ds) / (cfg.batch_size * proc.world_size))
-        saved, history = opened.rd.load_checkpoint(run.model, batches_per_epoch=batches)  # every process reads it
+        saved, history = opened.load_checkpoint(run.model, batches_per_epoch=batches)  # every process reads it
         restore_state(state, saved, history, proc)
         opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)  # the same data; --epochs may extend
         if self.verbose:
@@ -240,7 +240,7 @@ class RunSession:
     def lap(self, state: LoopState) -> None:
         """Add the training time since the last lap to the epoch's seconds."""
         now = time.perf_counter()
-        state.epoch_seconds += now - self._lap_start
+        state.epoch_seconds += max(0.0, now - self._lap_start)  # a clock that went back adds nothing
         self._lap_start = now
 
     def ends_step(self, done: int) -> bool:

@@ -28,7 +28,7 @@ from reclor_lab.runs.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
 
 from reclor_lab.runs.session import StopSignals, data_fingerprint, save_checkpoint
 from reclor_lab.train import (
-    History, LoopState, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, scaling_row, schedule_steps,
+    History, LoopState, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, rate, scaling_row, schedule_steps,
 )
 
 
@@ -96,7 +96,7 @@ class HistoryCallback(TrainerCallback):
         self.t0 = time.perf_counter()
 
     def on_epoch_end(self, args, state, control, **kw):
-        self.loop.epoch_seconds = time.perf_counter() - self.t0  # training only: the evaluation comes after
+        self.loop.epoch_seconds = max(0.0, time.perf_counter() - self.t0)  # training only: the evaluation comes after
 
     def on_step_end(self, args, state, control, **kw):
         t, loop = self.trainer, self.loop
@@ -126,7 +126,7 @@ class HistoryCallback(TrainerCallback):
         if epoch >= 1:
             seconds, tokens = loop.epoch_seconds, sum(column(self.run.train_ds, "length"))
             loop.history.epochs.append({"epoch": epoch, "seconds": seconds, "tokens": tokens,
-                                        "tokens_per_second": tokens / seconds,
+                                        "tokens_per_second": rate(tokens, seconds),
                                         "peak_memory_mb": peak_memory_mb(self.run.device)}
                                        | scaling_row(loop.history, epoch, self.trainer.accelerator.scaler))
             loop.epoch, loop.batch, loop.step, loop.epoch_seconds = epoch + 1, 0, state.global_step, 0.0
@@ -212,7 +212,7 @@ def fit_with_trainer(run: Run, run_dir: str | Path | RunStart, resume: bool = Fa
                 raise RunDirError(f"{checkpoint} was written by the manual loop, not the Trainer: resume it "
                                   "without --trainer")
             # checks every file's checksum and the adapter; the Trainer reloads them
-            saved, history = rd.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
+            saved, history = opened.load_checkpoint(run.model, batches_per_epoch=len(EpochBatches(lengths, cfg)))
             loop.history, loop.warmup_steps = History.from_dict(history), saved["warmup_steps"]
         opened.prepare(cfg, run.tokenizer, data_fingerprint(run), weights)
         schedule = torch.optim.lr_scheduler.LambdaLR(
