@@ -13,7 +13,8 @@ import, function-local ones too):
    error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``loss`` (the weighted cross-entropy),
    ``results.qtypes`` (ReClor's question types), ``runs.cache`` (tokenized splits kept on disk),
    ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs).
-2. ``config``: the run config, its presets and checks.
+2. ``config``, ``runs.config_checks``: the run config and its presets, and its checks (every
+   field's constraint and the validator that ``RunConfig.__post_init__`` calls).
 3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
    ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``course.notebook``:
    ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
@@ -43,7 +44,8 @@ The core reaches into the sub-packages in these places only (``tests/test_layers
 list): ``train`` → ``runs.session`` (``fit``'s named calls: the run directory, resume, signals),
 ``train`` → ``runs.distributed`` (which process this is, for ``setup`` and the evaluation's
 gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` when its caller has
-not), ``data`` → ``runs.cache`` (tokenized splits kept on disk).
+not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``config`` →
+``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``).
 """
 
 __version__ = "0.1.0"
