@@ -16,14 +16,17 @@ import, function-local ones too):
 2. ``config``, ``runs.config_checks``: the run config and its presets, and its checks (every
    field's constraint and the validator that ``RunConfig.__post_init__`` calls).
 3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
-   ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``course.notebook``:
+   ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``runs.loading``,
+   ``course.notebook``:
    ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
    LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``letters`` (the answer
    letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
    ``batch_size="auto"``: no torch), ``tools.synth`` (the bundled ReClor-format data),
    ``tools.tiny`` (the offline tiny Llama), ``tools.honest`` (honest independent solutions of the
    exercises), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
-   ``runs.distributed`` (several processes), ``course.notebook`` (the notebooks' first cell).
+   ``runs.distributed`` (several processes), ``runs.loading`` (what loading a model needs around
+   it: a model folder's checks, one error for what cannot load, transformers' load report),
+   ``course.notebook`` (the notebooks' first cell).
 4. ``model``, ``lora``, ``runs.session``: the 4-bit model (loading, memory report, NF4 made
    visible), the adapters (a hand-written ``LoRALinear``, injection through peft, counts), and
    what the training loop reaches through a few named calls (``runs.session``: the run
@@ -45,7 +48,8 @@ list): ``train`` → ``runs.session`` (``fit``'s named calls: the run directory,
 ``train`` → ``runs.distributed`` (which process this is, for ``setup`` and the evaluation's
 gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` when its caller has
 not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``config`` →
-``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``).
+``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``), ``model`` →
+``runs.loading`` (``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers).
 """
 
 __version__ = "0.1.0"
