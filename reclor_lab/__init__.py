@@ -17,7 +17,7 @@ import, function-local ones too):
    field's constraint and the validator that ``RunConfig.__post_init__`` calls).
 3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
    ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``runs.loading``,
-   ``course.notebook``:
+   ``runs.data_checks``, ``course.notebook``:
    ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
    LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``letters`` (the answer
    letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
@@ -26,6 +26,7 @@ import, function-local ones too):
    exercises), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
    ``runs.distributed`` (several processes), ``runs.loading`` (what loading a model needs around
    it: a model folder's checks, one error for what cannot load, transformers' load report),
+   ``runs.data_checks`` (a ReClor file's checks: one ``DataError`` naming the file and record),
    ``course.notebook`` (the notebooks' first cell).
 4. ``model``, ``lora``, ``runs.session``: the 4-bit model (loading, memory report, NF4 made
    visible), the adapters (a hand-written ``LoRALinear``, injection through peft, counts), and
@@ -47,7 +48,8 @@ The core reaches into the sub-packages in these places only (``tests/test_layers
 list): ``train`` → ``runs.session`` (``fit``'s named calls: the run directory, resume, signals),
 ``train`` → ``runs.distributed`` (which process this is, for ``setup`` and the evaluation's
 gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` when its caller has
-not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``config`` →
+not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``data`` → ``runs.data_checks``
+(``read_reclor`` calls its file and record checks), ``config`` →
 ``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``), ``model`` →
 ``runs.loading`` (``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers).
 """
