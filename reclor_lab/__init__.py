@@ -13,16 +13,21 @@ import, function-local ones too):
    error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``loss`` (the weighted cross-entropy),
    ``results.qtypes`` (ReClor's question types), ``runs.cache`` (tokenized splits kept on disk),
    ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs).
-2. ``config``: the run config, its presets and checks.
+2. ``config``, ``runs.config_checks``: the run config and its presets, and its checks (every
+   field's constraint and the validator that ``RunConfig.__post_init__`` calls).
 3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
-   ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``course.notebook``:
+   ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``runs.loading``,
+   ``runs.data_checks``, ``course.notebook``:
    ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
    LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``letters`` (the answer
    letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
    ``batch_size="auto"``: no torch), ``tools.synth`` (the bundled ReClor-format data),
    ``tools.tiny`` (the offline tiny Llama), ``tools.honest`` (honest independent solutions of the
    exercises), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
-   ``runs.distributed`` (several processes), ``course.notebook`` (the notebooks' first cell).
+   ``runs.distributed`` (several processes), ``runs.loading`` (what loading a model needs around
+   it: a model folder's checks, one error for what cannot load, transformers' load report),
+   ``runs.data_checks`` (a ReClor file's checks: one ``DataError`` naming the file and record),
+   ``course.notebook`` (the notebooks' first cell).
 4. ``model``, ``lora``, ``runs.session``: the 4-bit model (loading, memory report, NF4 made
    visible), the adapters (a hand-written ``LoRALinear``, injection through peft, counts), and
    what the training loop reaches through a few named calls (``runs.session``: the run
@@ -43,7 +48,10 @@ The core reaches into the sub-packages in these places only (``tests/test_layers
 list): ``train`` → ``runs.session`` (``fit``'s named calls: the run directory, resume, signals),
 ``train`` → ``runs.distributed`` (which process this is, for ``setup`` and the evaluation's
 gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` when its caller has
-not), ``data`` → ``runs.cache`` (tokenized splits kept on disk).
+not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``data`` → ``runs.data_checks``
+(``read_reclor`` calls its file and record checks), ``config`` →
+``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``), ``model`` →
+``runs.loading`` (``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers).
 """
 
 __version__ = "0.1.0"

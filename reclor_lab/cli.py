@@ -99,7 +99,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     from reclor_lab.config import REFERENCE_TEMPLATE
     from reclor_lab.data import format_example, read_reclor
 
-    from reclor_lab.config import template_problems
+    from reclor_lab.runs.config_checks import template_problems
 
     if args.template is not None and (problems := template_problems(args.template)):
         raise UsageError(f"--template {args.template!r}: " + "; ".join(problems))

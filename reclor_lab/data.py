@@ -11,12 +11,11 @@ never written.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -24,92 +23,19 @@ from torch.utils.data import Sampler
 
 from reclor_lab.runs import cache as token_cache
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE, RunConfig
-from reclor_lab.errors import ReclorLabError
+from reclor_lab.errors import DataError
+# The file and record checks (one DataError naming the file, the record and what is wrong): machinery.
+from reclor_lab.runs.data_checks import _where, check_records, read_records
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 #: Splits that must carry a ``label`` on every record (the official test split has none).
 LABELED_SPLITS: tuple[Split, ...] = ("train", "val")
-REQUIRED_KEYS = ("context", "question", "answers", "id_string")
-#: The longest text field a record may have, in characters. ReClor's passages run to a few
-#: thousand; a far longer one is a wrong file, and tokenizing it would take gigabytes.
-MAX_FIELD_CHARS = 100_000
-#: ReClor's 17 question types: a record's ``question_type`` is an index 0-16
-#: (:mod:`reclor_lab.results.qtypes` names them).
-NUM_QUESTION_TYPES = 17
 #: Columns the model's forward pass takes; everything else is dropped before batching.
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
-class DataError(ReclorLabError, ValueError):
-    """A ReClor file or record that cannot be used; the message says where and why."""
-
-
 # --- reading and validating --------------------------------------------------------------------
-
-def _where(path: Path, index: int, record: Any) -> str:
-    ident = record.get("id_string") if isinstance(record, dict) else None
-    if isinstance(ident, str):
-        return f"{path}: record {index} (id_string {ident!r})"
-    return f"{path}: record {index}"
-
-
-def _check_text(where: str, what: str, text: str) -> None:
-    """A JSON escape such as ``"\\ud800"`` decodes to a lone surrogate: not text any tokenizer takes."""
-    if len(text) > MAX_FIELD_CHARS:
-        raise DataError(f"{where}: {what} is {len(text):,} characters long, more than the {MAX_FIELD_CHARS:,} a "
-                        "record's field may have (ReClor's passages are a few thousand): check the file")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise DataError(f"{where}: {what} holds an invalid character {text[e.start]!r} at position "
-                        f"{e.start} (a lone UTF-16 surrogate)") from None
-
-
-def _check_record(path: Path, index: int, rec: Any, labeled: bool | None) -> None:
-    if not isinstance(rec, dict):
-        raise DataError(f"{_where(path, index, rec)}: expected a JSON object, got {type(rec).__name__}")
-    where = _where(path, index, rec)
-    for key in REQUIRED_KEYS:
-        if key not in rec:
-            raise DataError(f"{where}: missing key {key!r} (a record needs {', '.join(REQUIRED_KEYS)})")
-    for key in ("context", "question", "id_string"):
-        if not isinstance(rec[key], str):
-            raise DataError(f"{where}: {key!r} must be a string, got {type(rec[key]).__name__}")
-        if not rec[key].strip():
-            raise DataError(f"{where}: {key!r} is empty")
-        _check_text(where, key, rec[key])
-    _check_answers(where, rec["answers"])
-    _check_label(where, rec, labeled)
-
-
-def _check_answers(where: str, answers: Any) -> None:
-    if not isinstance(answers, list):
-        raise DataError(f"{where}: 'answers' must be a list of {NUM_LABELS} strings, got {type(answers).__name__}")
-    if len(answers) != NUM_LABELS:
-        raise DataError(f"{where}: 'answers' must have exactly {NUM_LABELS} options, got {len(answers)}")
-    for j, ans in enumerate(answers):
-        if not isinstance(ans, str):
-            raise DataError(f"{where}: option {OPTION_LETTERS[j]} must be a string, got {type(ans).__name__}")
-        if not ans.strip():
-            raise DataError(f"{where}: option {OPTION_LETTERS[j]} is empty")
-        _check_text(where, f"option {OPTION_LETTERS[j]}", ans)
-
-
-def _check_label(where: str, rec: dict, labeled: bool | None) -> None:
-    if "label" in rec:
-        label = rec["label"]
-        if not isinstance(label, int) or isinstance(label, bool):
-            raise DataError(f"{where}: 'label' must be an integer 0-{NUM_LABELS - 1}, got {label!r}")
-        if not 0 <= label < NUM_LABELS:
-            raise DataError(f"{where}: 'label' must be 0-{NUM_LABELS - 1}, got {label}")
-    elif labeled:
-        raise DataError(f"{where}: missing 'label' (this split must be labeled)")
-    if "question_type" in rec and (not isinstance(rec["question_type"], int) or isinstance(rec["question_type"], bool)
-                                   or not 0 <= rec["question_type"] < NUM_QUESTION_TYPES):
-        raise DataError(f"{where}: 'question_type' must be an integer 0-{NUM_QUESTION_TYPES - 1}, "
-                        f"got {str(rec['question_type'])[:40]}")
-
 
 def read_reclor(path: str | Path, labeled: bool | None = None) -> list[dict]:
     """Read and validate one ReClor JSON file.
@@ -120,36 +46,8 @@ def read_reclor(path: str | Path, labeled: bool | None = None) -> list[dict]:
     >>> recs = read_reclor("data/val.json", labeled=True)   # doctest: +SKIP
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise DataError(f"{path}: not a ReClor file (JSON nested too deeply to read)") from None
-    except ValueError as e:  # e.g. an integer of more than 4,300 digits
-        raise DataError(f"{path}: not a ReClor file ({e})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records, got a JSON {type(records).__name__}")
-    if not records:
-        raise DataError(f"{path}: the file holds no records")
-    if labeled is None and isinstance(records[0], dict):
-        labeled = "label" in records[0]
-    seen: dict[str, int] = {}
-    for i, rec in enumerate(records):
-        _check_record(path, i, rec, labeled)
-        if labeled is False and "label" in rec:
-            raise DataError(f"{_where(path, i, rec)}: has a 'label' but earlier records have none")
-        first = seen.setdefault(rec["id_string"], i)
-        if first != i:
-            raise DataError(f"{_where(path, i, rec)}: duplicate id_string (first used by record {first})")
+    records = read_records(path)  # a JSON list of records, or one DataError that says why not
+    check_records(path, records, labeled)  # keys, texts, four options, labels, unique ids
     return records
 
 

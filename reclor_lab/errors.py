@@ -26,6 +26,10 @@ class BaselineError(ReclorLabError, ValueError):
     what to change."""
 
 
+class DataError(ReclorLabError, ValueError):
+    """A ReClor file or record that cannot be used; the message says where and why."""
+
+
 class ModelError(ReclorLabError):
     """A model or tokenizer that cannot be loaded from the path or id given."""
 

@@ -14,24 +14,22 @@ same code path runs on the bundled tiny Llama (bitsandbytes quantizes to 4-bit o
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
-import logging
 import math
-import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.cpu4bit import use_portable_kernels
-from reclor_lab.errors import ModelError, ReclorLabError
+from reclor_lab.errors import ModelError
 from reclor_lab.letters import init_letter_head
+# A model folder's checks, transformers' loading errors and load report, the 4-bit probe: machinery.
+from reclor_lab.runs.loading import (  # QuantizationUnavailable: the error load_model raises, named here too
+    QuantizationUnavailable, _check_4bit_support, _load_errors, _load_report, check_model_source,  # noqa: F401
+)
 from reclor_lab.shapes import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
 
 # The transformers / bitsandbytes imports are heavy (seconds); modules that only need the
@@ -78,10 +76,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
 }
 _BYTES_PER_GB = 1e9  # decimal GB, the unit model cards and nvidia-smi's marketing use
-
-
-class QuantizationUnavailable(ReclorLabError, RuntimeError):
-    """bitsandbytes cannot quantize to 4-bit on this platform/device."""
 
 
 # --- device and precision ----------------------------------------------------------------------
@@ -163,66 +157,7 @@ def bnb_config(cfg: RunConfig):  # -> BitsAndBytesConfig | None (import kept laz
     )
 
 
-@functools.lru_cache(maxsize=None)
-def _check_4bit_support(device: str) -> None:
-    """Quantize and dequantize one tiny tensor on ``device``; raise one clear error if that fails."""
-    fix = 'set quantization="none" in the run config (plain weights, ~4x more memory)'
-    try:
-        import bitsandbytes.functional as bnbf
-    except Exception as e:  # ImportError, or a broken native library
-        raise QuantizationUnavailable(
-            f"bitsandbytes cannot be imported on this platform ({type(e).__name__}: {e}); {fix}"
-        ) from e
-    try:
-        probe = torch.linspace(-1, 1, NF4_BLOCKSIZE, device=device)
-        packed, state = bnbf.quantize_4bit(probe, blocksize=NF4_BLOCKSIZE, quant_type="nf4")
-        bnbf.dequantize_4bit(packed, state, quant_type="nf4")
-    except Exception as e:
-        raise QuantizationUnavailable(
-            f"bitsandbytes cannot quantize to 4-bit on device {device!r} "
-            f"({type(e).__name__}: {e}); {fix}"
-        ) from e
-
-
 # --- loading -----------------------------------------------------------------------------------
-
-def check_model_source(path: str) -> None:
-    """Refuse, in one line, a ``--model`` that cannot be a model: a file, a directory without a
-    ``config.json``, or a path that does not exist (not mistaken for a hub id)."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        raise ModelError(f"{path}: is a file; --model takes a model directory (with config.json) or a hub id")
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{path}: not a model directory (no config.json); point --model at the folder "
-                             "that save_pretrained wrote")
-        return
-    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", path) and not path.startswith((".", "~"))
-    if not hub_id or len(Path(path).parts) > 2:
-        raise ModelError(f"{path}: no such model directory")
-
-
-@contextlib.contextmanager
-def _load_errors(path: str, what: str):
-    """transformers' loading errors (missing files, offline hub, bad JSON) as one ModelError."""
-    try:
-        yield
-    except ReclorLabError:
-        raise
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if Path(path).is_dir():  # a local folder: its files are at fault, not the network
-            raise ModelError(f"{path}: cannot load the {what} ({first}); its files are damaged or not a "
-                             "model the kit loads (config.json + safetensors weights)") from None
-        raise ModelError(f"{path}: cannot load the {what} ({first}); the kit runs offline: use a local "
-                         "directory or a model already in the Hugging Face cache") from None
-    except (RuntimeError, RecursionError, pickle.UnpicklingError, SafetensorError) as e:
-        # damaged or truncated weights, a config nested too deeply, impossible sizes (a negative
-        # hidden_size), a pickle file that safe loading refuses
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path}: cannot load the {what} ({type(e).__name__}: {first}); its files are "
-                         "damaged or not a model the kit loads (config.json + safetensors weights)") from None
-
 
 #: The files a model folder's tokenizer comes from (a fast tokenizer, SentencePiece, or BPE).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -280,40 +215,6 @@ def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor
     """
     positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
     return (positions * (input_ids != pad_token_id)).argmax(-1)
-
-
-#: What transformers' load report always lists when a classifier is loaded from a causal-LM
-#: checkpoint: the new head ``score`` MISSING (initialised at random), ``lm_head`` UNEXPECTED
-#: (a classifier has none), and the reverse for the causal LM of a classifier's checkpoint.
-EXPECTED_LOAD_REPORT_KEYS = frozenset({"score.weight", "lm_head.weight"})
-
-
-class _ExpectedLoadReport(logging.Filter):
-    """Drops transformers' load report when it lists only :data:`EXPECTED_LOAD_REPORT_KEYS`;
-    a report naming any other weight still shows."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "LOAD REPORT" not in message:
-            return True
-        keys = {line.split("|")[0].strip() for line in message.splitlines() if "|" in line} - {"Key", ""}
-        return not keys <= EXPECTED_LOAD_REPORT_KEYS
-
-
-@contextlib.contextmanager
-def _load_report(show: bool) -> Iterator[None]:
-    """transformers' load report during ``from_pretrained``: as it is when ``show``, else
-    without the expected-only one (:class:`_ExpectedLoadReport`)."""
-    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils",
-                                                     "transformers.utils.loading_report")]
-    quiet = None if show else _ExpectedLoadReport()
-    for lg in loggers if quiet else ():
-        lg.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for lg in loggers if quiet else ():
-            lg.removeFilter(quiet)
 
 
 def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causal-lm"] = "classification",

@@ -111,6 +111,9 @@ CORE_INTO_SUB_PACKAGES = {
     ("train", "runs.distributed"),   # which process this is: setup, the evaluation's gather
     ("train", "tools.plan"),         # setup settles batch_size="auto" when its caller has not
     ("data", "runs.cache"),          # tokenized splits kept on disk
+    ("config", "runs.config_checks"),  # RunConfig.__post_init__ calls the validator, problems
+    ("data", "runs.data_checks"),    # read_reclor's file and record checks
+    ("model", "runs.loading"),       # load_model's and load_tokenizer's checks, errors, load report
 }
 COMMAND_LAYER = {"cli", "__main__"}
 

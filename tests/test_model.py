@@ -235,7 +235,9 @@ def test_a_load_report_naming_any_other_weight_still_shows():
         text = "LlamaForSequenceClassification LOAD REPORT from: x\nKey | Status |\n----+----+-\n" + rows
         return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, text, None, None)
 
-    quiet = modeling._ExpectedLoadReport()
+    from reclor_lab.runs.loading import _ExpectedLoadReport
+
+    quiet = _ExpectedLoadReport()
     assert not quiet.filter(record("score.weight | MISSING |\nlm_head.weight | UNEXPECTED |\n"))
     assert quiet.filter(record("score.weight | MISSING |\nmodel.layers.0.mlp.up_proj.weight | MISSING |\n"))
     assert quiet.filter(logging.LogRecord("transformers", logging.WARNING, __file__, 1, "other", None, None))

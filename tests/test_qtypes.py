@@ -107,7 +107,7 @@ STEMS: dict[str, list[str]] = {
 
 
 def test_the_data_checks_know_every_type():
-    from reclor_lab.data import NUM_QUESTION_TYPES
+    from reclor_lab.runs.data_checks import NUM_QUESTION_TYPES
 
     assert len(QUESTION_TYPES) == NUM_QUESTION_TYPES
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from reclor_lab.config import KbitUpcast, RunConfig, parse_memory
+from reclor_lab.config import KbitUpcast, RunConfig
+from reclor_lab.runs.config_checks import parse_memory
 from reclor_lab.errors import PlanError
 from reclor_lab.shapes import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, ModelShape, lora_params, nf4_bytes_per_param
 

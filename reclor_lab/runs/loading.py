@@ -1,0 +1,122 @@
+"""What loading a model needs around it: machinery of :mod:`reclor_lab.model`, not QLoRA.
+
+One clear error for what cannot load (a ``--model`` that cannot be a model, transformers'
+loading errors, a platform where bitsandbytes cannot quantize to 4-bit), and transformers' load
+report without the part every classifier load expects (the new head MISSING, ``lm_head``
+UNEXPECTED). :func:`reclor_lab.model.load_model` and :func:`reclor_lab.model.load_tokenizer`
+call these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+
+from reclor_lab.errors import ModelError, ReclorLabError
+from reclor_lab.shapes import NF4_BLOCKSIZE
+
+
+class QuantizationUnavailable(ReclorLabError, RuntimeError):
+    """bitsandbytes cannot quantize to 4-bit on this platform/device."""
+
+
+@functools.lru_cache(maxsize=None)
+def _check_4bit_support(device: str) -> None:
+    """Quantize and dequantize one tiny tensor on ``device``; raise one clear error if that fails."""
+    fix = 'set quantization="none" in the run config (plain weights, ~4x more memory)'
+    try:
+        import bitsandbytes.functional as bnbf
+    except Exception as e:  # ImportError, or a broken native library
+        raise QuantizationUnavailable(
+            f"bitsandbytes cannot be imported on this platform ({type(e).__name__}: {e}); {fix}"
+        ) from e
+    try:
+        probe = torch.linspace(-1, 1, NF4_BLOCKSIZE, device=device)
+        packed, state = bnbf.quantize_4bit(probe, blocksize=NF4_BLOCKSIZE, quant_type="nf4")
+        bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+    except Exception as e:
+        raise QuantizationUnavailable(
+            f"bitsandbytes cannot quantize to 4-bit on device {device!r} "
+            f"({type(e).__name__}: {e}); {fix}"
+        ) from e
+
+
+def check_model_source(path: str) -> None:
+    """Refuse, in one line, a ``--model`` that cannot be a model: a file, a directory without a
+    ``config.json``, or a path that does not exist (not mistaken for a hub id)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        raise ModelError(f"{path}: is a file; --model takes a model directory (with config.json) or a hub id")
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{path}: not a model directory (no config.json); point --model at the folder "
+                             "that save_pretrained wrote")
+        return
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", path) and not path.startswith((".", "~"))
+    if not hub_id or len(Path(path).parts) > 2:
+        raise ModelError(f"{path}: no such model directory")
+
+
+@contextlib.contextmanager
+def _load_errors(path: str, what: str):
+    """transformers' loading errors (missing files, offline hub, bad JSON) as one ModelError."""
+    try:
+        yield
+    except ReclorLabError:
+        raise
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if Path(path).is_dir():  # a local folder: its files are at fault, not the network
+            raise ModelError(f"{path}: cannot load the {what} ({first}); its files are damaged or not a "
+                             "model the kit loads (config.json + safetensors weights)") from None
+        raise ModelError(f"{path}: cannot load the {what} ({first}); the kit runs offline: use a local "
+                         "directory or a model already in the Hugging Face cache") from None
+    except (RuntimeError, RecursionError, pickle.UnpicklingError, SafetensorError) as e:
+        # damaged or truncated weights, a config nested too deeply, impossible sizes (a negative
+        # hidden_size), a pickle file that safe loading refuses
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: cannot load the {what} ({type(e).__name__}: {first}); its files are "
+                         "damaged or not a model the kit loads (config.json + safetensors weights)") from None
+
+
+#: What transformers' load report always lists when a classifier is loaded from a causal-LM
+#: checkpoint: the new head ``score`` MISSING (initialised at random), ``lm_head`` UNEXPECTED
+#: (a classifier has none), and the reverse for the causal LM of a classifier's checkpoint.
+EXPECTED_LOAD_REPORT_KEYS = frozenset({"score.weight", "lm_head.weight"})
+
+
+class _ExpectedLoadReport(logging.Filter):
+    """Drops transformers' load report when it lists only :data:`EXPECTED_LOAD_REPORT_KEYS`;
+    a report naming any other weight still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        keys = {line.split("|")[0].strip() for line in message.splitlines() if "|" in line} - {"Key", ""}
+        return not keys <= EXPECTED_LOAD_REPORT_KEYS
+
+
+@contextlib.contextmanager
+def _load_report(show: bool) -> Iterator[None]:
+    """transformers' load report during ``from_pretrained``: as it is when ``show``, else
+    without the expected-only one (:class:`_ExpectedLoadReport`)."""
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils",
+                                                     "transformers.utils.loading_report")]
+    quiet = None if show else _ExpectedLoadReport()
+    for lg in loggers if quiet else ():
+        lg.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for lg in loggers if quiet else ():
+            lg.removeFilter(quiet)
