@@ -454,24 +454,8 @@ def write_gradebook(results: list[StudentResult], csv_path: Path, points: dict[i
       each ❌, its hint or reason.
     """
     points = points or parse_points(None)
-    numbers = sorted(EXERCISES)
-    possible = sum(points[n] for n in numbers)
+    rows, details = _gradebook_rows(results, points)
     written = []
-    rows = [["student", *map(_column, numbers), "total", "possible", "percent", "status", "seconds"],
-            ["POINTS", *[f"{points[n]:g}" for n in numbers], f"{possible:g}", f"{possible:g}", "100.0", "", ""]]
-    details = [["student", "exercise", "notebook", "file", "status", "points", "reason", "notebook seconds"]]
-    for r in results:
-        verdicts = r.verdicts
-        got = {n: points[n] if verdicts[n].passed else 0.0 for n in numbers}
-        total = sum(got.values())
-        rows.append([r.student, *[f"{got[n]:g}" for n in numbers], f"{total:g}", f"{possible:g}",
-                     f"{100 * total / possible:.1f}" if possible else "0.0", status_of(r),
-                     f"{sum(nb.seconds for nb in r.notebooks):.1f}"])
-        files = {n: nb for nb in r.notebooks for n in nb.verdicts}
-        for n in numbers:
-            nb = files.get(n)
-            details.append([r.student, n, EXERCISES[n][0], Path(nb.path).name if nb else "", verdicts[n].status,
-                            f"{got[n]:g}", verdicts[n].reason, f"{nb.seconds:.1f}" if nb else ""])
     check_gradebook_path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     written.append(_write_csv(csv_path, rows))
@@ -488,6 +472,28 @@ def write_gradebook(results: list[StudentResult], csv_path: Path, points: dict[i
     finally:
         os.close(fd)
     return written
+
+
+def _gradebook_rows(results: list[StudentResult], points: dict[int, float]) -> tuple[list[list], list[list]]:
+    """The gradebook's rows (header, ``POINTS``, one per student) and the details' rows."""
+    numbers = sorted(EXERCISES)
+    possible = sum(points[n] for n in numbers)
+    rows = [["student", *map(_column, numbers), "total", "possible", "percent", "status", "seconds"],
+            ["POINTS", *[f"{points[n]:g}" for n in numbers], f"{possible:g}", f"{possible:g}", "100.0", "", ""]]
+    details = [["student", "exercise", "notebook", "file", "status", "points", "reason", "notebook seconds"]]
+    for r in results:
+        verdicts = r.verdicts
+        got = {n: points[n] if verdicts[n].passed else 0.0 for n in numbers}
+        total = sum(got.values())
+        rows.append([r.student, *[f"{got[n]:g}" for n in numbers], f"{total:g}", f"{possible:g}",
+                     f"{100 * total / possible:.1f}" if possible else "0.0", status_of(r),
+                     f"{sum(nb.seconds for nb in r.notebooks):.1f}"])
+        files = {n: nb for nb in r.notebooks for n in nb.verdicts}
+        for n in numbers:
+            nb = files.get(n)
+            details.append([r.student, n, EXERCISES[n][0], Path(nb.path).name if nb else "", verdicts[n].status,
+                            f"{got[n]:g}", verdicts[n].reason, f"{nb.seconds:.1f}" if nb else ""])
+    return rows, details
 
 
 def check_gradebook_path(csv_path: Path) -> None:

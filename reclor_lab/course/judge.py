@@ -121,15 +121,19 @@ def bound_names(node: ast.stmt) -> list[str]:
     if isinstance(node, ast.ImportFrom):
         return [a.asname or a.name for a in node.names if a.name != "*"]
     if isinstance(node, (ast.Assign, ast.AnnAssign)) and not is_check_cell(node):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        if isinstance(node, ast.AnnAssign) and node.value is None:
-            return []
-        names = []
-        for t in targets:
-            elts = t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t]
-            names += [e.id for e in elts if isinstance(e, ast.Name)]
-        return names
+        return _assigned(node)
     return []
+
+
+def _assigned(node: ast.Assign | ast.AnnAssign) -> list[str]:
+    """The plain names an assignment binds (``a = …``, ``a, b = …``; not ``a.x = …``)."""
+    if isinstance(node, ast.AnnAssign) and node.value is None:
+        return []
+    names = []
+    for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+        elts = t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t]
+        names += [e.id for e in elts if isinstance(e, ast.Name)]
+    return names
 
 
 def notebook_of(path: Path, nb: Notebook) -> str | None:
@@ -182,23 +186,7 @@ def exercise_code(nb: Notebook, name: str, stand_ins: set[str] = frozenset()) ->
         code.problem = (f"gamed: code cell {final.cell} imports `{name}` "
                         f"(`{_short(ast.unparse(final.node))}`) instead of writing it")
         return code
-    chosen: dict[tuple[int, str], ast.stmt] = {}
-    todo, seen = [final], set()
-    while todo:
-        st = todo.pop()
-        if (st.order, "") in chosen:
-            continue
-        chosen[(st.order, "")] = st.node
-        for ref in sorted(free_names(st.node) - seen):
-            seen.add(ref)
-            if ref in stand_ins and ref != name:
-                code.uses_exercises.append(ref)
-            elif ref in bindings:
-                dep = bindings[ref][-1]
-                if isinstance(dep.node, (ast.Import, ast.ImportFrom)):
-                    chosen[(dep.order, ref)] = _only_alias(dep.node, ref)
-                else:
-                    todo.append(dep)
+    chosen = _follow(final, bindings, stand_ins - {name}, code.uses_exercises)
     for st in nb.statements:  # `from M import *` binds names no one can list: every such import comes along
         if isinstance(st.node, ast.ImportFrom) and any(a.name == "*" for a in st.node.names):
             chosen[(st.order, "*")] = st.node
@@ -208,6 +196,30 @@ def exercise_code(nb: Notebook, name: str, stand_ins: set[str] = frozenset()) ->
     code.source = "\n\n".join(ast.unparse(n) for n in imports + rest) + "\n"
     code.uses_exercises = sorted(set(code.uses_exercises))
     return code
+
+
+def _follow(final: Statement, bindings: dict[str, list[Statement]], stand_ins: set[str],
+            uses: list[str]) -> dict[tuple[int, str], ast.stmt]:
+    """``final`` and every top-level statement it needs, name by name (an import cut down to the
+    alias needed), by notebook order; names in ``stand_ins`` are not followed but noted in ``uses``."""
+    chosen: dict[tuple[int, str], ast.stmt] = {}
+    todo, seen = [final], set()
+    while todo:
+        st = todo.pop()
+        if (st.order, "") in chosen:
+            continue
+        chosen[(st.order, "")] = st.node
+        for ref in sorted(free_names(st.node) - seen):
+            seen.add(ref)
+            if ref in stand_ins:
+                uses.append(ref)
+            elif ref in bindings:
+                dep = bindings[ref][-1]
+                if isinstance(dep.node, (ast.Import, ast.ImportFrom)):
+                    chosen[(dep.order, ref)] = _only_alias(dep.node, ref)
+                else:
+                    todo.append(dep)
+    return chosen
 
 
 def free_names(node: ast.stmt) -> set[str]:

@@ -85,42 +85,46 @@ class _Encoder:
         self.tensors[key] = t.contiguous().clone()
         return {"$t": key, "grad": grad}
 
-    def value(self, x: Any, depth: int = 0) -> Any:  # noqa: C901 - one branch per plain type
+    def value(self, x: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
             raise PlainDataError(f"nested deeper than {MAX_DEPTH}")
         self.items += 1
         if self.items > MAX_ITEMS:
             raise PlainDataError(f"more than {MAX_ITEMS} items")
-        if id(x) in self.objects:
-            o = self.objects[id(x)]
+        if id(x) in self.objects or isinstance(x, Obj):
+            o = self.objects.get(id(x), x)
             return {"$o": o.kind, "params": self.value(o.params, depth + 1)}
-        if isinstance(x, Obj):
-            return {"$o": x.kind, "params": self.value(x.params, depth + 1)}
-        if x is None or type(x) is bool:
-            return x
-        if isinstance(x, bool):
-            return bool.__bool__(x)
-        if isinstance(x, int):
-            return {"$int": str(int.__add__(x, 0))} if abs(int.__add__(x, 0)) >= 2**53 else int.__add__(x, 0)
-        if isinstance(x, float):
-            v = float.__add__(x, 0.0)
-            return v if math.isfinite(v) else {"$float": repr(v)}
-        if isinstance(x, str):
-            return str.__str__(x)
         if isinstance(x, torch.Tensor):
             return self.tensor(x)
-        if type(x).__module__ == "numpy" and hasattr(x, "dtype") and getattr(x, "shape", None) == ():
-            return {"$np": str(x.dtype), "v": self.value(x.item(), depth + 1)}
-        if isinstance(x, (list, tuple)):
-            items = [self.value(v, depth + 1) for v in list.__iter__(x)] if isinstance(x, list) else \
-                [self.value(v, depth + 1) for v in tuple.__iter__(x)]
-            return items if isinstance(x, list) else {"$tuple": items}
+        if isinstance(x, list):
+            return [self.value(v, depth + 1) for v in list.__iter__(x)]
+        if isinstance(x, tuple):
+            return {"$tuple": [self.value(v, depth + 1) for v in tuple.__iter__(x)]}
         if isinstance(x, dict):
-            pairs = [(k, v) for k, v in dict.items(x)]
+            pairs = list(dict.items(x))
             if all(type(k) is str for k, _ in pairs):
                 return {"$dict": {k: self.value(v, depth + 1) for k, v in pairs}}
             return {"$pairs": [[self.value(k, depth + 1), self.value(v, depth + 1)] for k, v in pairs]}
-        return {"$opaque": type(x).__name__}
+        return _scalar(x)
+
+
+def _scalar(x: Any) -> Any:
+    """A scalar as the plain value it holds (a subclass's own methods are not asked)."""
+    if x is None or type(x) is bool:
+        return x
+    if isinstance(x, bool):
+        return bool.__bool__(x)
+    if isinstance(x, int):
+        v = int.__add__(x, 0)
+        return {"$int": str(v)} if abs(v) >= 2**53 else v
+    if isinstance(x, float):
+        v = float.__add__(x, 0.0)
+        return v if math.isfinite(v) else {"$float": repr(v)}
+    if isinstance(x, str):
+        return str.__str__(x)
+    if type(x).__module__ == "numpy" and hasattr(x, "dtype") and getattr(x, "shape", None) == ():
+        return {"$np": str(x.dtype), "v": _scalar(x.item())}
+    return {"$opaque": type(x).__name__}
 
 
 def encode(value: Any, objects: dict[int, Obj] | None = None) -> tuple[bytes, str]:
@@ -150,41 +154,48 @@ class _Decoder:
     def __init__(self, tensors: dict[str, torch.Tensor], build) -> None:
         self.tensors, self.build = tensors, build
 
-    def value(self, x: Any, depth: int = 0) -> Any:  # noqa: C901 - one branch per tag
+    def value(self, x: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH + 2:
             raise PlainDataError("nested too deep")
         if isinstance(x, list):
             return [self.value(v, depth + 1) for v in x]
         if not isinstance(x, dict):
             return x
-        if "$t" in x:
-            if x["$t"] not in self.tensors:
-                raise PlainDataError(f"no tensor {x['$t']!r}")
-            t = self.tensors[x["$t"]]
-            return t.requires_grad_(True) if x.get("grad") and t.is_floating_point() else t
-        if "$tuple" in x:
-            return tuple(self.value(v, depth + 1) for v in x["$tuple"])
-        if "$dict" in x:
-            return {str(k): self.value(v, depth + 1) for k, v in x["$dict"].items()}
-        if "$pairs" in x:
-            return {_hashable(self.value(k, depth + 1)): self.value(v, depth + 1) for k, v in x["$pairs"]}
-        if "$int" in x:
-            return int(x["$int"])
-        if "$float" in x:
-            return float(x["$float"])
-        if "$np" in x:
-            import numpy as np
-
-            try:
-                return np.dtype(x["$np"]).type(self.value(x["v"], depth + 1))
-            except (TypeError, ValueError):
-                return opaque(x["$np"])
-        if "$o" in x:
-            o = Obj(str(x["$o"]), self.value(x.get("params", {}), depth + 1))
-            return self.build(o) if self.build else o
-        if "$opaque" in x:
-            return opaque(x["$opaque"])
+        for tag, read in self.TAGS.items():
+            if tag in x:
+                return read(self, x, depth + 1)
         raise PlainDataError(f"unknown tag in {sorted(x)[:3]}")
+
+    def tensor(self, x: dict, depth: int) -> torch.Tensor:
+        if x["$t"] not in self.tensors:
+            raise PlainDataError(f"no tensor {x['$t']!r}")
+        t = self.tensors[x["$t"]]
+        return t.requires_grad_(True) if x.get("grad") and t.is_floating_point() else t
+
+    def numpy(self, x: dict, depth: int) -> Any:
+        import numpy as np
+
+        try:
+            return np.dtype(x["$np"]).type(self.value(x["v"], depth))
+        except (TypeError, ValueError):
+            return opaque(x["$np"])
+
+    def obj(self, x: dict, depth: int) -> Any:
+        o = Obj(str(x["$o"]), self.value(x.get("params", {}), depth))
+        return self.build(o) if self.build else o
+
+    TAGS = {
+        "$t": tensor,
+        "$tuple": lambda self, x, depth: tuple(self.value(v, depth) for v in x["$tuple"]),
+        "$dict": lambda self, x, depth: {str(k): self.value(v, depth) for k, v in x["$dict"].items()},
+        "$pairs": lambda self, x, depth: {_hashable(self.value(k, depth)): self.value(v, depth)
+                                          for k, v in x["$pairs"]},
+        "$int": lambda self, x, depth: int(x["$int"]),
+        "$float": lambda self, x, depth: float(x["$float"]),
+        "$np": numpy,
+        "$o": obj,
+        "$opaque": lambda self, x, depth: opaque(x["$opaque"]),
+    }
 
 
 def _hashable(k: Any) -> Any:

@@ -337,29 +337,44 @@ def _call(fn, call: dict, build: Builder, record_params: bool) -> dict:
     args = _materialize(call["args"], build)
     if call.get("rng") is not None:
         torch.set_rng_state(call["rng"])
-    models = [a for a in args if isinstance(a, nn.Module) and hasattr(a, "config")]
-    for model, training in zip(models, call.get("training", [])):
-        model.train(bool(training))
-    seen: list[list[bool]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append([torch.is_grad_enabled(), m.training]))
-             for m in models]
-    dicts = {i: (dict(a), {k: v.clone() for k, v in a.items() if isinstance(v, torch.Tensor)})
-             for i, a in enumerate(args) if isinstance(a, dict)}
-    frozen = [_frozen_sum(m) for m in models] if record_params else []
+    watch = _Watch(args, call.get("training", []), record_params)
     out: dict[str, Any] = {}
     try:
         out["value"] = fn(*args)
     except BaseException as e:  # noqa: BLE001 - whatever the student's function raised
         out["raised"] = Raised.of(e).as_dict()
-    for h in hooks:
-        h.remove()
-    out["seen"] = seen
-    out["training_after"] = [m.training for m in models]
-    out["mutated"] = [i for i, (keys, values) in dicts.items() if _mutated(args[i], keys, values)]
-    if record_params:
-        out["params"] = [[p.detach().clone() for p in trainable(m)] for m in models]
-        out["frozen_changed"] = [_frozen_sum(m) != s for m, s in zip(models, frozen)]
+    out.update(watch.report())
     return out
+
+
+class _Watch:
+    """What a call does to its inputs, as the check's test would see it: the forward passes of a
+    model it is handed (grad mode, train mode), the model's mode afterwards, dicts it changed, and
+    for a train step the trainable parameters after it and whether a frozen one moved."""
+
+    def __init__(self, args: list, training: list, record_params: bool) -> None:
+        self.args, self.record_params = args, record_params
+        self.models = [a for a in args if isinstance(a, nn.Module) and hasattr(a, "config")]
+        for model, mode in zip(self.models, training):
+            model.train(bool(mode))
+        self.seen: list[list[bool]] = []
+        self.hooks = [m.register_forward_pre_hook(self._seen) for m in self.models]
+        self.dicts = {i: (dict(a), {k: v.clone() for k, v in a.items() if isinstance(v, torch.Tensor)})
+                      for i, a in enumerate(args) if isinstance(a, dict)}
+        self.frozen = [_frozen_sum(m) for m in self.models] if record_params else []
+
+    def _seen(self, module: nn.Module, inputs) -> None:
+        self.seen.append([torch.is_grad_enabled(), module.training])
+
+    def report(self) -> dict:
+        for h in self.hooks:
+            h.remove()
+        out = {"seen": self.seen, "training_after": [m.training for m in self.models],
+               "mutated": [i for i, (keys, values) in self.dicts.items() if _mutated(self.args[i], keys, values)]}
+        if self.record_params:
+            out["params"] = [[p.detach().clone() for p in trainable(m)] for m in self.models]
+            out["frozen_changed"] = [_frozen_sum(m) != s for m, s in zip(self.models, self.frozen)]
+        return out
 
 
 def _materialize(value: Any, build: Builder) -> Any:
