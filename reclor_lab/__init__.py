@@ -8,16 +8,17 @@ tiny-model generators). Modules sit in layers, lowest first; a module imports on
 layer or a lower one, and no imports go in a circle (``tests/test_layers.py`` reads every
 import, function-local ones too):
 
-1. ``errors``, ``cpu4bit``, ``loss``, ``results.qtypes``, ``runs.cache``, ``course.stored_outputs``:
-   they import nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected
+1. ``errors``, ``cpu4bit``, ``loss``, ``results.qtypes``, ``runs.cache``, ``course.stored_outputs``,
+   ``course.plain``: they import nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected
    error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``loss`` (the weighted cross-entropy),
    ``results.qtypes`` (ReClor's question types), ``runs.cache`` (tokenized splits kept on disk),
-   ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs).
+   ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs),
+   ``course.plain`` (the plain data that crosses the grading sandbox's wall).
 2. ``config``, ``runs.config_checks``: the run config and its presets, and its checks (every
    field's constraint and the validator that ``RunConfig.__post_init__`` calls).
 3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
    ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``runs.loading``,
-   ``runs.data_checks``, ``course.notebook``:
+   ``runs.data_checks``, ``course.notebook``, ``course.sandbox``:
    ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
    LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``letters`` (the answer
    letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
@@ -27,7 +28,8 @@ import, function-local ones too):
    ``runs.distributed`` (several processes), ``runs.loading`` (what loading a model needs around
    it: a model folder's checks, one error for what cannot load, transformers' load report),
    ``runs.data_checks`` (a ReClor file's checks: one ``DataError`` naming the file and record),
-   ``course.notebook`` (the notebooks' first cell).
+   ``course.notebook`` (the notebooks' first cell), ``course.sandbox`` (the OS sandbox a
+   submission is graded in: bubblewrap and limits).
 4. ``model``, ``lora``, ``runs.session``: the 4-bit model (loading, memory report, NF4 made
    visible), the adapters (a hand-written ``LoRALinear``, injection through peft, counts), and
    what the training loop reaches through a few named calls (``runs.session``: the run
@@ -36,8 +38,12 @@ import, function-local ones too):
    ``train.predict_logits``) and the Hugging Face Trainer path.
 6. ``results.analysis``, ``results.baselines``, ``runs.job``: a run's results, what guessing and
    the untrained model score, and the kit's main job (train, reload, evaluate, predict).
-7. ``course.checks``, ``course.build``, ``course.judge``, ``course.grade``: the student exercises,
-   the student copies, reading a submission's exercise code (``judge``) and grading.
+7. ``course.checks``, ``course.build``, ``course.judge``, ``course.runner``,
+   ``course.grading.exercises``, ``course.grading.replay``, ``course.grade``: the student
+   exercises, the student copies, reading a submission's exercise code (``judge``), running it
+   inside the sandbox (``runner``, the only kit code that touches it), the grader's side of the
+   wall (``grading``: references, hidden cases, comparisons, never visible inside) and the
+   grading command.
 8. ``course.outfiles``, ``course.roster``, ``course.export``, ``course.similar``, ``course.feedback``,
    ``course.report``: the instructor's view of a graded class: files written safely, the class
    list, the gradebook in otter's, Canvas's and Moodle's layouts, copied work, feedback per

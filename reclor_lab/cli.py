@@ -476,10 +476,12 @@ def cmd_course_grade(args: argparse.Namespace) -> int:
         if taken:
             raise UsageError(f"{', '.join(map(str, taken))} exists; choose another --csv file or pass --overwrite")
     class_roster = _class_view_before(args)
+    if args.csv is not None:
+        grade.check_gradebook_path(args.csv)  # before grading: a bad path wastes no class's time
     results = grade.grade(args.submissions, jobs=args.jobs, seed=args.seed,
                           cpu_seconds=args.cpu_limit or grade.CPU_SECONDS,
                           memory_bytes=int(args.memory_limit * 2**30) if args.memory_limit else grade.MEMORY_BYTES,
-                          wall_seconds=args.timeout or grade.WALL_SECONDS)
+                          wall_seconds=args.timeout or grade.WALL_SECONDS, sandboxed=not args.no_sandbox)
     class_rows, results = _class_view_rows(results, class_roster)
     print()
     print(grade.table(results))
@@ -487,6 +489,11 @@ def cmd_course_grade(args: argparse.Namespace) -> int:
         written = grade.write_gradebook(results, args.csv, points)
         print(f"wrote {written[0]}, {written[1]} and {len(written) - 2} feedback file(s) in {written[-1].parent}")
     _class_view_after(args, class_rows, points)
+    failed = [f"{r.student}/{Path(nb.path).name}" for r in results for nb in r.notebooks if nb.failed]
+    if failed:
+        print(f"reclor-lab: error: {len(failed)} notebook(s) could not be read or graded: {', '.join(failed[:10])}"
+              + (" …" if len(failed) > 10 else "") + " (their rows say why)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -549,6 +556,17 @@ def _class_view_after(args: argparse.Namespace, rows, points) -> None:
     if args.feedback is not None:
         written = feedback.write_feedback(rows, points, args.feedback, overwrite=args.overwrite)
         print(f"wrote {len(written)} feedback file(s) in {args.feedback}")
+
+
+def _positive_gib(text: str) -> float:
+    """An argparse type: a finite number of GiB above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB above 0 (e.g. 2 or 0.5), got {text!r}") from None
+    if not (0 < value < 2**20):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected a number of GiB above 0 (e.g. 2 or 0.5), got {text!r}")
+    return value
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -661,16 +679,18 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSIONS",
                     help="a class folder (one sub-folder per student, or STUDENT__NN_name.ipynb files), "
                          "or .ipynb files")
-    cg.add_argument("--jobs", type=_positive_int, default=1, help="notebooks judged at once (default: 1)")
+    cg.add_argument("--jobs", type=_positive_int, default=1, help="students' sandboxes run at once (default: 1)")
     cg.add_argument("--csv", type=Path, help="write the gradebook here, with FILE_details.csv and FILE_feedback/")
     cg.add_argument("--overwrite", action="store_true", help="let --csv replace an existing gradebook")
     cg.add_argument("--points", help="points per exercise, e.g. 8=2,10=2 (default: 1 each)")
     cg.add_argument("--seed", type=int, help="seed of the hidden cases (default: drawn afresh)")
     cg.add_argument("--timeout", type=_positive_int,
-                    help="wall-clock seconds per notebook before it is stopped (default: grade.WALL_SECONDS, 180)")
-    cg.add_argument("--cpu-limit", type=_positive_int, help="CPU seconds per notebook (default: grade.CPU_SECONDS, 60)")
-    cg.add_argument("--memory-limit", type=float,
-                    help="GiB a notebook's judging may add to the grader's own memory (default: 2)")
+                    help="wall-clock seconds per exercise before it is stopped (default: grade.WALL_SECONDS, 180)")
+    cg.add_argument("--cpu-limit", type=_positive_int, help="CPU seconds per exercise (default: grade.CPU_SECONDS, 60)")
+    cg.add_argument("--memory-limit", type=_positive_gib,
+                    help="GiB an exercise may add to what its sandbox's runner holds (default: 2)")
+    cg.add_argument("--no-sandbox", action="store_true",
+                    help="run the submissions WITHOUT the OS sandbox (trusted ones only: every row says so)")
     # the instructor's view of the class (issue 31): roster, LMS exports, class report, feedback
     cg.add_argument("--roster", type=Path, help="CSV with columns submission,id,name,email: maps folder or file "
                                                  "names to students; roster students with no submission get 0")

@@ -17,6 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from reclor_lab.config import REPO_ROOT
+
 from reclor_lab.cli import main
 from reclor_lab.course import checks, export, feedback, outfiles, report, roster, similar
 from reclor_lab.course.build import KERNELSPEC
@@ -242,24 +244,32 @@ def test_the_threshold_and_the_exercises_left_out_are_what_the_calibration_gives
     assert set(EXERCISES) - set(similar.TOO_SHORT), "no exercise left to compare"
 
 
-def test_honest_solutions_pass_the_exercises_own_checks():
-    """The calibration's honest students are correct: a sample of each generator's variants passes
-    the exercise's check and its hidden cases (what the grader judges)."""
+@pytest.mark.slow
+def test_honest_solutions_pass_the_exercises_own_checks(tmp_path):
+    """The calibration's honest students are correct: two students whose every exercise is an
+    honest variant (appended to the kit's solved notebooks as a last cell, so the variant is the
+    final ``def`` the grader judges) score full marks from the real grader, sandbox, checks and
+    hidden cases included."""
+    import json
+
     from reclor_lab.course import grade
 
-    ctx = grade.JudgeContext()
-    for number, (_, _, name) in sorted(EXERCISES.items()):
-        spec = checks.JUDGING[name]
-        test = checks.build_test(spec.check, *spec.inputs(ctx))
-        rng = random.Random(5)
-        hidden = [(w, a, spec.reference(*a)) for w, a in (spec.hidden(rng, ctx) if spec.hidden else [])]
-        sources = {honest.solution(name, random.Random(seed)) for seed in range(6)}
-        for src in sources:
-            namespace = {"weighted_ce": checks.reference_weighted_ce}
-            exec(compile(src, f"<honest {name}>", "exec"), namespace)
-            fn = namespace[name]
-            assert checks._judge(number, fn, test)[0] == "✅", src
-            assert all(spec.same(fn(*args), want) for _, args, want in hidden), src
+    for student, seed in (("alice", 5), ("bob", 6)):
+        rng = random.Random(seed)
+        folder = tmp_path / "class" / student
+        folder.mkdir(parents=True)
+        for nb in sorted(REPO_ROOT.glob("notebooks/0[1-6]_*.ipynb")):
+            doc = json.loads(nb.read_text(encoding="utf-8"))
+            for number, (notebook, _, name) in sorted(EXERCISES.items()):
+                if nb.name.startswith(notebook + "_"):
+                    src = honest.solution(name, rng)
+                    doc["cells"].append({"cell_type": "code", "execution_count": None, "id": f"honest-{number}",
+                                         "metadata": {}, "outputs": [], "source": src.splitlines(keepends=True)})
+            (folder / nb.name).write_text(json.dumps(doc), encoding="utf-8")
+    results = grade.grade([tmp_path / "class"], jobs=1, seed=11, progress=lambda *a, **k: None)
+    for r in results:
+        wrong = {n: (v.status, v.reason) for n, v in r.verdicts.items() if not v.passed}
+        assert not wrong, (r.student, wrong)
 
 
 def test_a_class_of_30_flags_exactly_the_planted_copies():

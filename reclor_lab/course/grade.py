@@ -1,74 +1,67 @@
-"""The instructor's grading command: judge a class's notebooks without running them.
+"""The instructor's grading command: every submission runs in an OS sandbox, judged outside it.
 
-``reclor-lab course grade SUBMISSIONS --jobs N --csv grades.csv`` reads every submitted ``.ipynb``
-and judges each exercise on the submission's final ``def`` of its function (see
-:mod:`reclor_lab.course.judge` for what is read and what counts as gamed). No notebook is executed: no
-training run, no kernel, nothing a notebook printed or stored counts.
+``reclor-lab course grade SUBMISSIONS --jobs N --csv grades.csv``:
 
-How one notebook is judged:
+1. Reads every submitted ``.ipynb`` here, without running it, and takes each exercise's code:
+   the notebook's final ``def`` of the exercise's function and what it needs
+   (:mod:`reclor_lab.course.judge`).
+2. Once per run, prepares every exercise's inputs (:func:`reclor_lab.course.grading.replay.prepare`):
+   the calls the notebook check's test makes, and hidden cases drawn from the grading seed; the
+   right answers stay in this process.
+3. Per student, one sandbox (:mod:`reclor_lab.course.sandbox`: bubblewrap, namespaces, limits)
+   holds that student's exercise code and the inputs as data; inside, the runner
+   (:mod:`reclor_lab.course.runner`) calls each exercise's function in a process of its own and
+   sends the answers back as plain data (:mod:`reclor_lab.course.plain`: JSON, safetensors).
+   ``--jobs N`` sandboxes run at once.
+4. Here, outside, each check's test runs again on those answers and the hidden answers are
+   compared with the reference's (:func:`reclor_lab.course.grading.replay.verdict`).
 
-* ``--jobs N`` worker processes each import :mod:`reclor_lab.course.checks`, capture the functions that
-  judge (:data:`_CAPTURED`), load the tiny model, tokenizer and LoRA layer the checks need
-  (:class:`JudgeContext`) once, then **fork a fresh child per submitted notebook**.
-* The child contains the submission: no network (a new network namespace where the kernel allows
-  one, else sockets refused), a temporary HOME and working folder, an environment of its own
-  (nothing of the instructor's), CPU-time, memory and file-size limits (``resource.setrlimit``),
-  output to ``/dev/null``. It builds every exercise's test and hidden cases **before** any
-  student code runs, then executes each exercise's module and judges it with the captured
-  functions. A change to ``reclor_lab.course.checks``, ``torch`` or the other modules the checks use,
-  made while the student's code ran, voids the verdict (❌ gamed); so does a thread left running.
-* The worker reads the child's verdicts from a pipe (one JSON line per exercise, so the
-  exercises judged before a limit was hit keep their verdicts) and kills it at the wall-clock
-  limit.
-
-Statuses: ✅ passed (the check's cases and the hidden ones), ❌ wrong or gamed (the reason says
-which), ⏳ still the stub, ``missing`` (no such notebook or function submitted), ``limit`` (the
-notebook broke a limit before this exercise was judged).
+Statuses: ✅ passed (the check's cases and the hidden ones), ❌ wrong (the reason says why), ⏳ still
+the stub, ``missing`` (no such notebook or function submitted), ``limit`` (a limit stopped it),
+``error`` (the notebook could not be read, or its sandbox failed twice).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
 import json
 import os
-import random
 import re
 import secrets
-import select
-import signal
+import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reclor_lab.course.checks import EXERCISES
+from reclor_lab.course.sandbox import Limits
 from reclor_lab.errors import ReclorLabError
 
-PASS, FAIL, TODO, MISSING, LIMIT = "✅", "❌", "⏳", "missing", "limit"
+PASS, FAIL, TODO, MISSING, LIMIT, ERROR = "✅", "❌", "⏳", "missing", "limit", "error"
 #: Points of an exercise unless ``--points`` says otherwise: all or nothing per exercise.
 DEFAULT_POINTS = 1.0
-#: Per submitted notebook: CPU seconds, extra memory (on top of what the worker holds), the
-#: largest file it may write, and the wall-clock time after which it is killed. A correct
-#: notebook needs about 1-5 CPU seconds (exercise 10 runs four optimizer steps of the tiny model).
-CPU_SECONDS = 60
-MEMORY_BYTES = 2 * 2**30
-FILE_BYTES = 16 * 2**20
-WALL_SECONDS = 180
+#: Per exercise: CPU seconds, memory on top of what the sandbox's runner holds, wall-clock
+#: seconds. A correct exercise needs about 1-5 CPU seconds (exercise 10 runs four optimizer steps
+#: of the tiny model).
+CPU_SECONDS = Limits.cpu_seconds
+MEMORY_BYTES = Limits.memory_bytes
+WALL_SECONDS = Limits.wall_seconds
 #: Separates the student from the notebook in a loose file's name: ``ana__01_data.ipynb``.
 STUDENT_SEPARATOR = "__"
-#: Environment of the judging child: nothing of the instructor's, offline.
-CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-             "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-#: Modules whose top-level names must be the same after a student's code ran as before.
-GUARDED_MODULES = ("reclor_lab.course.checks", "reclor_lab.config", "reclor_lab.data", "reclor_lab.loss",
-                   "reclor_lab.metrics", "reclor_lab.model", "reclor_lab.lora", "reclor_lab.train",
-                   "reclor_lab.course.grade", "reclor_lab.course.judge", "torch", "torch.nn", "torch.nn.functional",
-                   "torch.nn.utils", "math", "builtins", "bitsandbytes", "bitsandbytes.functional")
+#: The most a sandbox may send back (all of one student's answers).
+MAX_ANSWER_BYTES = 256 * 2**20
+#: What every row says when the sandbox was switched off.
+NO_SANDBOX = "graded WITHOUT a sandbox (--no-sandbox: trusted submissions only)"
 
 
 class GradeError(ReclorLabError, ValueError):
-    """Submissions that cannot be graded at all (no such file, no notebook found, bad option)."""
+    """Submissions that cannot be graded at all (no such file, no notebook found, no sandbox, bad option)."""
 
 
 @dataclass
@@ -76,10 +69,10 @@ class Verdict:
     """One exercise of one student."""
 
     number: int
-    status: str  # ✅ ❌ ⏳ missing limit
-    reason: str = ""  # the check's line for ❌/⏳, or why it is gamed / missing / not reached
-    code: str = ""  # the exercise's source as judged (what the class report compares between students)
-    hidden: str = ""  # the hidden case that failed (what it was, never its expected value)
+    status: str  # ✅ ❌ ⏳ missing limit error
+    reason: str = ""  # the check's line for ❌/⏳, or why it is missing / not reached
+    code: str = ""  # the exercise's source as judged (for similarity detection)
+    hidden: str = ""  # the hidden case that failed, if one did (never its expected value)
 
     @property
     def passed(self) -> bool:
@@ -96,6 +89,11 @@ class NotebookResult:
     problem: str = ""
     seconds: float = 0.0
 
+    @property
+    def failed(self) -> bool:
+        """Whether it could not be read or graded (a limit is a grade; this is not)."""
+        return bool(self.problem) and not self.problem.startswith((LIMIT, "left out"))
+
 
 @dataclass
 class StudentResult:
@@ -103,6 +101,7 @@ class StudentResult:
 
     student: str
     notebooks: list[NotebookResult] = field(default_factory=list)
+    sandboxed: bool = True
 
     @property
     def verdicts(self) -> dict[int, Verdict]:
@@ -137,7 +136,7 @@ def find_students(paths: list[str | Path]) -> dict[str, list[Path]]:
     def add(student: str, path: Path) -> None:
         found.setdefault(student, []).append(path)
 
-    for p in map(Path, paths):
+    for p in (Path(x).absolute() for x in paths):  # a relative path grades like the absolute one
         if p.is_file():
             add(_student_of_file(p), p)
             continue
@@ -165,404 +164,254 @@ def _student_of_file(path: Path) -> str:
     return path.stem
 
 
-# --- the judging process ----------------------------------------------------------------------------------
+# --- reading the submissions ------------------------------------------------------------------------------
 
-class JudgeContext:
-    """What the checks need besides the student's function, built once per worker from the kit's
-    tiny model (never from a submission): ``model`` (4-bit classifier), ``tokenizer``,
-    ``lora_layer`` (peft's 4-bit LoRA layer), ``train_step_inputs`` (model with LoRA, a batch of
-    the check records, class weights). Built on first use; a new exercise that needs something
-    else adds a property here and names it in its :class:`reclor_lab.course.checks.Judging`."""
+@dataclass
+class Submission:
+    """One student's notebooks as read here: each file's result so far, and the code each of its
+    exercises runs in the sandbox (``number`` → ``ExerciseCode``)."""
 
-    def __init__(self) -> None:
-        self._cache: dict[str, object] = {}
-        self.seed: int | None = None  # the grading seed's draw for this notebook (None: the notebook's own)
-
-    def _once(self, key: str, build):
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
-
-    @property
-    def cfg(self):
-        from reclor_lab.config import get_preset
-
-        return self._once("cfg", lambda: get_preset("tiny"))
-
-    @property
-    def tokenizer(self):
-        from reclor_lab.model import load_tokenizer
-
-        return self._once("tokenizer", lambda: load_tokenizer(self.cfg.model_name_or_path))
-
-    @property
-    def model(self):
-        from reclor_lab.model import load_model
-
-        return self._once("model", lambda: _quiet(load_model, self.cfg, self.tokenizer))
-
-    @property
-    def peft_model(self):
-        from reclor_lab.lora import inject_lora
-        from reclor_lab.model import load_model
-
-        return self._once("peft", lambda: inject_lora(_quiet(load_model, self.cfg, self.tokenizer), self.cfg))
-
-    @property
-    def lora_layer(self):
-        return self.peft_model.base_model.model.model.layers[0].self_attn.q_proj
-
-    @property
-    def train_step_inputs(self) -> tuple:
-        def build():
-            import torch
-
-            from reclor_lab.course.checks import CHECK_RECORDS
-            from reclor_lab.data import class_weights, format_example
-
-            texts = [format_example(r, self.cfg.template) for r in CHECK_RECORDS]
-            enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-            labels = [r["label"] for r in CHECK_RECORDS]
-            batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                     "labels": torch.tensor(labels)}
-            return batch, class_weights(labels + [3])
-
-        batch, weights = self._once("batch", build)
-        return self.peft_model, batch, weights
-
-    def build_all(self, names: list[str]) -> None:
-        """Build what the exercises ``names`` need now (in the worker, before any fork)."""
-        from reclor_lab.course.checks import JUDGING
-
-        for name in names:
-            if name in JUDGING:
-                JUDGING[name].inputs(self)
+    student: str
+    notebooks: list[NotebookResult]
+    code: dict[int, object] = field(default_factory=dict)
 
 
-def _quiet(fn, *args):
+def read_submission(student: str, files: list[Path]) -> Submission:
+    """Read a student's files; a file that is no notebook, or a second file for one notebook,
+    becomes that notebook's problem (``error``), never a guess."""
+    from reclor_lab.course import judge
+
+    sub = Submission(student, [])
+    by_notebook: dict[str, list[tuple[Path, object]]] = {}
+    for path in files:
+        try:
+            nb = judge.read_notebook(path)
+        except judge.NotANotebook as e:
+            sub.notebooks.append(NotebookResult(str(path), None, problem=f"{ERROR}: {e}"))
+            continue
+        notebook = judge.notebook_of(path, nb)
+        if notebook is None:
+            sub.notebooks.append(NotebookResult(str(path), None, problem=(
+                f"{ERROR}: no exercise of the course found (name the file NN_… or keep the exercises' functions)")))
+            continue
+        by_notebook.setdefault(notebook, []).append((path, nb))
+    for notebook, found in sorted(by_notebook.items()):
+        numbers = judge.exercises_of(notebook)
+        if len(found) > 1:
+            names = " and ".join(str(p) for p, _ in found)
+            why = f"{ERROR}: two files for notebook {notebook}: {names}; keep one of them and grade again"
+            result = NotebookResult(str(found[0][0]), notebook, problem=why)
+            result.verdicts = {n: Verdict(n, ERROR, why) for n in numbers}
+            sub.notebooks.append(result)
+            continue
+        path, nb = found[0]
+        result = NotebookResult(str(path), notebook)
+        if nb.unparsable:
+            result.problem = "left out (does not parse): " + "; ".join(nb.unparsable)
+        for n in numbers:
+            name = EXERCISES[n][2]
+            code = judge.exercise_code(nb, name, stand_ins={other for _, _, other in EXERCISES.values()} - {name})
+            if code.problem:
+                result.verdicts[n] = Verdict(n, FAIL, code.problem, code=code.source)
+            else:
+                sub.code[n] = code
+        sub.notebooks.append(result)
+    return sub
+
+
+# --- grading -----------------------------------------------------------------------------------------------
+
+class Grader:
+    """One grading run: the prepared exercises (built once), the inputs every sandbox reads, and
+    the judging of what each sandbox sends back."""
+
+    def __init__(self, seed: int, limits: Limits, sandboxed: bool = True) -> None:
+        from reclor_lab.course.grading.exercises import Context
+        from reclor_lab.course.grading.replay import inputs_blob, prepare
+
+        self.seed, self.limits, self.sandboxed = seed, limits, sandboxed
+        self.ctx = Context()
+        try:
+            with _quiet():
+                self.prepared = prepare(self.ctx, seed)
+        except Exception as e:  # noqa: BLE001 - one line: the kit itself is broken here
+            raise GradeError(f"the grader could not build what the checks need ({type(e).__name__}: "
+                             f"{_first_line(str(e))}); check that models/tiny-llama exists (reclor-lab tiny build)")
+        self.folder = Path(tempfile.mkdtemp(prefix="reclor-lab-grade-"))
+        self.inputs = self.folder / "inputs"
+        self.inputs.mkdir()
+        blob, meta = inputs_blob(self.prepared)
+        (self.inputs / "inputs.safetensors").write_bytes(blob)
+        (self.inputs / "inputs.json").write_text(meta, encoding="utf-8")
+        self.lock = threading.Lock()  # judging replays on the one context's models: one at a time
+        self.verdicts: dict[tuple[int, str], tuple[str, str, str]] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def job(self, sub: Submission) -> dict:
+        from reclor_lab.course.grading.exercises import SPECS
+
+        exercises = []
+        for n, code in sorted(sub.code.items()):
+            name = EXERCISES[n][2]
+            spec = SPECS[name]
+            # another exercise's function it calls: the checks' reference, as the notebook's stand-in
+            uses = {other: f"reclor_lab.course.checks.{SPECS[other].reference.__name__}"
+                    for other in code.uses_exercises}
+            exercises.append({"number": n, "name": name, "code": code.source, "cell": code.cell, "uses": uses,
+                              "giveaways": list(spec.giveaways), "record_params": spec.record_params})
+        return {"limits": self.limits.as_dict(), "exercises": exercises}
+
+    def grade(self, sub: Submission) -> StudentResult:
+        """Run the student's sandbox (again once if it failed) and judge what came back."""
+        t0 = time.perf_counter()
+        frames, problem = self._run(sub)
+        if problem and not frames:
+            frames, problem = self._run(sub)
+        with self.lock:
+            results = self._judge(sub, frames, problem)
+        elapsed = time.perf_counter() - t0
+        for nb in results.notebooks:
+            nb.seconds = nb.seconds or elapsed / max(1, len(results.notebooks))
+        return results
+
+    def _run(self, sub: Submission) -> tuple[dict[int, tuple[dict, bytes]], str]:
+        from reclor_lab.course import sandbox
+
+        if not sub.code:
+            return {}, ""
+        folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.folder))
+        try:
+            (folder / "job.json").write_text(json.dumps(self.job(sub)), encoding="utf-8")
+            if self.sandboxed:
+                out = sandbox.run(folder, self.inputs, self.limits, len(sub.code), MAX_ANSWER_BYTES)
+            else:
+                out = sandbox.run_unsandboxed(folder, self.inputs, self.limits, len(sub.code), MAX_ANSWER_BYTES)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        frames = {}
+        for header, blob in out.frames:
+            if isinstance(header.get("number"), int) and header["number"] in sub.code:
+                frames[header["number"]] = (header, blob)
+        problem = ""
+        if len(frames) < len(sub.code):
+            tail = _first_line(out.stderr) if out.stderr.strip() else "no message"
+            why = {"time": "the wall-clock limit of the whole sandbox", "size": "its answers were over the size cap"}
+            problem = f"{ERROR}: the sandbox stopped ({why.get(out.stopped, out.stopped or 'early')}; {tail})"
+        return frames, problem
+
+    def _judge(self, sub: Submission, frames: dict, problem: str) -> StudentResult:
+        from reclor_lab.course.grading.replay import verdict
+        from reclor_lab.course.plain import PlainDataError, Raised, decode
+
+        result = StudentResult(sub.student, sub.notebooks, sandboxed=self.sandboxed)
+        for nb in sub.notebooks:
+            if nb.notebook is None or nb.problem.startswith(ERROR):
+                continue
+            spent = 0.0
+            for n in (m for m in _exercises_of(nb.notebook) if m in sub.code):
+                code = sub.code[n]
+                if n not in frames:
+                    nb.verdicts[n] = Verdict(n, ERROR, f"not judged: {problem}", code=code.source)
+                    nb.problem = nb.problem or problem
+                    continue
+                header, blob = frames[n]
+                spent += float(header.get("seconds", 0.0)) if isinstance(header.get("seconds"), (int, float)) else 0
+                nb.verdicts[n] = self._verdict(n, code, header, blob, verdict, decode, PlainDataError, Raised)
+                if nb.verdicts[n].status == LIMIT and not nb.problem:
+                    nb.problem = nb.verdicts[n].reason.removeprefix("not judged: ")
+            nb.seconds = spent
+        return result
+
+    def _verdict(self, n, code, header, blob, verdict, decode, PlainDataError, Raised) -> Verdict:  # noqa: N803
+        name = EXERCISES[n][2]
+        if "limit" in header:
+            return Verdict(n, LIMIT, f"not judged: {LIMIT}: {header['limit']}", code=code.source)
+        if "crashed" in header:
+            return Verdict(n, FAIL, f"`{name}` crashed: {header['crashed']}", code=code.source)
+        if "load_error" in header:
+            e = Raised.from_dict(header["load_error"])
+            return Verdict(n, FAIL, f"the code `{name}` needs raised {e.type_name}: {_first_line(e.message)}",
+                           code=code.source)
+        if "send_error" in header:
+            return Verdict(n, FAIL, f"`{name}`'s answers could not be sent back as plain data "
+                                    f"({header['send_error']})", code=code.source)
+        try:
+            answers = decode(blob, str(header.get("answers", "[]")))
+            if not isinstance(answers, list):
+                raise PlainDataError("not a list of cases")
+        except PlainDataError as e:
+            return Verdict(n, FAIL, f"`{name}`'s answers came back malformed ({e})", code=code.source)
+        # The verdict is a function of the answers alone: students whose answers are the same bytes
+        # (every correct one, mostly) share one replay of the check.
+        key = (n, hashlib.sha256(str(header.get("answers", "")).encode("utf-8") + b"\0" + blob).hexdigest())
+        if key not in self.verdicts:
+            self.verdicts[key] = verdict(n, self.prepared[n], self.ctx, answers)
+        status, reason, hidden = self.verdicts[key]
+        return Verdict(n, status, reason, code=code.source, hidden=hidden)
+
+
+def _exercises_of(notebook: str) -> list[int]:
+    return [n for n, (nb, _, _) in sorted(EXERCISES.items()) if nb == notebook]
+
+
+def _quiet():
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fn(*args)
-
-
-_INIT_FAILED = "the grader could not build what the checks need"
-#: The judging functions, taken from a fresh import of the checks in the worker before any
-#: student code ran (a submission that rebinds ``checks._judge`` later changes nothing here).
-_CAPTURED: dict[str, object] = {}
-_CONTEXT: JudgeContext | None = None
-_SETTINGS: dict[str, object] = {}
-
-
-def _init_worker(settings: dict) -> None:
-    global _CONTEXT
-    import torch
-
-    torch.set_num_threads(1)  # --jobs gives the parallelism; one thread also keeps fork() safe
-    from reclor_lab.course import checks, judge
-
-    _CAPTURED.update(judge=checks._judge, build_test=checks.build_test, judging=dict(checks.JUDGING),
-                     exercises=dict(checks.EXERCISES), read=judge.read_notebook, tampering=judge.tampering,
-                     code=judge.exercise_code, scan=judge.scan_exercise, notebook_of=judge.notebook_of,
-                     exercises_of=judge.exercises_of)
-    _SETTINGS.update(settings)
-    _CONTEXT = JudgeContext()
-    try:
-        _CONTEXT.build_all([name for _, _, name in EXERCISES.values()])
-    except Exception as e:  # noqa: BLE001 - reported on every task as one line
-        _SETTINGS["init_error"] = f"{type(e).__name__}: {_first_line(str(e))}"
-
-
-def _snapshot() -> dict[str, dict[str, object]]:
-    """The top-level names of :data:`GUARDED_MODULES` and what they are bound to."""
-    import sys
-
-    return {m: dict(vars(sys.modules[m])) for m in GUARDED_MODULES if m in sys.modules}
-
-
-def _changed_since(before: dict[str, dict[str, object]]) -> str:
-    """``module.name`` of the first name rebound or deleted since ``before`` (names a module
-    added later, such as a submodule imported since, change nothing the checks use), else ``""``."""
-    import sys
-
-    for module, names in before.items():
-        now = vars(sys.modules[module])
-        for key, value in names.items():
-            if key not in now or now[key] is not value:
-                return f"{module}.{key}"
-    return ""
-
-
-def _contain(work: Path) -> None:
-    """In the child: offline, a temporary HOME and folder, an environment of its own, limits."""
-    import ctypes
-    import resource
-    import socket
-
-    try:  # a user + network namespace of its own: no interface but a loopback that is down
-        libc = ctypes.CDLL(None, use_errno=True)
-        ok = libc.unshare(0x10000000 | 0x40000000) == 0  # CLONE_NEWUSER | CLONE_NEWNET
-    except (OSError, AttributeError):
-        ok = False
-    if not ok:  # no namespaces here: refuse sockets off the machine in this process
-        def refuse(*args, **kwargs):
-            raise OSError("network access is disabled while grading")
-
-        socket.socket.connect = refuse  # type: ignore[method-assign]
-        socket.create_connection = refuse  # type: ignore[assignment]
-    os.environ.clear()
-    os.environ.update(CHILD_ENV, HOME=str(work), TMPDIR=str(work))
-    tempfile.tempdir = str(work)
-    os.chdir(work)
-    cpu = int(_SETTINGS["cpu_seconds"])
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-    resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + int(_SETTINGS["memory_bytes"]),) * 2)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_BYTES, FILE_BYTES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-
-
-def _vm_size() -> int:
-    """This process's virtual size in bytes (what the memory limit comes on top of)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _judge_in_child(path: str, seed: int, out) -> None:
-    """Judge one notebook and write one JSON line per exercise to ``out`` (runs in the child)."""
-    import threading
-
-    c = _CAPTURED
-    judging, exercises = c["judging"], c["exercises"]
-
-    def emit(**kw) -> None:
-        out.write(json.dumps(kw, ensure_ascii=False) + "\n")
-        out.flush()
-
-    try:
-        nb = c["read"](Path(path))
-    except ValueError as e:
-        emit(problem=str(e))
-        return
-    notebook = c["notebook_of"](Path(path), nb)
-    if notebook is None:
-        emit(problem="no exercise of the course found (name the file NN_… or keep the exercises' functions)")
-        return
-    numbers = c["exercises_of"](notebook)
-    emit(notebook=notebook, unparsable=nb.unparsable)
-    gamed = c["tampering"](nb, numbers)
-    # Everything the judging needs, built before any student code runs in this process.
-    rng = random.Random(f"{seed}:{notebook}")
-    _CONTEXT.seed = rng.randrange(2**31)  # checks that draw their own cases (exercise 13) draw them from here
-    prepared = {}
-    for n in numbers:
-        name = exercises[n][2]
-        spec = judging.get(name)
-        if spec is None:
-            continue
-        test = c["build_test"](spec.check, *spec.inputs(_CONTEXT))
-        drawn = spec.hidden(rng, _CONTEXT) if spec.hidden else []
-        hidden = [(what, args, spec.reference(*args)) for what, args in drawn]
-        prepared[n] = (spec, test, hidden)
-    before, threads = _snapshot(), threading.active_count()
-    passed: set[str] = set()
-    for n in numbers:
-        name = exercises[n][2]
-        if n in gamed:
-            emit(number=n, status=FAIL, reason=gamed[n])
-            continue
-        if n not in prepared:
-            emit(number=n, status=FAIL, reason=f"the grader has no judging for `{name}` (checks.JUDGING)")
-            continue
-        others = {exercises[m][2] for m in numbers if m != n} - passed
-        code = c["code"](nb, name, others)
-        reason = code.problem or c["scan"](code, n)
-        if reason:
-            emit(number=n, status=FAIL, reason=reason)
-            continue
-        status, reason = _judge_code(n, code, prepared[n], others)
-        changed = _changed_since(before) or ("a thread left running" if threading.active_count() != threads else "")
-        if changed:
-            status, reason = FAIL, (f"gamed: running `{name}` changed what the checks rely on ({changed}), "
-                                    "so its verdict does not count")
-            emit(number=n, status=status, reason=reason)
-            emit(problem="the submission changed the grader's modules; its later exercises were not judged")
-            return
-        if status == PASS:
-            passed.add(name)
-        emit(number=n, status=status, reason=reason)
-
-
-def _judge_code(number: int, code, prepared, others: set[str]) -> tuple[str, str]:
-    spec, test, hidden = prepared
-    judging = _CAPTURED["judging"]
-    namespace: dict = {"__name__": f"submission_{code.name}"}
-    for other in code.uses_exercises:  # an exercise not passed: the reference stands in, as in the notebook
-        namespace[other] = judging[other].reference
-    try:
-        exec(compile(code.source, f"<{code.name}, from code cell {code.cell}>", "exec"), namespace)
-        fn = namespace[code.name]
-    except MemoryError:
-        raise
-    except BaseException as e:  # noqa: BLE001 - the student's top-level code, whatever it raised
-        return FAIL, f"the code `{code.name}` needs raised {type(e).__name__}: {_first_line(str(e))}"
-    try:
-        symbol, line = _CAPTURED["judge"](number, fn, test)
-    except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt … from the student's function
-        return FAIL, f"`{code.name}` raised {type(e).__name__} while it was judged"
-    if symbol != PASS:
-        return symbol, line
-    for what, args, want in hidden:
-        try:
-            got = fn(*args)
-        except BaseException as e:  # noqa: BLE001
-            return FAIL, f"passes the check's own cases but raised {type(e).__name__} on {what} (drawn when grading)"
-        if not spec.same(got, want):
-            return FAIL, (f"passes the check's own cases but not {what} (drawn when grading): an answer "
-                          "that fits only the check's cases does not count")
-    return PASS, line
-
-
-def _grade_notebook(student: str, path: str) -> tuple[str, dict]:
-    """In a worker: fork a contained child for one notebook and collect its verdicts."""
-    t0 = time.perf_counter()
-    result = NotebookResult(path=path, notebook=None)
-    if "init_error" in _SETTINGS:
-        result.problem = f"{_INIT_FAILED}: {_SETTINGS['init_error']}"
-        return student, asdict(result)
-    work = Path(tempfile.mkdtemp(prefix="reclor-lab-grade-"))
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 0
-        try:
-            os.close(read_fd)
-            with os.fdopen(write_fd, "w", encoding="utf-8") as out:
-                try:
-                    _contain(work)
-                    _judge_in_child(path, int(_SETTINGS["seed"]), out)
-                except MemoryError:
-                    problem = f"{LIMIT}: memory ({_gib(_SETTINGS['memory_bytes'])}) exceeded"
-                    out.write(json.dumps({"problem": problem}) + "\n")
-                except BaseException as e:  # noqa: BLE001
-                    out.write(json.dumps({"problem": f"error: {type(e).__name__}: {_first_line(str(e))}"}) + "\n")
-        except BaseException:  # noqa: BLE001
-            code = 1
-        os._exit(code)
-    os.close(write_fd)
-    lines, timed_out = _read_until(read_fd, float(_SETTINGS["wall_seconds"]))
-    if timed_out:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    _remove(work)
-    for line in lines:
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if "number" in item:
-            result.verdicts[item["number"]] = Verdict(item["number"], item["status"], item.get("reason", ""))
-        elif "notebook" in item:
-            result.notebook = item["notebook"]
-            if item.get("unparsable"):
-                result.problem = "left out (does not parse): " + "; ".join(item["unparsable"])
-        elif "problem" in item:
-            result.problem = item["problem"]
-    if timed_out:
-        result.problem = f"{LIMIT}: wall-clock time ({_SETTINGS['wall_seconds']} s) exceeded"
-    elif os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        cpu_limit = sig in (signal.SIGXCPU, signal.SIGKILL)
-        result.problem = (f"{LIMIT}: CPU time ({_SETTINGS['cpu_seconds']} s) exceeded" if cpu_limit
-                          else f"error: the judging process died ({signal.Signals(sig).name})")
-    elif os.WEXITSTATUS(status) and not result.problem:
-        result.problem = f"error: the judging process exited with status {os.WEXITSTATUS(status)}"
-    if result.notebook and result.problem:  # exercises the child never reached
-        for n in _CAPTURED["exercises_of"](result.notebook):
-            result.verdicts.setdefault(n, Verdict(n, LIMIT if result.problem.startswith(LIMIT) else FAIL,
-                                                  f"not judged: {result.problem}"))
-    result.seconds = time.perf_counter() - t0
-    return student, asdict(result)
-
-
-def _read_until(fd: int, seconds: float) -> tuple[list[str], bool]:
-    deadline = time.monotonic() + seconds
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            os.close(fd)
-            return data.decode("utf-8", "replace").splitlines(), True
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                os.close(fd)
-                return data.decode("utf-8", "replace").splitlines(), False
-            data += chunk
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _gib(n) -> str:
-    return f"{int(n) / 2**30:g} GiB"
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
 
 
 def _first_line(text: str) -> str:
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
-    return lines[-1][:160] if lines else "no message"
+    return lines[-1][:200] if lines else "no message"
 
-
-# --- the class ------------------------------------------------------------------------------------------
 
 def grade(paths: list[str | Path], jobs: int = 1, seed: int | None = None, cpu_seconds: int = CPU_SECONDS,
-          memory_bytes: int = MEMORY_BYTES, wall_seconds: int = WALL_SECONDS, progress=print) -> list[StudentResult]:
-    """Judge every student found in ``paths`` (:func:`find_students`) with ``jobs`` workers.
+          memory_bytes: int = MEMORY_BYTES, wall_seconds: int = WALL_SECONDS, progress=print,
+          sandboxed: bool = True) -> list[StudentResult]:
+    """Judge every student found in ``paths`` (:func:`find_students`), ``jobs`` sandboxes at once.
 
     ``seed`` draws the hidden cases; ``None`` draws a fresh one (the same seed gives the same
-    cases, for re-grading one student the way the class was graded)."""
-    students = find_students(paths)
+    cases, for re-grading one student the way the class was graded). ``sandboxed=False`` runs
+    the submissions without a sandbox (trusted ones only; every row says so). Raises
+    :class:`GradeError` when a sandbox cannot be made here, naming what is missing."""
+    from reclor_lab.course import sandbox
+
+    limits = Limits(cpu_seconds=_positive("cpu_seconds", cpu_seconds), wall_seconds=_positive("wall_seconds",
+                    wall_seconds), memory_bytes=_positive("memory_bytes", memory_bytes))
     if jobs < 1:
         raise GradeError(f"--jobs must be at least 1, got {jobs}")
-    settings = {"seed": secrets.randbits(32) if seed is None else seed, "cpu_seconds": cpu_seconds,
-                "memory_bytes": memory_bytes, "wall_seconds": wall_seconds}
-    results = {name: StudentResult(name) for name in students}
-    tasks = [(name, str(path)) for name, files in students.items() for path in files]
-    import multiprocessing
-
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(settings,)) as pool:
-        futures = {pool.submit(_grade_notebook, name, path): (name, path) for name, path in tasks}
-        for future in as_completed(futures):
-            try:
-                name, raw = future.result()
-            except Exception as e:  # noqa: BLE001 - a worker that died: one line in that row
-                name, path = futures[future]
-                raw = asdict(NotebookResult(path=path, notebook=None,
-                                            problem=f"error: the grading worker stopped ({type(e).__name__})"))
-            if raw["problem"].startswith(_INIT_FAILED):
-                raise GradeError(raw["problem"] + "; check that models/tiny-llama exists (reclor-lab tiny build)")
-            nb = NotebookResult(path=raw["path"], notebook=raw["notebook"], problem=raw["problem"],
-                                seconds=raw["seconds"],
-                                verdicts={int(k): Verdict(**v) for k, v in raw["verdicts"].items()})
-            results[name].notebooks.append(nb)
-            if progress:
-                done = sum(v.passed for v in nb.verdicts.values())
-                progress(f"{name}: {Path(nb.path).name} in {nb.seconds:.1f} s, {done} of {len(nb.verdicts)} passed"
-                         + (f" ({nb.problem})" if nb.problem else ""))
-    for r in results.values():
+    if sandboxed and sandbox.unavailable():
+        raise GradeError(f"cannot grade: {sandbox.unavailable()} (nothing was graded)")
+    students = find_students(paths)
+    subs = [read_submission(name, files) for name, files in students.items()]
+    grader = Grader(secrets.randbits(32) if seed is None else seed, limits, sandboxed)
+    try:
+        with ThreadPoolExecutor(max_workers=min(jobs, len(subs))) as pool:
+            results = []
+            for r in pool.map(grader.grade, subs):
+                results.append(r)
+                if progress:
+                    done = sum(v.passed for v in r.verdicts.values())
+                    seconds = sum(nb.seconds for nb in r.notebooks)
+                    progress(f"{r.student}: {len(r.notebooks)} notebook(s) in {seconds:.1f} s, {done} of "
+                             f"{len(EXERCISES)} passed" + (f" ({'; '.join(r.problems)})" if r.problems else ""))
+    finally:
+        grader.close()
+    for r in results:
         r.notebooks.sort(key=lambda nb: nb.path)
-    return [results[name] for name in students]
+    return results
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise GradeError(f"{name} must be a positive number, got {value!r}")
+    return int(value)
 
 
 # --- the gradebook ----------------------------------------------------------------------------------------
@@ -587,7 +436,8 @@ def _column(number: int) -> str:
 
 def status_of(r: StudentResult) -> str:
     """``graded``, or ``graded with problems: …`` naming each notebook's problem (a limit, a crash)."""
-    return "graded" + (": " + "; ".join(r.problems) if r.problems else "")
+    head = "graded" if r.sandboxed else NO_SANDBOX
+    return head + (": " + "; ".join(r.problems) if r.problems else "")
 
 
 def write_gradebook(results: list[StudentResult], csv_path: Path, points: dict[int, float] | None = None) -> list[Path]:
@@ -604,9 +454,30 @@ def write_gradebook(results: list[StudentResult], csv_path: Path, points: dict[i
       each ❌, its hint or reason.
     """
     points = points or parse_points(None)
+    rows, details = _gradebook_rows(results, points)
+    written = []
+    check_gradebook_path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    written.append(_write_csv(csv_path, rows))
+    written.append(_write_csv(csv_path.with_name(csv_path.stem + "_details.csv"), details))
+    folder = csv_path.with_name(csv_path.stem + "_feedback")
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir()
+    fd = _open_folder(folder)
+    try:
+        for r in results:
+            name = f"{_safe(r.student)}.txt"
+            _write_file(fd, name, feedback(r, points).encode("utf-8"), folder / name)
+            written.append(folder / name)
+    finally:
+        os.close(fd)
+    return written
+
+
+def _gradebook_rows(results: list[StudentResult], points: dict[int, float]) -> tuple[list[list], list[list]]:
+    """The gradebook's rows (header, ``POINTS``, one per student) and the details' rows."""
     numbers = sorted(EXERCISES)
     possible = sum(points[n] for n in numbers)
-    written = []
     rows = [["student", *map(_column, numbers), "total", "possible", "percent", "status", "seconds"],
             ["POINTS", *[f"{points[n]:g}" for n in numbers], f"{possible:g}", f"{possible:g}", "100.0", "", ""]]
     details = [["student", "exercise", "notebook", "file", "status", "points", "reason", "notebook seconds"]]
@@ -622,16 +493,20 @@ def write_gradebook(results: list[StudentResult], csv_path: Path, points: dict[i
             nb = files.get(n)
             details.append([r.student, n, EXERCISES[n][0], Path(nb.path).name if nb else "", verdicts[n].status,
                             f"{got[n]:g}", verdicts[n].reason, f"{nb.seconds:.1f}" if nb else ""])
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    written.append(_write_csv(csv_path, rows))
-    written.append(_write_csv(csv_path.with_name(csv_path.stem + "_details.csv"), details))
-    folder = csv_path.with_name(csv_path.stem + "_feedback")
-    folder.mkdir(exist_ok=True)
-    for r in results:
-        path = folder / f"{_safe(r.student)}.txt"
-        _atomic_write(path, feedback(r, points))
-        written.append(path)
-    return written
+    return rows, details
+
+
+def check_gradebook_path(csv_path: Path) -> None:
+    """Raises :class:`GradeError` when the gradebook or a companion is a symbolic link (the grader
+    never writes through one), or its folder is not a folder."""
+    companions = [csv_path, csv_path.with_name(csv_path.stem + "_details.csv"),
+                  csv_path.with_name(csv_path.stem + "_feedback")]
+    links = [str(p) for p in companions if p.is_symlink()]
+    if links:
+        raise GradeError(f"{', '.join(links)} is a symbolic link; the gradebook is never written through one: "
+                         "remove it or choose another --csv file")
+    if csv_path.parent.exists() and not csv_path.parent.is_dir():
+        raise GradeError(f"{csv_path.parent} is not a folder; choose another --csv file")
 
 
 def feedback(r: StudentResult, points: dict[int, float]) -> str:
@@ -649,7 +524,7 @@ def feedback(r: StudentResult, points: dict[int, float]) -> str:
             lines.append(f"✅ Exercise {n} ({title}): {points[n]:g} point(s).")
         else:
             why = re.sub(r"^(❌|⏳) Exercise \d+ \([^)]*\): ", "", v.reason)
-            mark = {MISSING: "–", LIMIT: "⏱"}.get(v.status, v.status)
+            mark = {MISSING: "–", LIMIT: "⏱", ERROR: "⚠"}.get(v.status, v.status)
             lines.append(f"{mark} Exercise {n} ({title}): 0 point(s). {why}".rstrip())
     return "\n".join(lines) + "\n"
 
@@ -659,13 +534,13 @@ def table(results: list[StudentResult]) -> str:
     numbers = sorted(EXERCISES)
     w = max([len("student")] + [len(r.student) for r in results])
     lines = [f"{'student':<{w}}  " + " ".join(f"{n:>3}" for n in numbers) + "  total  status"]
-    short = {PASS: "✅", FAIL: "❌", TODO: "⏳", MISSING: "-", LIMIT: "L"}
+    short = {PASS: "✅", FAIL: "❌", TODO: "⏳", MISSING: "-", LIMIT: "L", ERROR: "E"}
     for r in results:
         v = r.verdicts
         marks = " ".join(f"{short.get(v[n].status, '?'):>3}" for n in numbers)
         total = sum(x.passed for x in v.values())
         lines.append(f"{r.student:<{w}}  {marks}  {total:>2}/{len(numbers):<2}  {status_of(r)}")
-    lines.append("(✅ passed  ❌ wrong or gamed  ⏳ not started  - missing  L a limit was hit before it was judged)")
+    lines.append("(✅ passed  ❌ wrong  ⏳ not started  - missing  L a limit was hit  E could not be graded)")
     return "\n".join(lines)
 
 
@@ -674,14 +549,50 @@ def _safe(name: str) -> str:
 
 
 def _write_csv(path: Path, rows: list[list]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    fd = _open_folder(path.parent)
+    try:
+        _write_file(fd, path.name, text.getvalue().encode("utf-8"), path)
+    finally:
+        os.close(fd)
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _open_folder(folder: Path) -> int:
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise GradeError(f"cannot write into {folder}: {e.strerror}"
+                         + (" (a symbolic link: the gradebook is never written through one)"
+                            if folder.is_symlink() else "")) from None
+
+
+def _write_file(folder: int, name: str, data: bytes, shown: Path) -> None:
+    """Write ``name`` in the open ``folder`` through a temporary file that replaces it at the end:
+    links are never followed (a planted ``NAME.tmp`` link is removed, not written through), and
+    a write that fails (a full disk) removes the temporary file and names the path."""
+    tmp = name + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=folder)  # a stale temporary file, or a link: the link itself goes
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+    except OSError as e:
+        raise GradeError(f"cannot write {shown}: {e.strerror}") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as e:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise GradeError(f"could not write {shown}: {e.strerror}; nothing there was replaced") from None
+    os.close(fd)
+    try:
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise GradeError(f"could not write {shown}: {e.strerror}") from None
