@@ -21,16 +21,15 @@
 # This notebook:
 #
 # 1. writes the weighted loss, and shows when its weights matter,
-# 2. writes one training step, the five lines every loop is made of, runs it on a demo copy,
-#    and measures what batch size 1 costs,
+# 2. writes one training step, the five lines every loop is made of, and runs it on a demo copy,
 # 3. trains the run for real with the package's loop: evaluation after every epoch, a checkpoint
 #    after every epoch,
-# 4. looks at what a run directory holds,
-# 5. shows the Hugging Face `Trainer` doing the same, and why the reference's `Trainer` showed
-#    no validation numbers,
-# 6. runs the reference report's other habits, each in a cell: a hard-coded GPU index, a metric
-#    from the hub, the wandb prompt,
-# 7. says what changes with several processes (GPUs).
+# 4. looks at what a run directory holds.
+#
+# An appendix at the end holds the kit's other paths: the Hugging Face `Trainer` doing the same
+# (and why the reference's `Trainer` showed no validation numbers), the reference report's other
+# habits, each in a cell (batch size 1 with a cache clear every step, a hard-coded GPU index, a
+# metric from the hub, the wandb prompt), and what changes with several processes (GPUs).
 #
 # **Files.** This notebook needs no other notebook: it reads the model and the data from disk.
 # It **owns the run directory `runs/notebook-<preset>`** (`runs/notebook-tiny` by default): it
@@ -274,61 +273,42 @@ losses = [one_train_step(demo.model, batch, optimizer, demo.weights, cfg.max_gra
 print("loss on the same batch:", " ".join(f"{x:.3f}" for x in losses))
 
 # %% [markdown]
-# ### Batch size 1 and a cache clear every step
-#
-# The reference's loop trained one example at a time and called `torch.cuda.empty_cache()`
-# after every step. Both cost time. One example per step means a full optimizer step (clip,
-# AdamW over every LoRA tensor) per example, and a model call too small to keep the hardware
-# busy. `empty_cache()` hands the GPU memory PyTorch keeps for reuse back to the driver, so the
-# next step has to ask for it again (`cudaMalloc`, which waits for the GPU); it frees nothing the
-# program still uses and hides a real memory problem instead of fixing it. A CPU has no such
-# cache; `gc.collect()` is the nearest forced clean-up.
-#
-# Measured on this machine with the package's `train_step` and `optimizer_step` on the demo
-# copy: the same `cfg.batch_size` examples as one batch, and one at a time (with and without a
-# clean-up per step). Real (non-padding) tokens per second; a few seconds in all.
+# **The data flow of one step**, drawn with this demo batch's real shapes: the batch goes
+# forward through the frozen 4-bit weights and the LoRA matrices to four logits per example, the
+# weighted loss turns them into one number, and backward, clip, step and zero_grad act only on
+# the trainable tensors. Then the next batch comes.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# (speeds depend on the machine and on what else runs on it)
-from reclor_lab.train import optimizer_step, train_step  # the package's own step (exercise 10 is done)
+import matplotlib.pyplot as plt
 
-
-def tokens_per_second(batch_size: int, cleanup: bool) -> float:
-    """Train the demo copy on its first cfg.batch_size examples at ``batch_size``; real tokens/s."""
-    opt = torch.optim.AdamW([p for p in demo.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    examples = model_inputs(demo.train_ds.select(range(cfg.batch_size)))
-    data = DataLoader(examples, batch_size=batch_size, collate_fn=make_collator(demo.tokenizer))
-    tokens, t0 = 0, time.perf_counter()
-    for b in data:
-        tokens += int(b["attention_mask"].sum())
-        b = {k: v.to(demo.device) for k, v in b.items()}
-        train_step(demo.model, b, demo.weights, demo.dtype).item()  # .item(): the reference read every loss
-        optimizer_step(demo.model, opt, cfg.learning_rate, cfg.max_grad_norm)
-        if cleanup:
-            torch.cuda.empty_cache() if demo.device.type == "cuda" else gc.collect()
-    return tokens / (time.perf_counter() - t0)
-
-
-demo.model.train()
-speeds = {"batch 1, clean-up every step": tokens_per_second(1, cleanup=True),
-          "batch 1": tokens_per_second(1, cleanup=False),
-          f"batch {cfg.batch_size} (this run)": tokens_per_second(cfg.batch_size, cleanup=False)}
-for name, tps in speeds.items():
-    print(f"{name:<30} {tps:>8,.0f} tokens/s")
-
-# %% [markdown]
-# The clean-up row is `gc.collect()`, which walks every Python object the process holds at every
-# step: what it costs is the CPU stand-in's price, not `empty_cache()`'s.
-#
-# On a GPU the batch-size gap is wider: a Llama-2-7B step costs about the same at batch 1, 2
-# or 8 while the GPU is not yet busy, so more examples per step means more tokens per second.
-# The README's Performance section measured the kit at batch 8 at 3.4× a loop with the
-# reference's habits (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on
-# an H200; the cost of `empty_cache()` alone was not measured separately there.
-#
-# The demo copy stays loaded, so every cell above can be run again. It is small on a CPU; with
-# the `llama2-7b` preset on a small GPU, restart the kernel before section 3 if memory runs out.
+with torch.no_grad():
+    demo_logits = demo.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+trainable = [p for p in demo.model.parameters() if p.requires_grad]
+stages = [
+    ("batch", f"input_ids {tuple(batch['input_ids'].shape)}\nattention_mask\nlabels {tuple(batch['labels'].shape)}"),
+    ("1. forward", f"frozen 4-bit W0\n+ LoRA, head\nlogits {tuple(demo_logits.shape)}"),
+    ("2. weighted loss", f"weighted_ce(logits,\nlabels, w {tuple(demo.weights.shape)})\n→ one number"),
+    ("3. backward", f"loss.backward()\ngradients of {len(trainable)}\ntrainable tensors"),
+    ("4. clip, step", f"clip the norm to {cfg.max_grad_norm}\nAdamW updates\n{sum(p.numel() for p in trainable):,} numbers"),
+    ("5. zero_grad", "gradients\ncleared for the\nnext batch"),
+]
+fig, ax = plt.subplots(figsize=(12, 2.8))
+for k, (title, body) in enumerate(stages):
+    x = k * 2.0
+    ax.add_patch(plt.Rectangle((x, 0), 1.6, 1.6, facecolor="tab:blue" if k else "tab:gray", alpha=0.15,
+                               edgecolor="black"))
+    ax.text(x + 0.8, 1.4, title, ha="center", va="top", fontweight="bold", fontsize=9)
+    ax.text(x + 0.8, 0.65, body, ha="center", va="center", fontsize=8)
+    if k:
+        ax.annotate("", xy=(x, 0.8), xytext=(x - 0.4, 0.8), arrowprops=dict(arrowstyle="->"))
+ax.annotate("", xy=(0.8, 1.65), xytext=(len(stages) * 2.0 - 1.2, 1.65),
+            arrowprops=dict(arrowstyle="->", connectionstyle="arc3,rad=0.15", color="tab:gray"))
+ax.text(len(stages) - 0.2, 2.05, "next batch", ha="center", color="tab:gray", fontsize=8)
+ax.set_xlim(-0.2, len(stages) * 2.0 - 0.2)
+ax.set_ylim(-0.2, 2.3)
+ax.axis("off")
+ax.set_title("One training step on the demo batch")
+plt.show()
 
 # %% [markdown]
 # ## 3. The real run
@@ -369,13 +349,19 @@ for step in (0, 1, warmup_steps // 2, warmup_steps - 1, warmup_steps, total_step
 # * it tends to favour **one position** for almost every input (the last token's hidden states
 #   of different records are much alike, and a random head turns that common part into a fixed
 #   preference). A head that always answers one letter scores that letter's share of the
-#   validation answers: between 19 % and 29 % on this split;
+#   validation answers (the cell below prints them for this split);
 # * the last hidden state already carries the pre-trained model's **guess of the answer**
 #   (notebook 06 reads it: well above chance), and a random head maps that guess onto letters at
 #   random. Mapped onto wrong letters, the head is wrong *systematically*, and its accuracy falls
 #   below every position's share; mapped onto the right ones, it starts above chance.
 #
 # The cell after the run prints what this run's head chose.
+
+# %%
+val_answers = [r["label"] for r in run_records(cfg, "val")]
+shares = [val_answers.count(c) / len(val_answers) for c in range(4)]
+print("always answering one letter scores on val:", "  ".join(f"{'ABCD'[c]} {x:.3f}" for c, x in enumerate(shares)),
+      f"(between {min(shares):.1%} and {max(shares):.1%})")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -404,10 +390,11 @@ print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them ri
 # copied (it is on disk already); each checkpoint holds only the adapter and the head (a few
 # hundred KB on the tiny model), the optimizer and RNG state for an exact resume (AdamW keeps
 # two fp32 moments per trained parameter: about twice the adapter again), and the history up
-# to that point. On Llama-2-7B the adapter and head alone are ~160 MB (40 M fp32 parameters), so
-# a checkpoint with its optimizer state is about 0.5 GB: the cell after the listing measures
-# the ratio on this run. `state.json` names the last and the best checkpoint
-# and is written last, so a crash at any moment leaves a complete checkpoint behind.
+# to that point. On Llama-2-7B the adapter and head alone are ~160 MB (40 M fp32 parameters), and
+# a checkpoint with its optimizer state several times that: the cell after the listing measures
+# the ratio on this run and scales Llama-2-7B's adapter by it. `state.json` names the last and
+# the best checkpoint and is written last, so a crash at any moment leaves a complete checkpoint
+# behind.
 # `RunDir` (`reclor_lab.runs.rundir`) owns this layout; `.lock` keeps a second process out while a
 # run trains. `data.json` records what the run trained on (a fingerprint of its data, its class
 # weights), and `state.json` a checksum of every checkpoint file, checked whenever one is loaded.
@@ -444,8 +431,25 @@ print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 # epoch too. `fit(run, run_dir, resume=True)` (or `reclor-lab train --resume`) continues from
 # the last checkpoint, skipping the batches already seen, with the same batch order and RNG
 # state it would have had: on a CPU the result is bit for bit that of an uninterrupted run.
+
+# %% [markdown]
+# ## What you have now
 #
-# ## 5. The same with the Hugging Face `Trainer`
+# A trained adapter in `runs/notebook-<preset>`, with its history and metrics. Notebook 05 reads
+# it from disk: curves, confusion matrix, reloading the adapter, predictions on the test split.
+# The appendix below is optional: the kit's other ways to train the same run.
+
+# %% [markdown]
+# ## Appendix: the kit's other paths
+#
+# Not needed for notebook 05; read it when you need it. The same run through the Hugging Face
+# `Trainer` (and why the reference's `Trainer` printed no validation numbers), the reference
+# report's other habits run once each (what batch size 1 and a cache clear every step cost),
+# and what changes with several processes. With the `llama2-7b` preset on a small GPU, restart
+# the kernel before section 3 if memory runs out; the appendix's speed cell then needs section 2
+# run again, for its demo copy.
+#
+# ### A.1 The same with the Hugging Face `Trainer`
 #
 # `fit_with_trainer` hands the same model, data order, weighted loss, optimizer and schedule to
 # a `Trainer` subclass. The reference's author gave up on the Trainer because it showed no
@@ -456,7 +460,7 @@ print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 # steps: ReClor's 4,638 training records at batch 2 are about 2,300 steps per epoch, so about
 # four lines an epoch, but the first only after 500 steps, which on a GPU at batch 2 takes
 # minutes; a run stopped earlier shows nothing. The other candidate is the wandb login prompt
-# (section 6), which stops `trainer.train()` before the first step. The report does not say
+# (appendix A.2), which stops `trainer.train()` before the first step. The report does not say
 # which; either fits "nothing printed".
 #
 # **Predict before you run.** Which of these defaults would you change first to see accuracy
@@ -488,7 +492,59 @@ shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
 trainer_history = fit_with_trainer(setup(trainer_cfg, verbose=False), trainer_cfg.output_dir)
 
 # %% [markdown]
-# ## 6. The reference report's other habits, each run once
+# ### A.2 The reference report's other habits, each run once
+#
+# **Batch size 1 and a cache clear every step.** The reference's loop trained one example at a
+# time and called `torch.cuda.empty_cache()` after every step. Both cost time. One example per step means a full optimizer step (clip,
+# AdamW over every LoRA tensor) per example, and a model call too small to keep the hardware
+# busy. `empty_cache()` hands the GPU memory PyTorch keeps for reuse back to the driver, so the
+# next step has to ask for it again (`cudaMalloc`, which waits for the GPU); it frees nothing the
+# program still uses and hides a real memory problem instead of fixing it. A CPU has no such
+# cache; `gc.collect()` is the nearest forced clean-up.
+#
+# Measured on this machine with the package's `train_step` and `optimizer_step` on section 2's
+# demo copy (still loaded): the same `cfg.batch_size` examples as one batch, and one at a time
+# (with and without a clean-up per step). Real (non-padding) tokens per second; a few seconds in
+# all.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (speeds depend on the machine and on what else runs on it)
+from reclor_lab.train import optimizer_step, train_step  # the package's own step (exercise 10 is done)
+
+
+def tokens_per_second(batch_size: int, cleanup: bool) -> float:
+    """Train the demo copy on its first cfg.batch_size examples at ``batch_size``; real tokens/s."""
+    opt = torch.optim.AdamW([p for p in demo.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    examples = model_inputs(demo.train_ds.select(range(cfg.batch_size)))
+    data = DataLoader(examples, batch_size=batch_size, collate_fn=make_collator(demo.tokenizer))
+    tokens, t0 = 0, time.perf_counter()
+    for b in data:
+        tokens += int(b["attention_mask"].sum())
+        b = {k: v.to(demo.device) for k, v in b.items()}
+        train_step(demo.model, b, demo.weights, demo.dtype).item()  # .item(): the reference read every loss
+        optimizer_step(demo.model, opt, cfg.learning_rate, cfg.max_grad_norm)
+        if cleanup:
+            torch.cuda.empty_cache() if demo.device.type == "cuda" else gc.collect()
+    return tokens / (time.perf_counter() - t0)
+
+
+demo.model.train()
+speeds = {"batch 1, clean-up every step": tokens_per_second(1, cleanup=True),
+          "batch 1": tokens_per_second(1, cleanup=False),
+          f"batch {cfg.batch_size} (this run)": tokens_per_second(cfg.batch_size, cleanup=False)}
+for name, tps in speeds.items():
+    print(f"{name:<30} {tps:>8,.0f} tokens/s")
+
+# %% [markdown]
+# The clean-up row is `gc.collect()`, which walks every Python object the process holds at every
+# step: what it costs is the CPU stand-in's price, not `empty_cache()`'s.
+#
+# On a GPU the batch-size gap is wider: a Llama-2-7B step costs about the same at batch 1, 2
+# or 8 while the GPU is not yet busy, so more examples per step means more tokens per second.
+# The README's Performance section measured the kit at batch 8 at 3.4× a loop with the
+# reference's habits (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on
+# an H200; the cost of `empty_cache()` alone was not measured separately there.
 #
 # **A hard-coded GPU index.** The reference loaded its model with `device_map={"": 4}`: the fifth
 # GPU of the shared server it ran on. On a machine with fewer than five GPUs that fails; on a CPU
@@ -512,7 +568,7 @@ print("the kit's device, derived from the hardware:", pick_device())
 # %% [markdown]
 # With one GPU it fails too: there is no GPU 4 (CUDA calls it an invalid device ordinal). The kit derives the
 # device (`pick_device()`: the current CUDA device, else the CPU) and loads with
-# `device_map={"": device}`; with several processes, each takes its own (section 7).
+# `device_map={"": device}`; with several processes, each takes its own (appendix A.3).
 #
 # **A metric from the hub.** The reference computed accuracy with `datasets.load_metric`, which
 # datasets removed in version 3.0; its successor `evaluate.load("accuracy")` fetches the metric's
@@ -549,7 +605,7 @@ print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/traine
 # %% [markdown]
 # The fifth habit, accuracy divided by the number of batches, is exercise 11 in notebook 05.
 #
-# ## 7. Several processes (GPUs)
+# ### A.3 Several processes (GPUs)
 #
 # The notebooks train in one process. On a machine with several GPUs the same run trains data
 # parallel, one process per GPU, from a terminal:
@@ -570,12 +626,7 @@ print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/traine
 #   `--set batch_size=1`.
 # * **The learning rate is not rescaled for you.** A larger effective batch usually wants a
 #   larger learning rate (the linear rule scales it with the batch; for Adam a square-root rule
-#   is common), and either way it is a new experiment: the reference's ~60 % was measured at an
-#   effective batch of 2 and lr 1e-4.
+#   is common), and either way it is a new experiment: the reference's ~60 % was measured at
+#   batch 1 (its hand-written loop, one process) and lr 1e-4.
 # * **Only the main process writes the run directory, prints and shows progress bars**; the
 #   evaluation is split across processes and gathered, each validation example counted once.
-#
-# ## What you have now
-#
-# A trained adapter in `runs/notebook-<preset>`, with its history and metrics. Notebook 05 reads
-# it from disk: curves, confusion matrix, reloading the adapter, predictions on the test split.
