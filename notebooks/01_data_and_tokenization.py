@@ -234,9 +234,25 @@ print('" Option A:" ->', tokenizer.convert_ids_to_tokens(label), f"= {len(label)
 
 # %% [markdown]
 # Three: `▁Option` (a whole word with its space), `▁A` (the letter with its space) and `:`
-# (punctuation is its own token after a letter). So the layout itself costs about 20 tokens a
-# record (`Context:`, `Question:`, four labels), whatever the text.
-#
+# (punctuation is its own token after a letter). So the layout itself (`Context:`, `Question:`,
+# four labels, and the tiny preset's `" Answer:"`) costs a fixed number of tokens a record,
+# whatever the text. Counted on every training record: the tokens of the whole text minus the
+# tokens of its six parts, each encoded alone (SentencePiece's leading `▁` stands for the space
+# before a part, so a part costs the same alone as inside the text):
+
+# %%
+def layout_cost(record: dict, template: str) -> int:
+    """Tokens of the formatted record minus the tokens of its context, question and four options."""
+    text_ids = tokenizer(format_example(record, template), add_special_tokens=False)["input_ids"]
+    parts = [record["context"], record["question"], *record["answers"]]
+    return len(text_ids) - sum(len(tokenizer(part, add_special_tokens=False)["input_ids"]) for part in parts)
+
+
+for name, template in (("REFERENCE_TEMPLATE", REFERENCE_TEMPLATE), ("TINY_TEMPLATE", TINY_TEMPLATE)):
+    costs = Counter(layout_cost(r, template) for r in train)
+    print(f"{name:<19} the layout costs " + ", ".join(f"{c} tokens on {n:,} records" for c, n in sorted(costs.items())))
+
+# %% [markdown]
 # How many tokens per word does Llama-2 spend on the bundled data? English prose usually comes
 # to about 1.3: most words are one token, long and rare ones several, punctuation one more.
 
@@ -426,6 +442,22 @@ print("real tokens per row:", batch["attention_mask"].sum(1).tolist(), "| width:
 print("head reads position:", read_at.tolist())
 for row, i in enumerate(read_at.tolist()):
     print(f"  row {row}: {tokenizer.convert_ids_to_tokens(int(batch['input_ids'][row, i]))!r}")
+
+# %% [markdown]
+# The same batch as a picture: each row one example, each column a position; real tokens (mask 1)
+# in blue, right padding (the eos id, mask 0) in grey, and the one position per row whose hidden
+# state the head reads. Causal attention means that position is the only one that has seen its
+# whole row.
+
+# %%
+fig, ax = plt.subplots(figsize=(9, 2.2))
+ax.imshow(batch["attention_mask"].numpy(), aspect="auto", cmap="Blues", vmin=-0.6, vmax=1.2, interpolation="nearest")
+ax.scatter(read_at.numpy(), range(len(read_at)), marker="*", s=140, color="tab:red", label="the head reads here")
+ax.set_yticks(range(len(read_at)), [f"row {r}" for r in range(len(read_at))])
+ax.set_xlabel("position (token index)")
+ax.set_title("A padded batch: real tokens (blue), padding (pale), the position the head reads (red)")
+ax.legend(loc="lower left", fontsize=8)
+plt.show()
 
 # %% [markdown]
 # **Why the tiny preset appends `" Answer:"`.** With the reference layout the last token is the

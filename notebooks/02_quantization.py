@@ -74,7 +74,7 @@ transformers.logging.disable_progress_bar()  # no "Loading weights 0%" bars stor
 # | `load_in_4bit` | `True` | every `nn.Linear` of the decoder becomes a bitsandbytes `Linear4bit` as the weights load |
 # | `bnb_4bit_quant_type` | `"nf4"` | 4-bit NormalFloat: 16 code values placed at quantiles of a normal distribution, because trained weights are roughly normal (the alternative `"fp4"` spaces them less well) |
 # | `bnb_4bit_use_double_quant` | `True` | the per-block scales are themselves quantized to 8 bits: ~0.37 bit per weight saved (~0.3 GB on 7B), a little extra compute |
-# | `bnb_4bit_compute_dtype` | bf16 on a GPU that has it, else fp32 | the dtype the weights are dequantized to for each matmul: 4 bits is storage only |
+# | `bnb_4bit_compute_dtype` | bf16 on a GPU that has it, fp16 (with loss scaling) on a GPU without (T4, V100), fp32 on a CPU | the dtype the weights are dequantized to for each matmul: 4 bits is storage only |
 # | `bnb_4bit_quant_storage` | `uint8` | the container: two 4-bit values packed per byte |
 #
 # Layers that are not `nn.Linear` (embeddings, RMSNorms) stay in 16/32 bits, and so does the
@@ -117,6 +117,28 @@ ax.set_yticks([])
 ax.set_xlim(-1.05, 1.05)
 ax.set_xlabel("code value (weight / absmax)")
 ax.set_title("The 16 NF4 code values")
+plt.show()
+
+# %% [markdown]
+# The same 16 values over the real weights: every weight of `W` divided by the absmax of its
+# block of 64 (what NF4 stores a code for), as a histogram. The levels crowd where the weights
+# crowd, near 0; each weight is stored as the nearest level (the shaded bands alternate between
+# neighbouring levels' catchment areas).
+
+# %%
+normalized = (lambda b: b / b.abs().amax(dim=1, keepdim=True))(W.reshape(-1, NF4_BLOCKSIZE)).flatten()
+bounds = [-1.0] + [(a + b) / 2 for a, b in zip(NF4_CODE[:-1], NF4_CODE[1:])] + [1.0]
+fig, ax = plt.subplots(figsize=(8, 3))
+for k in range(16):
+    ax.axvspan(bounds[k], bounds[k + 1], color="tab:blue" if k % 2 else "tab:cyan", alpha=0.12, lw=0)
+ax.hist(normalized.numpy(), bins=120, color="tab:gray", alpha=0.8, label="weights of q_proj / their block's absmax")
+for v in NF4_CODE:
+    ax.axvline(v, color="tab:red", lw=1)
+ax.plot([], [], color="tab:red", label="the 16 NF4 levels")
+ax.set_xlabel("weight / block absmax")
+ax.set_ylabel("weights")
+ax.set_title(f"NF4 levels over the {normalized.numel():,} weights of q_proj (layer 0)")
+ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
@@ -313,6 +335,10 @@ from reclor_lab.model import memory_report
 print(memory_report(model).table())
 print(f"Llama-2-7B as a classifier: {LLAMA2_7B_QUANTIZED_PARAMS:,} of {LLAMA2_7B_CLASSIFIER_PARAMS:,} weights "
       f"({LLAMA2_7B_QUANTIZED_PARAMS / LLAMA2_7B_CLASSIFIER_PARAMS:.1%}) are in projections")
+mem = memory_report(model)
+print(f"{PRESET}: {mem.quantized_params:,} of {mem.params:,} weights ({mem.quantized_params / mem.params:.1%}) are in "
+      f"projections; its 4-bit estimate is {mem.nf4_bytes / mem.bf16_bytes:.0%} of its bf16 size "
+      f"(Llama-2-7B: {mem.llama2_7b_nf4_bytes / mem.llama2_7b_bf16_bytes:.0%})")
 print()
 print(f"measured, loaded without quantization: {plain_bytes / 1e3:,.1f} KB"
       if plain_bytes < 1e8 else f"measured, loaded without quantization: {plain_bytes / 1e9:.3f} GB")

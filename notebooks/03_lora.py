@@ -270,6 +270,30 @@ with torch.no_grad():
 print("LoRALinear == peft's lora.Linear4bit, bit for bit:", torch.equal(y_module, y_peft))
 
 # %% [markdown]
+# The matrices of that layer side by side, drawn at their shapes: the frozen $W_0$, and the two
+# thin factors whose product, scaled by $\alpha / r$, is the update $\Delta W$ (never built
+# during training: the forward pass goes through the $r$-wide bottleneck). $\Delta W$ is as large
+# as $W_0$ but has rank $r$ at most.
+
+# %%
+import matplotlib.pyplot as plt
+
+delta_w = alpha / r * B @ A
+panels = [("W0 (frozen, 4-bit)", W0), ("B", B), ("A", A), ("ΔW = (α/r)·B·A", delta_w)]
+fig, axes = plt.subplots(1, 4, figsize=(11, 3.2), gridspec_kw={"width_ratios": [m.shape[1] for _, m in panels]})
+for ax, (name, m) in zip(axes, panels):
+    lim = m.abs().max().item()
+    ax.imshow(m.numpy(), cmap="RdBu", vmin=-lim, vmax=lim, interpolation="nearest")
+    ax.set_title(f"{name}\n{tuple(m.shape)}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle("W0 beside LoRA's factors: B (out × r) times A (r × in) gives a full-size ΔW of rank r")
+fig.tight_layout()
+plt.show()
+print(f"W0: {W0.numel():,} numbers; A and B: {A.numel() + B.numel():,}; "
+      f"rank of ΔW: {torch.linalg.matrix_rank(delta_w).item()} (r = {r})")
+
+# %% [markdown]
 # **Merging into a 4-bit base is not exact.** `merge_and_unload` folds each adapter into its
 # layer so the model runs without LoRA. On a 4-bit base it cannot store $W_0 + \Delta W$ in full
 # precision: peft dequantizes $W_0$, adds $\Delta W = \frac{\alpha}{r} B A$ and quantizes the sum
@@ -488,6 +512,44 @@ def qlora_memory(shape, batch_size: int, seq_len: int, r: int, checkpointing: bo
 
 # %%
 qlora_memory = checks.check_qlora_memory(qlora_memory)
+
+# %% [markdown]
+# **Where the memory goes, as bars.** The weights and trained state of Llama-2-7B as a classifier
+# (no activations: they depend on the batch, below), step by step from plain 16-bit weights to
+# what QLoRA holds: NF4 shrinks the projections about fourfold, double quantization trims their
+# scales, and LoRA adds its matrices and the head in fp32, with a gradient each and AdamW's two
+# moments. Computed from the model's shape (the package's constants), not measured:
+
+# %%
+import matplotlib.pyplot as plt
+
+from reclor_lab.model import LLAMA2_7B_QUANTIZED_PARAMS, nf4_bytes_per_param
+
+rest = LLAMA2_7B_CLASSIFIER_PARAMS - LLAMA2_7B_QUANTIZED_PARAMS  # embeddings, norms, head: not quantized
+steps = {  # bar -> (projections, the rest in 16-bit, LoRA + head weights and gradients, AdamW m and v), bytes
+    "fp16": (2 * LLAMA2_7B_QUANTIZED_PARAMS, 2 * rest, 0, 0),
+    "NF4": (nf4_bytes_per_param(double_quant=False) * LLAMA2_7B_QUANTIZED_PARAMS, 2 * rest, 0, 0),
+    "NF4 + double quant": (nf4_bytes_per_param(double_quant=True) * LLAMA2_7B_QUANTIZED_PARAMS, 2 * rest, 0, 0),
+}
+steps["+ LoRA (fp32, grads)"] = steps["NF4 + double quant"][:2] + (8 * llama_trainable, 0)
+steps["+ AdamW m, v"] = steps["NF4 + double quant"][:2] + (8 * llama_trainable, 8 * llama_trainable)
+parts = ["projections", "embeddings, norms, head (16-bit)", "LoRA + head: weights, gradients", "AdamW: m and v"]
+fig, ax = plt.subplots(figsize=(9, 3.8))
+bottom = [0.0] * len(steps)
+for k, (part, color) in enumerate(zip(parts, ["tab:blue", "tab:gray", "tab:orange", "tab:red"])):
+    heights = [v[k] / 2**30 for v in steps.values()]
+    ax.bar([name.replace(" + ", "\n+ ").replace(" (", "\n(") for name in steps], heights, bottom=bottom,
+           color=color, label=part)
+    bottom = [b + h for b, h in zip(bottom, heights)]
+for i, total in enumerate(bottom):
+    ax.text(i, total, f"{total:.2f}", ha="center", va="bottom", fontsize=8)
+ax.set_ylabel("GiB")
+ax.set_ylim(0, max(bottom) * 1.12)
+ax.set_title("Llama-2-7B as a classifier: weights and trained state (r = 16, all 7 projections)")
+ax.legend(fontsize=8)
+plt.show()
+for name, total in zip(steps, bottom):
+    print(f"{name:<22} {total:6.2f} GiB")
 
 # %% [markdown]
 # **Against the GPU.** The README's benchmark trained a Llama-2-7B-shaped model this way on an

@@ -21,16 +21,15 @@
 # This notebook:
 #
 # 1. writes the weighted loss, and shows when its weights matter,
-# 2. writes one training step, the five lines every loop is made of, runs it on a demo copy,
-#    and measures what batch size 1 costs,
+# 2. writes one training step, the five lines every loop is made of, and runs it on a demo copy,
 # 3. trains the run for real with the package's loop: evaluation after every epoch, a checkpoint
 #    after every epoch,
-# 4. looks at what a run directory holds,
-# 5. shows the Hugging Face `Trainer` doing the same, and why the reference's `Trainer` showed
-#    no validation numbers,
-# 6. runs the reference report's other habits, each in a cell: a hard-coded GPU index, a metric
-#    from the hub, the wandb prompt,
-# 7. says what changes with several processes (GPUs).
+# 4. looks at what a run directory holds.
+#
+# An appendix at the end holds the kit's other paths: the Hugging Face `Trainer` doing the same
+# (and why the reference's `Trainer` showed no validation numbers), the reference report's other
+# habits, each in a cell (batch size 1 with a cache clear every step, a hard-coded GPU index, a
+# metric from the hub, the wandb prompt), and what changes with several processes (GPUs).
 #
 # **Files.** This notebook needs no other notebook: it reads the model and the data from disk.
 # It **owns the run directory `runs/notebook-<preset>`** (`runs/notebook-tiny` by default): it
@@ -272,19 +271,237 @@ losses = [one_train_step(demo.model, batch, optimizer, demo.weights, cfg.max_gra
 print("loss on the same batch:", " ".join(f"{x:.3f}" for x in losses))
 
 # %% [markdown]
-# ### Batch size 1 and a cache clear every step
+# **The data flow of one step**, drawn with this demo batch's real shapes: the batch goes
+# forward through the frozen 4-bit weights and the LoRA matrices to four logits per example, the
+# weighted loss turns them into one number, and backward, clip, step and zero_grad act only on
+# the trainable tensors. Then the next batch comes.
+
+# %%
+import matplotlib.pyplot as plt
+
+with torch.no_grad():
+    demo_logits = demo.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+trainable = [p for p in demo.model.parameters() if p.requires_grad]
+stages = [
+    ("batch", f"input_ids {tuple(batch['input_ids'].shape)}\nattention_mask\nlabels {tuple(batch['labels'].shape)}"),
+    ("1. forward", f"frozen 4-bit W0\n+ LoRA, head\nlogits {tuple(demo_logits.shape)}"),
+    ("2. weighted loss", f"weighted_ce(logits,\nlabels, w {tuple(demo.weights.shape)})\n→ one number"),
+    ("3. backward", f"loss.backward()\ngradients of {len(trainable)}\ntrainable tensors"),
+    ("4. clip, step", f"clip the norm to {cfg.max_grad_norm}\nAdamW updates\n{sum(p.numel() for p in trainable):,} numbers"),
+    ("5. zero_grad", "gradients\ncleared for the\nnext batch"),
+]
+fig, ax = plt.subplots(figsize=(12, 2.8))
+for k, (title, body) in enumerate(stages):
+    x = k * 2.0
+    ax.add_patch(plt.Rectangle((x, 0), 1.6, 1.6, facecolor="tab:blue" if k else "tab:gray", alpha=0.15,
+                               edgecolor="black"))
+    ax.text(x + 0.8, 1.4, title, ha="center", va="top", fontweight="bold", fontsize=9)
+    ax.text(x + 0.8, 0.65, body, ha="center", va="center", fontsize=8)
+    if k:
+        ax.annotate("", xy=(x, 0.8), xytext=(x - 0.4, 0.8), arrowprops=dict(arrowstyle="->"))
+ax.annotate("", xy=(0.8, 1.65), xytext=(len(stages) * 2.0 - 1.2, 1.65),
+            arrowprops=dict(arrowstyle="->", connectionstyle="arc3,rad=0.15", color="tab:gray"))
+ax.text(len(stages) - 0.2, 2.05, "next batch", ha="center", color="tab:gray", fontsize=8)
+ax.set_xlim(-0.2, len(stages) * 2.0 - 0.2)
+ax.set_ylim(-0.2, 2.3)
+ax.axis("off")
+ax.set_title("One training step on the demo batch")
+plt.show()
+
+# %% [markdown]
+# ## 3. The real run
 #
-# The reference's loop trained one example at a time and called `torch.cuda.empty_cache()`
-# after every step. Both cost time. One example per step means a full optimizer step (clip,
+# A fresh start: delete `runs/notebook-<preset>` (this notebook's own run directory) and set
+# everything up again. `setup` seeds Python, NumPy and torch first (`cfg.seed`), so the same
+# machine gives the same numbers every time, and prints what a student should see before
+# training: device and dtype, trainable parameters, token lengths and class weights.
+
+# %%
+run_dir = Path(cfg.output_dir)
+shutil.rmtree(run_dir, ignore_errors=True)  # this notebook owns it: re-running starts over
+print(f"run directory: {run_dir} (emptied)")
+run = setup(cfg)
+
+# %% [markdown]
+# **The learning rate** rises linearly over the first `warmup_ratio` of the optimizer steps (the
+# freshly initialised head would otherwise get large, noisy updates), then stays constant like
+# the reference (`lr_schedule="cosine"` decays it instead).
+
+# %%
+steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds))
+print(f"{steps_per_epoch} steps per epoch × {cfg.epochs} epochs = {total_steps} optimizer steps, "
+      f"{warmup_steps} of warm-up")
+for step in (0, 1, warmup_steps // 2, warmup_steps - 1, warmup_steps, total_steps - 1):
+    print(f"  step {step:>4}: lr {get_lr(step, cfg, total_steps, warmup_steps):.2e}")
+
+# %% [markdown]
+# **Train.** `fit` runs the loop above: a baseline evaluation (epoch 0), then per epoch the
+# training steps (progress bar with the loss), an evaluation on the validation split, and a
+# checkpoint.
+#
+# **The baseline need not be near 25 %.** The new `score` head is random, and two things push
+# its accuracy away from chance, either way:
+#
+# * it tends to favour **one position** for almost every input (the last token's hidden states
+#   of different records are much alike, and a random head turns that common part into a fixed
+#   preference). A head that always answers one letter scores that letter's share of the
+#   validation answers (the cell below prints them for this split);
+# * the last hidden state already carries the pre-trained model's **guess of the answer**
+#   (notebook 06 reads it: well above chance), and a random head maps that guess onto letters at
+#   random. Mapped onto wrong letters, the head is wrong *systematically*, and its accuracy falls
+#   below every position's share; mapped onto the right ones, it starts above chance.
+#
+# The cell after the run prints what this run's head chose.
+
+# %%
+val_answers = [r["label"] for r in run_records(cfg, "val")]
+shares = [val_answers.count(c) / len(val_answers) for c in range(4)]
+print("always answering one letter scores on val:", "  ".join(f"{'ABCD'[c]} {x:.3f}" for c, x in enumerate(shares)),
+      f"(between {min(shares):.1%} and {max(shares):.1%})")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (losses, accuracies and speed vary across CPUs; progress bars)
+history = fit(run, run_dir)
+metrics = finish_run(run_dir, history)  # writes metrics.json and the plots, as `reclor-lab train` does
+print(summary_table(history.to_dict()))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the random head's choices depend on the CPU's arithmetic)
+before = history.evals[0]
+cm = before["confusion_matrix"]                      # rows: the correct option, columns: the predicted one
+chosen = [sum(col) for col in zip(*cm)]
+answers = [sum(row) for row in cm]
+top = max(range(4), key=chosen.__getitem__)
+print("before training, predicted A B C D:", " ".join(map(str, chosen)))
+print("correct answers,          A B C D:", " ".join(map(str, answers)))
+print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them right; always {'ABCD'[top]} "
+      f"would score {answers[top] / sum(answers):.3f}, the head scored {before['accuracy']:.3f}")
+
+# %% [markdown]
+# ## 4. What a run directory holds
+#
+# Everything to reload, evaluate or resume the run, and nothing more: the base model is not
+# copied (it is on disk already); each checkpoint holds only the adapter and the head (a few
+# hundred KB on the tiny model), the optimizer and RNG state for an exact resume (AdamW keeps
+# two fp32 moments per trained parameter: about twice the adapter again), and the history up
+# to that point. On Llama-2-7B the adapter and head alone are ~160 MB (40 M fp32 parameters), and
+# a checkpoint with its optimizer state several times that: the cell after the listing measures
+# the ratio on this run and scales Llama-2-7B's adapter by it. `state.json` names the last and
+# the best checkpoint and is written last, so a crash at any moment leaves a complete checkpoint
+# behind.
+# `RunDir` (`reclor_lab.runs.rundir`) owns this layout; `.lock` keeps a second process out while a
+# run trains. `data.json` records what the run trained on (a fingerprint of its data, its class
+# weights), and `state.json` a checksum of every checkpoint file, checked whenever one is loaded.
+
+# %%
+rd = RunDir(run_dir)
+for path in sorted(run_dir.iterdir()):
+    print(f"{path.name}/" if path.is_dir() else path.name)
+last = rd.last_dir()
+print(f"\n{last.relative_to(run_dir)}:")
+for path in sorted(last.iterdir()):
+    print("  ", path.name)
+
+# %%
+adapter_bytes = (last / "adapter_model.safetensors").stat().st_size
+state_bytes = (last / "trainer_state.pt").stat().st_size
+ratio = state_bytes / adapter_bytes
+llama_trainable = 39_993_344  # notebook 03: LoRA r=16 on all 7 projections + the head
+print(f"adapter {adapter_bytes / 1e3:,.0f} KB, optimizer + RNG state {state_bytes / 1e3:,.0f} KB: "
+      f"{ratio:.1f}× the adapter")
+print(f"Llama-2-7B: adapter {llama_trainable * 4 / 1e6:,.0f} MB (fp32) → a checkpoint of about "
+      f"{llama_trainable * 4 * (1 + ratio) / 1e9:.1f} GB")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (which epoch is best depends on the accuracies)
+print(json.dumps(rd.read_state(), indent=2))
+print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
+
+# %% [markdown]
+# An interrupted run (Ctrl-C, SIGTERM from a cluster's scheduler, a closed laptop) loses at
+# most the optimizer step it was in when it could write a checkpoint, or what came after the
+# last checkpoint when it was killed outright: set `save_every_steps` to checkpoint inside an
+# epoch too. `fit(run, run_dir, resume=True)` (or `reclor-lab train --resume`) continues from
+# the last checkpoint, skipping the batches already seen, with the same batch order and RNG
+# state it would have had: on a CPU the result is bit for bit that of an uninterrupted run.
+
+# %% [markdown]
+# ## What you have now
+#
+# A trained adapter in `runs/notebook-<preset>`, with its history and metrics. Notebook 05 reads
+# it from disk: curves, confusion matrix, reloading the adapter, predictions on the test split.
+# The appendix below is optional: the kit's other ways to train the same run.
+
+# %% [markdown]
+# ## Appendix: the kit's other paths
+#
+# Not needed for notebook 05; read it when you need it. The same run through the Hugging Face
+# `Trainer` (and why the reference's `Trainer` printed no validation numbers), the reference
+# report's other habits run once each (what batch size 1 and a cache clear every step cost),
+# and what changes with several processes. With the `llama2-7b` preset on a small GPU, restart
+# the kernel before section 3 if memory runs out; the appendix's speed cell then needs section 2
+# run again, for its demo copy.
+#
+# ### A.1 The same with the Hugging Face `Trainer`
+#
+# `fit_with_trainer` hands the same model, data order, weighted loss, optimizer and schedule to
+# a `Trainer` subclass. The reference's author gave up on the Trainer because it showed no
+# validation numbers. What is known: with its settings two defaults alone guarantee that,
+# `eval_strategy="no"` (the Trainer never evaluates during training) and no `compute_metrics`
+# (even an explicit `trainer.evaluate()` returns the loss and timings, no accuracy). What is not
+# known is why *nothing at all* appeared. `logging_steps=500` logs the training loss every 500
+# steps: ReClor's 4,638 training records at batch 2 are about 2,300 steps per epoch, so about
+# four lines an epoch, but the first only after 500 steps, which on a GPU at batch 2 takes
+# minutes; a run stopped earlier shows nothing. The other candidate is the wandb login prompt
+# (appendix A.2), which stops `trainer.train()` before the first step. The report does not say
+# which; either fits "nothing printed".
+#
+# **Predict before you run.** Which of these defaults would you change first to see accuracy
+# after every epoch?
+#
+# The defaults, printed from this transformers:
+
+# %%
+from transformers import TrainingArguments
+
+defaults = TrainingArguments(output_dir="runs/trainer-defaults")  # nothing is written there
+for name in ("eval_strategy", "logging_strategy", "logging_steps", "report_to"):
+    value = getattr(defaults, name)
+    print(f"{name:<17} {getattr(value, 'value', value)!r}")
+print(f"ReClor: 4,638 records at batch 2 = {math.ceil(4638 / 2):,} steps per epoch, "
+      f"a training-loss log every 500: {math.ceil(4638 / 2) // 500} per epoch")
+
+# %% [markdown]
+# `fit_with_trainer` sets `eval_strategy="epoch"`, passes the kit's `compute_metrics` (accuracy,
+# macro F1, confusion matrix), logs a few times per epoch and shows the Trainer's live table. A
+# short run, in its own directory (`runs/notebook-<preset>-trainer`, also owned and emptied by
+# this notebook): 96 training examples, 64 validation examples, one epoch.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the Trainer's table and losses vary across CPUs)
+trainer_cfg = cfg.replace(train_limit=96, eval_limit=64, epochs=1, output_dir=f"{cfg.output_dir}-trainer")
+shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
+trainer_history = fit_with_trainer(setup(trainer_cfg, verbose=False), trainer_cfg.output_dir)
+
+# %% [markdown]
+# ### A.2 The reference report's other habits, each run once
+#
+# **Batch size 1 and a cache clear every step.** The reference's loop trained one example at a
+# time and called `torch.cuda.empty_cache()` after every step. Both cost time. One example per step means a full optimizer step (clip,
 # AdamW over every LoRA tensor) per example, and a model call too small to keep the hardware
 # busy. `empty_cache()` hands the GPU memory PyTorch keeps for reuse back to the driver, so the
 # next step has to ask for it again (`cudaMalloc`, which waits for the GPU); it frees nothing the
 # program still uses and hides a real memory problem instead of fixing it. A CPU has no such
 # cache; `gc.collect()` is the nearest forced clean-up.
 #
-# Measured on this machine with the package's `train_step` and `optimizer_step` on the demo
-# copy: the same `cfg.batch_size` examples as one batch, and one at a time (with and without a
-# clean-up per step). Real (non-padding) tokens per second; a few seconds in all.
+# Measured on this machine with the package's `train_step` and `optimizer_step` on section 2's
+# demo copy (still loaded): the same `cfg.batch_size` examples as one batch, and one at a time
+# (with and without a clean-up per step). Real (non-padding) tokens per second; a few seconds in
+# all.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -325,167 +542,6 @@ for name, tps in speeds.items():
 # reference's habits (shuffled batches, a cache clear and a `.item()` every step) at batch 2, on
 # an H200; the cost of `empty_cache()` alone was not measured separately there.
 #
-# The demo copy stays loaded, so every cell above can be run again. It is small on a CPU; with
-# the `llama2-7b` preset on a small GPU, restart the kernel before section 3 if memory runs out.
-
-# %% [markdown]
-# ## 3. The real run
-#
-# A fresh start: delete `runs/notebook-<preset>` (this notebook's own run directory) and set
-# everything up again. `setup` seeds Python, NumPy and torch first (`cfg.seed`), so the same
-# machine gives the same numbers every time, and prints what a student should see before
-# training: device and dtype, trainable parameters, token lengths and class weights.
-
-# %%
-run_dir = Path(cfg.output_dir)
-shutil.rmtree(run_dir, ignore_errors=True)  # this notebook owns it: re-running starts over
-print(f"run directory: {run_dir} (emptied)")
-run = setup(cfg)
-
-# %% [markdown]
-# **The learning rate** rises linearly over the first `warmup_ratio` of the optimizer steps (the
-# freshly initialised head would otherwise get large, noisy updates), then stays constant like
-# the reference (`lr_schedule="cosine"` decays it instead).
-
-# %%
-steps_per_epoch, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds))
-print(f"{steps_per_epoch} steps per epoch × {cfg.epochs} epochs = {total_steps} optimizer steps, "
-      f"{warmup_steps} of warm-up")
-for step in (0, 1, warmup_steps // 2, warmup_steps - 1, warmup_steps, total_steps - 1):
-    print(f"  step {step:>4}: lr {get_lr(step, cfg, total_steps, warmup_steps):.2e}")
-
-# %% [markdown]
-# **Train.** `fit` runs the loop above: a baseline evaluation (epoch 0), then per epoch the
-# training steps (progress bar with the loss), an evaluation on the validation split, and a
-# checkpoint.
-#
-# **The baseline need not be near 25 %.** The new `score` head is random, and two things push
-# its accuracy away from chance, either way:
-#
-# * it tends to favour **one position** for almost every input (the last token's hidden states
-#   of different records are much alike, and a random head turns that common part into a fixed
-#   preference). A head that always answers one letter scores that letter's share of the
-#   validation answers: between 19 % and 29 % on this split;
-# * the last hidden state already carries the pre-trained model's **guess of the answer**
-#   (notebook 06 reads it: well above chance), and a random head maps that guess onto letters at
-#   random. Mapped onto wrong letters, the head is wrong *systematically*, and its accuracy falls
-#   below every position's share; mapped onto the right ones, it starts above chance.
-#
-# The cell after the run prints what this run's head chose.
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-# (losses, accuracies and speed vary across CPUs; progress bars)
-history = fit(run, run_dir)
-metrics = finish_run(run_dir, history)  # writes metrics.json and the plots, as `reclor-lab train` does
-print(summary_table(history.to_dict()))
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-# (the random head's choices depend on the CPU's arithmetic)
-before = history.evals[0]
-cm = before["confusion_matrix"]                      # rows: the correct option, columns: the predicted one
-chosen = [sum(col) for col in zip(*cm)]
-answers = [sum(row) for row in cm]
-top = max(range(4), key=chosen.__getitem__)
-print("before training, predicted A B C D:", " ".join(map(str, chosen)))
-print("correct answers,          A B C D:", " ".join(map(str, answers)))
-print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them right; always {'ABCD'[top]} "
-      f"would score {answers[top] / sum(answers):.3f}, the head scored {before['accuracy']:.3f}")
-
-# %% [markdown]
-# ## 4. What a run directory holds
-#
-# Everything to reload, evaluate or resume the run, and nothing more: the base model is not
-# copied (it is on disk already); each checkpoint holds only the adapter and the head (a few
-# hundred KB on the tiny model), the optimizer and RNG state for an exact resume (AdamW keeps
-# two fp32 moments per trained parameter: about twice the adapter again), and the history up
-# to that point. On Llama-2-7B the adapter and head alone are ~160 MB (40 M fp32 parameters), so
-# a checkpoint with its optimizer state is about 0.5 GB: the cell after the listing measures
-# the ratio on this run. `state.json` names the last and the best checkpoint
-# and is written last, so a crash at any moment leaves a complete checkpoint behind.
-# `RunDir` (`reclor_lab.runs.rundir`) owns this layout; `.lock` keeps a second process out while a
-# run trains. `data.json` records what the run trained on (a fingerprint of its data, its class
-# weights), and `state.json` a checksum of every checkpoint file, checked whenever one is loaded.
-
-# %%
-rd = RunDir(run_dir)
-for path in sorted(run_dir.iterdir()):
-    print(f"{path.name}/" if path.is_dir() else path.name)
-last = rd.last_dir()
-print(f"\n{last.relative_to(run_dir)}:")
-for path in sorted(last.iterdir()):
-    print("  ", path.name)
-
-# %%
-adapter_bytes = (last / "adapter_model.safetensors").stat().st_size
-state_bytes = (last / "trainer_state.pt").stat().st_size
-ratio = state_bytes / adapter_bytes
-llama_trainable = 39_993_344  # notebook 03: LoRA r=16 on all 7 projections + the head
-print(f"adapter {adapter_bytes / 1e3:,.0f} KB, optimizer + RNG state {state_bytes / 1e3:,.0f} KB: "
-      f"{ratio:.1f}× the adapter")
-print(f"Llama-2-7B: adapter {llama_trainable * 4 / 1e6:,.0f} MB (fp32) → a checkpoint of about "
-      f"{llama_trainable * 4 * (1 + ratio) / 1e9:.1f} GB")
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-# (which epoch is best depends on the accuracies)
-print(json.dumps(rd.read_state(), indent=2))
-print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
-
-# %% [markdown]
-# An interrupted run (Ctrl-C, SIGTERM from a cluster's scheduler, a closed laptop) loses at
-# most the optimizer step it was in when it could write a checkpoint, or what came after the
-# last checkpoint when it was killed outright: set `save_every_steps` to checkpoint inside an
-# epoch too. `fit(run, run_dir, resume=True)` (or `reclor-lab train --resume`) continues from
-# the last checkpoint, skipping the batches already seen, with the same batch order and RNG
-# state it would have had: on a CPU the result is bit for bit that of an uninterrupted run.
-#
-# ## 5. The same with the Hugging Face `Trainer`
-#
-# `fit_with_trainer` hands the same model, data order, weighted loss, optimizer and schedule to
-# a `Trainer` subclass. The reference's author gave up on the Trainer because it showed no
-# validation numbers. What is known: with its settings two defaults alone guarantee that,
-# `eval_strategy="no"` (the Trainer never evaluates during training) and no `compute_metrics`
-# (even an explicit `trainer.evaluate()` returns the loss and timings, no accuracy). What is not
-# known is why *nothing at all* appeared. `logging_steps=500` logs the training loss every 500
-# steps: ReClor's 4,638 training records at batch 2 are about 2,300 steps per epoch, so about
-# four lines an epoch, but the first only after 500 steps, which on a GPU at batch 2 takes
-# minutes; a run stopped earlier shows nothing. The other candidate is the wandb login prompt
-# (section 6), which stops `trainer.train()` before the first step. The report does not say
-# which; either fits "nothing printed".
-#
-# **Predict before you run.** Which of these defaults would you change first to see accuracy
-# after every epoch?
-#
-# The defaults, printed from this transformers:
-
-# %%
-from transformers import TrainingArguments
-
-defaults = TrainingArguments(output_dir="runs/trainer-defaults")  # nothing is written there
-for name in ("eval_strategy", "logging_strategy", "logging_steps", "report_to"):
-    value = getattr(defaults, name)
-    print(f"{name:<17} {getattr(value, 'value', value)!r}")
-print(f"ReClor: 4,638 records at batch 2 = {math.ceil(4638 / 2):,} steps per epoch, "
-      f"a training-loss log every 500: {math.ceil(4638 / 2) // 500} per epoch")
-
-# %% [markdown]
-# `fit_with_trainer` sets `eval_strategy="epoch"`, passes the kit's `compute_metrics` (accuracy,
-# macro F1, confusion matrix), logs a few times per epoch and shows the Trainer's live table. A
-# short run, in its own directory (`runs/notebook-<preset>-trainer`, also owned and emptied by
-# this notebook): 96 training examples, 64 validation examples, one epoch.
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-# (the Trainer's table and losses vary across CPUs)
-trainer_cfg = cfg.replace(train_limit=96, eval_limit=64, epochs=1, output_dir=f"{cfg.output_dir}-trainer")
-shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
-trainer_history = fit_with_trainer(setup(trainer_cfg, verbose=False), trainer_cfg.output_dir)
-
-# %% [markdown]
-# ## 6. The reference report's other habits, each run once
-#
 # **A hard-coded GPU index.** The reference loaded its model with `device_map={"": 4}`: the fifth
 # GPU of the shared server it ran on. On a machine with fewer than five GPUs that fails; on a CPU
 # (and on the tiny model, so the cell is quick anywhere):
@@ -508,7 +564,7 @@ print("the kit's device, derived from the hardware:", pick_device())
 # %% [markdown]
 # With one GPU it fails too: there is no GPU 4 (CUDA calls it an invalid device ordinal). The kit derives the
 # device (`pick_device()`: the current CUDA device, else the CPU) and loads with
-# `device_map={"": device}`; with several processes, each takes its own (section 7).
+# `device_map={"": device}`; with several processes, each takes its own (appendix A.3).
 #
 # **A metric from the hub.** The reference computed accuracy with `datasets.load_metric`, which
 # datasets removed in version 3.0; its successor `evaluate.load("accuracy")` fetches the metric's
@@ -545,7 +601,7 @@ print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/traine
 # %% [markdown]
 # The fifth habit, accuracy divided by the number of batches, is exercise 11 in notebook 05.
 #
-# ## 7. Several processes (GPUs)
+# ### A.3 Several processes (GPUs)
 #
 # The notebooks train in one process. On a machine with several GPUs the same run trains data
 # parallel, one process per GPU, from a terminal:
@@ -566,12 +622,7 @@ print("the kit's Trainer reports to:", training_arguments(cfg, Path("runs/traine
 #   `--set batch_size=1`.
 # * **The learning rate is not rescaled for you.** A larger effective batch usually wants a
 #   larger learning rate (the linear rule scales it with the batch; for Adam a square-root rule
-#   is common), and either way it is a new experiment: the reference's ~60 % was measured at an
-#   effective batch of 2 and lr 1e-4.
+#   is common), and either way it is a new experiment: the reference's ~60 % was measured at
+#   batch 1 (its hand-written loop, one process) and lr 1e-4.
 # * **Only the main process writes the run directory, prints and shows progress bars**; the
 #   evaluation is split across processes and gathered, each validation example counted once.
-#
-# ## What you have now
-#
-# A trained adapter in `runs/notebook-<preset>`, with its history and metrics. Notebook 05 reads
-# it from disk: curves, confusion matrix, reloading the adapter, predictions on the test split.

@@ -202,7 +202,31 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
         )
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    sentencepiece_spaces(tokenizer)
     return tokenizer
+
+
+def sentencepiece_spaces(tokenizer) -> bool:
+    """Put a Llama tokenizer that transformers 5 rebuilt (``LlamaTokenizer``: a ``Metaspace``
+    pre-tokenizer, no normalizer) back on SentencePiece's layout, the one the hub's Llama-2
+    ``tokenizer.json`` states: ``Prepend("▁")`` + ``Replace(" ", "▁")``, no pre-tokenizer.
+
+    The two differ only on a text that starts with whitespace: SentencePiece puts its "▁" in
+    front anyway (``" Option A:"`` → ``[1, 29871, 10831, 319, 29901]``), ``Metaspace`` does not
+    (``[1, 10831, 319, 29901]``). Llama-2 was trained on SentencePiece's ids, and the tiny model's
+    tokenizer gives them, so ``llama2-7b`` must too. Any other tokenizer is left alone. Returns
+    whether it changed the tokenizer.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (type(tokenizer).__name__ != "LlamaTokenizer" or backend is None or backend.normalizer is not None
+            or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace)
+            or backend.pre_tokenizer.prepend_scheme == "never"):
+        return False
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    return True
 
 
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:

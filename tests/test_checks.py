@@ -173,7 +173,7 @@ def test_class_weights(capsys):
         return [n / (4 * labels.count(c)) for c in range(4)]
 
     assert_passes(capsys, checks.check_class_weights, by_hand, number=2)
-    assert_passes(capsys, checks.check_class_weights, class_weights, number=2)  # a tensor is fine too
+    assert_passes(capsys, checks.check_class_weights, lambda ls: class_weights(ls).tolist(), number=2)
     assert_not_done(capsys, checks.check_class_weights, reference=ref, number=2)
     assert_fails(capsys, checks.check_class_weights, lambda ls: [ls.count(c) / len(ls) for c in range(4)],
                  reference=ref, number=2, hint="frequencies")
@@ -186,6 +186,23 @@ def test_class_weights(capsys):
                  hint="returned 2 weights")
     assert_fails(capsys, checks.check_class_weights, no_absent_case, reference=ref, number=2,
                  hint="never occurs gets weight 1.0")
+    # a tensor where a list is asked fails with the conversion, as a list fails exercise 3
+    assert_fails(capsys, checks.check_class_weights, class_weights, reference=ref, number=2,
+                 hint="a Tensor, not a list; return a Python list (`.tolist()`")
+
+
+def test_class_weights_in_counter_order_show_the_labels(capsys):
+    """Counter.values() iterates in first-seen order: right weights, wrong classes. The hint
+    names the order and the labels that showed it."""
+    from collections import Counter
+
+    def counter_values(labels):
+        counts = Counter(labels)
+        return [len(labels) / (4 * n) for n in counts.values()]
+
+    line = assert_fails(capsys, checks.check_class_weights, counter_values, reference=checks.reference_class_weights,
+                        number=2, hint="the right weights in the wrong order: class 1, 0, 2, 3")
+    assert "labels [1, 1, 1, 1, 1, 0, 2, 3, 3, 1]" in line and "Counter.values()" in line
 
 
 # --- 3. the position the head reads ---------------------------------------------------------------
@@ -199,11 +216,14 @@ def test_last_token_index(capsys, base_model):
         return ids.shape[1] - 1 - (ids != pad).int().flip(1).argmax(1)
 
     assert_passes(capsys, checks.check_last_token_index, by_hand, *args, number=3)
-    assert_passes(capsys, checks.check_last_token_index, lambda ids, pad: by_hand(ids, pad).tolist(), *args,
-                  number=3)  # a list of ints is fine too
+    # a list passed once and the next cell crashed on .tolist(): now it fails, naming the conversion
+    assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: by_hand(ids, pad).tolist(), *args,
+                 reference=ref, number=3, hint="a list, not a tensor; return a torch tensor")
     assert_not_done(capsys, checks.check_last_token_index, *args, reference=ref, number=3)
-    assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids != pad).sum(1), *args,
-                 reference=ref, number=3, hint="where the padding starts")
+    line = assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids != pad).sum(1), *args,
+                        reference=ref, number=3, hint="where the padding starts")
+    assert re.search(r"Row \d+ of the input ids \(pad id \d+\): \[[\d ]+( pad)+\]: it returned \d+, the head "
+                     r"reads position \d+\.", line), line  # the row that broke the answer, padding shown
     assert_fails(capsys, checks.check_last_token_index, lambda ids, pad: (ids != pad).sum(1) - 1, *args,
                  reference=ref, number=3, hint="inside the text")
     assert_fails(capsys, checks.check_last_token_index,
@@ -251,8 +271,11 @@ def test_nf4_block(capsys):
     ref = checks.reference_nf4_block
     check = checks.check_nf4_block
     assert_passes(capsys, check, _nf4_by_hand, number=4)
-    assert_passes(capsys, check, lambda b: tuple(x.tolist() if x.dim() else x for x in _nf4_by_hand(b)),
-                  number=4)  # lists are fine too
+    assert_passes(capsys, check, lambda b: (lambda c, a, v: (c, a.item(), v))(*_nf4_by_hand(b)),
+                  number=4)  # the absmax, a number, may be a Python float
+    # lists fail (the cells after the check stack the values and call .unique() on the codes)
+    assert_fails(capsys, check, lambda b: tuple(x.tolist() if x.dim() else x for x in _nf4_by_hand(b)),
+                 reference=ref, number=4, hint="the codes are a list, not a tensor")
     assert_not_done(capsys, check, reference=ref, number=4)
     assert_fails(capsys, check, lambda b: _nf4_by_hand(b, scale=lambda x: x.max()), reference=ref, number=4,
                  hint="ABSOLUTE value")
@@ -437,6 +460,7 @@ def test_weighted_ce(capsys):
     line = assert_fails(capsys, checks.check_weighted_ce, by_batch_size, reference=ref, number=9,
                         hint="divides by the batch size")
     assert "weights [1, 2, 2, 0.5]" in line
+    assert "expected" in line and "The inputs: logits [[" in line and "labels [3, 3, 1, 0, 3]" in line
     assert_fails(capsys, checks.check_weighted_ce, lambda x, y, w: F.cross_entropy(x, y), reference=ref,
                  number=9, hint="plain cross-entropy")
     assert_fails(capsys, checks.check_weighted_ce, lambda x, y, w: by_hand(x, y, w).item(), reference=ref,
@@ -444,6 +468,28 @@ def test_weighted_ce(capsys):
     assert_fails(capsys, checks.check_weighted_ce,
                  lambda x, y, w: F.cross_entropy(x, y, weight=w, reduction="none"), reference=ref,
                  number=9, hint="one scalar")
+
+
+def test_weighted_ce_hints_name_three_more_mistakes(capsys):
+    """Exercise 9's typical mistakes beyond the batch size: each gets its own hint."""
+    ref, check = checks.reference_weighted_ce, checks.check_weighted_ce
+
+    def all_class_weights(logits, labels, weights):  # divides by the four class weights' sum
+        w = weights[labels]
+        return (w * F.cross_entropy(logits, labels, reduction="none")).sum() / weights.sum()
+
+    def no_minus(logits, labels, weights):  # log p instead of -log p
+        w = weights[labels]
+        return (w * logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)).sum() / w.sum()
+
+    def softmax_over_batch(logits, labels, weights):  # dim=0: each column sums to 1
+        w = weights[labels]
+        return (w * -logits.log_softmax(0).gather(1, labels[:, None]).squeeze(1)).sum() / w.sum()
+
+    assert_fails(capsys, check, all_class_weights, reference=ref, number=9, hint="sum of all four class weights")
+    line = assert_fails(capsys, check, no_minus, reference=ref, number=9, hint="the wrong sign")
+    assert re.search(r"it returned -\d\.\d{4}, expected \d\.\d{4}", line), line
+    assert_fails(capsys, check, softmax_over_batch, reference=ref, number=9, hint="softmax runs over the batch")
 
 
 # --- 10. one training step ------------------------------------------------------------------------------------------
@@ -519,7 +565,7 @@ def test_train_step(capsys, lora_run):
         "the step was not clipped": _step(clip=False),
         "unweighted cross-entropy": _step(weighted=False),
         "the second ran backward()": _step(zero=False),
-        "call optimizer.step()": _step(step=False),
+        "optimizer.step() was never called": _step(step=False),
         "return loss.item()": _step(item=False),
         "it changed the caller's batch": _step(pop=True),
     }
@@ -538,6 +584,39 @@ def test_train_step(capsys, lora_run):
     assert not model.training
     assert set(batch) == batch_keys
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_train_step_zero_grad_between_backward_and_step(capsys, lora_run):
+    """zero_grad() between backward() and step(): step() was called, with nothing to apply. The
+    hint says so (it once said to call step()), and so does a step before backward()."""
+    model, batch, weights = lora_run
+    model.eval()
+
+    def zero_in_between(model, batch, optimizer, weights):
+        loss = F.cross_entropy(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float(),
+                               batch["labels"], weight=weights)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
+        optimizer.zero_grad()
+        optimizer.step()
+        return loss.item()
+
+    def step_first(model, batch, optimizer, weights):
+        optimizer.zero_grad()
+        optimizer.step()
+        loss = F.cross_entropy(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float(),
+                               batch["labels"], weight=weights)
+        loss.backward()
+        return loss.item()
+
+    ref = checks.reference_train_step
+    for fn, hint in ((zero_in_between, "cleared between loss.backward() and step()"),
+                     (step_first, "ran before loss.backward()")):
+        got = checks.check_train_step(fn, model, batch, weights)
+        _stands_in(got, ref, fn)
+        line = verdict(capsys)
+        assert hint in line and "call optimizer.step()." not in line, line
+    model.zero_grad(set_to_none=True)
 
 
 def test_train_step_needs_trainable_parameters():

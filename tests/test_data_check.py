@@ -24,7 +24,8 @@ def run(capsys, *argv):
 def test_default_counts_are_llama2s_and_the_tokenizer_is_named(capsys):
     code, out, err = run(capsys, "data", "check", str(ENGLISH))
     assert code == 0, err
-    assert out.startswith(f"token counts: the tokenizer of {TINY_MODEL_DIR} (LlamaTokenizer, 32,000 tokens: Llama-2's")
+    assert out.startswith(f"token counts: the tokenizer of {TINY_MODEL_DIR} "
+                          "(TokenizersBackend, 32,000 tokens: Llama-2's")
     mean = sum(LLAMA2_LENGTHS) / len(LLAMA2_LENGTHS)
     assert f"tokens/example: mean {mean:.1f}, p95 148, max {max(LLAMA2_LENGTHS)}; 0 of 3 passages shortened" in out
 

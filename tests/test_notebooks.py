@@ -74,6 +74,38 @@ def test_ipynb_executed_with_outputs_and_kernel(name):
 
 
 @pytest.mark.parametrize("name", _names())
+def test_every_notebook_draws_a_figure(name):
+    """Each notebook explains at least one concept with a figure its own code draws (issue 30)."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    drawn = [c for c in nb.cells if c.cell_type == "code"
+             if any("image/png" in o.get("data", {}) for o in c.outputs)]
+    assert drawn, f"{name}.ipynb: no cell draws a figure"
+
+
+def test_start_notebook_sets_and_prints_the_threads(monkeypatch, capsys, tmp_path):
+    """One torch thread unless OMP_NUM_THREADS names another positive number; the count is printed."""
+    import torch
+
+    from reclor_lab.course import notebook
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv(notebook.WORKDIR_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        for env, want in ((None, notebook.NOTEBOOK_THREADS), ("3", 3), ("0", notebook.NOTEBOOK_THREADS),
+                          ("two", notebook.NOTEBOOK_THREADS)):
+            if env is None:
+                monkeypatch.delenv(notebook.THREADS_ENV, raising=False)
+            else:
+                monkeypatch.setenv(notebook.THREADS_ENV, env)
+            notebook.start_notebook()
+            assert torch.get_num_threads() == want, env
+            assert capsys.readouterr().out.splitlines()[-1].split() == ["torch", "threads", str(want)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", _names())
 def test_first_code_cell_picks_the_tiny_preset(name):
     """Committed outputs come from the tiny CPU run, and every notebook starts with the preset."""
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)

@@ -27,7 +27,8 @@ def test_files_present():
 
 def test_tokenizer_like_llama2():
     tok = transformers.AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
-    assert type(tok).__name__ == "LlamaTokenizer" and len(tok) == 32000
+    # loaded from tokenizer.json as it stands (transformers' LlamaTokenizer would rebuild it; see tiny.py)
+    assert type(tok).__name__ == "TokenizersBackend" and len(tok) == 32000
     assert tok.pad_token is None
     assert [(t, tok.convert_tokens_to_ids(t)) for t in ("<unk>", "<s>", "</s>", "<0x00>", "<0xFF>")] == \
         [("<unk>", 0), ("<s>", 1), ("</s>", 2), ("<0x00>", 3), ("<0xFF>", 258)]
@@ -128,14 +129,34 @@ LLAMA_PARAGRAPH_IDS = [
     7689, 886, 322, 301, 4425, 787, 988, 896, 2041, 515, 472, 278, 1095, 310, 931, 7226, 29953, 29962,
 ]
 
-# A text that *starts* with whitespace: SentencePiece (llama-tokenizer-js; tokenizers reading the
-# hub-layout tokenizer.json) puts its own "▁" in front anyway; transformers 5's LlamaTokenizer,
-# which rebuilds the pipeline for meta-llama/Llama-2-7b-hf too, does not (reclor_lab/tools/tiny.py).
-LEADING_SPACE = [  # text, SentencePiece's ids (llama-tokenizer-js), transformers 5's ids
+# Spaces where Llama-2's SentencePiece differs from a Metaspace pre-tokenizer (transformers 5's
+# LlamaTokenizer): SentencePiece puts its "▁" in front of every text, even one that starts with a
+# space, and turns every space into "▁". Ids encoded by llama-tokenizer-js 1.2.2 (node), whose
+# suite checks it against Llama-2's SentencePiece model; test_spaces_agree_with_llama_tokenizer_js
+# encodes them again where node and the package are at hand. The last column: what transformers
+# 5's LlamaTokenizer gives (None: the same ids), so the cases pin what changed.
+SENTENCEPIECE_SPACES = [  # text, Llama-2's ids, LlamaTokenizer's where they differ
+    (" Option A:", [1, 29871, 10831, 319, 29901], [1, 10831, 319, 29901]),
+    ("  two  spaces", [1, 259, 1023, 29871, 8162], [1, 29871, 1023, 29871, 8162]),
     (" grabbed", [1, 29871, 2646, 1327, 287], [1, 2646, 1327, 287]),
     ("           grabbed", [1, 9651, 2646, 1327, 287], [1, 965, 2646, 1327, 287]),
+    ("   lead", [1, 1678, 3275], [1, 259, 3275]),
     (" \n", [1, 259, 13], [1, 29871, 13]),
-    (" Option A:", [1, 29871, 10831, 319, 29901], [1, 10831, 319, 29901]),
+    (" ", [1, 259], [1, 29871]),
+    ("  ", [1, 1678], [1, 259]),
+    (" Answer: A", [1, 29871, 673, 29901, 319], [1, 673, 29901, 319]),
+    ("\t tab", [1, 29871, 12, 4434], None),
+    ("Hi .", [1, 6324, 869], None),
+    ("a ,b", [1, 263, 1919, 29890], None),
+    ("wait , what ?", [1, 4480, 1919, 825, 1577], None),
+    ("x\n  y", [1, 921, 13, 29871, 343], None),
+    ("\n  indented", [1, 29871, 13, 29871, 1399, 14927], None),
+    ("line\n\n   three", [1, 1196, 13, 13, 259, 2211], None),
+    ("end ", [1, 1095, 29871], None),
+    ("end  ", [1, 1095, 259], None),
+    # llama-tokenizer-js returns [] for "" (a special case in its encode()); SentencePiece encodes
+    # nothing, and the tokenizer adds <s> as for any text, as Llama-2's tokenizer.json does
+    ("", [1], None),
 ]
 
 
@@ -154,16 +175,72 @@ def test_encodes_like_llama2(committed_tokenizer, text, ids):
     assert Tokenizer.from_file(str(TINY_MODEL_DIR / "tokenizer.json")).encode(text).ids == ids
 
 
-@pytest.mark.parametrize("text, sentencepiece, hf", LEADING_SPACE, ids=repr)
-def test_a_leading_space_is_where_transformers_and_sentencepiece_differ(committed_tokenizer, text, sentencepiece, hf):
+@pytest.mark.parametrize("text, ids, _", SENTENCEPIECE_SPACES, ids=repr)
+def test_spaces_encode_like_sentencepiece(committed_tokenizer, text, ids, _):
     from tokenizers import Tokenizer
 
-    assert Tokenizer.from_file(str(TINY_MODEL_DIR / "tokenizer.json")).encode(text).ids == sentencepiece
-    assert committed_tokenizer(text)["input_ids"] == hf
-    # the kit's texts start with "Context:": inside a text both give the same ids
-    inside = "Context: x" + text
-    raw = Tokenizer.from_file(str(TINY_MODEL_DIR / "tokenizer.json"))
-    assert committed_tokenizer(inside)["input_ids"] == raw.encode(inside).ids
+    assert committed_tokenizer(text)["input_ids"] == ids
+    assert committed_tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert Tokenizer.from_file(str(TINY_MODEL_DIR / "tokenizer.json")).encode(text).ids == ids
+    # inside a text as after <s>: the same ids follow "Context: x"
+    inside = committed_tokenizer("Context: x" + text)["input_ids"]
+    assert inside == Tokenizer.from_file(str(TINY_MODEL_DIR / "tokenizer.json")).encode("Context: x" + text).ids
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer_class_dir(tmp_path_factory):
+    """The tiny tokenizer's files under transformers' ``LlamaTokenizer`` class, as the hub's
+    ``meta-llama/Llama-2-7b-hf`` names it: transformers 5 rebuilds it with a Metaspace pre-tokenizer."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("llama-class")
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(TINY_MODEL_DIR / name, d / name)
+    config = json.loads((TINY_MODEL_DIR / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "LlamaTokenizer"}))
+    return d
+
+
+@pytest.mark.parametrize("text, ids, metaspace_ids", SENTENCEPIECE_SPACES, ids=repr)
+def test_load_tokenizer_gives_sentencepiece_ids_for_a_rebuilt_llama_tokenizer(llama_tokenizer_class_dir, text, ids,
+                                                                             metaspace_ids):
+    """The ``llama2-7b`` preset's tokenizer (class ``LlamaTokenizer``) through the kit's
+    ``load_tokenizer`` gives the tiny tokenizer's ids; transformers alone gives the Metaspace ids."""
+    from reclor_lab.model import load_tokenizer
+
+    rebuilt = transformers.AutoTokenizer.from_pretrained(llama_tokenizer_class_dir)
+    assert type(rebuilt).__name__ == "LlamaTokenizer"
+    assert rebuilt(text)["input_ids"] == (metaspace_ids or ids)
+    tok = load_tokenizer(str(llama_tokenizer_class_dir))
+    assert tok(text)["input_ids"] == ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_spaces_agree_with_llama_tokenizer_js(tmp_path):
+    """The pinned ids, encoded again by llama-tokenizer-js itself under node (skipped where node
+    or the package is not at hand)."""
+    import shutil
+    import subprocess
+    import tarfile
+
+    from reclor_lab.tools.tiny import TokenizerSourceError, fetch_llama_tokenizer_js
+
+    if shutil.which("node") is None:
+        pytest.skip("node not installed")
+    try:
+        package = fetch_llama_tokenizer_js(tmp_path / "npm")
+    except TokenizerSourceError as e:
+        pytest.skip(f"llama-tokenizer-js not available here: {e}")
+    with tarfile.open(package) as tar:
+        tar.extract("package/llama-tokenizer.js", tmp_path, filter="data")
+    script = tmp_path / "encode.mjs"
+    script.write_text("import t from './package/llama-tokenizer.js';\n"
+                      "console.log(JSON.stringify(JSON.parse(process.argv[2]).map(x => t.encode(x))));\n")
+    texts = [text for text, _, _ in SENTENCEPIECE_SPACES if text]
+    out = subprocess.run(["node", str(script), json.dumps(texts)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [ids for text, ids, _ in SENTENCEPIECE_SPACES if text]
 
 
 def test_the_tokenizer_regenerates_from_the_npm_package(tmp_path):

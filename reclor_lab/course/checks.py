@@ -22,6 +22,13 @@ check builds (:func:`build_test`) and on hidden cases, and replays that test out
 on the answers that came back (:mod:`reclor_lab.course.grade`). A new exercise adds its entry
 to :data:`EXERCISES` and to ``reclor_lab.course.grading.exercises.SPECS``.
 
+**Return types, the same rule in every check.** A number may come back as a Python number or as a
+one-element tensor (exercise 10 excepted: a kept loss tensor holds the batch's graph). A collection
+must be the kind the exercise asks for, because the cells after the check use it as that kind: a
+list where a list is asked (exercise 2), a tensor where a tensor is asked (exercises 3, 4, 7, 9).
+The other kind fails, naming the conversion (:func:`_kind_problem`). A failure shows the inputs
+that broke the answer.
+
 The test records below are hand-written (the same as ``tests/fixtures/mini``), never ReClor text.
 """
 
@@ -294,6 +301,20 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-6)
 
 
+def _kind_problem(got: Any, kind: str) -> str | None:
+    """Why ``got`` is not the collection an exercise asks for (``kind``: "list" or "tensor"), or
+    None when it is (see the module's return-type rule)."""
+    name = type(got).__name__
+    is_numpy = type(got).__module__.split(".")[0] == "numpy"
+    if kind == "list" and (isinstance(got, torch.Tensor) or is_numpy):
+        return (f"a {name}, not a list; return a Python list (`.tolist()` turns a {name} into one): the "
+                "cells after the check use it as a list")
+    if kind == "tensor" and (isinstance(got, (list, tuple)) or is_numpy):
+        return (f"a {name}, not a tensor; return a torch tensor (`torch.tensor(...)` makes one): the cells "
+                "after the check call tensor methods on it, such as .tolist()")
+    return None
+
+
 # --- 1. format a record --------------------------------------------------------------------------
 
 def reference_format_record(record: dict) -> str:
@@ -352,7 +373,7 @@ def reference_class_weights(labels: Sequence[int]) -> list[float]:
 _WEIGHT_CASES: tuple[tuple[str, list[int]], ...] = (
     ("balanced labels [0, 1, 2, 3, 0, 1, 2, 3]", [0, 1, 2, 3] * 2),
     ("skewed labels [0, 0, 1, 2, 3, 3, 3, 3]", [0, 0, 1, 2, 3, 3, 3, 3]),
-    ("skewed labels with 10 examples, mostly 1s", [1, 1, 1, 1, 1, 0, 2, 3, 3, 1]),
+    ("skewed labels [1, 1, 1, 1, 1, 0, 2, 3, 3, 1] (mostly 1s)", [1, 1, 1, 1, 1, 0, 2, 3, 3, 1]),
     # last: an absent option is an edge case; the formula above is the lesson
     ("labels [0, 1, 1, 3] (no option C)", [0, 1, 1, 3]),
 )
@@ -378,6 +399,12 @@ def _weights_hint(got: list[float], labels: list[int]) -> str:
     if same([1 / c for c in counts]):
         return "almost: multiply by N / 4 (N = number of labels), so balanced labels give weights of 1."
     want = [n / (NUM_LABELS * c) for c in counts]
+    first_seen = list(dict.fromkeys(labels))  # the order a Counter (or a dict) keeps its keys in
+    if first_seen != sorted(first_seen) and same([want[c] for c in first_seen]):
+        order = ", ".join(str(c) for c in first_seen)
+        return (f"the right weights in the wrong order: class {order}, the order in which the classes first "
+                f"appear in these labels, which is the order of Counter.values(). Return them for class 0, 1, "
+                "2, 3: look each class up, counts[c], instead of iterating over the values.")
     if _close(sum(got), 1.0) or (got[0] and all(_close(g / got[0], w / want[0]) for g, w in zip(got, want))):
         return ("right proportions, wrong scale: the weights are not normalised (to sum to 1 or any other "
                 "total); N / (4 · n_c) as it is, so balanced labels give four weights of 1.")
@@ -396,6 +423,9 @@ def check_class_weights(fn: Callable[[list[int]], list[float]]) -> Callable[[lis
                     raise _Fail(f"for {what} it divided by zero: an option that never occurs gets "
                                 "weight 1.0.") from None
                 raise
+            problem = _kind_problem(got, "list")
+            if problem:
+                raise _Fail(f"for {what} it returned {problem}.")
             try:
                 got = [float(x) for x in got]
             except (TypeError, ValueError):
@@ -459,6 +489,14 @@ def _pooling_hint(got: torch.Tensor, want: torch.Tensor, ids: torch.Tensor, pad:
     return "for each row, the position of the last token that is not padding (its id is not the pad id)."
 
 
+def _wrong_row(ids: torch.Tensor, pad: int, got: torch.Tensor, want: torch.Tensor) -> str:
+    """The first row the answer gets wrong, as a student can read it (the pad id shown as `pad`)."""
+    row = int((got != want).nonzero()[0, 0]) if bool((got != want).any()) else 0
+    shown = " ".join("pad" if i == pad else str(i) for i in ids[row].tolist())
+    return (f"Row {row} of the input ids (pad id {pad}): [{shown}]: it returned {int(got[row])}, the head reads "
+            f"position {int(want[row])}.")
+
+
 def check_last_token_index(fn: Callable[[torch.Tensor, int], torch.Tensor], model: nn.Module,
                            tokenizer) -> Callable:
     """Exercise 3: ``fn(input_ids, pad_token_id)`` → per row, the position the classification head
@@ -486,8 +524,9 @@ def check_last_token_index(fn: Callable[[torch.Tensor, int], torch.Tensor], mode
     def test(fn: Callable) -> None:
         for what, ids, mask in cases:
             got = fn(ids.clone(), pad)
-            if isinstance(got, (list, tuple)):
-                got = torch.tensor(got)
+            problem = _kind_problem(got, "tensor")
+            if problem:
+                raise _Fail(f"for {what} (input ids of shape {tuple(ids.shape)}) it returned {problem}.")
             if not isinstance(got, torch.Tensor) or got.is_floating_point() or got.dtype == torch.bool:
                 raise _Fail(f"for {what} it returned {type(got).__name__}"
                             f"{'' if not isinstance(got, torch.Tensor) else ' of ' + str(got.dtype)}; "
@@ -498,12 +537,13 @@ def check_last_token_index(fn: Callable[[torch.Tensor, int], torch.Tensor], mode
                             f"shape ({ids.shape[0]},).")
             want = reference_last_token_index(ids, pad)
             if bool((got < 0).any()) or bool((got >= ids.shape[1]).any()):
-                raise _Fail(f"for {what} it returned {got.tolist()}: {_pooling_hint(got, want, ids, pad)}")
+                raise _Fail(f"for {what} it returned {got.tolist()}: {_pooling_hint(got, want, ids, pad)} "
+                            f"{_wrong_row(ids, pad, got, want)}")
             own, every = model_logits(ids, mask)
             picked = every[torch.arange(ids.shape[0]), got]
             if not torch.allclose(picked, own, rtol=1e-4, atol=1e-5):
                 raise _Fail(f"for {what} it returned {got.tolist()}, where the head does not give the model's "
-                            f"logits: {_pooling_hint(got, want, ids, pad)}")
+                            f"logits: {_pooling_hint(got, want, ids, pad)} {_wrong_row(ids, pad, got, want)}")
 
     return _run(NUMBER["last_token_index"], fn, reference_last_token_index, test)
 
@@ -580,6 +620,10 @@ def check_nf4_block(fn: Callable[[torch.Tensor], tuple]) -> Callable:
                 raise _Fail(f"for {what} it returned {type(out).__name__}; return three things: "
                             "(codes, absmax, dequantized).")
             codes, absmax, values = out
+            for part, got in (("codes", codes), ("dequantized values", values)):
+                problem = _kind_problem(got, "tensor")
+                if problem:
+                    raise _Fail(f"for {what} the {part} are {problem}.")
             want_codes, want_absmax, want_values = reference_nf4_block(block)
             absmax = torch.as_tensor(absmax).detach().float().cpu().flatten()
             if absmax.numel() != 1:
@@ -1010,9 +1054,28 @@ def _ce_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
     ]
 
 
+def _ce_inputs(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> str:
+    """The inputs of a weighted cross-entropy case, as a student can type them in."""
+    rows = ", ".join("[" + ", ".join(f"{x:.2f}" for x in row) + "]" for row in logits.tolist())
+    return (f"The inputs: logits [{rows}], labels {labels.tolist()}, weights "
+            f"{[round(w, 3) for w in weights.tolist()]}.")
+
+
 def _ce_hint(got: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> str:
     per_example = F.cross_entropy(logits, labels, reduction="none")
     w = weights[labels]
+    want = (w * per_example).sum() / w.sum()
+    if torch.allclose(got, -want, rtol=RTOL):
+        return ("the right size with the wrong sign: cross-entropy is MINUS the log-probability of the "
+                "right answer, -log p (log p is negative, the loss positive).")
+    if torch.allclose(got, (w * per_example).sum() / weights.sum(), rtol=RTOL):
+        return ("it divides by the sum of all four class weights; divide by the sum of the weights of the "
+                "batch's labels, w[y_i] summed over the batch (as CrossEntropyLoss(weight=w) does).")
+    over_batch = -torch.log_softmax(logits.float(), dim=0).gather(1, labels.view(-1, 1)).squeeze(1)
+    if torch.allclose(got, (w * over_batch).sum() / w.sum(), rtol=RTOL) or torch.allclose(
+            got, over_batch.mean(), rtol=RTOL):
+        return ("the softmax runs over the batch (dim=0): each COLUMN sums to 1, so an example's probabilities "
+                "depend on the other examples. Take log_softmax over the four options, dim=-1 (each row).")
     if torch.allclose(got, (w * per_example).sum() / len(labels), rtol=RTOL):
         return ("it divides by the batch size; divide the weighted sum by the sum of the weights of the "
                 "batch's labels (as CrossEntropyLoss(weight=w) does).")
@@ -1043,8 +1106,8 @@ def check_weighted_ce(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
             want = reference_weighted_ce(logits, labels, weights)
             got = got.detach().float()
             if not torch.allclose(got, want, rtol=RTOL, atol=1e-6):
-                raise _Fail(f"for {what} it returned {got.item():.4f}: "
-                            f"{_ce_hint(got, logits, labels, weights)}")
+                raise _Fail(f"for {what} it returned {got.item():.4f}, expected {want.item():.4f}: "
+                            f"{_ce_hint(got, logits, labels, weights)} {_ce_inputs(logits, labels, weights)}")
 
     return _run(NUMBER["weighted_ce"], fn, reference_weighted_ce, test)
 
@@ -1104,25 +1167,39 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
         torch.manual_seed(_CHECK_SEED)
 
     def steps(step_fn: Callable, n: int = 2) -> tuple[list[Any], list[list[torch.Tensor]]]:
-        """``n`` steps from the saved parameters with a fresh SGD optimizer and seeded dropout."""
+        """``n`` steps from the saved parameters with a fresh SGD optimizer and seeded dropout.
+        What happened in what order goes to ``events``: each ``backward()`` reaching the
+        trainable parameters, and each ``optimizer.step()`` with whether it found gradients."""
         reset()
+        events.clear()
         optimizer = torch.optim.SGD([p for _, p in trainable], lr=_CHECK_LR)
+        hooks = [optimizer.register_step_pre_hook(lambda *_: events.append(("step", any(
+                     p.grad is not None and bool(p.grad.any()) for _, p in trainable)))),
+                 trainable[0][1].register_post_accumulate_grad_hook(lambda _: events.append(("backward", None)))]
         losses, params = [], []
-        for _ in range(n):
-            losses.append(step_fn(model, batch, optimizer, weights))  # the caller's own batch
-            if _changed(batch, kept):
-                batch.clear()
-                batch.update(kept)  # whole again for the caller's next cell
-                with torch.no_grad():
-                    for k, v in kept_values.items():
-                        if isinstance(v, torch.Tensor):
-                            kept[k].copy_(v)
-                raise _Fail("it changed the caller's batch (a key popped, added or replaced, or a tensor "
-                            "edited in place); the next cell would get a broken batch: read the labels "
-                            "with batch['labels'] and pass the other keys to the model without "
-                            "changing the dict.")
-            params.append([p.detach().clone() for _, p in trainable])
+        try:
+            for _ in range(n):
+                losses.append(step_fn(model, batch, optimizer, weights))  # the caller's own batch
+                check_batch()
+                params.append([p.detach().clone() for _, p in trainable])
+        finally:
+            for h in hooks:
+                h.remove()
         return losses, params
+
+    def check_batch() -> None:
+        """Fail if the step changed the caller's batch, after putting it back together."""
+        if _changed(batch, kept):
+            batch.clear()
+            batch.update(kept)  # whole again for the caller's next cell
+            with torch.no_grad():
+                for k, v in kept_values.items():
+                    if isinstance(v, torch.Tensor):
+                        kept[k].copy_(v)
+            raise _Fail("it changed the caller's batch (a key popped, added or replaced, or a tensor "
+                        "edited in place); the next cell would get a broken batch: read the labels "
+                        "with batch['labels'] and pass the other keys to the model without "
+                        "changing the dict.")
 
     def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
         return all(torch.allclose(x, y, rtol=1e-3, atol=1e-6) for x, y in zip(a, b))
@@ -1140,7 +1217,7 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
             raise _Fail("a frozen parameter changed; only the trainable (LoRA and head) parameters may "
                         "move: build nothing new, just step the optimizer you are given.")
         if all(torch.equal(a, b) for a, b in zip(got_params[0], saved)):
-            raise _Fail("no trainable parameter changed; after loss.backward() call optimizer.step().")
+            raise _Fail(_no_change_hint(events))
         if not _close(float(got_losses[0]), want_losses[0]):
             reset()  # back to the saved parameters: the loss they give unweighted
             if _close(float(got_losses[0]), _plain_loss(model, batch)):
@@ -1181,6 +1258,7 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
 
     saved: list[torch.Tensor] = []
     frozen_sums: list[float] = []
+    events: list[tuple[str, bool | None]] = []
     kept = dict(batch)  # the batch's own tensors ...
     kept_values = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -1190,6 +1268,26 @@ def check_train_step(fn: Callable, model: nn.Module, batch: dict, weights: torch
                 or any(isinstance(v, torch.Tensor) and not torch.equal(now[k], v) for k, v in kept_values.items()))
 
     return _run(NUMBER["one_train_step"], fn, reference_train_step, test)
+
+
+def _no_change_hint(events: list[tuple[str, bool | None]]) -> str:
+    """Why a step left every trainable parameter as it was, read from the order of its
+    ``backward()`` and ``optimizer.step()`` calls (and whether the step found gradients)."""
+    first_step = next((i for i, (kind, _) in enumerate(events) if kind == "step"), None)
+    if first_step is None:
+        return ("no trainable parameter changed: optimizer.step() was never called. After loss.backward() "
+                "and the clip, call optimizer.step().")
+    found_gradients = events[first_step][1]
+    backward_before = any(kind == "backward" for kind, _ in events[:first_step])
+    if not found_gradients and backward_before:
+        return ("no trainable parameter changed: optimizer.step() ran, but the gradients were cleared between "
+                "loss.backward() and step(), so the step had nothing to apply. Call optimizer.zero_grad() "
+                "before backward() or after step(), never between them.")
+    if not found_gradients:
+        return ("no trainable parameter changed: optimizer.step() ran before loss.backward(), when there were "
+                "no gradients yet. The order is forward, loss, backward, clip, step.")
+    return ("no trainable parameter changed although optimizer.step() ran with gradients: step the optimizer "
+            "you are given (it holds the model's trainable parameters), not a new one.")
 
 
 def _unclipped_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,

@@ -11,14 +11,17 @@ bytes outside the vocabulary fall back to byte tokens. ``reclor-lab tiny tokeniz
 files can be checked by anyone; :func:`build_tiny_model` reuses them as they are.
 
 The tokenizer.json is laid out like the hub's Llama-2 file (normalizer ``Prepend("▁")`` +
-``Replace(" ", "▁")``, no pre-tokenizer, a BPE with byte fallback). transformers 5 reads only its
-vocabulary and merges and rebuilds the rest as its ``LlamaTokenizer`` class does (a ``Metaspace``
-pre-tokenizer), exactly as it does for ``meta-llama/Llama-2-7b-hf``: so the tiny and the
-``llama2-7b`` presets give the same ids for the same text. That pipeline differs from
-SentencePiece (and from ``tokenizers.Tokenizer.from_file`` on this file) only for a text that
-*starts* with whitespace: SentencePiece adds its "▁" in front anyway (``" grabbed"`` →
-``[1, 29871, 2646, 1327, 287]``), transformers 5 does not (``[1, 2646, 1327, 287]``). The kit's
-texts start with ``Context:``.
+``Replace(" ", "▁")``, no pre-tokenizer, a BPE with byte fallback), and ``tokenizer_config.json``
+names the class ``TokenizersBackend``, which transformers 5 loads from that file as it stands. So
+the tiny tokenizer encodes like Llama-2's SentencePiece model (its legacy behaviour, what
+llama-tokenizer-js reproduces) for every text, leading and repeated spaces included: the dummy
+"▁" goes in front even of a text that starts with a space (``" Option A:"`` →
+``[1, 29871, 10831, 319, 29901]``). transformers 5's ``LlamaTokenizer`` class would rebuild the
+pipeline with a ``Metaspace`` pre-tokenizer that skips that "▁" (``[1, 10831, 319, 29901]``), and
+it does so for ``meta-llama/Llama-2-7b-hf`` too; :func:`reclor_lab.model.load_tokenizer` puts such
+a tokenizer back on SentencePiece's layout, so the tiny and the ``llama2-7b`` presets give the
+same ids for the same text. None of the bundled texts starts with a space: their ids are the same
+either way (measured on every record, option and pre-training text when this changed).
 
 **The model.** :func:`build_tiny_model` creates a Llama-architecture causal LM (hidden size 64,
 2 layers: about 0.1 M parameters in its body, 4.1 M in its two 32,000 × 64 tables), pre-trains it
@@ -155,21 +158,24 @@ def read_llama_tokenizer_js(package: Path) -> tuple[list[str], list[tuple[str, s
 
 
 def llama2_tokenizer(package: Path):
-    """Llama-2's tokenizer as a ``transformers.LlamaTokenizer``, from the npm package (see
-    :func:`read_llama_tokenizer_js`), with the hub file's normalizer and BPE settings."""
+    """Llama-2's tokenizer from the npm package (see :func:`read_llama_tokenizer_js`), laid out like
+    the hub's ``tokenizer.json`` (SentencePiece's dummy prefix as a normalizer, no pre-tokenizer),
+    as a ``transformers.TokenizersBackend``: the class that loads that file as it stands, so every
+    text encodes as SentencePiece encodes it."""
     from tokenizers import normalizers
-    from transformers import LlamaTokenizer
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
     vocab, merges = read_llama_tokenizer_js(package)
-    tok = LlamaTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, add_bos_token=True,
-                         add_eos_token=False, legacy=False, model_max_length=TINY_ARCH["max_position_embeddings"])
-    backend = tok.backend_tokenizer
-    # the layout of meta-llama/Llama-2-7b-hf's tokenizer.json (SentencePiece's dummy prefix as a
-    # normalizer); transformers 5 rebuilds its own pre-tokenizer from vocab + merges on loading
+    llama = LlamaTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, add_bos_token=True,
+                           add_eos_token=False, legacy=False)
+    backend = llama.backend_tokenizer  # its BPE (byte fallback), decoder and <s> post-processor
+    # SentencePiece: "▁" in front of every text (even one that starts with a space), every space a "▁"
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     backend.pre_tokenizer = None
     backend.model.unk_token = "<unk>"
-    return tok
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=TINY_ARCH["max_position_embeddings"],
+                                   clean_up_tokenization_spaces=False)
 
 
 def write_tokenizer(output_dir: Path, package: Path | None = None) -> Path:
