@@ -57,7 +57,8 @@ gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` w
 not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``data`` → ``runs.data_checks``
 (``read_reclor`` calls its file and record checks), ``config`` →
 ``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``), ``model`` →
-``runs.loading`` (``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers).
+``runs.loading`` (``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers),
+``metrics`` → ``runs.loading`` (``load_metric``'s one-line error for a Hugging Face cache it cannot write).
 """
 
 __version__ = "0.1.0"

@@ -772,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
 
         say = is_main_process()  # of several processes, the main one speaks for all
         if args.func in (cmd_train, cmd_evaluate, cmd_predict):  # they compute metrics
-            from reclor_lab.metrics import check_hf_cache
+            from reclor_lab.runs.loading import check_hf_cache
 
             check_hf_cache()  # before minutes of loading, and before matplotlib warns about the same folder
         return args.func(args)

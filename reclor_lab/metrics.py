@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from reclor_lab.config import NUM_LABELS
-from reclor_lab.errors import ReclorLabError
 
 #: z for a two-sided 95 % interval of a normal distribution.
 Z95 = 1.959963984540054
@@ -55,36 +53,8 @@ def load_metric(name: str):  # -> evaluate.EvaluationModule
     try:
         return evaluate.load(str(path))
     except OSError as e:  # a read-only or missing cache: evaluate copies the script there first
-        raise hf_cache_error(e) from None
+        from reclor_lab.runs.loading import hf_cache_error  # one line that names the variable to set
 
-
-def _modules_cache() -> tuple[Path, str]:
-    """Where evaluate keeps its module cache, and the variable that placed it (evaluate's rule)."""
-    home = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache")
-    hf_home = os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(home, "huggingface"))
-    folder = Path(os.environ.get("HF_MODULES_CACHE") or os.path.join(hf_home, "modules"))
-    source = next((v for v in ("HF_MODULES_CACHE", "HF_HOME", "XDG_CACHE_HOME") if os.environ.get(v)), "HOME")
-    return folder, source
-
-
-def hf_cache_error(e: OSError) -> ReclorLabError:
-    folder, source = _modules_cache()
-    return ReclorLabError(
-        f"{folder}: the Hugging Face cache cannot be written ({e.strerror or e}); evaluate copies the kit's "
-        f"metric scripts there before loading them. Its place comes from ${source}: set HF_HOME to a writable "
-        "folder (e.g. HF_HOME=/tmp/hf), then run the command again")
-
-
-def check_hf_cache() -> None:
-    """Before a command that computes metrics: refuse, in one line naming the variable to set, a
-    Hugging Face module cache that cannot be created or written (a read-only $HOME, say)."""
-    folder, _ = _modules_cache()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
         raise hf_cache_error(e) from None
 
 

@@ -114,6 +114,7 @@ CORE_INTO_SUB_PACKAGES = {
     ("config", "runs.config_checks"),  # RunConfig.__post_init__ calls the validator, problems
     ("data", "runs.data_checks"),    # read_reclor's file and record checks
     ("model", "runs.loading"),       # load_model's and load_tokenizer's checks, errors, load report
+    ("metrics", "runs.loading"),     # load_metric's one-line error for a cache it cannot write
 }
 COMMAND_LAYER = {"cli", "__main__"}
 

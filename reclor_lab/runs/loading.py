@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import pickle
 import re
 from pathlib import Path
@@ -120,3 +121,35 @@ def _load_report(show: bool) -> Iterator[None]:
     finally:
         for lg in loggers if quiet else ():
             lg.removeFilter(quiet)
+
+
+# --- the Hugging Face cache that evaluate copies the metric scripts into ---------------------------
+
+def _modules_cache() -> tuple[Path, str]:
+    """Where evaluate keeps its module cache, and the variable that placed it (evaluate's rule)."""
+    home = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache")
+    hf_home = os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(home, "huggingface"))
+    folder = Path(os.environ.get("HF_MODULES_CACHE") or os.path.join(hf_home, "modules"))
+    source = next((v for v in ("HF_MODULES_CACHE", "HF_HOME", "XDG_CACHE_HOME") if os.environ.get(v)), "HOME")
+    return folder, source
+
+
+def hf_cache_error(e: OSError) -> ReclorLabError:
+    folder, source = _modules_cache()
+    return ReclorLabError(
+        f"{folder}: the Hugging Face cache cannot be written ({e.strerror or e}); evaluate copies the kit's "
+        f"metric scripts there before loading them. Its place comes from ${source}: set HF_HOME to a writable "
+        "folder (e.g. HF_HOME=/tmp/hf), then run the command again")
+
+
+def check_hf_cache() -> None:
+    """Before a command that computes metrics: refuse, in one line naming the variable to set, a
+    Hugging Face module cache that cannot be created or written (a read-only $HOME, say)."""
+    folder, _ = _modules_cache()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise hf_cache_error(e) from None
