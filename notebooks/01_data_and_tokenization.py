@@ -451,8 +451,8 @@ for row, i in enumerate(read_at.tolist()):
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 2.2))
-ax.imshow(batch["attention_mask"].numpy(), aspect="auto", cmap="Blues", vmin=-0.6, vmax=1.2, interpolation="nearest")
-ax.scatter(read_at.numpy(), range(len(read_at)), marker="*", s=140, color="tab:red", label="the head reads here")
+ax.imshow(batch["attention_mask"].tolist(), aspect="auto", cmap="Blues", vmin=-0.6, vmax=1.2, interpolation="nearest")
+ax.scatter(read_at.tolist(), range(len(read_at)), marker="*", s=140, color="tab:red", label="the head reads here")
 ax.set_yticks(range(len(read_at)), [f"row {r}" for r in range(len(read_at))])
 ax.set_xlabel("position (token index)")
 ax.set_title("A padded batch: real tokens (blue), padding (pale), the position the head reads (red)")
