@@ -38,12 +38,15 @@ import, function-local ones too):
    ``train.predict_logits``) and the Hugging Face Trainer path.
 6. ``results.analysis``, ``results.baselines``, ``runs.job``: a run's results, what guessing and
    the untrained model score, and the kit's main job (train, reload, evaluate, predict).
-7. ``course.checks``, ``course.build``, ``course.judge``, ``course.runner``,
-   ``course.grading.exercises``, ``course.grading.replay``, ``course.grade``: the student
-   exercises, the student copies, reading a submission's exercise code (``judge``), running it
-   inside the sandbox (``runner``, the only kit code that touches it), the grader's side of the
-   wall (``grading``: references, hidden cases, comparisons, never visible inside) and the
-   grading command.
+7. ``course.checks.common``, ``course.checks.nb01``, ``course.checks.nb02``, ``course.checks.nb03``,
+   ``course.checks.nb04``, ``course.checks.nb05``, ``course.checks.nb06``, ``course.checks``,
+   ``course.build``, ``course.judge``, ``course.runner``, ``course.grading.exercises``,
+   ``course.grading.replay``, ``course.grade``: the student exercises, the student copies,
+   reading a submission's exercise code (``judge``), running it inside the sandbox (``runner``,
+   the only kit code that touches it), the grader's side of the wall (``grading``: references,
+   hidden cases, comparisons, never visible inside) and the grading command. The checks are one
+   module per notebook (``course.checks.nb01`` …) beside what they share
+   (``course.checks.common``); ``course.checks`` re-exports them all.
 8. ``course.outfiles``, ``course.roster``, ``course.export``, ``course.similar``, ``course.feedback``,
    ``course.report``: the instructor's view of a graded class: files written safely, the class
    list, the gradebook in otter's, Canvas's and Moodle's layouts, copied work, feedback per

@@ -879,7 +879,7 @@ def _exercise_number_problems(source: str, notebook: str, where: str) -> list[st
 
 def test_every_exercise_number_matches_the_exercise_table():
     """Every exercise number in the reference notebooks and their student copies (markdown,
-    docstrings, stub messages), in checks.py's check_* docstrings and in the notebooks README's
+    docstrings, stub messages), in the checks' check_* docstrings and in the notebooks README's
     table names the exercise that checks.EXERCISES gives that number."""
     from reclor_lab.course.build import student_source
 
@@ -889,7 +889,8 @@ def test_every_exercise_number_matches_the_exercise_table():
         student, _ = student_source(text, py.name)
         problems += _exercise_number_problems(text, py.name[:2], py.name)
         problems += _exercise_number_problems(student, py.name[:2], f"student {py.name}")
-    source = (REPO / "reclor_lab" / "course" / "checks.py").read_text(encoding="utf-8")
+    folder = REPO / "reclor_lab" / "course" / "checks"
+    source = "".join(f.read_text(encoding="utf-8") for f in sorted(folder.glob("*.py")))
     for block in re.split(r"^def ", source, flags=re.M)[1:]:
         doc = re.search(r'"""Exercise (\d+)', block)
         used = re.search(r'NUMBER\["(\w+)"\]', block)

@@ -28,15 +28,31 @@ def stated_layers() -> list[list[str]]:
     return layers
 
 
+def _is_module_package(init: Path) -> bool:
+    """A sub-package whose ``__init__`` holds code (``course/checks/``: one module per notebook,
+    every name re-exported) is a module of its own, named by its folder."""
+    body = ast.parse(init.read_text(encoding="utf-8")).body
+    return init.parent != PACKAGE and any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+                                          for n in body)
+
+
 def modules() -> set[str]:
     """Every module of the package by its dotted name below ``reclor_lab`` (``runs.rundir``); a
-    sub-package's ``__init__`` holds only its docstring and is not a module of its own here."""
-    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
-            if p.name != "__init__.py" and "metric_modules" not in p.parts}
+    sub-package's ``__init__`` that holds only its docstring is not a module of its own here."""
+    found = set()
+    for p in PACKAGE.rglob("*.py"):
+        if "metric_modules" in p.parts:
+            continue
+        if p.name != "__init__.py":
+            found.add(".".join(p.relative_to(PACKAGE).with_suffix("").parts))
+        elif _is_module_package(p):
+            found.add(".".join(p.parent.relative_to(PACKAGE).parts))
+    return found
 
 
 def module_path(name: str) -> Path:
-    return PACKAGE.joinpath(*name.split(".")).with_suffix(".py")
+    path = PACKAGE.joinpath(*name.split(".")).with_suffix(".py")
+    return path if path.exists() else PACKAGE.joinpath(*name.split("."), "__init__.py")
 
 
 def imports_of(path: Path, known: set[str]) -> dict[str, int]:
