@@ -8,11 +8,13 @@ tiny-model generators). Modules sit in layers, lowest first; a module imports on
 layer or a lower one, and no imports go in a circle (``tests/test_layers.py`` reads every
 import, function-local ones too):
 
-1. ``errors``, ``cpu4bit``, ``loss``, ``results.qtypes``, ``runs.cache``, ``course.stored_outputs``,
-   ``course.plain``: they import nothing of the kit. ``errors`` (``ReclorLabError``, the one base of every expected
-   error), ``cpu4bit`` (which 4-bit kernel a CPU runs), ``loss`` (the weighted cross-entropy),
-   ``results.qtypes`` (ReClor's question types), ``runs.cache`` (tokenized splits kept on disk),
-   ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs),
+1. ``errors``, ``cpu4bit``, ``loss``, ``results.qtypes``, ``runs.cache``, ``runs.bnb_import``,
+   ``course.stored_outputs``, ``course.plain``: they import nothing of the kit. ``errors``
+   (``ReclorLabError``, the one base of every expected error), ``cpu4bit`` (which 4-bit kernel a CPU
+   runs), ``loss`` (the weighted cross-entropy), ``results.qtypes`` (ReClor's question types),
+   ``runs.cache`` (tokenized splits kept on disk), ``runs.bnb_import`` (bitsandbytes imported
+   without the TorchInductor its eager ``torch.compile`` wraps pull in; installed by the package's
+   ``__init__``), ``course.stored_outputs`` (nbconvert's filter of the notebooks' stored outputs),
    ``course.plain`` (the plain data that crosses the grading sandbox's wall).
 2. ``config``, ``runs.config_checks``: the run config and its presets, and its checks (every
    field's constraint and the validator that ``RunConfig.__post_init__`` calls).
@@ -67,7 +69,11 @@ not), ``data`` → ``runs.cache`` (tokenized splits kept on disk), ``data`` → 
 __version__ = "0.1.0"
 
 from reclor_lab.cpu4bit import quiet_kernels_hub_notice
+from reclor_lab.runs import bnb_import
 
 # Before anything imports bitsandbytes, which logs a hub-kernel notice at import time on
-# avx512_bf16 CPUs about a kernel the kit never runs (see reclor_lab/cpu4bit.py).
+# avx512_bf16 CPUs about a kernel the kit never runs (see reclor_lab/cpu4bit.py), and wraps
+# functions the kit never calls in torch.compile, importing TorchInductor for nothing
+# (see reclor_lab/runs/bnb_import.py).
 quiet_kernels_hub_notice()
+bnb_import.install()
