@@ -389,6 +389,28 @@ def test_students_are_folders_or_named_files(tmp_path):
     assert list(grade.find_students([tmp_path / "dan"])) == ["dan"]  # one student's folder on its own
 
 
+def test_a_link_in_a_class_is_never_followed_and_is_an_error_in_its_own_row(tmp_path):
+    """A student who hands in a link to the kit's solved notebook (or to anybody's files: the grader
+    reads as the instructor) gets an error in that row, never the target's code; a linked folder
+    too; the honest student beside them is read as usual."""
+    solved = REPO_ROOT / "notebooks" / "01_data_and_tokenization.ipynb"
+    (tmp_path / "class" / "eve").mkdir(parents=True)
+    (tmp_path / "class" / "eve" / "01_data_and_tokenization.ipynb").symlink_to(solved)
+    (tmp_path / "class" / "fay").mkdir()
+    (tmp_path / "class" / "fay" / "work").symlink_to(REPO_ROOT / "notebooks", target_is_directory=True)
+    (tmp_path / "class" / "gus").symlink_to(REPO_ROOT / "notebooks", target_is_directory=True)
+    (tmp_path / "class" / "hal__01_data_and_tokenization.ipynb").symlink_to(solved)
+    _small(tmp_path / "class" / "ivy" / "05_results.ipynb", ACCURACY)
+    found = grade.find_students([tmp_path / "class"])
+    assert sorted(found) == ["eve", "fay", "gus", "hal", "ivy"]
+    for student in ("eve", "fay", "gus", "hal"):
+        sub = grade.read_submission(student, found[student])
+        assert not sub.code, student  # nothing of the target reaches the sandbox
+        (nb,) = sub.notebooks
+        assert nb.failed and nb.problem == f"error: {judge.LINK}", (student, nb.problem)
+    assert grade.read_submission("ivy", found["ivy"]).code  # read as usual
+
+
 def test_two_files_for_one_notebook_are_one_line_naming_both(tmp_path):
     a = _small(tmp_path / "eve" / "05_results.ipynb", ACCURACY)
     b = _small(tmp_path / "eve" / "backup" / "05_results.ipynb", ACCURACY)

@@ -124,7 +124,8 @@ def find_students(paths: list[str | Path]) -> dict[str, list[Path]]:
     (named after it; its notebooks are searched recursively), and a loose ``.ipynb`` in it is
     ``STUDENT__NN_name.ipynb``; a loose ``NN_name.ipynb`` belongs to the folder it is in (so one
     student's folder can be given on its own), any other loose file's stem names the student.
-    A file given is read the same way.
+    A file given is read the same way. A symbolic link inside a class is listed, never followed:
+    reading it is that student's error (:data:`reclor_lab.course.judge.LINK`).
 
     Raises :class:`GradeError` naming every path that does not exist, or when no notebook is found.
     """
@@ -143,9 +144,11 @@ def find_students(paths: list[str | Path]) -> dict[str, list[Path]]:
         for child in sorted(p.iterdir()):
             if child.name.startswith("."):
                 continue
-            if child.is_dir():
-                for q in sorted(child.rglob("*.ipynb")):
-                    if ".ipynb_checkpoints" not in q.parts:
+            if child.is_symlink():  # never followed: graded as a link, an error in that student's row
+                add(child.name if child.suffix != ".ipynb" else _student_of_file(child), child)
+            elif child.is_dir():
+                for q in sorted(child.rglob("*")):  # links inside are listed, not followed
+                    if ".ipynb_checkpoints" not in q.parts and (q.suffix == ".ipynb" or q.is_symlink()):
                         add(child.name, q)
             elif child.suffix == ".ipynb":
                 add(_student_of_file(child), child)
@@ -159,8 +162,8 @@ def _student_of_file(path: Path) -> str:
     name, ``ana``; any other name → its stem."""
     if STUDENT_SEPARATOR in path.stem:
         return path.stem.split(STUDENT_SEPARATOR, 1)[0]
-    if re.match(r"\d\d_", path.name):
-        return path.resolve().parent.name
+    if re.match(r"\d\d_", path.name):  # a link's own folder, not its target's
+        return (path.parent if path.is_symlink() else path.resolve().parent).name
     return path.stem
 
 

@@ -16,7 +16,9 @@ and the sandbox is what keeps a submission from the judgement.
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import os
 import re
 import symtable
 from dataclasses import dataclass, field
@@ -68,10 +70,14 @@ def read_notebook(path: Path) -> Notebook:
     """The code cells of a ``.ipynb`` (v4 JSON), parsed cell by cell; a cell that does not parse
     is recorded and left out. IPython lines (``%magic``, ``!shell``) are dropped."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(_read_no_link(Path(path)))
         cells = [c for c in data["cells"] if c.get("cell_type") == "code"]
         sources = ["".join(c["source"]) if isinstance(c["source"], list) else str(c["source"]) for c in cells]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotANotebook(LINK) from None
+        raise NotANotebook(f"not a notebook ({type(e).__name__})") from None
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise NotANotebook(f"not a notebook ({type(e).__name__})") from None
     nb = Notebook(cells=sources)
     order = 0
@@ -85,6 +91,20 @@ def read_notebook(path: Path) -> Notebook:
             nb.statements.append(Statement(k, order, node))
             order += 1
     return nb
+
+
+#: Why a link is not read: it can point at any file the grader may read (the kit's solved
+#: notebooks, another student's work), and the grader reads as the instructor.
+LINK = ("a link, not a file: links are not graded (one can point at anybody's files); put the "
+        "notebook itself in the folder")
+
+
+def _read_no_link(path: Path) -> str:
+    """The file's text, refusing a symbolic link (``ELOOP``) in its last component at the moment
+    it is opened, so that a link swapped in after the class folder was listed is refused too."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8")
 
 
 def _python_only(source: str) -> str:
