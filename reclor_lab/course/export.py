@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from reclor_lab.course.checks import EXERCISES
+from reclor_lab.course.grade import spreadsheet_safe
 from reclor_lab.course.outfiles import write_file
 from reclor_lab.course.roster import ClassRow
 from reclor_lab.errors import ReclorLabError
@@ -141,7 +142,7 @@ def moodle_rows(rows: list[ClassRow], points: dict[int, float]) -> tuple[list[li
 
 def _csv_text(rows: list[list[str]]) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    csv.writer(buf, lineterminator="\n").writerows([[spreadsheet_safe(c) for c in row] for row in rows])
     return buf.getvalue()
 
 

@@ -213,7 +213,12 @@ def read_submission(student: str, files: list[Path]) -> Submission:
             result.problem = "left out (does not parse): " + "; ".join(nb.unparsable)
         for n in numbers:
             name = EXERCISES[n][2]
-            code = judge.exercise_code(nb, name, stand_ins={other for _, _, other in EXERCISES.values()} - {name})
+            try:
+                code = judge.exercise_code(nb, name, stand_ins={other for _, _, other in EXERCISES.values()} - {name})
+            except (RecursionError, MemoryError) as e:  # code nested deeper than the reader goes
+                result.verdicts[n] = Verdict(n, ERROR, f"{ERROR}: its code could not be read ({type(e).__name__})")
+                result.problem = result.problem or result.verdicts[n].reason
+                continue
             if code.problem:
                 result.verdicts[n] = Verdict(n, FAIL, code.problem, code=code.source)
             else:
@@ -551,9 +556,29 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name) or "student"
 
 
+#: What makes a spreadsheet read a cell as a formula (the OWASP list for CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell):
+    """A text cell that a spreadsheet would run as a formula (a student named ``=HYPERLINK(…)``),
+    quoted with a leading ``'``, as spreadsheets show it; numbers and other text as they are.
+
+    >>> spreadsheet_safe('=1+1'), spreadsheet_safe('-2.5'), spreadsheet_safe('ana'), spreadsheet_safe(3)
+    ("'=1+1", '-2.5', 'ana', 3)
+    """
+    if not isinstance(cell, str) or len(cell) < 2 or not cell.startswith(FORMULA_START):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
+
+
 def _write_csv(path: Path, rows: list[list]) -> Path:
     text = io.StringIO(newline="")
-    csv.writer(text).writerows(rows)
+    csv.writer(text).writerows([[spreadsheet_safe(c) for c in row] for row in rows])
     fd = _open_folder(path.parent)
     try:
         _write_file(fd, path.name, text.getvalue().encode("utf-8"), path)

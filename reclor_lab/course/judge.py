@@ -73,11 +73,13 @@ def read_notebook(path: Path) -> Notebook:
         data = json.loads(_read_no_link(Path(path)))
         cells = [c for c in data["cells"] if c.get("cell_type") == "code"]
         sources = ["".join(c["source"]) if isinstance(c["source"], list) else str(c["source"]) for c in cells]
+    except NotANotebook:
+        raise
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise NotANotebook(LINK) from None
         raise NotANotebook(f"not a notebook ({type(e).__name__})") from None
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError) as e:
         raise NotANotebook(f"not a notebook ({type(e).__name__})") from None
     nb = Notebook(cells=sources)
     order = 0
@@ -86,6 +88,9 @@ def read_notebook(path: Path) -> Notebook:
             tree = ast.parse(_python_only(source))
         except (SyntaxError, ValueError) as e:
             nb.unparsable.append(f"code cell {k}: {type(e).__name__}: {getattr(e, 'msg', e)}")
+            continue
+        except (RecursionError, MemoryError) as e:  # nested deeper than Python's parser goes
+            nb.unparsable.append(f"code cell {k}: {type(e).__name__}: nested too deep to parse")
             continue
         for node in tree.body:
             nb.statements.append(Statement(k, order, node))
@@ -99,12 +104,20 @@ LINK = ("a link, not a file: links are not graded (one can point at anybody's fi
         "notebook itself in the folder")
 
 
+#: The largest notebook read (the kit's own, outputs and figures included, are under 1 MiB).
+MAX_NOTEBOOK_BYTES = 32 * 2**20
+
+
 def _read_no_link(path: Path) -> str:
     """The file's text, refusing a symbolic link (``ELOOP``) in its last component at the moment
-    it is opened, so that a link swapped in after the class folder was listed is refused too."""
+    it is opened, so that a link swapped in after the class folder was listed is refused too, and
+    a file over :data:`MAX_NOTEBOOK_BYTES` (the grader's memory is everybody's)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as f:
-        return f.read().decode("utf-8")
+        data = f.read(MAX_NOTEBOOK_BYTES + 1)
+    if len(data) > MAX_NOTEBOOK_BYTES:
+        raise NotANotebook(f"larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB: clear the outputs and hand it in again")
+    return data.decode("utf-8")
 
 
 def _python_only(source: str) -> str:
