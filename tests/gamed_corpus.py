@@ -214,6 +214,25 @@ def write_class(folder: Path) -> list[Case]:
     add(Case("honest_wrapper_memory", "03", {8: "✅"}), _wrapped(solved03, "qlora_memory"))
     add(Case("honest_wrapper_lora_forward", "03", {7: "✅"}), _wrapped(solved03, "lora_forward"))
     add(Case("honest_wrapper_rule", "06", {13: "✅"}), _wrapped(solved06, "rule_baseline"))
+    honest("if_block", "01", "class_weights_by_hand",
+           "if True:  # a guard left around the cell\n    def class_weights_by_hand(labels):\n"
+           "        n = len(labels)\n"
+           "        return [n / (4 * labels.count(c)) if labels.count(c) else 1.0 for c in range(4)]", 2, solved01)
+    weights_from_module = _replace_def(solved01, "class_weights_by_hand",
+                                       "from myweights import weights\n\n"
+                                       "def class_weights_by_hand(labels):\n    return weights(labels)")
+    add(Case("honest_writefile_module", "01", {2: "✅"}),
+        _insert_after(weights_from_module, _def_cell(weights_from_module, "class_weights_by_hand") - 1,
+                      "%%writefile myweights.py\ndef weights(labels):\n    n = len(labels)\n"
+                      "    return [n / (4 * labels.count(c)) if labels.count(c) else 1.0 for c in range(4)]\n"))
+    honest("factory", "03", "count_lora_params",
+           "def make_counter(bias=0):\n    def count(shapes, r):\n"
+           "        return bias + sum(r * (o + i) for o, i in shapes)\n    return count\n\n"
+           "count_lora_params = make_counter()", 6, solved03)
+    honest("partial", "03", "count_lora_params",
+           "from functools import partial\n\ndef _count(shapes, r, per_layer=2):\n"
+           "    return sum(r * (o + i) * per_layer // 2 for o, i in shapes)\n\n"
+           "count_lora_params = partial(_count, per_layer=2)", 6, solved03)
     honest("checks_star_import", "03", "count_lora_params",
            "from reclor_lab.course.checks import *\n\ndef count_lora_params(shapes, r):\n"
            "    assert len(CHECK_RECORDS) == 3\n    return sum(r * (o + i) for o, i in shapes)", 6, solved03)

@@ -55,6 +55,7 @@ class Notebook:
     cells: list[str]
     statements: list[Statement] = field(default_factory=list)
     unparsable: list[str] = field(default_factory=list)  # "cell N: SyntaxError …"
+    files: dict[str, str] = field(default_factory=dict)  # modules written by `%%writefile NAME.py`
 
     @property
     def bindings(self) -> dict[str, list[Statement]]:
@@ -84,6 +85,7 @@ def read_notebook(path: Path) -> Notebook:
     nb = Notebook(cells=sources)
     order = 0
     for k, source in enumerate(sources, start=1):
+        _written_module(source, nb.files)
         try:
             tree = ast.parse(_python_only(source))
         except (SyntaxError, ValueError) as e:
@@ -118,6 +120,25 @@ def _read_no_link(path: Path) -> str:
     if len(data) > MAX_NOTEBOOK_BYTES:
         raise NotANotebook(f"larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB: clear the outputs and hand it in again")
     return data.decode("utf-8")
+
+
+#: ``%%writefile [-a] NAME.py`` (or ``%%file``): a module the notebook writes and may import.
+WRITEFILE = re.compile(r"^\s*%%(?:writefile|file)\s+(?P<append>-a\s+|--append\s+)?(?P<name>[A-Za-z_]\w*\.py)\s*$")
+#: At most this many bytes of such modules per notebook are carried into the sandbox.
+MAX_WRITTEN_BYTES = 256 * 2**10
+
+
+def _written_module(source: str, files: dict[str, str]) -> None:
+    """Record the module a ``%%writefile NAME.py`` cell writes (appended with ``-a``), so that the
+    exercise's code can import it inside the sandbox as it did in the notebook. Only a plain module
+    name in the working folder; past :data:`MAX_WRITTEN_BYTES` in all, nothing more is carried."""
+    first, _, body = source.lstrip("\n").partition("\n")
+    m = WRITEFILE.match(first)
+    if not m:
+        return
+    text = (files.get(m["name"], "") if m["append"] else "") + body + ("\n" if not body.endswith("\n") else "")
+    if sum(len(v) for k, v in files.items() if k != m["name"]) + len(text) <= MAX_WRITTEN_BYTES:
+        files[m["name"]] = text
 
 
 def _python_only(source: str) -> str:
@@ -155,6 +176,10 @@ def bound_names(node: ast.stmt) -> list[str]:
         return [a.asname or a.name for a in node.names if a.name != "*"]
     if isinstance(node, (ast.Assign, ast.AnnAssign)) and not is_check_cell(node):
         return _assigned(node)
+    if isinstance(node, (ast.If, ast.Try)):  # `if …: def f` or `try: … except …: def f`: the block is the code
+        blocks = [node.body, node.orelse] + ([h.body for h in node.handlers] + [node.finalbody]
+                                             if isinstance(node, ast.Try) else [])
+        return [name for block in blocks for st in block for name in bound_names(st)]
     return []
 
 
@@ -202,6 +227,7 @@ class ExerciseCode:
     cell: int = 0
     uses_exercises: list[str] = field(default_factory=list)
     problem: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # the notebook's `%%writefile` modules
 
 
 def exercise_code(nb: Notebook, name: str, stand_ins: set[str] = frozenset()) -> ExerciseCode:
@@ -227,6 +253,7 @@ def exercise_code(nb: Notebook, name: str, stand_ins: set[str] = frozenset()) ->
     imports = [n for n in ordered if isinstance(n, (ast.Import, ast.ImportFrom))]
     rest = [n for n in ordered if not isinstance(n, (ast.Import, ast.ImportFrom))]
     code.source = "\n\n".join(ast.unparse(n) for n in imports + rest) + "\n"
+    code.files = dict(nb.files)
     code.uses_exercises = sorted(set(code.uses_exercises))
     return code
 

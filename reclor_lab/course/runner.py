@@ -22,9 +22,11 @@ import importlib
 import io
 import json
 import os
+import re
 import resource
 import signal
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -301,6 +303,7 @@ def run_exercise(exercise: dict, cases: list[dict], base: dict, out: int) -> Non
     files = sources_of(exercise.get("giveaways", []))
     block(exercise.get("giveaways", []), exercise["number"])
     guard(files, exercise["number"])
+    _write_modules(exercise.get("files", {}))
     module = types.ModuleType(f"submission_{exercise['name']}")  # a real module: dataclasses look it up
     sys.modules[module.__name__] = module
     namespace = module.__dict__
@@ -320,6 +323,19 @@ def run_exercise(exercise: dict, cases: list[dict], base: dict, out: int) -> Non
         build = Builder(base)
         results.append([_call(fn, call, build, exercise.get("record_params", False)) for call in case["calls"]])
     _send(out, answers, results)
+
+
+def _write_modules(files: dict) -> None:
+    """The modules the notebook wrote with ``%%writefile NAME.py``, written again into a folder of
+    this exercise's own (in the sandbox's private working folder) that imports look in first."""
+    if not files:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="modules-", dir="."))
+    for name, text in files.items():
+        if isinstance(name, str) and re.fullmatch(r"[A-Za-z_]\w*\.py", name) and isinstance(text, str):
+            (folder / name).write_text(text, encoding="utf-8")
+    sys.path.insert(0, str(folder.resolve()))
+    importlib.invalidate_caches()
 
 
 def _send(out: int, header: dict, results: list) -> None:
