@@ -56,6 +56,13 @@ def _attack(body: str) -> str:
 MARK = "reclor-lab-containment-mark"
 
 
+def _other_checkouts(cmd: str) -> bool:
+    """A sandbox (or its runner) of another checkout of the kit grading on this machine at the same
+    time: its command line names another environment and not this one. A process of this test's
+    sandboxes that names no environment (a student's ``sleep``) still counts."""
+    return "/.venv/" in cmd and sys.prefix not in cmd
+
+
 def _sandbox_processes() -> list[str]:
     """Processes of the sandboxes' uids, or whose command line carries the tests' mark."""
     found = []
@@ -66,6 +73,8 @@ def _sandbox_processes() -> list[str]:
             uid = os.stat(f"/proc/{name}").st_uid
             cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
+            continue
+        if _other_checkouts(cmd):
             continue
         if (uid in sandbox.SANDBOX_UIDS or MARK in cmd) and not _zombie(name):
             found.append(f"{name}: {cmd[:80]}")
@@ -478,6 +487,15 @@ def test_a_name_a_spreadsheet_would_run_is_written_as_text(tmp_path):
     assert names == ["'" + name for name in evil] + ["ana"]
     assert rows[2][1:] == rows[-1][1:]  # the points themselves are untouched
     assert grade.spreadsheet_safe("-1.5") == "-1.5" and grade.spreadsheet_safe(-3) == -3
+
+
+def test_a_name_cannot_redraw_the_terminal_table():
+    """A folder named with a terminal's escape sequences (erase the line, return, write 13/13)
+    is printed as its escapes: the instructor's table shows what the gradebook holds."""
+    forged = "eve\x1b[2K\r" + "ana  " + "  ✅" * 13 + "  13/13  graded"
+    lines = grade.table([_result(forged), _result("ana")]).splitlines()
+    assert not any("\x1b" in line or "\r" in line for line in lines)
+    assert lines[1].startswith("eve\\x1b[2K\\rana") and " 1/13" in lines[1]
 
 
 def test_the_gradebook_never_follows_a_link(tmp_path):

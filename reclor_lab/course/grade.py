@@ -408,8 +408,9 @@ def grade(paths: list[str | Path], jobs: int = 1, seed: int | None = None, cpu_s
                 if progress:
                     done = sum(v.passed for v in r.verdicts.values())
                     seconds = sum(nb.seconds for nb in r.notebooks)
-                    progress(f"{r.student}: {len(r.notebooks)} notebook(s) in {seconds:.1f} s, {done} of "
-                             f"{len(EXERCISES)} passed" + (f" ({'; '.join(r.problems)})" if r.problems else ""))
+                    problems = f" ({'; '.join(r.problems)})" if r.problems else ""
+                    progress(printable(f"{r.student}: {len(r.notebooks)} notebook(s) in {seconds:.1f} s, {done} of "
+                                       f"{len(EXERCISES)} passed{problems}"))
     finally:
         grader.close()
     for r in results:
@@ -538,17 +539,28 @@ def feedback(r: StudentResult, points: dict[int, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, carriage return,
+    backspace: a folder named to redraw its own row as 13/13) shown as its escape instead.
+
+    >>> printable("eve\\x1b[2K\\r13/13")
+    'eve\\\\x1b[2K\\\\r13/13'
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def table(results: list[StudentResult]) -> str:
-    """Student × exercise (✅ ❌ ⏳ missing limit), then total and status, fixed width."""
+    """Student × exercise (✅ ❌ ⏳ missing limit), then total and status, fixed width; nothing a
+    student named is printed raw (:func:`printable`)."""
     numbers = sorted(EXERCISES)
-    w = max([len("student")] + [len(r.student) for r in results])
+    w = max([len("student")] + [len(printable(r.student)) for r in results])
     lines = [f"{'student':<{w}}  " + " ".join(f"{n:>3}" for n in numbers) + "  total  status"]
     short = {PASS: "✅", FAIL: "❌", TODO: "⏳", MISSING: "-", LIMIT: "L", ERROR: "E"}
     for r in results:
         v = r.verdicts
         marks = " ".join(f"{short.get(v[n].status, '?'):>3}" for n in numbers)
         total = sum(x.passed for x in v.values())
-        lines.append(f"{r.student:<{w}}  {marks}  {total:>2}/{len(numbers):<2}  {status_of(r)}")
+        lines.append(f"{printable(r.student):<{w}}  {marks}  {total:>2}/{len(numbers):<2}  {printable(status_of(r))}")
     lines.append("(✅ passed  ❌ wrong  ⏳ not started  - missing  L a limit was hit  E could not be graded)")
     return "\n".join(lines)
 

@@ -228,50 +228,49 @@ def run(job: Path, inputs: Path, limits: Limits, n_exercises: int, max_bytes: in
     """Run the runner on ``job`` in a sandbox of its own and collect its frames (file descriptor 3
     inside is the write end of a pipe); kill it at the wall-clock limit. Every process of the
     sandbox has ended when this returns."""
-    from reclor_lab.course.plain import read_frames
-
     for p in (job, inputs):  # the sandbox's uid reads them through the bind: world-readable, not writable
         p.chmod(0o755)
         for f in p.iterdir():
             f.chmod(0o644)
-    r, w = os.pipe()
-    os.set_inheritable(w, True)
-    argv = [sys.executable, "-I", "-m", "reclor_lab.course.runner", INSIDE_JOB, INSIDE_INPUTS, str(w), "--sweep"]
-    with slot() as k, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(command(job, inputs, argv, k, limits, n_exercises), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, pass_fds=(w,), start_new_session=True)
-        os.close(w)
-        deadline = time.monotonic() + limits.startup_seconds + n_exercises * (limits.wall_seconds + 5)
-        try:
-            frames, stopped = read_frames(r, deadline, max_bytes)
-        finally:
-            os.close(r)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # bwrap and its monitor; the pid namespace takes the rest
-            code = proc.wait()
-            if os.geteuid() == 0:
-                _end_uid(SANDBOX_UIDS[k % len(SANDBOX_UIDS)])
-        err.seek(0)
-        text = err.read()[-4000:].decode("utf-8", "replace")
-    if not stopped and code and not frames:
-        stopped = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ \
-            else f"exit status {code}"
-    return Outcome(frames, stopped, text)
+    with slot() as k:
+        def start(w: int, err) -> subprocess.Popen:
+            argv = [sys.executable, "-I", "-m", "reclor_lab.course.runner", INSIDE_JOB, INSIDE_INPUTS, str(w),
+                    "--sweep"]
+            return subprocess.Popen(command(job, inputs, argv, k, limits, n_exercises), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, pass_fds=(w,), start_new_session=True)
+
+        # bwrap and its monitor are killed at the end; the pid namespace takes the rest, and as root
+        # every process of the slot's own uid is waited for
+        uid = SANDBOX_UIDS[k % len(SANDBOX_UIDS)] if os.geteuid() == 0 else None
+        return _collect(start, limits, n_exercises, max_bytes, lambda: uid is not None and _end_uid(uid))
 
 
 def run_unsandboxed(job: Path, inputs: Path, limits: Limits, n_exercises: int, max_bytes: int) -> Outcome:
     """The runner as a plain child process, without namespaces (``--no-sandbox``: trusted
     submissions only; the gradebook says so in every row)."""
+    with tempfile.TemporaryDirectory(prefix="reclor-lab-work-") as work:
+        def start(w: int, err) -> subprocess.Popen:
+            argv = [sys.executable, "-I", "-m", "reclor_lab.course.runner", str(job), str(inputs), str(w)]
+            env = dict(ENV, HOME=work, HF_HOME=work + "/hf", TMPDIR=work)
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    pass_fds=(w,), start_new_session=True, cwd=work, env=env)
+
+        return _collect(start, limits, n_exercises, max_bytes, lambda: None)
+
+
+def _collect(start, limits: Limits, n_exercises: int, max_bytes: int, after) -> Outcome:
+    """Start the runner (``start(w, err)``, ``w`` the pipe's write end it answers on), read its
+    frames until it ends, the wall-clock deadline or ``max_bytes``; kill its process group, wait,
+    ``after()``; what it wrote on stderr (the end of it) for a crash's message."""
     from reclor_lab.course.plain import read_frames
 
     r, w = os.pipe()
     os.set_inheritable(w, True)
-    argv = [sys.executable, "-I", "-m", "reclor_lab.course.runner", str(job), str(inputs), str(w)]
-    with tempfile.TemporaryDirectory(prefix="reclor-lab-work-") as work, tempfile.TemporaryFile() as err:
-        env = dict(ENV, HOME=work, HF_HOME=work + "/hf", TMPDIR=work)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                pass_fds=(w,), start_new_session=True, cwd=work, env=env)
-        os.close(w)
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = start(w, err)
+        finally:
+            os.close(w)
         deadline = time.monotonic() + limits.startup_seconds + n_exercises * (limits.wall_seconds + 5)
         try:
             frames, stopped = read_frames(r, deadline, max_bytes)
@@ -279,6 +278,11 @@ def run_unsandboxed(job: Path, inputs: Path, limits: Limits, n_exercises: int, m
             os.close(r)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            code = proc.wait()
+            after()
         err.seek(0)
-        return Outcome(frames, stopped, err.read()[-4000:].decode("utf-8", "replace"))
+        text = err.read()[-4000:].decode("utf-8", "replace")
+    if not stopped and code and not frames:
+        stopped = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ \
+            else f"exit status {code}"
+    return Outcome(frames, stopped, text)
