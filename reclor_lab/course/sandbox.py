@@ -50,6 +50,8 @@ ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": INSIDE_WORK, "TMPDIR"
        "HF_HOME": INSIDE_WORK + "/hf", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
        "MPLBACKEND": "Agg", "TQDM_DISABLE": "1"}
+#: The sandbox's ``oom_score_adj``: the highest, so that it is killed first when memory runs out.
+OOM_SCORE_ADJ = 1000
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewrap`, Fedora: `dnf install "
                 "bubblewrap`) on a Linux machine with user namespaces enabled")
 
@@ -96,10 +98,10 @@ def unavailable() -> str:
 def _probe() -> str:
     if not sys.platform.startswith("linux"):
         return f"grading needs Linux namespaces, which {sys.platform} does not have: grade on a Linux machine"
-    for tool in ("bwrap", "prlimit"):
+    for tool in ("bwrap", "prlimit", "choom"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed: {INSTALL_HINT}" if tool == "bwrap" else \
-                "`prlimit` (util-linux) is not installed: `apt-get install -y util-linux`"
+                f"`{tool}` (util-linux) is not installed: `apt-get install -y util-linux`"
     if os.geteuid() == 0:
         for tool in ("unshare", "setpriv", "mount"):
             if shutil.which(tool) is None:
@@ -145,7 +147,11 @@ def command(job: Path, inputs: Path, argv: list[str], slot: int, limits: Limits,
     for k, v in ENV.items():
         args += ["--setenv", k, v]
     backstop_cpu = limits.cpu_seconds * (n_exercises + 1) + limits.startup_seconds
-    limit = ["prlimit", f"--nproc={limits.processes + (0 if root else _own_tasks())}",
+    # the kernel's out-of-memory killer takes a sandbox's processes before anything else (the
+    # grader, another student's runner is as likely as this one): memory is limited per process,
+    # so a sandbox of many processes could still fill the machine's
+    limit = ["choom", "-n", str(OOM_SCORE_ADJ), "--",
+             "prlimit", f"--nproc={limits.processes + (0 if root else _own_tasks())}",
              f"--fsize={limits.file_bytes}", "--core=0", "--nofile=256", f"--cpu={backstop_cpu}",
              f"--as={limits.memory_bytes + 16 * 2**30}", "--"]
     if not root:
