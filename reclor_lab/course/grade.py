@@ -260,7 +260,8 @@ class Grader:
             uses = {other: f"reclor_lab.course.checks.{SPECS[other].reference.__name__}"
                     for other in code.uses_exercises}
             exercises.append({"number": n, "name": name, "code": code.source, "cell": code.cell, "uses": uses,
-                              "giveaways": list(spec.giveaways), "record_params": spec.record_params})
+                              "giveaways": list(spec.giveaways), "record_params": spec.record_params,
+                              "probe": spec.probe})
         return {"limits": self.limits.as_dict(), "exercises": exercises}
 
     def grade(self, sub: Submission) -> StudentResult:

@@ -107,6 +107,13 @@ from reclor_lab.course.checks.nb03 import (  # noqa: F401
     _memory_hint,
     check_qlora_memory,
 )
+from reclor_lab.course.checks.nb03 import (  # noqa: F401  (exercise 14)
+    ReferenceLoRALinear,
+    lora_linear_facts,
+    reference_lora_linear_facts,
+    check_lora_linear,
+    _lora_linear_problem,
+)
 from reclor_lab.course.checks.nb04 import (  # noqa: F401
     reference_weighted_ce,
     _ce_cases,

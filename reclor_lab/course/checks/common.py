@@ -113,6 +113,7 @@ EXERCISES: dict[int, tuple[str, str, str]] = {
     11: ("05", "accuracy over examples", "accuracy_over_examples"),
     12: ("05", "the evaluation pass", "evaluation_pass"),
     13: ("06", "beat the model without a model", "rule_baseline"),
+    14: ("03", "a LoRALinear module", "LoRALinear"),
 }
 #: An exercise's number from the name of its function.
 NUMBER: dict[str, int] = {name: n for n, (_, _, name) in EXERCISES.items()}

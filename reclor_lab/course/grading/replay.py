@@ -56,6 +56,8 @@ class _Namer:
         if x is cache.get("model") or x is cache.get("peft"):
             kind = "model" if x is cache.get("model") else "peft_model"
             return Obj(kind, {"ref": ref, "fingerprint": runner.fingerprint(x)})
+        if "peft" in cache and x is self.ctx.lora_layer.get_base_layer():
+            return Obj("lora_base", {"ref": ref})
         if isinstance(x, checks._ReplayDropout):
             return Obj("replay_dropout", {"output": x.output.clone(), "p": x.p})
         if isinstance(x, nn.Dropout):
