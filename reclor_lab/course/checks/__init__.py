@@ -45,7 +45,6 @@ from reclor_lab.course.checks.common import (  # noqa: F401
     _own,
     EXERCISES,
     NUMBER,
-    GIVEAWAYS,
     _CHECKED,
     _judge,
     _NEXT,

@@ -662,7 +662,8 @@ def check_lora_linear(cls: Callable, base_layer: nn.Module) -> Callable:
     cases = _lora_linear_cases(base_layer)
 
     def test(cls: Callable) -> None:
-        facts = lora_linear_facts(cls) if isinstance(cls, type) else cls  # the grader hands the facts in
+        # the grader's stand-ins (its recorder, its replay of the sandbox's answers) hand the facts in
+        facts = cls if getattr(cls, "gives_facts", False) else lora_linear_facts(cls)
         state = torch.get_rng_state()
         try:
             for what, args in cases:

@@ -413,6 +413,7 @@ SPECS: dict[str, Exercise] = {
     "qlora_memory": Exercise(
         check_qlora_memory, reference_qlora_memory, hidden=_hidden_memory, same=_same_memory,
         giveaways=("reclor_lab.model.estimate_bytes", "reclor_lab.model.memory_report",
+                   "reclor_lab.shapes.nf4_bytes_per_param",
                    CHECKS + "reference_qlora_memory", CHECKS + "_memory_terms")),
     "weighted_ce": Exercise(
         check_weighted_ce, reference_weighted_ce, hidden=_hidden_ce, same=_same_scalar,
