@@ -286,47 +286,61 @@ _MEMORY_CASES: tuple[tuple[str, ModelShape, int, int, int, bool], ...] = (
 
 
 def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
-    h, L = shape.hidden, shape.layers
-    quantized, kept, lora, per_layer = _memory_terms(shape, b, s, r)
     want = reference_qlora_memory(shape, b, s, r, ckpt)[part]
-
-    def near(x: float) -> bool:
-        return math.isclose(got, x, rel_tol=1e-6)
-
     for unit, size in (("GiB", 2**30), ("GB", 1e9), ("MiB", 2**20), ("MB", 1e6)):
         if math.isclose(got, want / size, rel_tol=1e-4):
             return f"that is the right amount in {unit}; return bytes (the notebook divides by 2**30 to print GiB)."
-    if part == "weights":
-        if near(want + shape.vocab * h * KEPT_BYTES) or near(want + shape.vocab * h * 2):
-            return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
-        if near(quantized * 0.5 + kept * KEPT_BYTES):
-            return ("4 bits flat misses the scales: each block of 64 also stores an 8-bit absmax, and every 256 "
-                    "absmaxes one fp32 scale.")
-        if near(quantized * 4.5 / 8 + kept * KEPT_BYTES):
-            return ("4.5 bits is NF4 without double quantization (an fp32 absmax per 64); with it the absmax "
-                    "is 8-bit plus one fp32 scale per 256 blocks.")
-        if near(quantized * NF4_DQ_BITS / 8 + kept * 2):
-            return ("the embeddings, norms and head are fp32 while training: prepare_model_for_kbit_training "
-                    "casts every weight that is not 4-bit up.")
-        return ("weights = the 7 projections of every layer at 4 + 8/64 + 32/(64·256) bits, plus embeddings, "
-                "norms (2 a layer + 1) and the 4-way head in fp32.")
-    if part == "trained":
-        trained = lora + NUM_LABELS * h
-        for per, what in ((4, "only the weights"), (8, "weights and gradients but no optimizer state"),
-                          (12, "AdamW with one state; it keeps two (m and v)")):
-            if near(trained * per) or near(lora * per):
-                return f"that counts {what}: each trained parameter has an fp32 weight, gradient, m and v."
-        if near(lora * TRAINED_BYTES):
-            return "the head `score` trains too (4 × hidden parameters with their gradient and AdamW states)."
-        return "LoRA's r·(in + out) for each of the 7 projections of each layer, plus the head, at 16 bytes each."
-    if ckpt and near(L * per_layer):
+    hint = {"weights": _weights_part_hint, "trained": _trained_part_hint}.get(part, _activations_hint)
+    return hint(got, shape, b, s, r, ckpt)
+
+
+def _near(got: float, x: float) -> bool:
+    return math.isclose(got, x, rel_tol=1e-6)
+
+
+def _weights_part_hint(got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    quantized, kept, _, _ = _memory_terms(shape, b, s, r)
+    want = reference_qlora_memory(shape, b, s, r, ckpt)["weights"]
+    if _near(got, want + shape.vocab * shape.hidden * KEPT_BYTES) or _near(got, want + shape.vocab * shape.hidden * 2):
+        return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
+    if _near(got, quantized * 0.5 + kept * KEPT_BYTES):
+        return ("4 bits flat misses the scales: each block of 64 also stores an 8-bit absmax, and every 256 "
+                "absmaxes one fp32 scale.")
+    if _near(got, quantized * 4.5 / 8 + kept * KEPT_BYTES):
+        return ("4.5 bits is NF4 without double quantization (an fp32 absmax per 64); with it the absmax "
+                "is 8-bit plus one fp32 scale per 256 blocks.")
+    if _near(got, quantized * NF4_DQ_BITS / 8 + kept * 2):
+        return ("the embeddings, norms and head are fp32 while training: prepare_model_for_kbit_training "
+                "casts every weight that is not 4-bit up.")
+    return ("weights = the 7 projections of every layer at 4 + 8/64 + 32/(64·256) bits, plus embeddings, "
+            "norms (2 a layer + 1) and the 4-way head in fp32.")
+
+
+def _trained_part_hint(got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    _, _, lora, _ = _memory_terms(shape, b, s, r)
+    trained = lora + NUM_LABELS * shape.hidden
+    for per, what in ((4, "only the weights"), (8, "weights and gradients but no optimizer state"),
+                      (12, "AdamW with one state; it keeps two (m and v)")):
+        if _near(got, trained * per) or _near(got, lora * per):
+            return f"that counts {what}: each trained parameter has an fp32 weight, gradient, m and v."
+    if _near(got, lora * TRAINED_BYTES):
+        return "the head `score` trains too (4 × hidden parameters with their gradient and AdamW states)."
+    return "LoRA's r·(in + out) for each of the 7 projections of each layer, plus the head, at 16 bytes each."
+
+
+def _activations_hint(got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    h, L = shape.hidden, shape.layers
+    _, _, _, per_layer = _memory_terms(shape, b, s, r)
+    inputs = L * b * s * h * CHECKPOINT_BYTES  # what checkpointing keeps: each layer's input
+    want = reference_qlora_memory(shape, b, s, r, ckpt)["activations"]
+    if ckpt and _near(got, L * per_layer):
         return ("that is without checkpointing: with it each layer keeps only its input (b·s·h in bf16), and "
                 "backward recomputes one layer's activations at a time.")
-    if ckpt and near(L * b * s * h * CHECKPOINT_BYTES):
+    if ckpt and _near(got, inputs):
         return "the layers' inputs are right; add the one layer whose activations backward recomputes."
-    if not ckpt and near(L * b * s * h * CHECKPOINT_BYTES + per_layer):
+    if not ckpt and _near(got, inputs + per_layer):
         return "that is with checkpointing; without it every layer keeps all of b·s·(34·h + 5·a·s) bytes."
-    if near(want / b) or near(want / s):
+    if _near(got, want / b) or _near(got, want / s):
         return "activations grow with the batch size and the sequence length: both are in the formula."
     return "per layer b·s·(34·h + 5·a·s) bytes; all L layers without checkpointing."
 
@@ -576,12 +590,16 @@ def _module_output_hint(got: torch.Tensor, want: dict, bound: torch.Tensor) -> s
     return "expected self.base(x) + (alpha / r) · dropout(x) @ A.T @ B.T."
 
 
-def _lora_linear_problem(got, want: dict) -> str | None:  # noqa: C901 - one hint per typical mistake, in order
+def _lora_linear_problem(got, want: dict) -> str | None:
     """Why the facts of a student's LoRALinear differ from peft's layer (``None``: they agree)."""
     if not isinstance(got, dict):
         return f"the check got {type(got).__name__} instead of the layer's facts."
-    i = want["inputs"]
-    r, (n_out, n_in) = i["r"], want["W0"].shape
+    return _start_problem(got, want) or _output_problem(got, want) or _train_mode_problem(got, want)
+
+
+def _start_problem(got: dict, want: dict) -> str | None:
+    """The module as built: the factors' shapes and starting values, what is frozen and what trains."""
+    r, (n_out, n_in) = want["inputs"]["r"], want["W0"].shape
     if got.get("A_shape") != [r, n_in] or got.get("B_shape") != [n_out, r]:
         shapes = f"A is {tuple(got.get('A_shape') or ())} and B {tuple(got.get('B_shape') or ())}"
         if got.get("A_shape") == [n_in, r] and got.get("B_shape") == [r, n_out]:
@@ -598,11 +616,15 @@ def _lora_linear_problem(got, want: dict) -> str | None:  # noqa: C901 - one hin
     if got["base_trainable"]:
         return (f"the base layer still trains ({', '.join(got['base_trainable'])} has requires_grad=True): freeze "
                 "it with base.requires_grad_(False); only A and B train.")
-    trainable = sorted(tuple(s) for _, s in got["trainable"])
-    if trainable != sorted([(r, n_in), (n_out, r)]):
+    if sorted(tuple(s) for _, s in got["trainable"]) != sorted([(r, n_in), (n_out, r)]):
         return (f"the trainable parameters are {[tuple(s) for _, s in got['trainable']]}: exactly A {(r, n_in)} and B "
                 f"{(n_out, r)} must train, each registered as an nn.Parameter (so that .parameters() and the "
                 "optimizer find them).")
+    return None
+
+
+def _output_problem(got: dict, want: dict) -> str | None:
+    """The eval-mode output (with A and B set, and at the start) and the gradients."""
     bounds = _bounds(want)
     if not _within(got.get("y"), want["y"], bounds["y"]):
         hint = _module_output_hint(got["y"], want, bounds["y"])
@@ -616,16 +638,22 @@ def _lora_linear_problem(got, want: dict) -> str | None:  # noqa: C901 - one hin
         if not _within(got[name], want[name], bounds[name]):
             return (f"the gradient of {what} differs from peft's layer beyond rounding (the output agrees): something "
                     "in forward is cut from the graph or computed outside it.")
-    if not _within(got.get("y_train"), want["y_train"], bounds["y_train"]):
-        if _within(got.get("y_train"), want["y"], bounds["y"]):
-            return ("in train mode the output is the eval-mode output: dropout is missing on the LoRA path "
-                    "(self.dropout = nn.Dropout(dropout), applied to x on its way into A).")
-        both = want["base_dropped"] + i["alpha"] / r * (want["dropped"] @ i["A"].T) @ i["B"].T
-        if _within(got.get("y_train"), both, bounds["y_train"] + 1e-4 * both.abs().double()):
-            return "dropout belongs to the LoRA path only: the frozen base layer sees x unchanged."
-        return ("in train mode the output differs from peft's under the same seed: apply nn.Dropout(dropout) "
-                "once, to x on its way into A (torch's dropout then draws the very mask peft's layer drew).")
     return None
+
+
+def _train_mode_problem(got: dict, want: dict) -> str | None:
+    """The train-mode output under the seed peft's layer drew its dropout mask with."""
+    i, bound = want["inputs"], _bounds(want)["y_train"]
+    if _within(got.get("y_train"), want["y_train"], bound):
+        return None
+    if _within(got.get("y_train"), want["y"], _bounds(want)["y"]):
+        return ("in train mode the output is the eval-mode output: dropout is missing on the LoRA path "
+                "(self.dropout = nn.Dropout(dropout), applied to x on its way into A).")
+    both = want["base_dropped"] + i["alpha"] / i["r"] * (want["dropped"] @ i["A"].T) @ i["B"].T
+    if _within(got.get("y_train"), both, bound + 1e-4 * both.abs().double()):
+        return "dropout belongs to the LoRA path only: the frozen base layer sees x unchanged."
+    return ("in train mode the output differs from peft's under the same seed: apply nn.Dropout(dropout) "
+            "once, to x on its way into A (torch's dropout then draws the very mask peft's layer drew).")
 
 
 #: The 4-bit cases' rank, dropout and alphas (alpha = r, 4r and r/2: the scale cannot hide).
