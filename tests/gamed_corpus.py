@@ -55,7 +55,7 @@ def _cells(py: str) -> list[str]:
 
 
 def _def_cell(cells: list[str], name: str) -> int:
-    return next(k for k, c in enumerate(cells) if re.search(rf"^def {name}\(", c, re.M))
+    return next(k for k, c in enumerate(cells) if re.search(rf"^(?:def|class) {name}\(", c, re.M))
 
 
 def _check_cell(cells: list[str], name: str) -> int:
@@ -237,6 +237,30 @@ def write_class(folder: Path) -> list[Case]:
            "from reclor_lab.course.checks import *\n\ndef count_lora_params(shapes, r):\n"
            "    assert len(CHECK_RECORDS) == 3\n    return sum(r * (o + i) for o, i in shapes)", 6, solved03)
 
+    honest("lora_linear_einsum_helper", "03", "LoRALinear",
+           "import math\nimport torch\nfrom torch import nn\n\ndef _kaiming(*shape):\n"
+           "    t = torch.empty(*shape)\n    nn.init.kaiming_uniform_(t, a=math.sqrt(5))\n    return t\n\n"
+           "class LoRALinear(nn.Module):\n    def __init__(self, base, r, alpha, dropout=0.0):\n"
+           "        super().__init__()\n        self.base = base\n        for p in self.base.parameters():\n"
+           "            p.requires_grad_(False)\n"
+           "        self.register_parameter('A', nn.Parameter(_kaiming(r, base.in_features)))\n"
+           "        self.register_parameter('B', nn.Parameter(torch.zeros(base.out_features, r)))\n"
+           "        self.drop, self.scale = nn.Dropout(p=dropout), alpha / r\n\n"
+           "    def forward(self, x):\n"
+           "        return self.base(x) + self.scale * torch.einsum('...i,ri,or->...o', self.drop(x), self.A, self.B)",
+           14, solved03)
+    honest("lora_linear_mixin_functional", "03", "LoRALinear",
+           "import torch.nn.functional as F\nfrom torch import nn\n\nclass LowRank(nn.Module):\n"
+           "    def __init__(self, n_in, n_out, r):\n        super().__init__()\n"
+           "        self.A = nn.Linear(n_in, r, bias=False)\n        self.B = nn.Linear(r, n_out, bias=False)\n"
+           "        nn.init.zeros_(self.B.weight)\n\n    def forward(self, h):\n        return self.B(self.A(h))\n\n"
+           "class LoRALinear(LowRank):\n    def __init__(self, base, r, alpha, dropout=0.0):\n"
+           "        super().__init__(base.in_features, base.out_features, r)\n"
+           "        self.base = base.requires_grad_(False)\n        self.p, self.s = dropout, alpha / r\n\n"
+           "    def forward(self, x):\n"
+           "        update = super().forward(F.dropout(x, self.p, self.training))\n"
+           "        return update * self.s + self.base(x)", 14, solved03)
+
     # --- reading the answer off the package: the giveaway is not available while its exercise runs
     gamed("calls_reference", "01", "format_record",
           "def format_record(record):\n    return checks.reference_format_record(record)", 1, solved01, BLOCKED)
@@ -300,6 +324,22 @@ def write_class(folder: Path) -> list[Case]:
           "    p = packed.flatten()\n    codes = torch.stack([p >> 4, p & 15], 1).flatten().long()\n"
           "    values = F.dequantize_4bit(packed, state, quant_type='nf4').flatten()\n"
           "    return codes, state.absmax.flatten()[0], values", 4, solved02, BLOCKED)
+
+    gamed("subclasses_the_kits_lora_linear", "03", "LoRALinear",
+          "from reclor_lab.lora import LoRALinear as KitLoRALinear\n\n"
+          "class LoRALinear(KitLoRALinear):\n    pass", 14, solved03, BLOCKED)
+    gamed("wraps_peft_s_layer", "03", "LoRALinear",
+          "from peft import LoraConfig\nfrom peft.tuners.lora import Linear as PeftLinear\nfrom torch import nn\n\n"
+          "class LoRALinear(nn.Module):\n    def __init__(self, base, r, alpha, dropout=0.0):\n"
+          "        super().__init__()\n        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout)\n"
+          "        self.inner = PeftLinear(base, 'default', config=config, r=r, lora_alpha=alpha,\n"
+          "                                lora_dropout=dropout)\n"
+          "        self.A = self.inner.lora_A['default'].weight\n"
+          "        self.B = self.inner.lora_B['default'].weight\n\n"
+          "    def forward(self, x):\n        return self.inner(x)", 14, solved03, BLOCKED)
+    gamed("instantiates_the_checks_reference", "03", "LoRALinear",
+          "from reclor_lab.course.checks import nb03\n\ndef LoRALinear(base, r, alpha, dropout=0.0):\n"
+          "    return nb03.ReferenceLoRALinear(base, r, alpha, dropout)", 14, solved03, BLOCKED)
 
     # --- answers that fool a comparison made in the same process (there is none: it is outside)
     gamed("always_equal_str", "01", "format_record",

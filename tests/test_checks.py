@@ -397,6 +397,105 @@ def test_lora_forward(capsys, lora_run):
     assert dict(layer.scaling) == scaling and layer.training == training
 
 
+# --- 14. a LoRALinear module -----------------------------------------------------------------------------
+
+def _lora_linear(*, scale="alpha/r", dropout_on="update", freeze=True, a_init="kaiming", b_init="zeros",
+                 layout="peft", use_base=True, params=True):
+    """A LoRALinear class with one typical mistake (the defaults make the right one)."""
+    import math
+
+    from torch import nn
+
+    class LoRALinear(nn.Module):
+        def __init__(self, base, r, alpha, dropout=0.0):
+            super().__init__()
+            self.base = base.requires_grad_(False) if freeze else base
+            n_in, n_out = base.in_features, base.out_features
+            A = torch.empty(*((r, n_in) if layout == "peft" else (n_in, r)))
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5)) if a_init == "kaiming" else nn.init.zeros_(A)
+            B = torch.zeros(*((n_out, r) if layout == "peft" else (r, n_out)))
+            if b_init != "zeros":
+                nn.init.normal_(B)
+            if params:
+                self.A, self.B = nn.Parameter(A), nn.Parameter(B)
+            else:
+                self.A, self.B = A.requires_grad_(True), B.requires_grad_(True)
+            self.dropout = nn.Dropout(dropout)
+            self.scaling = {"alpha/r": alpha / r, "none": 1.0, "r/alpha": r / alpha, "floor": alpha // r}[scale]
+
+        def forward(self, x):
+            xd = self.dropout(x) if dropout_on in ("update", "both") else x
+            xb = xd if dropout_on == "both" else x
+            frozen = self.base(xb) if use_base else xb @ self.base.weight.T
+            return frozen + (xd @ self.A.T @ self.B.T) * self.scaling
+
+    return LoRALinear
+
+
+def test_lora_linear(capsys, lora_run):
+    base = _lora_layer(lora_run[0]).get_base_layer()
+    ref, check = checks.ReferenceLoRALinear, checks.check_lora_linear
+    state = torch.get_rng_state()
+    good = _lora_linear()
+    assert_passes(capsys, check, good, base, number=14)
+    assert_passes(capsys, check, ref, base, number=14)
+    assert torch.equal(torch.get_rng_state(), state)  # the check leaves the caller's random stream alone
+    assert all(not p.requires_grad for p in base.parameters())
+    assert_not_done(capsys, check, base, reference=ref, number=14)
+    assert_fails(capsys, check, _lora_linear(scale="none"), base, reference=ref, number=14, hint="unscaled")
+    assert_fails(capsys, check, _lora_linear(scale="r/alpha"), base, reference=ref, number=14, hint="r/alpha")
+    assert_fails(capsys, check, _lora_linear(dropout_on="none"), base, reference=ref, number=14,
+                 hint="dropout is missing on the LoRA path")
+    assert_fails(capsys, check, _lora_linear(dropout_on="both"), base, reference=ref, number=14,
+                 hint="the frozen base layer sees x unchanged")
+    assert_fails(capsys, check, _lora_linear(freeze=False), base, reference=ref, number=14,
+                 hint="the base layer still trains (weight, bias")
+    assert_fails(capsys, check, _lora_linear(b_init="normal"), base, reference=ref, number=14,
+                 hint="B does not start at zero")
+    assert_fails(capsys, check, _lora_linear(a_init="zeros"), base, reference=ref, number=14,
+                 hint="A starts at zero")
+    assert_fails(capsys, check, _lora_linear(layout="rasbt"), base, reference=ref, number=14,
+                 hint="rasbt's layout")
+    assert_fails(capsys, check, _lora_linear(params=False), base, reference=ref, number=14,
+                 hint="registered as an nn.Parameter")
+
+
+def test_lora_linear_hints_for_the_plain_layer_and_the_graph(capsys, lora_run):
+    """The plain nn.Linear case (a bias) catches multiplying by the weight yourself; a detached A
+    loses its gradient; an instance of the wrong kind is named."""
+    base = _lora_layer(lora_run[0]).get_base_layer()
+    ref, check = checks.ReferenceLoRALinear, checks.check_lora_linear
+
+    class Plain(_lora_linear()):
+        def forward(self, x):  # x @ W.T where it can: right on the 4-bit base, no bias on the plain one
+            w = self.base.weight
+            if w.dim() == 2 and w.shape[1] == x.shape[-1]:
+                return x @ w.T + (self.dropout(x) @ self.A.T @ self.B.T) * self.scaling
+            return super().forward(x)
+
+    class Detached(_lora_linear()):
+        def forward(self, x):
+            return self.base(x) + (self.dropout(x) @ self.A.detach().T @ self.B.T) * self.scaling
+
+    assert_fails(capsys, check, Plain, base, reference=ref, number=14, hint="the base layer's bias is missing")
+    assert_fails(capsys, check, Detached, base, reference=ref, number=14, hint="A got no gradient")
+    assert_fails(capsys, check, lambda *a: "a layer", base, reference=ref, number=14,
+                 hint="made a str; write a module: `class LoRALinear(nn.Module)`")
+
+
+def test_lora_linear_facts_of_peft_s_layer_agree_with_themselves_and_see_the_dropout(lora_run):
+    """The reference facts are peft's own layer: B = 0 and A ≠ 0 at the start, the train-mode
+    output differs from eval (dropout acts), and its rounding bounds hold it equal to itself."""
+    base = _lora_layer(lora_run[0]).get_base_layer()
+    for what, args in checks.nb03._lora_linear_cases(base):
+        want = checks.reference_lora_linear_facts(*args)
+        assert not want["B0"].any() and want["A0"].any(), what
+        assert not torch.equal(want["y_train"], want["y"]), what
+        assert checks._lora_linear_problem(want, want) is None, what
+        got = checks.lora_linear_facts(checks.ReferenceLoRALinear)(*args)
+        assert checks._lora_linear_problem(got, want) is None, what
+
+
 # --- 8. QLoRA memory -------------------------------------------------------------------------------
 
 def _memory(*, lm_head=False, bits=checks.NF4_DQ_BITS, kept_bytes=4, per_param=16, head=True, ckpt_works=True):
@@ -853,8 +952,9 @@ def _exercise_number_problems(source: str, notebook: str, where: str) -> list[st
     problems = []
     for k, cell in enumerate(cells):
         text = " ".join(line.lstrip("# ").strip() for line in cell.splitlines())
-        defined = re.search(r"^def (\w+)\(", cell, re.M)
-        following = next((m.group(1) for c in cells[k + 1:] if (m := re.search(r"^def (\w+)\(", c, re.M))), None)
+        defined = re.search(r"^(?:def|class) (\w+)\(", cell, re.M)
+        following = next((m.group(1) for c in cells[k + 1:] if (m := re.search(r"^(?:def|class) (\w+)\(", c, re.M))),
+                         None)
         for m in EXERCISE_MENTION.finditer(text):
             n, at = int(m.group(1)), f"{where}: {text[max(0, m.start() - 30):m.end() + 30]!r}"
             if n not in checks.EXERCISES:

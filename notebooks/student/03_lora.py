@@ -27,13 +27,13 @@
 #
 # 1. finds the layers to adapt and counts what will train,
 # 2. injects the adapters (freeze the 4-bit model, then peft's `get_peft_model`),
-# 3. writes the adapted layer's forward pass by hand and checks it against peft's,
+# 3. writes the adapted layer's forward pass by hand, then as a module, and checks both against peft's,
 # 4. explains alpha, r, the initialisation and LoRA's dropout,
 # 5. estimates what a QLoRA run of Llama-2-7B needs in GPU memory.
 #
 # **Stand-alone.** It reads only the model from disk (it repeats notebook 02's 4-bit load; no
-# state is shared between notebooks). Three exercises: `count_lora_params`, `lora_forward` and
-# `qlora_memory`.
+# state is shared between notebooks). Four exercises: `count_lora_params`, `lora_forward`,
+# `LoRALinear` and `qlora_memory`.
 
 # %%
 PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
@@ -249,22 +249,71 @@ print(checks.whose(lora_forward), "== peft's lora.Linear4bit, within rounding:",
       bool(((y_mine - y_peft).abs().double() <= bound).all()))
 
 # %% [markdown]
-# The same layer as a module: `reclor_lab.lora.LoRALinear`, written out like rasbt's and
-# torchtune's (a test holds it equal to peft's layer, gradients included). Given peft's frozen
-# base layer and the same $A$ and $B$, it computes exactly what peft's layer computed above:
+# ### The same layer as a module
+#
+# A model holds its layers as modules, so LoRA is usually written as one (rasbt's
+# `LinearWithLoRA`, torchtune's `LoRALinear`, peft's `lora.Linear4bit` above): a module that
+# wraps the frozen layer and adds the update,
+#
+# $$\text{LoRALinear}(x) = \text{base}(x) + \frac{\alpha}{r}\, \text{dropout}(x)\, A^\top B^\top .$$
+#
+# **Exercise 14.** Write `class LoRALinear(nn.Module)`. `LoRALinear(base, r, alpha, dropout)`
+# wraps a linear layer `base` (an `nn.Linear`, or the 4-bit `Linear4bit` here: both have
+# `in_features` and `out_features`) and holds:
+#
+# * `base`, frozen (`base.requires_grad_(False)`): only $A$ and $B$ train;
+# * `self.A`, an `nn.Parameter` of shape (r, in), drawn as peft draws `lora_A` (and as
+#   `nn.Linear` draws a weight): `nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))`;
+# * `self.B`, an `nn.Parameter` of shape (out, r), all zeros: then $BA = 0$ and the layer starts
+#   as exactly the base layer;
+# * `self.dropout = nn.Dropout(dropout)`, on the update's input only, and the scale $\alpha / r$.
+#
+# `forward(x)` returns the formula above. The check builds your module and peft's own layer on the
+# same base and compares: the shapes, $B = 0$ and $A \ne 0$ at the start, the frozen base, then
+# (with its own $A$ and $B$) the output at three alphas, the gradients of $A$, $B$ and the input,
+# and the output in train mode under the same seed (the same dropout mask), each within the
+# rounding bound; on this 4-bit `q_proj` and on a plain `nn.Linear` with a bias.
 
 # %%
-import inspect
+import math
 
-from reclor_lab.lora import LoRALinear
+from torch import nn
 
-print(inspect.getsource(LoRALinear))
+
+class LoRALinear(nn.Module):
+    """Exercise 14: a frozen linear layer plus LoRA's update, base(x) + (alpha/r)·dropout(x)·Aᵀ·Bᵀ."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+        """Exercise 14: freeze `base`; A (r × in) and B (out × r) as parameters; the dropout and the scale."""
+        super().__init__()
+        # TODO: base frozen; A kaiming-uniform (a=√5) and B zeros, both nn.Parameter; nn.Dropout; alpha / r
+        raise NotImplementedError("Exercise 14: write `__init__`")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Exercise 14: the frozen path sees x, only the update sees dropout(x)."""
+        # TODO: two thin matmuls through the rank-r bottleneck, then the scale
+        raise NotImplementedError("Exercise 14: write `forward`")
+
+
+# %%
+LoRALinear = checks.check_lora_linear(LoRALinear, base)
+
+# %% [markdown]
+# Your module on peft's frozen base with the same $A$ and $B$ as above computes what peft's layer
+# computed, within the same rounding bound. (The kit keeps its own, `reclor_lab.lora.LoRALinear`,
+# with $A$ and $B$ held as two bias-free `nn.Linear` layers; a test holds it equal to peft's
+# layer, gradients included.)
+
+# %%
+checks.note(LoRALinear)
 mine = LoRALinear(base, r, alpha, dropout=lora_cfg.lora_dropout).to(device).eval()  # eval: no dropout
 with torch.no_grad():
-    mine.A.weight.copy_(A)
-    mine.B.weight.copy_(B)
+    mine.A.copy_(A)
+    mine.B.copy_(B)
     y_module = mine(x.to(device)).float().cpu()
-print("LoRALinear == peft's lora.Linear4bit, bit for bit:", torch.equal(y_module, y_peft))
+print(checks.whose(LoRALinear), "LoRALinear == peft's lora.Linear4bit, within rounding:",
+      bool(((y_module - y_peft).abs().double() <= bound).all()))
+print("trains:", [(name, tuple(p.shape)) for name, p in mine.named_parameters() if p.requires_grad])
 
 # %% [markdown]
 # The matrices of that layer side by side, drawn at their shapes: the frozen $W_0$, and the two

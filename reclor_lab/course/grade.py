@@ -269,7 +269,7 @@ class Grader:
                     for other in code.uses_exercises}
             exercises.append({"number": n, "name": name, "code": code.source, "cell": code.cell, "uses": uses,
                               "giveaways": list(spec.giveaways), "record_params": spec.record_params,
-                              "files": code.files})
+                              "files": code.files, "probe": spec.probe})
         return {"limits": self.limits.as_dict(), "exercises": exercises}
 
     def grade(self, sub: Submission) -> StudentResult:

@@ -67,6 +67,12 @@ def with_lora(model):
         return inject_lora(model, get_preset("tiny"))
 
 
+def lora_base() -> nn.Module:
+    """The base layer exercise 14's module wraps: the first decoder layer's 4-bit ``q_proj`` under the
+    tiny preset's adapters, as the grader's context has it (``ctx.lora_layer.get_base_layer()``)."""
+    return with_lora(tiny_model()).base_model.model.model.layers[0].self_attn.q_proj.get_base_layer()
+
+
 def llama_shaped(names: list[str]) -> nn.Module:
     """A small Llama-shaped module (``model.layers[i].self_attn`` / ``.mlp``, a 4-bit head ``score``)
     whose 4-bit layers are called ``names`` (the last of each block is a plain linear)."""
@@ -138,6 +144,8 @@ class Builder:
                     1 + abs(p["fingerprint"])):
                 raise RuntimeError("the sandbox's model differs from the grader's (a kit or library mismatch)")
             return model
+        if o.kind == "lora_base":
+            return self.base["lora_base"]
         if o.kind == "dropout":
             from reclor_lab.lora import LoRADropout
 
@@ -160,14 +168,14 @@ class Builder:
         raise PlainDataError(f"no builder for {o.kind!r}")
 
 
-def models_needed(value: Any) -> bool:
-    """Whether ``value`` (decoded inputs) hands any exercise the tiny model."""
+def models_needed(value: Any, kinds: tuple[str, ...] = ("model", "peft_model")) -> bool:
+    """Whether ``value`` (decoded inputs) hands any exercise the tiny model (or another of ``kinds``)."""
     if isinstance(value, Obj):
-        return value.kind in ("model", "peft_model") or models_needed(value.params)
+        return value.kind in kinds or models_needed(value.params, kinds)
     if isinstance(value, (list, tuple)):
-        return any(models_needed(v) for v in value)
+        return any(models_needed(v, kinds) for v in value)
     if isinstance(value, dict):
-        return any(models_needed(v) for v in value.values())
+        return any(models_needed(v, kinds) for v in value.values())
     return False
 
 
@@ -273,6 +281,8 @@ def _resolve(qual: str):
 
 
 def _functions(value: Any) -> list[types.FunctionType]:
+    if isinstance(value, type):  # a class: its own methods, so that every alias of it raises when used
+        return [f for v in vars(value).values() if isinstance(v, types.FunctionType) for f in _functions(v)]
     found, seen = [], set()
     while isinstance(value, types.FunctionType) and id(value) not in seen:
         seen.add(id(value))
@@ -303,6 +313,7 @@ def run_exercise(exercise: dict, cases: list[dict], base: dict, out: int) -> Non
     files = sources_of(exercise.get("giveaways", []))
     block(exercise.get("giveaways", []), exercise["number"])
     guard(files, exercise["number"])
+    probe = _resolve(exercise["probe"])[2] if exercise.get("probe") else None  # before any student code
     _write_modules(exercise.get("files", {}))
     module = types.ModuleType(f"submission_{exercise['name']}")  # a real module: dataclasses look it up
     sys.modules[module.__name__] = module
@@ -314,6 +325,8 @@ def run_exercise(exercise: dict, cases: list[dict], base: dict, out: int) -> Non
         exec(compile(exercise["code"], f"<{exercise['name']}, from code cell {exercise['cell']}>", "exec"),
              namespace)
         fn = namespace[exercise["name"]]
+        if probe is not None:
+            fn = probe(fn)
     except BaseException as e:  # noqa: BLE001 - the student's top-level code, whatever it raised
         answers["load_error"] = Raised.of(e).as_dict()
         _send(out, answers, [])
@@ -524,6 +537,8 @@ def main(job_dir: str, inputs_dir: str, out: int = 3) -> int:
     base: dict[str, Any] = {}
     if models_needed([inputs[str(e["number"])] for e in job["exercises"]]):
         base["model"] = tiny_model()
+    if models_needed([inputs[str(e["number"])] for e in job["exercises"]], ("lora_base",)):
+        base["lora_base"] = lora_base()
     for exercise in job["exercises"]:  # the giveaways' modules, imported once before any student code
         for qual in exercise.get("giveaways", []):
             _resolve(qual)

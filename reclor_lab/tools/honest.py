@@ -290,6 +290,66 @@ def _lora_forward(rng: random.Random) -> str:
                   "    return h")
 
 
+# --- 14: a LoRALinear module ---------------------------------------------------------------------------------
+
+@_generator("LoRALinear")
+def _lora_linear(rng: random.Random) -> str:
+    init = _pick(rng, "kaiming", "uniform", "linear")
+    holder = _pick(rng, "params", "linears")
+    drop = _pick(rng, "module", "functional")
+    order = _pick(rng, "base_first", "update_first", "steps")
+    scale = _pick(rng, "attr", "inline")
+    head = ["import math", "", "import torch", "from torch import nn"]
+    if drop == "functional":
+        head.append("import torch.nn.functional as F")
+    if rng.random() < 0.5:
+        init_lines = ["        super().__init__()", "        for p in base.parameters():",
+                      "            p.requires_grad = False", "        self.base = base"]
+    else:
+        init_lines = ["        super().__init__()", "        self.base = base",
+                      "        self.base.requires_grad_(False)"]
+    n_in, n_out = "base.in_features", "base.out_features"
+    if holder == "params":
+        if init == "kaiming":
+            a = [f"        self.A = nn.Parameter(torch.empty(r, {n_in}))",
+                 "        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))"]
+        elif init == "uniform":
+            a = [f"        bound = 1 / math.sqrt({n_in})",
+                 f"        self.A = nn.Parameter(torch.empty(r, {n_in}).uniform_(-bound, bound))"]
+        else:
+            a = [f"        self.A = nn.Parameter(nn.Linear({n_in}, r, bias=False).weight.detach().clone())"]
+        b = [f"        self.B = nn.Parameter(torch.zeros({n_out}, r))"]
+        A_t, B_t = "self.A.T", "self.B.T"
+        low = "h @ self.A.T @ self.B.T"
+    else:
+        a = [f"        self.A = nn.Linear({n_in}, r, bias=False)"]
+        if init != "linear":
+            a.append("        nn.init.kaiming_uniform_(self.A.weight, a=math.sqrt(5))")
+        b = [f"        self.B = nn.Linear(r, {n_out}, bias=False)", "        nn.init.zeros_(self.B.weight)"]
+        A_t = B_t = None
+        low = "self.B(self.A(h))"
+    del A_t, B_t
+    if drop == "module":
+        d_init, d_call = ["        self.dropout = nn.Dropout(dropout)"], "self.dropout(x)"
+    else:
+        d_init, d_call = ["        self.p = dropout"], "F.dropout(x, self.p, self.training)"
+    if scale == "attr":
+        s_init, s_use = ["        self.scaling = alpha / r"], "self.scaling"
+    else:
+        s_init, s_use = ["        self.alpha, self.r = alpha, r"], "(self.alpha / self.r)"
+    if order == "base_first":
+        body = ["        out = self.base(x)", f"        h = {d_call}", f"        return out + {low} * {s_use}"]
+    elif order == "update_first":
+        body = [f"        h = {d_call}", f"        update = {s_use} * {low}", "        return update + self.base(x)"]
+    else:
+        body = [f"        h = {d_call}", f"        delta = {low}", f"        delta = delta * {s_use}",
+                "        y = self.base(x)", "        return y + delta"]
+    return _lines(*head, "", "", "class LoRALinear(nn.Module):",
+                  "    def __init__(self, base, r, alpha, dropout=0.0):",
+                  *init_lines, *a, *b, *d_init, *s_init, "",
+                  "    def forward(self, x):", *body)
+
+
 # --- 8: QLoRA memory of Llama-2-7B --------------------------------------------------------------------------
 
 @_generator("qlora_memory")
@@ -572,8 +632,10 @@ def disguise(source: str, rng: random.Random) -> str:
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             keep |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        elif isinstance(node, ast.FunctionDef):
-            exercise = node.name  # the last def is the exercise's (the generators put it last)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            exercise = node.name  # the last def (or class) is the exercise's (the generators put it last)
+        if isinstance(node, ast.ClassDef):  # its methods keep their names: torch calls forward
+            keep |= {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
     keep.add(exercise)
     words = ["val", "tmp", "thing", "res", "acc", "item", "foo", "data", "stuff", "my"]
     renamed: dict[str, str] = {}

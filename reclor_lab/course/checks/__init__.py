@@ -45,7 +45,6 @@ from reclor_lab.course.checks.common import (  # noqa: F401
     _own,
     EXERCISES,
     NUMBER,
-    GIVEAWAYS,
     _CHECKED,
     _judge,
     _NEXT,
@@ -106,6 +105,13 @@ from reclor_lab.course.checks.nb03 import (  # noqa: F401
     _MEMORY_CASES,
     _memory_hint,
     check_qlora_memory,
+)
+from reclor_lab.course.checks.nb03 import (  # noqa: F401  (exercise 14)
+    ReferenceLoRALinear,
+    lora_linear_facts,
+    reference_lora_linear_facts,
+    check_lora_linear,
+    _lora_linear_problem,
 )
 from reclor_lab.course.checks.nb04 import (  # noqa: F401
     reference_weighted_ce,

@@ -76,27 +76,36 @@ _WEIGHT_CASES: tuple[tuple[str, list[int]], ...] = (
 
 
 def _weights_hint(got: list[float], labels: list[int]) -> str:
-    n = len(labels)
     counts = [labels.count(c) for c in range(NUM_LABELS)]
-
     if 0 in counts:
         return "an option that never occurs (n_c = 0) gets weight 1.0: it adds no loss either way."
+    return (_weights_formula_hint(got, counts, len(labels)) or _weights_order_hint(got, labels, counts)
+            or "the weight of class c is N / (4 · n_c), with N the number of labels and n_c the count of c.")
 
-    def same(xs: list[float]) -> bool:
-        return all(_close(a, b) for a, b in zip(got, xs))
 
-    if len(set(counts)) == 1 and same([1 / NUM_LABELS] * NUM_LABELS):
+def _same_weights(got: list[float], xs: list[float]) -> bool:
+    return all(_close(a, b) for a, b in zip(got, xs))
+
+
+def _weights_formula_hint(got: list[float], counts: list[int], n: int) -> str | None:
+    """A known wrong formula (frequencies, a missing factor), or None."""
+    if len(set(counts)) == 1 and _same_weights(got, [1 / NUM_LABELS] * NUM_LABELS):
         return ("four 0.25s are the label frequencies n_c / N, or weights normalised to sum to 1; the weight "
                 "is N / (4 · n_c), not normalised, so balanced labels give four weights of 1.")
-    if same([c / n for c in counts]):
+    if _same_weights(got, [c / n for c in counts]):
         return "those are the label frequencies n_c / N; the weight is the inverse, scaled: N / (4 · n_c)."
-    if same([n / c for c in counts]):
+    if _same_weights(got, [n / c for c in counts]):
         return "almost: divide by the number of classes (4) as well, so balanced labels give weights of 1."
-    if same([1 / c for c in counts]):
+    if _same_weights(got, [1 / c for c in counts]):
         return "almost: multiply by N / 4 (N = number of labels), so balanced labels give weights of 1."
-    want = [n / (NUM_LABELS * c) for c in counts]
+    return None
+
+
+def _weights_order_hint(got: list[float], labels: list[int], counts: list[int]) -> str | None:
+    """The right weights in Counter order, or in the right proportions at another scale; or None."""
+    want = [len(labels) / (NUM_LABELS * c) for c in counts]
     first_seen = list(dict.fromkeys(labels))  # the order a Counter (or a dict) keeps its keys in
-    if first_seen != sorted(first_seen) and same([want[c] for c in first_seen]):
+    if first_seen != sorted(first_seen) and _same_weights(got, [want[c] for c in first_seen]):
         order = ", ".join(str(c) for c in first_seen)
         return (f"the right weights in the wrong order: class {order}, the order in which the classes first "
                 f"appear in these labels, which is the order of Counter.values(). Return them for class 0, 1, "
@@ -104,7 +113,7 @@ def _weights_hint(got: list[float], labels: list[int]) -> str:
     if _close(sum(got), 1.0) or (got[0] and all(_close(g / got[0], w / want[0]) for g, w in zip(got, want))):
         return ("right proportions, wrong scale: the weights are not normalised (to sum to 1 or any other "
                 "total); N / (4 · n_c) as it is, so balanced labels give four weights of 1.")
-    return "the weight of class c is N / (4 · n_c), with N the number of labels and n_c the count of c."
+    return None
 
 
 def check_class_weights(fn: Callable[[list[int]], list[float]]) -> Callable[[list[int]], list[float]]:

@@ -286,47 +286,61 @@ _MEMORY_CASES: tuple[tuple[str, ModelShape, int, int, int, bool], ...] = (
 
 
 def _memory_hint(part: str, got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
-    h, L = shape.hidden, shape.layers
-    quantized, kept, lora, per_layer = _memory_terms(shape, b, s, r)
     want = reference_qlora_memory(shape, b, s, r, ckpt)[part]
-
-    def near(x: float) -> bool:
-        return math.isclose(got, x, rel_tol=1e-6)
-
     for unit, size in (("GiB", 2**30), ("GB", 1e9), ("MiB", 2**20), ("MB", 1e6)):
         if math.isclose(got, want / size, rel_tol=1e-4):
             return f"that is the right amount in {unit}; return bytes (the notebook divides by 2**30 to print GiB)."
-    if part == "weights":
-        if near(want + shape.vocab * h * KEPT_BYTES) or near(want + shape.vocab * h * 2):
-            return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
-        if near(quantized * 0.5 + kept * KEPT_BYTES):
-            return ("4 bits flat misses the scales: each block of 64 also stores an 8-bit absmax, and every 256 "
-                    "absmaxes one fp32 scale.")
-        if near(quantized * 4.5 / 8 + kept * KEPT_BYTES):
-            return ("4.5 bits is NF4 without double quantization (an fp32 absmax per 64); with it the absmax "
-                    "is 8-bit plus one fp32 scale per 256 blocks.")
-        if near(quantized * NF4_DQ_BITS / 8 + kept * 2):
-            return ("the embeddings, norms and head are fp32 while training: prepare_model_for_kbit_training "
-                    "casts every weight that is not 4-bit up.")
-        return ("weights = the 7 projections of every layer at 4 + 8/64 + 32/(64·256) bits, plus embeddings, "
-                "norms (2 a layer + 1) and the 4-way head in fp32.")
-    if part == "trained":
-        trained = lora + NUM_LABELS * h
-        for per, what in ((4, "only the weights"), (8, "weights and gradients but no optimizer state"),
-                          (12, "AdamW with one state; it keeps two (m and v)")):
-            if near(trained * per) or near(lora * per):
-                return f"that counts {what}: each trained parameter has an fp32 weight, gradient, m and v."
-        if near(lora * TRAINED_BYTES):
-            return "the head `score` trains too (4 × hidden parameters with their gradient and AdamW states)."
-        return "LoRA's r·(in + out) for each of the 7 projections of each layer, plus the head, at 16 bytes each."
-    if ckpt and near(L * per_layer):
+    hint = {"weights": _weights_part_hint, "trained": _trained_part_hint}.get(part, _activations_hint)
+    return hint(got, shape, b, s, r, ckpt)
+
+
+def _near(got: float, x: float) -> bool:
+    return math.isclose(got, x, rel_tol=1e-6)
+
+
+def _weights_part_hint(got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    quantized, kept, _, _ = _memory_terms(shape, b, s, r)
+    want = reference_qlora_memory(shape, b, s, r, ckpt)["weights"]
+    if _near(got, want + shape.vocab * shape.hidden * KEPT_BYTES) or _near(got, want + shape.vocab * shape.hidden * 2):
+        return "it counts an lm_head: a 4-way classifier never loads it (transformers drops it)."
+    if _near(got, quantized * 0.5 + kept * KEPT_BYTES):
+        return ("4 bits flat misses the scales: each block of 64 also stores an 8-bit absmax, and every 256 "
+                "absmaxes one fp32 scale.")
+    if _near(got, quantized * 4.5 / 8 + kept * KEPT_BYTES):
+        return ("4.5 bits is NF4 without double quantization (an fp32 absmax per 64); with it the absmax "
+                "is 8-bit plus one fp32 scale per 256 blocks.")
+    if _near(got, quantized * NF4_DQ_BITS / 8 + kept * 2):
+        return ("the embeddings, norms and head are fp32 while training: prepare_model_for_kbit_training "
+                "casts every weight that is not 4-bit up.")
+    return ("weights = the 7 projections of every layer at 4 + 8/64 + 32/(64·256) bits, plus embeddings, "
+            "norms (2 a layer + 1) and the 4-way head in fp32.")
+
+
+def _trained_part_hint(got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    _, _, lora, _ = _memory_terms(shape, b, s, r)
+    trained = lora + NUM_LABELS * shape.hidden
+    for per, what in ((4, "only the weights"), (8, "weights and gradients but no optimizer state"),
+                      (12, "AdamW with one state; it keeps two (m and v)")):
+        if _near(got, trained * per) or _near(got, lora * per):
+            return f"that counts {what}: each trained parameter has an fp32 weight, gradient, m and v."
+    if _near(got, lora * TRAINED_BYTES):
+        return "the head `score` trains too (4 × hidden parameters with their gradient and AdamW states)."
+    return "LoRA's r·(in + out) for each of the 7 projections of each layer, plus the head, at 16 bytes each."
+
+
+def _activations_hint(got: float, shape: ModelShape, b: int, s: int, r: int, ckpt: bool) -> str:
+    h, L = shape.hidden, shape.layers
+    _, _, _, per_layer = _memory_terms(shape, b, s, r)
+    inputs = L * b * s * h * CHECKPOINT_BYTES  # what checkpointing keeps: each layer's input
+    want = reference_qlora_memory(shape, b, s, r, ckpt)["activations"]
+    if ckpt and _near(got, L * per_layer):
         return ("that is without checkpointing: with it each layer keeps only its input (b·s·h in bf16), and "
                 "backward recomputes one layer's activations at a time.")
-    if ckpt and near(L * b * s * h * CHECKPOINT_BYTES):
+    if ckpt and _near(got, inputs):
         return "the layers' inputs are right; add the one layer whose activations backward recomputes."
-    if not ckpt and near(L * b * s * h * CHECKPOINT_BYTES + per_layer):
+    if not ckpt and _near(got, inputs + per_layer):
         return "that is with checkpointing; without it every layer keeps all of b·s·(34·h + 5·a·s) bytes."
-    if near(want / b) or near(want / s):
+    if _near(got, want / b) or _near(got, want / s):
         return "activations grow with the batch size and the sequence length: both are in the formula."
     return "per layer b·s·(34·h + 5·a·s) bytes; all L layers without checkpointing."
 
@@ -356,3 +370,337 @@ def check_qlora_memory(fn: Callable[..., dict]) -> Callable:
                                 f"{_memory_hint(part, float(value), shape, b, s, r, ckpt)}")
 
     return _run(NUMBER["qlora_memory"], fn, reference_qlora_memory, test)
+
+
+# --- 14. a LoRALinear module ----------------------------------------------------------------------------------
+
+class ReferenceLoRALinear(nn.Module):
+    """``base(x) + (alpha / r) · dropout(x) Aᵀ Bᵀ`` around a frozen linear layer (``nn.Linear`` or
+    bitsandbytes' ``Linear4bit``), with ``A`` (r × in) and ``B`` (out × r) as parameters,
+    initialised as peft does (A Kaiming-uniform, B zeros): the notebook's solution of exercise 14."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.A = nn.Parameter(torch.empty(r, base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+        self.scaling = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.dropout(x) @ self.A.T @ self.B.T) * self.scaling
+
+
+def _as_base(base) -> nn.Module:
+    """The base layer of a case: a module as given, or a fresh trainable ``nn.Linear`` from
+    ``{"weight": …, "bias": …}`` (how a plain layer crosses the grading sandbox's wall)."""
+    if isinstance(base, nn.Module):
+        return base
+    out_features, in_features = base["weight"].shape
+    layer = nn.Linear(in_features, out_features, bias=base.get("bias") is not None)
+    with torch.no_grad():
+        layer.weight.copy_(base["weight"])
+        if base.get("bias") is not None:
+            layer.bias.copy_(base["bias"])
+    return layer
+
+
+def _factor(layer: nn.Module, name: str) -> torch.Tensor:
+    """The module's ``A`` or ``B``: a parameter (or tensor), or an ``nn.Linear`` holding it as ``.weight``."""
+    value = getattr(layer, name, None)
+    if isinstance(value, nn.Module) and isinstance(getattr(value, "weight", None), torch.Tensor):
+        value = value.weight
+    if not isinstance(value, torch.Tensor):
+        raise _Fail(f"your LoRALinear has no tensor `{name}` (found {type(value).__name__}); keep the two factors "
+                    "as `self.A` (r × in) and `self.B` (out × r), each an nn.Parameter.")
+    return value
+
+
+def lora_linear_facts(cls: Callable) -> Callable:
+    """What exercise 14's check compares, for a ``LoRALinear`` class: a function
+    ``facts(base, r, alpha, dropout, A, B, x, upstream, seed)`` that builds ``cls(base, r, alpha,
+    dropout)`` and returns plain data: the factors' shapes and starting values, which parameters
+    train, the output at the start, then with ``A`` and ``B`` set: the eval output, the gradients
+    of ``A``, ``B`` and ``x`` for the loss ``(y · upstream).sum()``, and the train-mode output
+    after ``torch.manual_seed(seed)``. The grader calls it inside the sandbox; the answer is
+    compared outside with the same facts of peft's layer."""
+
+    def facts(base, r, alpha, dropout, A, B, x, upstream, seed) -> dict:
+        base = _as_base(base)
+        device = next(base.parameters()).device
+        layer = cls(base, r, alpha, dropout)
+        if not isinstance(layer, nn.Module):
+            raise _Fail(f"LoRALinear(base, r, alpha, dropout) made a {type(layer).__name__}; write a module: "
+                        "`class LoRALinear(nn.Module)`.")
+        layer = layer.to(device)
+        A_, B_ = _factor(layer, "A"), _factor(layer, "B")
+        out: dict = {"A_shape": list(A_.shape), "B_shape": list(B_.shape),
+                     "A0": A_.detach().float().cpu().clone(), "B0": B_.detach().float().cpu().clone(),
+                     "base_trainable": [n for n, p in base.named_parameters() if p.requires_grad],
+                     "trainable": [[n, list(p.shape)] for n, p in layer.named_parameters() if p.requires_grad]}
+        if A_.shape != A.shape or B_.shape != B.shape:
+            return out  # the check stops at the shapes
+        x, upstream = x.to(device), upstream.to(device)
+        layer.eval()
+        with torch.no_grad():
+            out["y0"] = layer(x).float().cpu()
+        with torch.no_grad():
+            A_.copy_(A)
+            B_.copy_(B)
+        x_in = x.clone().requires_grad_(True)
+        y = layer(x_in)
+        (y.float() * upstream).sum().backward()
+        out["y"] = y.detach().float().cpu()
+        for name, t in (("grad_A", A_), ("grad_B", B_), ("grad_x", x_in)):
+            out[name] = None if t.grad is None else t.grad.detach().float().cpu().clone()
+        layer.train()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out["y_train"] = layer(x).float().cpu()
+        return out
+
+    return facts
+
+
+def _peft_layer(base: nn.Module, r: int, alpha: float, dropout: float) -> nn.Module:
+    """peft's own LoRA layer around ``base`` (``lora.Linear``, or ``lora.Linear4bit`` on a 4-bit base),
+    made as ``get_peft_model`` makes it for a model's layer."""
+    from peft import LoraConfig, get_peft_model
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = base
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x)
+
+    holder = Holder()
+    holder.is_loaded_in_4bit = type(base).__name__ == "Linear4bit"  # what peft dispatches on
+    with torch.random.fork_rng(devices=[]):  # peft's own init draws: not from the caller's stream
+        model = get_peft_model(holder, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                  target_modules=["proj"]))
+    return model.base_model.model.proj
+
+
+def reference_lora_linear_facts(base, r: int, alpha: float, dropout: float, A: torch.Tensor, B: torch.Tensor,
+                                x: torch.Tensor, upstream: torch.Tensor, seed: int) -> dict:
+    """:func:`lora_linear_facts` of peft's layer on the same base and inputs, plus what the
+    comparison needs: the inputs, the frozen weight ``W0`` (dequantized) and bias, the dtype the
+    layer computes in, the base layer's own output and the dropped-out input peft's adapter saw."""
+    import bitsandbytes.functional as bnbf
+
+    from reclor_lab.cpu4bit import layer_compute_dtype
+
+    base = _as_base(base)
+    device = next(base.parameters()).device
+    layer = _peft_layer(base, r, alpha, dropout)
+    a_weight, b_weight = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    four_bit = type(base).__name__ == "Linear4bit"
+    W0 = (bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state) if four_bit else base.weight).detach()
+    out: dict = {"A_shape": list(a_weight.shape), "B_shape": list(b_weight.shape),
+                 "A0": a_weight.detach().float().cpu().clone(), "B0": b_weight.detach().float().cpu().clone(),
+                 "base_trainable": [], "trainable": [["A", [r, W0.shape[1]]], ["B", [W0.shape[0], r]]],
+                 "inputs": {"r": r, "alpha": alpha, "dropout": dropout, "A": A, "B": B, "x": x, "upstream": upstream},
+                 "W0": W0.float().cpu(), "bias": None if base.bias is None else base.bias.detach().float().cpu(),
+                 "dtype": str(layer_compute_dtype(base) if four_bit else base.weight.dtype).replace("torch.", "")}
+    xd, upstream_d = x.to(device), upstream.to(device)
+    layer.eval()
+    with torch.no_grad():
+        out["y0"] = layer(xd).float().cpu()
+        out["base_out"] = base(xd).float().cpu()
+        a_weight.copy_(A)
+        b_weight.copy_(B)
+    x_in = xd.clone().requires_grad_(True)
+    y = layer(x_in)
+    (y.float() * upstream_d).sum().backward()
+    out["y"] = y.detach().float().cpu()
+    out.update(grad_A=a_weight.grad.float().cpu(), grad_B=b_weight.grad.float().cpu(), grad_x=x_in.grad.float().cpu())
+    layer.train()
+    seen: list[torch.Tensor] = []
+    hook = layer.lora_dropout["default"].register_forward_hook(lambda _m, _i, o: seen.append(o.detach().float().cpu()))
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            out["y_train"] = layer(xd).float().cpu()
+            out["base_dropped"] = base(seen[0].to(device, xd.dtype)).float().cpu()
+    finally:
+        hook.remove()
+    out["dropped"] = seen[0]
+    return out
+
+
+def _bounds(want: dict) -> dict[str, torch.Tensor]:
+    """Rounding bounds (elementwise) of each compared tensor: two sides computed in the layer's
+    dtype with fp32 accumulation, as :func:`reclor_lab.lora.lora_error_bound` derives them; the
+    gradients are the same kind of sums (over out + r, out + batch and in + batch terms)."""
+    from reclor_lab.lora import lora_error_bound, rounding_gamma
+
+    i = want["inputs"]
+    dtype = getattr(torch, want["dtype"])
+    s, W0 = i["alpha"] / i["r"], want["W0"].double().abs()
+    x = i["x"].reshape(-1, W0.shape[1]).double().abs()
+    g = i["upstream"].reshape(-1, W0.shape[0]).double().abs()
+    A, B = i["A"].double().abs(), i["B"].double().abs()
+    bias = 0 if want["bias"] is None else want["bias"].double().abs()
+
+    def side(n: int) -> float:
+        return 2 * (rounding_gamma(4, dtype) + rounding_gamma(n + 4, torch.float32))
+
+    n_in, n_out, r, batch = W0.shape[1], W0.shape[0], A.shape[0], x.shape[0]
+    shape = want["y"].shape
+    y = (lora_error_bound(i["x"].reshape(-1, n_in), want["W0"], i["A"], i["B"], s, dtype) + side(n_in + r + 1) * bias)
+    x_train = (i["x"] / (1 - i["dropout"])).reshape(-1, n_in) if i["dropout"] < 1 else i["x"].reshape(-1, n_in)
+    y_train = lora_error_bound(x_train, want["W0"], i["A"], i["B"], s, dtype) + side(n_in + r + 1) * bias
+    y0 = side(n_in) * (x @ W0.T + bias)
+    return {"y": y.reshape(shape), "y_train": y_train.reshape(shape), "y0": y0.reshape(shape),
+            "grad_x": (side(n_out + r) * (g @ W0 + s * (g @ B) @ A)).reshape(want["grad_x"].shape),
+            "grad_A": side(n_out + batch) * s * (g @ B).T @ x,
+            "grad_B": side(n_in + batch) * s * g.T @ (x @ A.T)}
+
+
+def _within(got, want: torch.Tensor, bound: torch.Tensor) -> bool:
+    return (isinstance(got, torch.Tensor) and got.shape == want.shape
+            and bool(((got.double() - want.double()).abs() <= bound).all()))
+
+
+def _module_output_hint(got: torch.Tensor, want: dict, bound: torch.Tensor) -> str:
+    """Which typical mistake a wrong eval output of the module is."""
+    i = want["inputs"]
+    r, alpha = i["r"], i["alpha"]
+    base_out, update = want["base_out"], (i["x"] @ i["A"].T) @ i["B"].T
+
+    def near(y: torch.Tensor) -> bool:
+        return _within(got, y, bound + 1e-4 * y.abs().double())
+
+    if near(base_out):
+        return "that is base(x) alone: the LoRA update (alpha/r)·dropout(x)·Aᵀ·Bᵀ is missing."
+    if alpha // r != alpha / r and near(base_out + (alpha // r) * update):
+        return "alpha // r is integer division; the scale is the float alpha / r."
+    for scale, what in ((1.0, "unscaled"), (r / alpha, "scaled by r/alpha"), (alpha, "scaled by alpha"),
+                        (alpha * r, "scaled by alpha·r")):
+        if scale != alpha / r and near(base_out + scale * update):
+            return f"the update is {what}; scale it by alpha / r (self.scaling)."
+    if near(update * alpha / r):
+        return "that is the update alone; add the frozen layer's output self.base(x)."
+    if want["bias"] is not None and near(i["x"] @ want["W0"].T + alpha / r * update):
+        return ("the base layer's bias is missing: call self.base(x) (it adds the bias and dequantizes a 4-bit "
+                "weight) rather than multiplying by its weight yourself.")
+    return "expected self.base(x) + (alpha / r) · dropout(x) @ A.T @ B.T."
+
+
+def _lora_linear_problem(got, want: dict) -> str | None:
+    """Why the facts of a student's LoRALinear differ from peft's layer (``None``: they agree)."""
+    if not isinstance(got, dict):
+        return f"the check got {type(got).__name__} instead of the layer's facts."
+    return _start_problem(got, want) or _output_problem(got, want) or _train_mode_problem(got, want)
+
+
+def _start_problem(got: dict, want: dict) -> str | None:
+    """The module as built: the factors' shapes and starting values, what is frozen and what trains."""
+    r, (n_out, n_in) = want["inputs"]["r"], want["W0"].shape
+    if got.get("A_shape") != [r, n_in] or got.get("B_shape") != [n_out, r]:
+        shapes = f"A is {tuple(got.get('A_shape') or ())} and B {tuple(got.get('B_shape') or ())}"
+        if got.get("A_shape") == [n_in, r] and got.get("B_shape") == [r, n_out]:
+            return (f"{shapes}: that is rasbt's layout (x @ A @ B); here, as in peft's lora_A and lora_B weights, "
+                    f"A is (r × in) = {(r, n_in)} and B (out × r) = {(n_out, r)}, and the update is "
+                    "dropout(x) @ A.T @ B.T.")
+        return f"{shapes}; A is (r × in) = {(r, n_in)} and B (out × r) = {(n_out, r)}."
+    if got["B0"].any():
+        return ("B does not start at zero: initialise it with zeros, so that B·A = 0 and the layer starts as "
+                "exactly the base layer (training starts from the pretrained model).")
+    if not got["A0"].any() or not bool(torch.isfinite(got["A0"]).all()):
+        return ("A starts at zero (or not finite): with A = 0 and B = 0 both gradients are zero and nothing ever "
+                "trains; initialise A at random, as peft does: nn.init.kaiming_uniform_(self.A, a=math.sqrt(5)).")
+    if got["base_trainable"]:
+        return (f"the base layer still trains ({', '.join(got['base_trainable'])} has requires_grad=True): freeze "
+                "it with base.requires_grad_(False); only A and B train.")
+    if sorted(tuple(s) for _, s in got["trainable"]) != sorted([(r, n_in), (n_out, r)]):
+        return (f"the trainable parameters are {[tuple(s) for _, s in got['trainable']]}: exactly A {(r, n_in)} and B "
+                f"{(n_out, r)} must train, each registered as an nn.Parameter (so that .parameters() and the "
+                "optimizer find them).")
+    return None
+
+
+def _output_problem(got: dict, want: dict) -> str | None:
+    """The eval-mode output (with A and B set, and at the start) and the gradients."""
+    bounds = _bounds(want)
+    if not _within(got.get("y"), want["y"], bounds["y"]):
+        hint = _module_output_hint(got["y"], want, bounds["y"])
+        return f"the output differs from peft's layer beyond rounding: {hint}"
+    if not _within(got.get("y0"), want["y0"], bounds["y0"]):
+        return "at the start (B = 0) the layer must return exactly base(x); it did not."
+    for name, what in (("grad_A", "A"), ("grad_B", "B"), ("grad_x", "the input x")):
+        if got.get(name) is None:
+            return (f"{what} got no gradient: use A and B themselves in forward (no torch.no_grad(), no .detach(), "
+                    "no copy into a new tensor).")
+        if not _within(got[name], want[name], bounds[name]):
+            return (f"the gradient of {what} differs from peft's layer beyond rounding (the output agrees): something "
+                    "in forward is cut from the graph or computed outside it.")
+    return None
+
+
+def _train_mode_problem(got: dict, want: dict) -> str | None:
+    """The train-mode output under the seed peft's layer drew its dropout mask with."""
+    i, bound = want["inputs"], _bounds(want)["y_train"]
+    if _within(got.get("y_train"), want["y_train"], bound):
+        return None
+    if _within(got.get("y_train"), want["y"], _bounds(want)["y"]):
+        return ("in train mode the output is the eval-mode output: dropout is missing on the LoRA path "
+                "(self.dropout = nn.Dropout(dropout), applied to x on its way into A).")
+    both = want["base_dropped"] + i["alpha"] / i["r"] * (want["dropped"] @ i["A"].T) @ i["B"].T
+    if _within(got.get("y_train"), both, bound + 1e-4 * both.abs().double()):
+        return "dropout belongs to the LoRA path only: the frozen base layer sees x unchanged."
+    return ("in train mode the output differs from peft's under the same seed: apply nn.Dropout(dropout) "
+            "once, to x on its way into A (torch's dropout then draws the very mask peft's layer drew).")
+
+
+#: The 4-bit cases' rank, dropout and alphas (alpha = r, 4r and r/2: the scale cannot hide).
+_LINEAR_R, _LINEAR_P = 8, 0.25
+
+
+def _lora_linear_cases(base_layer: nn.Module) -> list[tuple[str, tuple]]:
+    """The check's cases: the 4-bit base at three alphas, and a plain ``nn.Linear`` with a bias
+    (a fresh, trainable one: freezing it is the student's job)."""
+    n_out, n_in = base_layer.out_features, base_layer.in_features
+    g = torch.Generator().manual_seed(14)
+    cases = []
+    for k, f in enumerate(_ALPHA_FACTORS):
+        r = _LINEAR_R
+        A = torch.randn(r, n_in, generator=g) / n_in ** 0.5
+        B = torch.randn(n_out, r, generator=g) / r ** 0.5
+        x, up = torch.randn(3, n_in, generator=g), torch.randn(3, n_out, generator=g)
+        cases.append((f"the 4-bit q_proj ({n_out}×{n_in}), r = {r}, alpha = {f * r:g}, dropout {_LINEAR_P}",
+                      (base_layer, r, f * r, _LINEAR_P, A, B, x, up, 100 + k)))
+    plain = {"weight": torch.randn(12, 24, generator=g) / 24 ** 0.5, "bias": torch.randn(12, generator=g)}
+    A, B = torch.randn(4, 24, generator=g) / 24 ** 0.5, torch.randn(12, 4, generator=g) / 2
+    cases.append(("a plain nn.Linear(24, 12) with a bias, r = 4, alpha = 8, dropout 0.1",
+                  (plain, 4, 8.0, 0.1, A, B, torch.randn(2, 3, 24, generator=g), torch.randn(2, 3, 12, generator=g),
+                   200)))
+    return cases
+
+
+def check_lora_linear(cls: Callable, base_layer: nn.Module) -> Callable:
+    """Exercise 14: ``LoRALinear(base, r, alpha, dropout)``, a module, compared with peft's own layer
+    on the same base: the factors' shapes, B = 0 and A ≠ 0 at the start, the base frozen and only A
+    and B trainable, then with A and B set the output (three alphas), the gradients of A, B and the
+    input, and the train-mode output under the same seed, each within the rounding bound of the
+    dtype the layer computes in. A 4-bit base (``base_layer``) and a plain ``nn.Linear`` with a bias."""
+    cases = _lora_linear_cases(base_layer)
+
+    def test(cls: Callable) -> None:
+        # the grader's stand-ins (its recorder, its replay of the sandbox's answers) hand the facts in
+        facts = cls if getattr(cls, "gives_facts", False) else lora_linear_facts(cls)
+        state = torch.get_rng_state()
+        try:
+            for what, args in cases:
+                got = facts(*args)
+                want = reference_lora_linear_facts(*args)
+                problem = _lora_linear_problem(got, want)
+                if problem:
+                    raise _Fail(f"for {what}: {problem}")
+        finally:
+            torch.set_rng_state(state)
+
+    return _run(NUMBER["LoRALinear"], cls, ReferenceLoRALinear, test)

@@ -25,6 +25,7 @@ from reclor_lab.config import NUM_LABELS
 from reclor_lab.course import runner
 from reclor_lab.course.checks import (
     RTOL,
+    _lora_linear_problem,
     _close,
     check_accuracy,
     check_class_weights,
@@ -33,6 +34,7 @@ from reclor_lab.course.checks import (
     check_format_record,
     check_last_token_index,
     check_lora_forward,
+    check_lora_linear,
     check_lora_targets,
     check_nf4_block,
     check_qlora_memory,
@@ -46,6 +48,7 @@ from reclor_lab.course.checks import (
     reference_format_record,
     reference_last_token_index,
     reference_lora_forward,
+    reference_lora_linear_facts,
     reference_lora_targets,
     reference_nf4_block,
     reference_qlora_memory,
@@ -74,6 +77,9 @@ class Exercise:
       "not available while grading exercise N" while this exercise runs.
     * ``record_params``: the function changes the model it is handed (a train step): the sandbox
       sends back the trainable parameters after each call, and the replay puts them in place.
+    * ``probe``: the exercise's code defines a class, not a function: the qualified name of the
+      kit function that turns it, inside the sandbox, into the function the check's test calls
+      (exercise 14: ``lora_linear_facts``, which builds the module and returns plain facts).
     """
 
     check: Callable
@@ -83,6 +89,7 @@ class Exercise:
     same: Callable[[Any, Any], bool] = lambda got, want: got == want
     giveaways: tuple[str, ...] = ()
     record_params: bool = False
+    probe: str | None = None
 
 
 class Context:
@@ -346,6 +353,32 @@ def _same_float(got: Any, want: float) -> bool:
     return isinstance(got, (int, float)) and not isinstance(got, bool) and _close(float(got), want)
 
 
+def _hidden_lora_linear(rng, ctx) -> list:
+    """Plain ``nn.Linear`` bases (crossing as their weights) of shapes, ranks, alphas, dropouts and
+    input batches drawn at grading time, a bias or none."""
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    cases = []
+    for k in range(2):
+        out_f, in_f, r = rng.randint(4, 40), rng.randint(4, 40), rng.choice([1, 2, 4, 8])
+        alpha, p = r * rng.choice([0.5, 2.0, 4.0]), rng.choice([0.1, 0.2, 0.5])
+        base = {"weight": torch.randn(out_f, in_f, generator=g) / in_f ** 0.5,
+                "bias": torch.randn(out_f, generator=g) if rng.random() < 0.5 else None}
+        lead = (rng.randint(1, 4),) if k == 0 else (2, rng.randint(1, 3))
+        A = torch.randn(r, in_f, generator=g) / in_f ** 0.5
+        B = torch.randn(out_f, r, generator=g) / r ** 0.5
+        cases.append((f"hidden layer {k} ({out_f}×{in_f}, r={r}, alpha={alpha:g}, dropout {p})",
+                      (base, r, alpha, p, A, B, torch.randn(*lead, in_f, generator=g),
+                       torch.randn(*lead, out_f, generator=g), rng.randrange(10**6))))
+    return cases
+
+
+def _same_lora_linear(got: Any, want: dict) -> bool:
+    try:
+        return _lora_linear_problem(got, want) is None
+    except Exception:  # noqa: BLE001 - facts of the wrong kinds: not the same
+        return False
+
+
 #: Every exercise as the grader judges it, by the name of its function (one entry per ``EXERCISES`` entry).
 SPECS: dict[str, Exercise] = {
     "format_record": Exercise(
@@ -380,6 +413,7 @@ SPECS: dict[str, Exercise] = {
     "qlora_memory": Exercise(
         check_qlora_memory, reference_qlora_memory, hidden=_hidden_memory, same=_same_memory,
         giveaways=("reclor_lab.model.estimate_bytes", "reclor_lab.model.memory_report",
+                   "reclor_lab.shapes.nf4_bytes_per_param",
                    CHECKS + "reference_qlora_memory", CHECKS + "_memory_terms")),
     "weighted_ce": Exercise(
         check_weighted_ce, reference_weighted_ce, hidden=_hidden_ce, same=_same_scalar,
@@ -409,4 +443,13 @@ SPECS: dict[str, Exercise] = {
                    "reclor_lab.tools.synth.SWEEPING_CLAUSE", "reclor_lab.tools.synth.generate_split",
                    "reclor_lab.tools.synth.generated_parts", "reclor_lab.tools.synth.cue_part",
                    CHECKS + "reference_rule_baseline", CHECKS + "_rule_cases")),
+    # the exercise is a class: inside, lora_linear_facts builds it on the base and returns plain facts;
+    # outside they are compared with the same facts of peft's layer (computed here, never inside)
+    "LoRALinear": Exercise(
+        check_lora_linear, reference_lora_linear_facts, inputs=lambda ctx: (ctx.lora_layer.get_base_layer(),),
+        hidden=_hidden_lora_linear, same=_same_lora_linear, probe=CHECKS + "lora_linear_facts",
+        giveaways=("reclor_lab.lora.LoRALinear", CHECKS + "ReferenceLoRALinear", CHECKS + "reference_lora_linear_facts",
+                   "peft.get_peft_model",
+                   "peft.inject_adapter_in_model", "peft.tuners.lora.LoraModel", "peft.tuners.lora.model.LoraModel",
+                   "peft.tuners.lora.Linear", "peft.tuners.lora.layer.Linear", "peft.tuners.lora.bnb.Linear4bit")),
 }

@@ -56,6 +56,8 @@ class _Namer:
         if x is cache.get("model") or x is cache.get("peft"):
             kind = "model" if x is cache.get("model") else "peft_model"
             return Obj(kind, {"ref": ref, "fingerprint": runner.fingerprint(x)})
+        if "peft" in cache and x is self.ctx.lora_layer.get_base_layer():
+            return Obj("lora_base", {"ref": ref})
         if isinstance(x, checks._ReplayDropout):
             return Obj("replay_dropout", {"output": x.output.clone(), "p": x.p})
         if isinstance(x, nn.Dropout):
@@ -111,6 +113,7 @@ def prepare(ctx: Context, seed: int) -> dict[int, Prepared]:
             return _spec.reference(*args)
 
         recorder.__name__ = name
+        recorder.gives_facts = True  # a check that probes a class (exercise 14) calls it as the probe
         test = build_test(spec.check, *spec.inputs(ctx))
         symbol, line = checks._judge(number, recorder, test)
         if symbol != PASS:
@@ -156,6 +159,8 @@ class Replay:
     ``k`` returns (or raises) what the sandbox's call ``k`` did, and does to the test's objects
     what that call did to its own (the model's mode and forward passes as the test's hooks see
     them, a train step's parameters, a changed batch or frozen weight). Plain data only."""
+
+    gives_facts = True  # for a class's exercise (14) the answers are the probe's facts, not the class
 
     def __init__(self, name: str, answers: list[dict]) -> None:
         self.__name__ = name
