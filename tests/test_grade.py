@@ -497,7 +497,7 @@ def test_a_name_cannot_redraw_the_terminal_table():
     forged = "eve\x1b[2K\r" + "ana  " + "  ✅" * 13 + "  13/13  graded"
     lines = grade.table([_result(forged), _result("ana")]).splitlines()
     assert not any("\x1b" in line or "\r" in line for line in lines)
-    assert lines[1].startswith("eve\\x1b[2K\\rana") and " 1/13" in lines[1]
+    assert lines[1].startswith("eve\\x1b[2K\\rana") and f" 1/{len(checks.EXERCISES)}" in lines[1]
 
 
 def test_the_gradebook_never_follows_a_link(tmp_path):
