@@ -113,6 +113,7 @@ EXERCISES: dict[int, tuple[str, str, str]] = {
     11: ("05", "accuracy over examples", "accuracy_over_examples"),
     12: ("05", "the evaluation pass", "evaluation_pass"),
     13: ("06", "beat the model without a model", "rule_baseline"),
+    16: ("04", "one epoch of training", "train_epoch"),
 }
 #: An exercise's number from the name of its function.
 NUMBER: dict[str, int] = {name: n for n, (_, _, name) in EXERCISES.items()}
@@ -136,6 +137,7 @@ GIVEAWAYS: dict[str, tuple[str, ...]] = {
     "evaluation_pass": ("train.evaluate", "predict_proba", "reference_evaluation_pass"),
     "rule_baseline": ("rule_answer", "overlap_answer", "rule_baselines", "opens_sweepingly", "opens_modestly",
                       "SWEEPING", "SWEEPING_CLAUSE", "generate_split", "generated_parts", "reference_rule_baseline"),
+    "train_epoch": ("fit", "train_step", "optimizer_step", "RunSession", "fit_with_trainer", "reference_train_epoch"),
 }
 
 #: What :func:`summary` needs to judge an exercise again: its test and the function last checked.

@@ -16,6 +16,7 @@ dtype its kernel computes in (:func:`reclor_lab.lora.lora_error_bound`).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -38,6 +39,7 @@ from reclor_lab.course.checks import (
     check_qlora_memory,
     check_rule_baseline,
     check_train_step,
+    check_train_epoch,
     check_weighted_ce,
     reference_accuracy,
     reference_class_weights,
@@ -51,6 +53,7 @@ from reclor_lab.course.checks import (
     reference_qlora_memory,
     reference_rule_baseline,
     reference_train_step,
+    reference_train_epoch,
     reference_weighted_ce,
 )
 from reclor_lab.course.plain import Obj
@@ -140,6 +143,33 @@ class Context:
 
         batch, weights = self._once("batch", build)
         return self.peft_model, batch, weights
+
+    @property
+    def train_epoch_inputs(self) -> tuple:
+        """Exercise 16's epoch, drawn from the grading seed (``seed``): the check records with their
+        options rotated (so the labels vary), shuffled and cut into 3-4 batches of 1-4, class
+        weights, and the optimizer step the epoch starts at."""
+        from reclor_lab.course.checks import CHECK_RECORDS
+        from reclor_lab.data import format_example
+
+        rng = random.Random(self.seed)
+        records = []
+        for r in CHECK_RECORDS:
+            for k in range(NUM_LABELS):
+                answers = r["answers"][k:] + r["answers"][:k]
+                records.append(r | {"answers": answers, "label": (r["label"] - k) % NUM_LABELS})
+        rng.shuffle(records)
+        sizes = [rng.randint(1, 4) for _ in range(rng.randint(3, 4))]
+        batches, start = [], 0
+        for n in sizes:
+            chunk = records[start:start + n]
+            start += n
+            enc = self.tokenizer([format_example(r, self.cfg.template) for r in chunk], padding=True,
+                                 return_tensors="pt")
+            batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                            "labels": torch.tensor([r["label"] for r in chunk])})
+        weights = torch.tensor([rng.choice([0.5, 1.0, 2.0, 3.0]) for _ in range(NUM_LABELS)])
+        return self.peft_model, batches, weights, rng.randint(1, 5)  # > 0: an epoch that starts the schedule at 0 is wrong
 
 
 def _hidden_eval(rng, ctx) -> list:
@@ -409,4 +439,14 @@ SPECS: dict[str, Exercise] = {
                    "reclor_lab.tools.synth.SWEEPING_CLAUSE", "reclor_lab.tools.synth.generate_split",
                    "reclor_lab.tools.synth.generated_parts", "reclor_lab.tools.synth.cue_part",
                    CHECKS + "reference_rule_baseline", CHECKS + "_rule_cases")),
+    # no hidden cases: an epoch changes the model in place, and the check's own epoch is already drawn
+    # from the grader's seed (ctx.seed: the batches, the class weights, the starting step), compared
+    # with the reference's epoch on every trainable parameter; nothing cached can fit it. The checks'
+    # reference_train_step stays available: it stands in for a student's one_train_step (exercise 10)
+    # called in the epoch, and is written out so that the blocked package step is not needed
+    "train_epoch": Exercise(
+        check_train_epoch, reference_train_epoch, inputs=lambda ctx: ctx.train_epoch_inputs, record_params=True,
+        giveaways=("reclor_lab.train.fit", "reclor_lab.train.train_step", "reclor_lab.train.optimizer_step",
+                   "reclor_lab.runs.session.RunSession", "reclor_lab.runs.trainer.fit_with_trainer",
+                   CHECKS + "reference_train_epoch", CHECKS + "_epoch_mistakes")),
 }
