@@ -797,8 +797,9 @@ def test_reference_train_epoch_is_fits_epoch_bit_for_bit(cfg, tmp_path):
                         collate_fn=make_collator(mine.tokenizer), generator=torch.Generator())
     _, total, warmup = schedule_steps(small, len(mine.train_ds))
     assert small.grad_accum_steps == 1 and warmup > 1  # the learning rate changes from step to step
-    losses, step = checks.reference_train_epoch(mine.model, list(loader), make_optimizer(mine.model, small, mine.device),
-                                                mine.weights, lambda s: get_lr(s, small, total, warmup))
+    optimizer = make_optimizer(mine.model, small, mine.device)
+    losses, step = checks.reference_train_epoch(mine.model, list(loader), optimizer, mine.weights,
+                                                lambda s: get_lr(s, small, total, warmup))
     assert step == len(history.steps) == len(order)
     assert losses == [row["loss"] for row in history.steps]
     assert all(torch.equal(a, b) for a, b in zip(trainable_parameters(mine.model), trainable_parameters(theirs.model)))

@@ -169,7 +169,8 @@ class Context:
             batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                             "labels": torch.tensor([r["label"] for r in chunk])})
         weights = torch.tensor([rng.choice([0.5, 1.0, 2.0, 3.0]) for _ in range(NUM_LABELS)])
-        return self.peft_model, batches, weights, rng.randint(1, 5)  # > 0: an epoch that starts the schedule at 0 is wrong
+        step = rng.randint(1, 5)  # not 0: an epoch that reads the schedule from step 0 must show
+        return self.peft_model, batches, weights, step
 
 
 def _hidden_eval(rng, ctx) -> list:
