@@ -111,13 +111,14 @@ def test_summary_judges_the_functions_as_they_stand(capsys):
 
 
 def test_summary_lists_the_notebooks_unchecked_exercises(capsys):
-    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercise 10
+    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercises 10 and 16
     capsys.readouterr()
     checks.summary({})
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["✅ Exercise 9 (weighted cross-entropy): correct.",
                      "⏳ Exercise 10 (one training step): not checked yet (its check cell has not run).",
-                     "1 of 2 exercises done."]
+                     "⏳ Exercise 16 (one epoch of training): not checked yet (its check cell has not run).",
+                     "1 of 3 exercises done."]
 
 
 def test_check_records_are_the_mini_fixtures():

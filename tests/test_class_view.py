@@ -275,8 +275,9 @@ def test_honest_solutions_pass_the_exercises_own_checks(tmp_path):
 def test_a_class_of_30_flags_exactly_the_planted_copies():
     rng = random.Random(2024)
     codes: dict[str, dict[int, str]] = {}
-    for i in range(27):
-        codes[f"s{i:02d}"] = {n: honest.solution(name, rng) for n, (_, _, name) in EXERCISES.items()}
+    for i in range(27):  # each student's draw of each exercise on its own: a new exercise changes no other draw
+        codes[f"s{i:02d}"] = {n: honest.solution(name, random.Random(f"2024:{i}:{name}"))
+                              for n, (_, _, name) in EXERCISES.items()}
     planted = set()
     for k, original in enumerate(("s03", "s11", "s20")):
         copy = f"copy{k}"

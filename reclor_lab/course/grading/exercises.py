@@ -147,8 +147,9 @@ class Context:
     @property
     def train_epoch_inputs(self) -> tuple:
         """Exercise 16's epoch, drawn from the grading seed (``seed``): the check records with their
-        options rotated (so the labels vary), shuffled and cut into 3-4 batches of 1-4, class
-        weights, and the optimizer step the epoch starts at."""
+        options rotated (so the labels vary: 12 records), shuffled and cut into 3-4 batches (the first
+        of 3 with two labels at least, the others of 1-3), four different class weights, and the
+        optimizer step the epoch starts at."""
         from reclor_lab.course.checks import CHECK_RECORDS
         from reclor_lab.data import format_example
 
@@ -159,7 +160,11 @@ class Context:
                 answers = r["answers"][k:] + r["answers"][:k]
                 records.append(r | {"answers": answers, "label": (r["label"] - k) % NUM_LABELS})
         rng.shuffle(records)
-        sizes = [rng.randint(1, 4) for _ in range(rng.randint(3, 4))]
+        # the first batch holds 3 records with two labels at least, so that the class weights act
+        # (at batch 1, or on one label, the weighted mean is the plain one)
+        first_other = next(k for k in range(3, len(records)) if records[k]["label"] != records[0]["label"])
+        records[1], records[first_other] = records[first_other], records[1]
+        sizes = [3] + [rng.randint(1, 3) for _ in range(rng.randint(2, 3))]  # at most 12 records
         batches, start = [], 0
         for n in sizes:
             chunk = records[start:start + n]
@@ -168,7 +173,7 @@ class Context:
                                  return_tensors="pt")
             batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                             "labels": torch.tensor([r["label"] for r in chunk])})
-        weights = torch.tensor([rng.choice([0.5, 1.0, 2.0, 3.0]) for _ in range(NUM_LABELS)])
+        weights = torch.tensor(rng.sample([0.5, 1.0, 2.0, 3.0], NUM_LABELS))  # four different weights
         step = rng.randint(1, 5)  # not 0: an epoch that reads the schedule from step 0 must show
         return self.peft_model, batches, weights, step
 
