@@ -368,6 +368,8 @@ train_epoch = checks.check_train_epoch(train_epoch, demo.model, demo_batches, de
 # epoch. Your loop gets the batches in `fit`'s order (`epoch_batches`: shuffled and grouped by
 # length, fixed by the seed and the epoch) and `fit`'s optimizer (`make_optimizer`: AdamW on the
 # trainable parameters).
+#
+# **Predict before you run.** Will your loop's losses be `fit`'s bit for bit, or only close?
 
 # %%
 checks.note(train_epoch)
@@ -381,8 +383,9 @@ order = epoch_batches(column(mine.train_ds, "length"), small_cfg.batch_size, sma
 # its own generator, as fit's: a DataLoader otherwise draws from torch's, shifting the dropout masks
 epoch_loader = DataLoader(model_inputs(mine.train_ds), batch_sampler=BatchListSampler(order),
                           collate_fn=make_collator(mine.tokenizer), generator=torch.Generator())
-my_losses, my_steps = train_epoch(mine.model, list(epoch_loader), make_optimizer(mine.model, small_cfg, mine.device),
-                                  mine.weights, lambda step: get_lr(step, small_cfg, small_total, small_warmup))
+small_optimizer = make_optimizer(mine.model, small_cfg, mine.device)
+my_losses, my_steps = train_epoch(mine.model, list(epoch_loader), small_optimizer, mine.weights,
+                                  lambda step: get_lr(step, small_cfg, small_total, small_warmup))
 print(f"your loop: {my_steps} optimizer steps")
 
 # %%
@@ -412,8 +415,9 @@ print(f"the same {len(fit_losses)} losses as fit (up to fp32 rounding): {same_lo
 # Where your `weighted_ce` computes the loss in another order than the kit's
 # `F.cross_entropy(weight=...)` (as the solution of exercise 9 does), each loss can differ from
 # `fit`'s in the last digits of fp32, and AdamW passes that on to the parameters; with the same
-# loss the two runs are the same bit for bit (the grader hands your loop the kit's loss and
-# checks that). Per-step losses of one epoch: the curve a progress bar summarises.
+# loss the two runs are the same bit for bit (the grader hands your loop the kit's loss). The
+# same loop, the same batches in the same order, the same seed: the same run. Per-step losses of
+# one epoch, the curve a progress bar summarises:
 
 # %%
 checks.note(train_epoch)
