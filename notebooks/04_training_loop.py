@@ -22,9 +22,12 @@
 #
 # 1. writes the weighted loss, and shows when its weights matter,
 # 2. writes one training step, the five lines every loop is made of, and runs it on a demo copy,
-# 3. trains the run for real with the package's loop: evaluation after every epoch, a checkpoint
-#    after every epoch,
-# 4. looks at what a run directory holds.
+# 3. writes one epoch of training around that step (the learning-rate schedule, the train mode),
+#    and checks it against the package's loop `fit` on a small run: the same losses, the same
+#    adapter,
+# 4. trains the run for real with `fit`: evaluation after every epoch, a checkpoint after every
+#    epoch,
+# 5. looks at what a run directory holds.
 #
 # An appendix at the end holds the kit's other paths: the Hugging Face `Trainer` doing the same
 # (and why the reference's `Trainer` showed no validation numbers), the reference report's other
@@ -34,7 +37,9 @@
 # **Files.** This notebook needs no other notebook: it reads the model and the data from disk.
 # It **owns the run directory `runs/notebook-<preset>`** (`runs/notebook-tiny` by default): it
 # deletes it and trains it again each time it runs, so re-running always works. Notebook 05
-# reads that directory. Two exercises: `weighted_ce` and `one_train_step`.
+# reads that directory; section 3's small run goes to `runs/notebook-<preset>-epoch`, which it
+# owns and empties the same way. Three exercises: `weighted_ce`, `one_train_step` and
+# `train_epoch`.
 
 # %%
 PRESET = "tiny"  # or "llama2-7b": the reference solution (GPU, weights and data on disk)
@@ -68,31 +73,15 @@ from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
 from reclor_lab.course import checks
-from reclor_lab.data import class_weights, make_collator, model_inputs, run_records
+from reclor_lab.data import (
+    BatchListSampler, class_weights, column, epoch_batches, make_collator, model_inputs, run_records,
+)
 from reclor_lab.runs.rundir import RunDir
 from reclor_lab.runs.job import finish_run, summary_table
-from reclor_lab.train import fit, get_lr, schedule_steps, setup
-from reclor_lab.runs.trainer import fit_with_trainer
+from reclor_lab.train import evaluate, get_lr, make_optimizer, schedule_steps, setup
 
 disable_progress_bar()  # datasets' progress bars: tokenizing is not what this notebook shows
 hf_logging.disable_progress_bar()  # nor is loading the model's 20 tensors
-
-# %% [markdown]
-# ## The loop in one screen
-#
-# This is `reclor_lab.train.fit`, the loop section 3 runs, printed from the package itself (what
-# you read is what runs). A new run first evaluates the untrained model (epoch 0, the baseline).
-# Then, per micro-batch of an epoch (shuffled, grouped by length, the same order every run): the
-# forward pass, the weighted loss and backward; after the last micro-batch of an optimizer step,
-# the schedule's learning rate, clipping and the step: the lines you write in exercise 10. Each
-# epoch ends with an evaluation on the validation split and a checkpoint.
-#
-# `session` is the run directory and everything that makes the loop a resumable run (the lock,
-# checkpoints, resuming, Ctrl-C or a cluster's SIGTERM, several processes): machinery in
-# `reclor_lab.runs.session`, reached through the few named calls you see.
-
-# %%
-print(inspect.getsource(fit))
 
 # %% [markdown]
 # ## 1. The weighted loss
@@ -309,7 +298,158 @@ ax.set_title("One training step on the demo batch")
 plt.show()
 
 # %% [markdown]
-# ## 3. The real run
+# ## 3. One epoch
+#
+# An epoch is exercise 10's step once per batch, with two things around it:
+#
+# * **the learning rate comes from the schedule, per optimizer step.** `lr_at(step)` gives the
+#   rate of step `step` (the kit's `get_lr`: a linear warm-up, then constant or cosine); set it
+#   on every param group of the optimizer before `optimizer.step()`. The step count runs on
+#   over the epochs, so an epoch starts at the `step` the epochs before it reached, and returns
+#   where it ended;
+# * **the model in train mode.** An evaluation (the baseline before training, or the one after
+#   each epoch) switches it to `eval()`: no dropout. `model.train()` at the start of the epoch
+#   switches it back.
+#
+# ```
+# model.train()
+# for batch in batches:                       step = step, step + 1, ...
+#     forward → weighted loss → backward → lr = lr_at(step) → clip → optimizer step → zero_grad
+#     keep loss.item()
+# return losses, step
+# ```
+#
+# **Exercise 16.** Write `train_epoch(model, batches, optimizer, weights, lr_at, step,
+# max_grad_norm)`: one epoch over `batches` (a list of batch dicts, as in exercise 10). Return
+# the batches' losses as a list of Python floats (`loss.item()`, in batch order) and the
+# optimizer step count after the epoch. Do not change the batches.
+#
+# This is the inner loop of the package's `fit` (printed after the check) for one process, with
+# one optimizer step per batch. `fit` can also add the gradients of `grad_accum_steps` batches
+# before each step (a larger effective batch in the same memory); the tiny preset steps after
+# every batch:
+
+# %%
+print("grad_accum_steps:", cfg.grad_accum_steps)
+
+
+# %%
+def train_epoch(model, batches: list[dict], optimizer, weights: torch.Tensor, lr_at, step: int = 0,
+                max_grad_norm: float = 0.3) -> tuple[list[float], int]:
+    """Exercise 16: one epoch: model.train(), then per batch forward, weighted loss, backward, lr_at(step),
+    clip to max_grad_norm, step, zero_grad. Returns (each batch's loss as a float, the step count after it)."""
+    # BEGIN SOLUTION: model.train(); per batch exercise 10's step, with the lr set to lr_at(step) before optimizer.step()
+    model.train()  # an evaluation may have left the model in eval mode (no dropout)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    for batch in batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = weighted_ce(logits, batch["labels"], weights)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)  # the schedule: warm-up, then constant (or cosine)
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        step += 1
+        losses.append(loss.item())
+    return losses, step
+    # END SOLUTION
+
+
+# %%
+demo_batches = [{k: v.to(demo.device) for k, v in b.items()} for b in loader]  # the demo copy's 4 batches
+train_epoch = checks.check_train_epoch(train_epoch, demo.model, demo_batches, demo.weights)
+
+# %% [markdown]
+# **Your epoch is `fit`'s epoch.** The same small run twice, from the same seed: once your loop
+# after a baseline evaluation (`fit` evaluates the untrained model first, and that draws from
+# torch's random generator, which also decides the dropout masks), once `fit` itself for one
+# epoch. Your loop gets the batches in `fit`'s order (`epoch_batches`: shuffled and grouped by
+# length, fixed by the seed and the epoch) and `fit`'s optimizer (`make_optimizer`: AdamW on the
+# trainable parameters).
+#
+# **Predict before you run.** Will your loop's losses be `fit`'s bit for bit, or only close?
+
+# %%
+checks.note(train_epoch)
+small_cfg = cfg.replace(train_limit=6 * cfg.batch_size, eval_limit=cfg.eval_batch_size, epochs=1,
+                        output_dir=f"{cfg.output_dir}-epoch")
+mine = setup(small_cfg, verbose=False)
+evaluate(mine, mine.val_ds, progress=False)  # fit's baseline (epoch 0)
+_, small_total, small_warmup = schedule_steps(small_cfg, len(mine.train_ds))
+order = epoch_batches(column(mine.train_ds, "length"), small_cfg.batch_size, small_cfg.seed, 1,
+                      small_cfg.group_by_length)
+# its own generator, as fit's: a DataLoader otherwise draws from torch's, shifting the dropout masks
+epoch_loader = DataLoader(model_inputs(mine.train_ds), batch_sampler=BatchListSampler(order),
+                          collate_fn=make_collator(mine.tokenizer), generator=torch.Generator())
+small_optimizer = make_optimizer(mine.model, small_cfg, mine.device)
+my_losses, my_steps = train_epoch(mine.model, list(epoch_loader), small_optimizer, mine.weights,
+                                  lambda step: get_lr(step, small_cfg, small_total, small_warmup))
+print(f"your loop: {my_steps} optimizer steps")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (progress bars)
+from reclor_lab.train import fit, trainable_parameters
+
+shutil.rmtree(small_cfg.output_dir, ignore_errors=True)  # this notebook owns it: re-running starts over
+theirs = setup(small_cfg, verbose=False)
+fit_history = fit(theirs, small_cfg.output_dir, verbose=False)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the differences, when there are any, are rounding: their digits vary across CPUs)
+fit_losses = [row["loss"] for row in fit_history.steps]
+loss_gap = max(abs(a - b) for a, b in zip(my_losses, fit_losses))
+param_gap = max((a - b).abs().max().item()
+                for a, b in zip(trainable_parameters(mine.model), trainable_parameters(theirs.model)))
+print(f"losses, largest difference: {loss_gap:.2e}; adapter and head, largest difference: {param_gap:.2e}")
+print("bit for bit the same losses, adapter and head:", loss_gap == 0 and param_gap == 0)
+
+# %%
+same_losses = len(my_losses) == len(fit_losses) and loss_gap <= 1e-5 * max(fit_losses)
+print(f"the same {len(fit_losses)} losses as fit (up to fp32 rounding): {same_losses}")
+
+# %% [markdown]
+# Where your `weighted_ce` computes the loss in another order than the kit's
+# `F.cross_entropy(weight=...)` (as the solution of exercise 9 does), each loss can differ from
+# `fit`'s in the last digits of fp32, and AdamW passes that on to the parameters; with the same
+# loss the two runs are the same bit for bit (the grader hands your loop the kit's loss). The
+# same loop, the same batches in the same order, the same seed: the same run. Per-step losses of
+# one epoch, the curve a progress bar summarises:
+
+# %%
+checks.note(train_epoch)
+plt.figure(figsize=(6, 2.8))
+plt.plot(range(1, len(my_losses) + 1), my_losses, "o-", label="your train_epoch")
+plt.plot(range(1, len(fit_losses) + 1), fit_losses, "x--", label="fit")
+plt.xlabel("optimizer step")
+plt.ylabel("weighted loss")
+plt.title(f"One epoch of the small run ({len(mine.train_ds)} records)")
+plt.legend()
+plt.show()
+
+# %% [markdown]
+# ### The package's loop in one screen
+#
+# This is `reclor_lab.train.fit`, the loop section 4 runs, printed from the package itself (what
+# you read is what runs): your epoch is in it. A new run first evaluates the untrained model
+# (epoch 0, the baseline). Then, per micro-batch of an epoch (shuffled, grouped by length, the
+# same order every run): the forward pass, the weighted loss and backward; after the last
+# micro-batch of an optimizer step, the schedule's learning rate, clipping and the step: the
+# lines you wrote in exercises 10 and 16. Each epoch ends with an evaluation on the validation
+# split and a checkpoint.
+#
+# `session` is the run directory and everything that makes the loop a resumable run (the lock,
+# checkpoints, resuming, Ctrl-C or a cluster's SIGTERM, several processes): machinery in
+# `reclor_lab.runs.session`, reached through the few named calls you see.
+
+# %%
+print(inspect.getsource(fit))
+
+# %% [markdown]
+# ## 4. The real run
 #
 # A fresh start: delete `runs/notebook-<preset>` (this notebook's own run directory) and set
 # everything up again. `setup` seeds Python, NumPy and torch first (`cfg.seed`), so the same
@@ -380,7 +520,7 @@ print(f"it answered {'ABCD'[top]} {chosen[top]} times, {cm[top][top]} of them ri
       f"would score {answers[top] / sum(answers):.3f}, the head scored {before['accuracy']:.3f}")
 
 # %% [markdown]
-# ## 4. What a run directory holds
+# ## 5. What a run directory holds
 #
 # Everything to reload, evaluate or resume the run, and nothing more: the base model is not
 # copied (it is on disk already); each checkpoint holds only the adapter and the head (a few
@@ -442,7 +582,7 @@ print("kept checkpoints:", sorted(p.name for p in rd.checkpoints_dir.iterdir()))
 # `Trainer` (and why the reference's `Trainer` printed no validation numbers), the reference
 # report's other habits run once each (what batch size 1 and a cache clear every step cost),
 # and what changes with several processes. With the `llama2-7b` preset on a small GPU, restart
-# the kernel before section 3 if memory runs out; the appendix's speed cell then needs section 2
+# the kernel before section 4 if memory runs out; the appendix's speed cell then needs section 2
 # run again, for its demo copy.
 #
 # ### A.1 The same with the Hugging Face `Trainer`
@@ -483,6 +623,8 @@ print(f"ReClor: 4,638 records at batch 2 = {math.ceil(4638 / 2):,} steps per epo
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (the Trainer's table and losses vary across CPUs)
+from reclor_lab.runs.trainer import fit_with_trainer
+
 trainer_cfg = cfg.replace(train_limit=96, eval_limit=64, epochs=1, output_dir=f"{cfg.output_dir}-trainer")
 shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
 trainer_history = fit_with_trainer(setup(trainer_cfg, verbose=False), trainer_cfg.output_dir)

@@ -260,6 +260,24 @@ def write_class(folder: Path) -> list[Case]:
            "    def forward(self, x):\n"
            "        update = super().forward(F.dropout(x, self.p, self.training))\n"
            "        return update * self.s + self.base(x)", 14, solved03)
+    honest("epoch_while_and_step", "04", "train_epoch",
+           "def train_epoch(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):\n"
+           "    model.train(True)\n    todo, losses = iter(batches), []\n"
+           "    while (batch := next(todo, None)) is not None:\n"
+           "        optimizer.param_groups[0]['lr'] = lr_at(step + len(losses))\n"
+           "        losses.append(one_train_step(model, batch, optimizer, weights, max_grad_norm))\n"
+           "    return losses, step + len(losses)", 16, solved04)
+    honest("epoch_closure_and_filter", "04", "train_epoch",
+           "import torch.nn.functional as F\n\ndef train_epoch(model, batches, optimizer, weights, lr_at, step=0,\n"
+           "                max_grad_norm=0.3):\n    model.train()\n    count = step\n\n"
+           "    def one(batch):\n        nonlocal count\n        optimizer.zero_grad(set_to_none=False)\n"
+           "        out = model(**{k: batch[k] for k in ('input_ids', 'attention_mask')})\n"
+           "        loss = F.cross_entropy(out.logits.float(), batch['labels'], weight=weights)\n"
+           "        loss.backward()\n        for g in optimizer.param_groups:\n            g.update(lr=lr_at(count))\n"
+           "        torch.nn.utils.clip_grad_norm_(filter(lambda p: p.requires_grad, model.parameters()),\n"
+           "                                       max_grad_norm)\n"
+           "        optimizer.step()\n        count += 1\n        return float(loss.detach())\n\n"
+           "    losses = [one(b) for b in batches]\n    return losses, count", 16, solved04)
 
     # --- reading the answer off the package: the giveaway is not available while its exercise runs
     gamed("calls_reference", "01", "format_record",
@@ -340,6 +358,23 @@ def write_class(folder: Path) -> list[Case]:
     gamed("instantiates_the_checks_reference", "03", "LoRALinear",
           "from reclor_lab.course.checks import nb03\n\ndef LoRALinear(base, r, alpha, dropout=0.0):\n"
           "    return nb03.ReferenceLoRALinear(base, r, alpha, dropout)", 14, solved03, BLOCKED)
+    gamed("epoch_from_the_package_step", "04", "train_epoch",
+          "from reclor_lab.train import optimizer_step, train_step\n\n"
+          "def train_epoch(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):\n"
+          "    model.train()\n    losses = []\n    for batch in batches:\n"
+          "        losses.append(train_step(model, batch, weights, torch.float32).item())\n"
+          "        optimizer_step(model, optimizer, lr_at(step), max_grad_norm)\n        step += 1\n"
+          "    return losses, step", 16, solved04, BLOCKED)
+    gamed("epoch_from_the_reference", "04", "train_epoch",
+          "def train_epoch(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):\n"
+          "    return checks.reference_train_epoch(model, batches, optimizer, weights, lr_at, step, max_grad_norm)",
+          16, solved04, BLOCKED)
+    gamed("epoch_that_only_looks", "04", "train_epoch",
+          "def train_epoch(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):\n"
+          "    model.train()\n"
+          "    losses = [weighted_ce(model(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits,\n"
+          "                          b['labels'], weights).item() for b in batches]\n"
+          "    return losses, step + len(batches)", 16, solved04, "step() never ran")
 
     # --- answers that fool a comparison made in the same process (there is none: it is outside)
     gamed("always_equal_str", "01", "format_record",

@@ -111,13 +111,14 @@ def test_summary_judges_the_functions_as_they_stand(capsys):
 
 
 def test_summary_lists_the_notebooks_unchecked_exercises(capsys):
-    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercise 10
+    checks.check_weighted_ce(checks.reference_weighted_ce)  # notebook 04 also holds exercises 10 and 16
     capsys.readouterr()
     checks.summary({})
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["✅ Exercise 9 (weighted cross-entropy): correct.",
                      "⏳ Exercise 10 (one training step): not checked yet (its check cell has not run).",
-                     "1 of 2 exercises done."]
+                     "⏳ Exercise 16 (one epoch of training): not checked yet (its check cell has not run).",
+                     "1 of 3 exercises done."]
 
 
 def test_check_records_are_the_mini_fixtures():
@@ -722,6 +723,192 @@ def test_train_step_needs_trainable_parameters():
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="trainable parameters"):
         checks.check_train_step(_good_step, frozen, {}, None)
+
+
+# --- 16. one epoch ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def epoch_batches(lora_run, tokenizer):
+    """Four uneven batches of the mini records, their options rotated so that every label occurs."""
+    records = json.loads((MINI / "train.json").read_text())
+    rotated = [r | {"answers": r["answers"][k:] + r["answers"][:k], "label": (r["label"] - k) % 4}
+               for k in range(4) for r in records]
+    batches, start = [], 0
+    for n in (4, 3, 5, 4):
+        chunk = rotated[start:start + n]
+        start += n
+        enc = tokenizer([checks.reference_format_record(r) for r in chunk], padding=True, return_tensors="pt")
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                        "labels": torch.tensor([r["label"] for r in chunk])})
+    return batches
+
+
+def _epoch(*, loss="kit", zero="after", clip="after", lr="before", train=True, item=True, step0=True,
+           count=True, backward_item=False, via_step=False):
+    """An epoch written as a student might: ``loss`` "kit" (F.cross_entropy), "log_softmax" (exercise
+    9's solution), "plain"; ``zero`` "after", "before", "between", "never"; ``clip`` "after", "before"
+    (before backward), "never"; ``lr`` "before" (the step), "after", "never"."""
+    def ce(logits, labels, weights):
+        if loss == "log_softmax":
+            nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, labels.view(-1, 1)).squeeze(1)
+            w = weights[labels]
+            return (w * nll).sum() / w.sum()
+        return F.cross_entropy(logits.float(), labels, weight=None if loss == "plain" else weights)
+
+    def fn(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):
+        if train:
+            model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        losses, k = [], step if step0 else 0
+        for batch in batches:
+            if via_step:  # exercise 10's step, the schedule's lr set before it
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(k)
+                losses.append(checks.reference_train_step(model, batch, optimizer, weights, max_grad_norm))
+                k += 1
+                continue
+            if zero == "before":
+                optimizer.zero_grad()
+            value = ce(model(**{key: v for key, v in batch.items() if key != "labels"}).logits, batch["labels"],
+                       weights)
+            if clip == "before":
+                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            if backward_item:
+                value = value.item()
+            value.backward()
+            if zero == "between":
+                optimizer.zero_grad()
+            if lr == "before":
+                optimizer.param_groups[0]["lr"] = lr_at(k)
+            if clip == "after":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if lr == "after":
+                optimizer.param_groups[0]["lr"] = lr_at(k)
+            if zero == "after":
+                optimizer.zero_grad()
+            k += 1
+            losses.append(value.item() if item else value)
+        return losses, (step + len(batches) if count else len(batches))
+    return fn
+
+
+def test_train_epoch(capsys, lora_run, epoch_batches):
+    model, _, weights = lora_run
+    ref = checks.reference_train_epoch
+    model.eval()
+    before = _state(model)
+    rng = torch.get_rng_state()
+    kept = [dict(b) for b in epoch_batches]
+
+    def run(fn):
+        return checks.check_train_epoch(fn, model, epoch_batches, weights)
+
+    right = {"the kit's loss": _epoch(), "exercise 9's loss (rounds otherwise)": _epoch(loss="log_softmax"),
+             "zero_grad before backward": _epoch(zero="before"), "exercise 10's step in a loop": _epoch(via_step=True)}
+    for what, fn in right.items():
+        assert run(fn) is fn, what
+        assert verdict(capsys) == "✅ Exercise 16 (one epoch of training): correct.", what
+    _stands_in(run(stub), ref, stub)
+    line = verdict(capsys)
+    assert "not done yet" in line and line.endswith(FALLBACK), line
+    wrong = {
+        "never cleared": _epoch(zero="never"),
+        "cleared between loss.backward() and optimizer.step()": _epoch(zero="between"),
+        "the steps were not clipped": _epoch(clip="never"),
+        "(before it there are no gradients to clip)": _epoch(clip="before"),
+        "never set from the schedule": _epoch(lr="never"),
+        "the previous step's learning rate": _epoch(lr="after"),
+        "the schedule was read from step 0": _epoch(step0=False),
+        "the plain cross-entropy": _epoch(loss="plain"),
+        "ran in eval mode": _epoch(train=False),
+        "the losses are tensors": _epoch(item=False),
+        ".backward() on a Python float": _epoch(backward_item=True),
+        "the step count 4 after an epoch of 4 batches that started at step 2": _epoch(count=False),
+    }
+    for hint, fn in wrong.items():
+        got = run(fn)
+        _stands_in(got, ref, fn)
+        line = verdict(capsys)
+        assert line.startswith("❌ Exercise 16 (") and hint in line and line.endswith(FALLBACK), (hint, line)
+        _stands_in(run(got), ref, fn)  # checked again: the same verdict, never ✅
+        assert verdict(capsys) == line
+
+    # the caller's model, batches and RNG are exactly as they were
+    after = _state(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+    assert [dict(b) for b in epoch_batches] == kept
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_train_epoch_tolerance_separates_rounding_from_every_named_mistake(lora_run, epoch_batches):
+    """The comparison's slack (``EPOCH_UPDATE_RTOL`` of the update's norm): exercise 9's loss stays
+    ten times inside it, every mistake the check names ten times outside."""
+    from reclor_lab.course.checks import nb04
+
+    model, _, weights = lora_run
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in trainable]
+    schedule = checks.LRSchedule(2e-3, warmup_steps=7, total_steps=7)
+
+    def epoch(fn):
+        with torch.no_grad():
+            for p, s in zip(trainable, start):
+                p.copy_(s)
+                p.grad = None
+        torch.manual_seed(0)
+        optimizer = torch.optim.AdamW(trainable, lr=2e-3, weight_decay=1e-3)
+        fn(model, [dict(b) for b in epoch_batches], optimizer, weights, schedule, 2)
+        return [p.detach().clone() for p in trainable]
+
+    try:
+        want = epoch(checks.reference_train_epoch)
+        scale = checks._update_norm(want, start)
+        assert scale > 0
+        assert checks._update_norm(epoch(_epoch()), want) == 0  # the same operations: bit for bit
+        assert checks._update_norm(epoch(_epoch(loss="log_softmax")), want) < 0.1 * checks.EPOCH_UPDATE_RTOL * scale
+        for hint, wrong in nb04._epoch_mistakes().items():
+            assert checks._update_norm(epoch(wrong), want) > 10 * checks.EPOCH_UPDATE_RTOL * scale, hint
+    finally:
+        with torch.no_grad():
+            for p, s in zip(trainable, start):
+                p.copy_(s)
+                p.grad = None
+
+
+def test_reference_train_epoch_is_fits_epoch_bit_for_bit(cfg, tmp_path):
+    """The check's reference is fit's inner loop: from the same seed, after the same baseline
+    evaluation, on fit's batches with fit's optimizer and schedule, the same losses and the same
+    trained parameters, bit for bit."""
+    from torch.utils.data import DataLoader
+
+    from reclor_lab.data import BatchListSampler, column, epoch_batches, make_collator, model_inputs
+    from reclor_lab.train import evaluate, fit, get_lr, make_optimizer, schedule_steps, setup, trainable_parameters
+
+    small = cfg.replace(train_limit=40, eval_limit=8, epochs=1, batch_size=8, warmup_ratio=0.5)
+    theirs = setup(small, verbose=False)
+    history = fit(theirs, tmp_path / "run", verbose=False)
+    mine = setup(small, verbose=False)
+    evaluate(mine, mine.val_ds, progress=False)  # fit's baseline draws from torch's generator too
+    order = epoch_batches(column(mine.train_ds, "length"), small.batch_size, small.seed, 1, small.group_by_length)
+    loader = DataLoader(model_inputs(mine.train_ds), batch_sampler=BatchListSampler(order),
+                        collate_fn=make_collator(mine.tokenizer), generator=torch.Generator())
+    _, total, warmup = schedule_steps(small, len(mine.train_ds))
+    assert small.grad_accum_steps == 1 and warmup > 1  # the learning rate changes from step to step
+    optimizer = make_optimizer(mine.model, small, mine.device)
+    losses, step = checks.reference_train_epoch(mine.model, list(loader), optimizer, mine.weights,
+                                                lambda s: get_lr(s, small, total, warmup))
+    assert step == len(history.steps) == len(order)
+    assert losses == [row["loss"] for row in history.steps]
+    assert all(torch.equal(a, b) for a, b in zip(trainable_parameters(mine.model), trainable_parameters(theirs.model)))
+
+
+def test_train_epoch_needs_trainable_parameters():
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        checks.check_train_epoch(_epoch(), frozen, [], None)
 
 
 # --- 11. accuracy over examples ------------------------------------------------------------------------------------

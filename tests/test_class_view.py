@@ -118,11 +118,11 @@ def test_otter_export_has_otters_exact_columns_and_first_row(tmp_path):
     questions = sorted(f"q{n}" for n in EXERCISES)
     assert table[0] == ["file", *questions, "total_points_earned", "percent_correct", "grading_status"]
     assert questions[:3] == ["q1", "q10", "q11"]  # otter sorts question names as text
-    assert table[1] == ["points-per-question", *["1"] * 13, "13", "1", "--"]
+    assert table[1] == ["points-per-question", *["1"] * 14, "14", "1", "--"]
     ana, ben, cleo, zed = (dict(zip(table[0], r)) for r in table[2:])
     assert (ana["file"], ana["total_points_earned"], ana["percent_correct"], ana["grading_status"]) == \
-        ("ana", "13", "1.0", "Completed")
-    assert (ben["q4"], ben["q2"], ben["total_points_earned"], ben["percent_correct"]) == ("1", "0", "3", "0.2308")
+        ("ana", "14", "1.0", "Completed")
+    assert (ben["q4"], ben["q2"], ben["total_points_earned"], ben["percent_correct"]) == ("1", "0", "3", "0.2143")
     assert ben["grading_status"].startswith("graded: ") and "limit: CPU time" in ben["grading_status"]
     assert cleo["grading_status"] == roster.NO_SUBMISSION and cleo["total_points_earned"] == "0"
     assert zed["file"] == "zed"  # not in the roster: listed, not dropped
@@ -150,8 +150,8 @@ def test_canvas_export_identity_points_possible_and_columns(tmp_path):
     assert table[4][0] == "Cleo Wu" and set(table[4][5:]) == {"0"}
     assert len(table) == 5 and all(len(r) == len(table[0]) for r in table)  # zed left out (no id), named above
     course, _ = export.canvas_rows(rows, POINTS, "course")
-    assert course[0][5:] == ["reclor-lab"] and course[1] == ["Points Possible", "", "", "", "", "13"]
-    assert course[2][5:] == ["13"]
+    assert course[0][5:] == ["reclor-lab"] and course[1] == ["Points Possible", "", "", "", "", "14"]
+    assert course[2][5:] == ["14"]
 
 
 def test_moodle_export_one_identity_column_and_one_grade(tmp_path):
@@ -164,7 +164,7 @@ def test_moodle_export_one_identity_column_and_one_grade(tmp_path):
     path = tmp_path / "grades_moodle.csv"
     assert export.write_export("moodle", rows, POINTS, path) == ["zed"]
     table = _csv(path)
-    assert table == [["Email address", "reclor-lab"], ["ana@example.edu", "13"], ["ben@example.edu", "3"],
+    assert table == [["Email address", "reclor-lab"], ["ana@example.edu", "14"], ["ben@example.edu", "3"],
                      ["cleo@example.edu", "0"]]
     no_email = roster.join([_student("ana", {1})], [roster.RosterEntry("ana", "S1", line=2)])
     assert export.moodle_rows(no_email, POINTS)[0] == [["ID number", "reclor-lab"], ["S1", "1"]]
@@ -223,7 +223,7 @@ def test_feedback_has_verdict_hint_and_hidden_case_but_no_reference_or_expected_
     paths = feedback.write_feedback(rows, POINTS, tmp_path / "fb")
     assert [p.name for p in paths] == ["ana.md", "ben.md"]
     text = paths[0].read_text(encoding="utf-8")
-    assert text.startswith("# Feedback: Ana Lima\n") and "**11 of 13 points**" in text
+    assert text.startswith("# Feedback: Ana Lima\n") and "**12 of 14 points**" in text
     assert "| ❌ | 2. class weights | 0/1 | look at the class_weights_by_hand case. |" in text
     assert f"The hidden case that failed: {hidden}." in text and "| ✅ | 1. format a record | 1/1 |  |" in text
     import inspect
@@ -275,8 +275,9 @@ def test_honest_solutions_pass_the_exercises_own_checks(tmp_path):
 def test_a_class_of_30_flags_exactly_the_planted_copies():
     rng = random.Random(2024)
     codes: dict[str, dict[int, str]] = {}
-    for i in range(27):
-        codes[f"s{i:02d}"] = {n: honest.solution(name, rng) for n, (_, _, name) in EXERCISES.items()}
+    for i in range(27):  # each student's draw of each exercise on its own: a new exercise changes no other draw
+        codes[f"s{i:02d}"] = {n: honest.solution(name, random.Random(f"2024:{i}:{name}"))
+                              for n, (_, _, name) in EXERCISES.items()}
     planted = set()
     for k, original in enumerate(("s03", "s11", "s20")):
         copy = f"copy{k}"

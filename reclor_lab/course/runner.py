@@ -165,6 +165,13 @@ class Builder:
             return ModelShape(**p["fields"])
         if o.kind == "sgd":
             return torch.optim.SGD(trainable(self(p["model"])), lr=float(p["lr"]))
+        if o.kind == "adamw":
+            return torch.optim.AdamW(trainable(self(p["model"])), lr=float(p["lr"]),
+                                     weight_decay=float(p["weight_decay"]))
+        if o.kind == "lr_schedule":
+            from reclor_lab.course.checks import LRSchedule
+
+            return LRSchedule(**p["fields"])
         raise PlainDataError(f"no builder for {o.kind!r}")
 
 

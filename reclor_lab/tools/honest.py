@@ -488,6 +488,41 @@ def _train_step(rng: random.Random) -> str:
                          f"    return {value}")
 
 
+# --- 16: one epoch -----------------------------------------------------------------------------------------
+
+@_generator("train_epoch")
+def _train_epoch(rng: random.Random) -> str:
+    head = "import torch\n\n"
+    loss_line = _pick(rng, "    loss = weighted_ce(logits, batch['labels'], weights)",
+                      "    loss = torch.nn.functional.cross_entropy(logits.float(), batch['labels'], weight=weights)")
+    forward = _pick(rng, "logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits",
+                    "logits = model(**{k: v for k, v in batch.items() if k != 'labels'}).logits")
+    set_lr = _pick(rng, "for group in optimizer.param_groups:\n    group['lr'] = lr_at({s})",
+                   "optimizer.param_groups[0]['lr'] = lr_at({s})")
+    clip = _pick(rng, "torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)",
+                 "torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], "
+                 "max_norm=max_grad_norm)")
+    zero = _pick(rng, "before", "after")
+    loop = _pick(rng, "counter", "enumerate", "via_step")
+    if loop == "via_step":  # exercise 10's step, with the schedule's lr set first
+        lr_lines = "\n".join("        " + x for x in set_lr.format(s="step").splitlines())
+        body = _lines("    for batch in batches:", lr_lines,
+                      "        losses.append(one_train_step(model, batch, optimizer, weights, max_grad_norm))",
+                      "        step += 1", "    return losses, step")
+        return head + _lines("def train_epoch(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):",
+                             "    model.train()", "    losses = []", body)
+    s_name = "step" if loop == "counter" else "step + i"
+    inner = _lines("optimizer.zero_grad()" if zero == "before" else "", forward, loss_line.strip(),
+                   "loss.backward()", set_lr.format(s=s_name), clip,
+                   "optimizer.step()", "optimizer.zero_grad()" if zero == "after" else "",
+                   "step += 1" if loop == "counter" else "", "losses.append(loss.item())")
+    inner = "\n".join("        " + line for line in inner.splitlines())
+    for_line = "    for batch in batches:" if loop == "counter" else "    for i, batch in enumerate(batches):"
+    end = "    return losses, step" if loop == "counter" else "    return losses, step + len(batches)"
+    return head + _lines("def train_epoch(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=0.3):",
+                         "    model.train()", "    losses = []", for_line, inner, end)
+
+
 # --- 11: accuracy over examples -----------------------------------------------------------------------------
 
 @_generator("accuracy_over_examples")

@@ -128,6 +128,16 @@ from reclor_lab.course.checks.nb04 import (  # noqa: F401
     _unclipped_step,
     _plain_loss,
 )
+from reclor_lab.course.checks.nb04 import (  # noqa: F401
+    LRSchedule,
+    reference_train_epoch,
+    EPOCH_LOSS_RTOL,
+    EPOCH_UPDATE_RTOL,
+    _update_norm,
+    _epoch_close,
+    _epoch_mistakes,
+    check_train_epoch,
+)
 from reclor_lab.course.checks.nb05 import (  # noqa: F401
     reference_accuracy,
     _ACCURACY_CASES,
@@ -167,6 +177,7 @@ __all__ = [
     "check_format_record",
     "check_lora_targets",
     "check_train_step",
+    "check_train_epoch",
     "check_weighted_ce",
     "reference_accuracy",
     "reference_class_weights",
@@ -176,6 +187,7 @@ __all__ = [
     "reference_format_record",
     "reference_lora_targets",
     "reference_train_step",
+    "reference_train_epoch",
     "reference_weighted_ce",
     "summary",
 ]

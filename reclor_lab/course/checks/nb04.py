@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -97,13 +98,19 @@ def reference_train_step(model: nn.Module, batch: dict, optimizer: torch.optim.O
     """Forward, weighted loss, backward, clip the gradient norm to ``max_grad_norm`` (0.3), step,
     zero the gradients.
 
-    The package's loop (:func:`reclor_lab.train.train_step` + :func:`~reclor_lab.train.optimizer_step`)
-    with the optimizer's own learning rate; returns the loss before the step.
+    The operations of the package's step (:func:`reclor_lab.train.train_step` +
+    :func:`~reclor_lab.train.optimizer_step`, fp32, the optimizer's own learning rate), written
+    out rather than called: the grader hands it to exercise 16 in place of a student's
+    ``one_train_step``, while the package's step is not available there. Returns the loss before
+    the step; the caller's batch is left as it was.
     """
-    from reclor_lab.train import optimizer_step, train_step
-
-    loss = train_step(model, batch, weights, dtype=torch.float32)  # train_step leaves the batch as it was
-    optimizer_step(model, optimizer, lr=optimizer.param_groups[0]["lr"], max_grad_norm=max_grad_norm)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    loss = weighted_cross_entropy(model(**inputs).logits, batch["labels"], weights)
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return loss.item()
 
 
@@ -282,3 +289,252 @@ def _plain_loss(model: nn.Module, batch: dict) -> float:
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return weighted_cross_entropy(model(**inputs).logits, batch["labels"]).item()
+
+
+# --- 16. one epoch ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """``lr_at(step)``: the kit's schedule (:func:`reclor_lab.train.get_lr`, linear warm-up, then
+    constant or cosine) as a function of the optimizer step alone, the way exercise 16 takes it."""
+
+    learning_rate: float
+    warmup_steps: int
+    total_steps: int
+    lr_schedule: str = "constant"
+
+    def __call__(self, step: int) -> float:
+        from reclor_lab.train import get_lr
+
+        return get_lr(step, self, self.total_steps, self.warmup_steps)  # reads learning_rate, lr_schedule
+
+
+def reference_train_epoch(model: nn.Module, batches: list[dict], optimizer: torch.optim.Optimizer,
+                          weights: torch.Tensor | None, lr_at: Callable[[int], float], step: int = 0,
+                          max_grad_norm: float = MAX_GRAD_NORM) -> tuple[list[float], int]:
+    """The inner loop of :func:`reclor_lab.train.fit` on one epoch, one process, one micro-batch per
+    optimizer step (the tiny preset's ``grad_accum_steps`` 1), fp32: the same operations in the
+    same order, so the losses and the trained parameters are fit's bit for bit on a CPU
+    (``tests/test_checks.py`` holds it to that). Returns each batch's loss and the step count."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    losses = []
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        loss = weighted_cross_entropy(model(**inputs).logits, batch["labels"], weights)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(loss.item())
+    return losses, step
+
+
+#: The check's AdamW: the tiny preset's peak learning rate and weight decay (fit's optimizer).
+_EPOCH_LR = 2e-3
+_EPOCH_WEIGHT_DECAY = 1e-3
+#: How far the check's epoch may be from fit's and still be right (see :func:`_epoch_close`).
+EPOCH_LOSS_RTOL = 1e-5
+EPOCH_UPDATE_RTOL = 1e-3
+
+
+def _update_norm(params: list[torch.Tensor], start: list[torch.Tensor]) -> float:
+    """The norm of ``params - start`` over every tensor: how far an epoch moved the parameters."""
+    return float(sum(((a - b).double() ** 2).sum() for a, b in zip(params, start)) ** 0.5)
+
+
+def _epoch_close(got_losses: list[float], got_params: list[torch.Tensor], want_losses: list[float],
+                 want_params: list[torch.Tensor], scale: float) -> bool:
+    """Whether an epoch equals fit's up to the fp32 rounding of a loss written another way.
+
+    With the kit's loss (what the grader hands a student's epoch) a right epoch is fit's bit for
+    bit. A student's own ``weighted_ce`` (exercise 9) sums in another order than
+    ``F.cross_entropy``: each loss then differs by a few units in the last place (2**-24 relative
+    each; ``EPOCH_LOSS_RTOL`` 1e-5 leaves room for about 150), and so do the gradients. AdamW
+    divides each gradient by its own running size, so a gradient element near zero whose sign the
+    rounding flips still moves by about ``lr``: single parameters may differ by a good share of
+    the step, so the parameters are compared as a whole: they may differ by ``EPOCH_UPDATE_RTOL``
+    (1e-3) of ``scale``, the norm of fit's update in the epoch (:func:`_update_norm`).
+    Measured on the tiny model: exercise 9's loss 2e-5 of it on notebook 04's batches of 8 (0 on
+    the grader's smaller ones); every mistake the check names 1e-2 or more, the losses alone 35
+    times ``EPOCH_LOSS_RTOL`` or more (``tests/test_checks.py`` holds a factor of 10 both ways)."""
+    if len(got_losses) != len(want_losses):
+        return False
+    if any(abs(a - b) > EPOCH_LOSS_RTOL * abs(b) for a, b in zip(got_losses, want_losses)):
+        return False
+    return _update_norm(got_params, want_params) <= EPOCH_UPDATE_RTOL * scale
+
+
+def _epoch_mistakes() -> dict[str, Callable]:
+    """Epochs with one typical mistake each, and the hint that names it (first match wins)."""
+
+    def epoch(weighted=True, zero="after", clip=True, lr="before_step", step0=True, train=True):
+        def run(model, batches, optimizer, weights, lr_at, step=0, max_grad_norm=MAX_GRAD_NORM):
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if train:
+                model.train()
+            losses, k = [], step if step0 else 0
+            for batch in batches:
+                inputs = {key: v for key, v in batch.items() if key != "labels"}
+                logits = model(**inputs).logits
+                loss = weighted_cross_entropy(logits, batch["labels"], weights if weighted else None)
+                loss.backward()
+                if lr == "before_step":
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(k)
+                if zero == "between":
+                    optimizer.zero_grad(set_to_none=True)
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+                optimizer.step()
+                if lr == "after_step":
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(k)
+                if zero == "after":
+                    optimizer.zero_grad(set_to_none=True)
+                k += 1
+                losses.append(loss.item())
+            return losses, step + len(batches)
+        return run
+
+    return {
+        "the gradients were cleared between loss.backward() and optimizer.step(), so no step had anything "
+        "to apply (or step() never ran): call optimizer.zero_grad() before backward() or after step(), "
+        "never between them.": epoch(zero="between"),
+        "the gradients are never cleared: each backward() adds to the previous batches' gradients, so "
+        "every step after the first is wrong. Call optimizer.zero_grad() once per batch, before backward() "
+        "or after step().": epoch(zero="never"),
+        "the steps were not clipped: call torch.nn.utils.clip_grad_norm_(trainable parameters, "
+        "max_grad_norm) after loss.backward() (before it there are no gradients to clip) and before "
+        "optimizer.step().": epoch(clip=False),
+        "the learning rate was never set from the schedule, so every step ran at the optimizer's "
+        "initial rate: set each param group's 'lr' to lr_at(step) before optimizer.step(), every "
+        "batch.": epoch(lr="never"),
+        "each step ran at the previous step's learning rate: the 'lr' was set after optimizer.step(). "
+        "Set it to lr_at(step) before the step.": epoch(lr="after_step"),
+        "the schedule was read from step 0, but this epoch starts at optimizer step `step` (the steps "
+        "of the epochs before): the k-th batch's step is lr_at(step + k).": epoch(step0=False),
+        "the loss is the plain cross-entropy: the class weights were not used (call your weighted_ce "
+        "with the weights).": epoch(weighted=False),
+    }
+
+
+def check_train_epoch(fn: Callable, model: nn.Module, batches: list[dict], weights: torch.Tensor | None,
+                      step: int = 2) -> Callable:
+    """Exercise 16: ``fn(model, batches, optimizer, weights, lr_at, step) -> (losses, step)`` trains
+    one epoch (its ``max_grad_norm`` left at the default, 0.3).
+
+    Runs :func:`reference_train_epoch` (fit's inner loop) and the student's epoch from the same
+    parameters, the same AdamW and the same dropout seed, the model handed over in eval mode (as
+    an evaluation leaves it), the epoch starting at optimizer step ``step`` of a warm-up schedule
+    (each batch a different learning rate). Compares the returned losses and step count, the
+    trainable parameters after the epoch (:func:`_epoch_close`), untouched frozen parameters, and
+    the mode of every forward pass; a wrong epoch is compared with epochs that make one typical
+    mistake each, to name it. The model is left exactly as it was: parameters, gradients,
+    train/eval mode and torch's RNG.
+    """
+    named = list(model.named_parameters())
+    trainable = [p for _, p in named if p.requires_grad]
+    if not trainable:
+        raise ValueError("check_train_epoch needs a model with trainable parameters (call inject_lora first)")
+    frozen = [p for _, p in named if not p.requires_grad]
+    step0 = step
+    schedule = LRSchedule(_EPOCH_LR, warmup_steps=step0 + len(batches) + 1, total_steps=step0 + len(batches) + 1)
+    saved: list[torch.Tensor] = []
+    modes: list[tuple[bool, bool]] = []
+
+    def epoch(epoch_fn: Callable) -> tuple[Any, list[torch.Tensor]]:
+        """One epoch from the saved parameters: a fresh AdamW, seeded dropout, the model in eval
+        mode; what ``epoch_fn`` returned and the trainable parameters after it."""
+        with torch.no_grad():
+            for p, s in zip(trainable, saved):
+                p.copy_(s)
+                p.grad = None
+        model.eval()
+        torch.manual_seed(_CHECK_SEED)
+        modes.clear()
+        optimizer = torch.optim.AdamW(trainable, lr=_EPOCH_LR, weight_decay=_EPOCH_WEIGHT_DECAY)
+        hook = model.register_forward_pre_hook(lambda m, _: modes.append((torch.is_grad_enabled(), m.training)))
+        try:
+            value = epoch_fn(model, [dict(b) for b in batches], optimizer, weights, schedule, step0)
+        finally:
+            hook.remove()
+        return value, [p.detach().clone() for p in trainable]
+
+    def judge(fn: Callable) -> None:
+        (want_losses, want_step), want_params = epoch(reference_train_epoch)
+        try:
+            got, got_params = epoch(fn)
+        except AttributeError as e:
+            if "backward" in str(e) and "float" in str(e):
+                raise _Fail("it called .backward() on a Python float: loss.item() is a number, cut from the "
+                            "graph. Call loss.backward() on the tensor, and keep loss.item() for the list.") from e
+            raise
+        seen = list(modes)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise _Fail(f"it returned {type(got).__name__}; return two things: (losses, step), the list of "
+                        "the batches' losses and the optimizer step count after the epoch.")
+        losses, got_step = got
+        if not isinstance(losses, (list, tuple)) or len(losses) != len(batches):
+            raise _Fail(f"the losses are {type(losses).__name__}"
+                        + (f" of length {len(losses)}" if hasattr(losses, "__len__") else "")
+                        + f"; return a list of {len(batches)} floats, one loss per batch, in order.")
+        if any(isinstance(x, torch.Tensor) for x in losses):
+            raise _Fail("the losses are tensors; append loss.item(), a Python float (a kept loss tensor "
+                        "keeps its batch's whole graph in memory, every batch of the epoch).")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in losses):
+            raise _Fail("return each batch's loss as a Python float (loss.item()).")
+        if isinstance(got_step, bool) or not isinstance(got_step, int) or got_step != want_step:
+            raise _Fail(f"it returned the step count {got_step!r} after an epoch of {len(batches)} batches "
+                        f"that started at step {step0}; return the optimizer steps done so far, "
+                        f"{step0} + one per batch.")
+        if any(_checksum(p) != s for p, s in zip(frozen, frozen_sums)):
+            raise _Fail("a frozen parameter changed; only the trainable (LoRA and head) parameters may "
+                        "move: step the optimizer you are given.")
+        if any(not training for _, training in seen):
+            raise _Fail("the forward passes ran in eval mode (no dropout): the model came in eval mode, as an "
+                        "evaluation leaves it. Call model.train() at the start of the epoch.")
+        if any(not grad for grad, _ in seen):
+            raise _Fail("a forward pass ran without gradients (torch.no_grad or inference_mode); the "
+                        "training forward needs them for backward().")
+        scale = _update_norm(want_params, saved)
+        if _epoch_close([float(x) for x in losses], got_params, want_losses, want_params, scale):
+            return
+        for hint, wrong in _epoch_mistakes().items():
+            (w_losses, _), w_params = epoch(wrong)
+            if _epoch_close([float(x) for x in losses], got_params, w_losses, w_params, scale):
+                raise _Fail(hint)
+        first = next((k for k, (a, b) in enumerate(zip(losses, want_losses))
+                      if abs(float(a) - b) > EPOCH_LOSS_RTOL * abs(b)), None)
+        if first is not None:
+            raise _Fail(f"the loss of batch {first} is {float(losses[first]):.6f}, expected {want_losses[first]:.6f} "
+                        "(the batches before it agree): the steps before it differ from fit's. Per batch: "
+                        "forward, weighted loss, backward, lr_at(step), clip, step, zero_grad."
+                        if first else
+                        f"the first batch's loss is {float(losses[0]):.6f}, expected {want_losses[0]:.6f}: "
+                        "compute it with weighted_ce from model(...).logits and the batch's labels.")
+        raise _Fail("the losses are right but the parameters after the last step differ from fit's: the last "
+                    "step is wrong (per batch: backward, lr_at(step), clip, step, zero_grad).")
+
+    def test(fn: Callable) -> None:
+        nonlocal saved, frozen_sums
+        saved = [p.detach().clone() for p in trainable]
+        saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in trainable]
+        frozen_sums = [_checksum(p) for p in frozen]
+        was_training = model.training
+        rng = torch.get_rng_state()
+        try:
+            judge(fn)
+        finally:
+            with torch.no_grad():
+                for p, s, g in zip(trainable, saved, saved_grads):
+                    p.copy_(s)
+                    p.grad = g
+            model.train(was_training)
+            torch.set_rng_state(rng)
+
+    frozen_sums: list[float] = []
+    return _run(NUMBER["train_epoch"], fn, reference_train_epoch, test)

@@ -16,6 +16,7 @@ dtype its kernel computes in (:func:`reclor_lab.lora.lora_error_bound`).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -40,6 +41,7 @@ from reclor_lab.course.checks import (
     check_qlora_memory,
     check_rule_baseline,
     check_train_step,
+    check_train_epoch,
     check_weighted_ce,
     reference_accuracy,
     reference_class_weights,
@@ -54,6 +56,7 @@ from reclor_lab.course.checks import (
     reference_qlora_memory,
     reference_rule_baseline,
     reference_train_step,
+    reference_train_epoch,
     reference_weighted_ce,
 )
 from reclor_lab.course.plain import Obj
@@ -147,6 +150,39 @@ class Context:
 
         batch, weights = self._once("batch", build)
         return self.peft_model, batch, weights
+
+    @property
+    def train_epoch_inputs(self) -> tuple:
+        """Exercise 16's epoch, drawn from the grading seed (``seed``): the check records with their
+        options rotated (so the labels vary: 12 records), shuffled and cut into 3-4 batches (the first
+        of 3 with two labels at least, the others of 1-3), four different class weights, and the
+        optimizer step the epoch starts at."""
+        from reclor_lab.course.checks import CHECK_RECORDS
+        from reclor_lab.data import format_example
+
+        rng = random.Random(self.seed)
+        records = []
+        for r in CHECK_RECORDS:
+            for k in range(NUM_LABELS):
+                answers = r["answers"][k:] + r["answers"][:k]
+                records.append(r | {"answers": answers, "label": (r["label"] - k) % NUM_LABELS})
+        rng.shuffle(records)
+        # the first batch holds 3 records with two labels at least, so that the class weights act
+        # (at batch 1, or on one label, the weighted mean is the plain one)
+        first_other = next(k for k in range(3, len(records)) if records[k]["label"] != records[0]["label"])
+        records[1], records[first_other] = records[first_other], records[1]
+        sizes = [3] + [rng.randint(1, 3) for _ in range(rng.randint(2, 3))]  # at most 12 records
+        batches, start = [], 0
+        for n in sizes:
+            chunk = records[start:start + n]
+            start += n
+            enc = self.tokenizer([format_example(r, self.cfg.template) for r in chunk], padding=True,
+                                 return_tensors="pt")
+            batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                            "labels": torch.tensor([r["label"] for r in chunk])})
+        weights = torch.tensor(rng.sample([0.5, 1.0, 2.0, 3.0], NUM_LABELS))  # four different weights
+        step = rng.randint(1, 5)  # not 0: an epoch that reads the schedule from step 0 must show
+        return self.peft_model, batches, weights, step
 
 
 def _hidden_eval(rng, ctx) -> list:
@@ -452,4 +488,14 @@ SPECS: dict[str, Exercise] = {
                    "peft.get_peft_model",
                    "peft.inject_adapter_in_model", "peft.tuners.lora.LoraModel", "peft.tuners.lora.model.LoraModel",
                    "peft.tuners.lora.Linear", "peft.tuners.lora.layer.Linear", "peft.tuners.lora.bnb.Linear4bit")),
+    # no hidden cases: an epoch changes the model in place, and the check's own epoch is already drawn
+    # from the grader's seed (ctx.seed: the batches, the class weights, the starting step), compared
+    # with the reference's epoch on every trainable parameter; nothing cached can fit it. The checks'
+    # reference_train_step stays available: it stands in for a student's one_train_step (exercise 10)
+    # called in the epoch, and is written out so that the blocked package step is not needed
+    "train_epoch": Exercise(
+        check_train_epoch, reference_train_epoch, inputs=lambda ctx: ctx.train_epoch_inputs, record_params=True,
+        giveaways=("reclor_lab.train.fit", "reclor_lab.train.train_step", "reclor_lab.train.optimizer_step",
+                   "reclor_lab.runs.session.RunSession", "reclor_lab.runs.trainer.fit_with_trainer",
+                   CHECKS + "reference_train_epoch", CHECKS + "_epoch_mistakes")),
 }

@@ -68,6 +68,12 @@ class _Namer:
             return Obj("ModelShape", {"fields": dataclasses.asdict(x)})
         if isinstance(x, torch.optim.SGD):
             return Obj("sgd", {"ref": ref, "lr": x.param_groups[0]["lr"], "model": self.obj(self.ctx.peft_model)})
+        if isinstance(x, torch.optim.AdamW):
+            group = x.param_groups[0]
+            return Obj("adamw", {"ref": ref, "lr": group["lr"], "weight_decay": group["weight_decay"],
+                                 "model": self.obj(self.ctx.peft_model)})
+        if isinstance(x, checks.LRSchedule):
+            return Obj("lr_schedule", {"fields": dataclasses.asdict(x)})
         return None
 
     def snapshot(self, x: Any) -> Any:
