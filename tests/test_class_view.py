@@ -118,11 +118,13 @@ def test_otter_export_has_otters_exact_columns_and_first_row(tmp_path):
     questions = sorted(f"q{n}" for n in EXERCISES)
     assert table[0] == ["file", *questions, "total_points_earned", "percent_correct", "grading_status"]
     assert questions[:3] == ["q1", "q10", "q11"]  # otter sorts question names as text
-    assert table[1] == ["points-per-question", *["1"] * 14, "14", "1", "--"]
+    n = len(EXERCISES)
+    assert table[1] == ["points-per-question", *["1"] * n, str(n), "1", "--"]
     ana, ben, cleo, zed = (dict(zip(table[0], r)) for r in table[2:])
     assert (ana["file"], ana["total_points_earned"], ana["percent_correct"], ana["grading_status"]) == \
-        ("ana", "14", "1.0", "Completed")
-    assert (ben["q4"], ben["q2"], ben["total_points_earned"], ben["percent_correct"]) == ("1", "0", "3", "0.2143")
+        ("ana", str(n), "1.0", "Completed")
+    assert (ben["q4"], ben["q2"], ben["total_points_earned"], ben["percent_correct"]) == \
+        ("1", "0", "3", str(round(3 / n, 4)))
     assert ben["grading_status"].startswith("graded: ") and "limit: CPU time" in ben["grading_status"]
     assert cleo["grading_status"] == roster.NO_SUBMISSION and cleo["total_points_earned"] == "0"
     assert zed["file"] == "zed"  # not in the roster: listed, not dropped
@@ -150,8 +152,9 @@ def test_canvas_export_identity_points_possible_and_columns(tmp_path):
     assert table[4][0] == "Cleo Wu" and set(table[4][5:]) == {"0"}
     assert len(table) == 5 and all(len(r) == len(table[0]) for r in table)  # zed left out (no id), named above
     course, _ = export.canvas_rows(rows, POINTS, "course")
-    assert course[0][5:] == ["reclor-lab"] and course[1] == ["Points Possible", "", "", "", "", "14"]
-    assert course[2][5:] == ["14"]
+    n = str(len(EXERCISES))
+    assert course[0][5:] == ["reclor-lab"] and course[1] == ["Points Possible", "", "", "", "", n]
+    assert course[2][5:] == [n]
 
 
 def test_moodle_export_one_identity_column_and_one_grade(tmp_path):
@@ -164,8 +167,8 @@ def test_moodle_export_one_identity_column_and_one_grade(tmp_path):
     path = tmp_path / "grades_moodle.csv"
     assert export.write_export("moodle", rows, POINTS, path) == ["zed"]
     table = _csv(path)
-    assert table == [["Email address", "reclor-lab"], ["ana@example.edu", "14"], ["ben@example.edu", "3"],
-                     ["cleo@example.edu", "0"]]
+    assert table == [["Email address", "reclor-lab"], ["ana@example.edu", str(len(EXERCISES))],
+                     ["ben@example.edu", "3"], ["cleo@example.edu", "0"]]
     no_email = roster.join([_student("ana", {1})], [roster.RosterEntry("ana", "S1", line=2)])
     assert export.moodle_rows(no_email, POINTS)[0] == [["ID number", "reclor-lab"], ["S1", "1"]]
     with pytest.raises(export.ExportError, match="needs --roster"):
@@ -223,7 +226,7 @@ def test_feedback_has_verdict_hint_and_hidden_case_but_no_reference_or_expected_
     paths = feedback.write_feedback(rows, POINTS, tmp_path / "fb")
     assert [p.name for p in paths] == ["ana.md", "ben.md"]
     text = paths[0].read_text(encoding="utf-8")
-    assert text.startswith("# Feedback: Ana Lima\n") and "**12 of 14 points**" in text
+    assert text.startswith("# Feedback: Ana Lima\n") and f"**{len(EXERCISES) - 2} of {len(EXERCISES)} points**" in text
     assert "| ❌ | 2. class weights | 0/1 | look at the class_weights_by_hand case. |" in text
     assert f"The hidden case that failed: {hidden}." in text and "| ✅ | 1. format a record | 1/1 |  |" in text
     import inspect

@@ -489,6 +489,7 @@ def test_a_name_a_spreadsheet_would_run_is_written_as_text(tmp_path):
     assert names == ["'" + name for name in evil] + ["ana"]
     assert rows[2][1:] == rows[-1][1:]  # the points themselves are untouched
     assert grade.spreadsheet_safe("-1.5") == "-1.5" and grade.spreadsheet_safe(-3) == -3
+    assert grade.spreadsheet_safe("--") == "--" and grade.spreadsheet_safe("-") == "-"  # otter's, the table's
 
 
 def test_a_name_cannot_redraw_the_terminal_table():

@@ -577,11 +577,11 @@ def spreadsheet_safe(cell):
     """A text cell that a spreadsheet would run as a formula (a student named ``=HYPERLINK(…)``),
     quoted with a leading ``'``, as spreadsheets show it; numbers and other text as they are.
 
-    >>> spreadsheet_safe('=1+1'), spreadsheet_safe('-2.5'), spreadsheet_safe('ana'), spreadsheet_safe(3)
-    ("'=1+1", '-2.5', 'ana', 3)
+    >>> spreadsheet_safe('=1+1'), spreadsheet_safe('-2.5'), spreadsheet_safe('--'), spreadsheet_safe('ana')
+    ("'=1+1", '-2.5', '--', 'ana')
     """
-    if not isinstance(cell, str) or len(cell) < 2 or not cell.startswith(FORMULA_START):
-        return cell
+    if not isinstance(cell, str) or not cell.startswith(FORMULA_START) or not cell.strip("=+-@\t\r "):
+        return cell  # also a dash on its own, or two (otter's first row): nothing for a formula to run
     try:
         float(cell)
         return cell
