@@ -26,6 +26,7 @@ from reclor_lab.course import runner
 from reclor_lab.course.checks import (
     RTOL,
     _lora_linear_problem,
+    _qlora_model_problem,
     _close,
     check_accuracy,
     check_class_weights,
@@ -38,6 +39,7 @@ from reclor_lab.course.checks import (
     check_lora_targets,
     check_nf4_block,
     check_qlora_memory,
+    check_qlora_model,
     check_rule_baseline,
     check_train_step,
     check_weighted_ce,
@@ -52,6 +54,7 @@ from reclor_lab.course.checks import (
     reference_lora_targets,
     reference_nf4_block,
     reference_qlora_memory,
+    reference_qlora_model_facts,
     reference_rule_baseline,
     reference_train_step,
     reference_weighted_ce,
@@ -379,6 +382,20 @@ def _same_lora_linear(got: Any, want: dict) -> bool:
         return False
 
 
+def _hidden_qlora_model(rng, ctx) -> list:
+    """The same folder built in another compute dtype, drawn at grading time (one more tiny-model
+    load inside: a function that fixes the dtype, or reads it from the hardware, shows)."""
+    dtype = rng.choice(["float16", "float32"])
+    return [(f"hidden: compute dtype {dtype}", (ctx.cfg.model_name_or_path, dtype))]
+
+
+def _same_qlora_model(got: Any, want: dict) -> bool:
+    try:
+        return _qlora_model_problem(got, want) is None
+    except Exception:  # noqa: BLE001 - facts of the wrong kinds: not the same
+        return False
+
+
 #: Every exercise as the grader judges it, by the name of its function (one entry per ``EXERCISES`` entry).
 SPECS: dict[str, Exercise] = {
     "format_record": Exercise(
@@ -452,4 +469,14 @@ SPECS: dict[str, Exercise] = {
                    "peft.get_peft_model",
                    "peft.inject_adapter_in_model", "peft.tuners.lora.LoraModel", "peft.tuners.lora.model.LoraModel",
                    "peft.tuners.lora.Linear", "peft.tuners.lora.layer.Linear", "peft.tuners.lora.bnb.Linear4bit")),
+    # a function that returns a model: inside, qlora_model_facts builds it from the kit's tiny model folder
+    # (read-only there) and returns plain facts; outside they are compared with the kit's model's
+    "qlora_model": Exercise(
+        check_qlora_model, reference_qlora_model_facts, inputs=lambda ctx: (ctx.cfg.model_name_or_path,),
+        hidden=_hidden_qlora_model, same=_same_qlora_model, probe=CHECKS + "qlora_model_facts",
+        giveaways=("reclor_lab.model.load_model", "reclor_lab.model.bnb_config", "reclor_lab.lora.inject_lora",
+                   "reclor_lab.lora.prepare_kbit", "reclor_lab.lora.lora_config", "reclor_lab.lora.find_lora_targets",
+                   "reclor_lab.lora.target_shapes", "reclor_lab.model.quantizable_linears",
+                   "reclor_lab.course.runner.tiny_model", "reclor_lab.course.runner.with_lora",
+                   CHECKS + "reference_qlora_model", CHECKS + "reference_qlora_model_facts")),
 }
