@@ -744,24 +744,34 @@ def _module_facts(model: nn.Module) -> dict[str, dict]:
     whether any of its own weights trains (the head, trained in full)."""
     layers: dict[str, dict] = {}
     for name, m in model.named_modules():
-        if ".lora_" in name or name.split(".")[-1].startswith("lora_"):
-            continue
-        if isinstance(m, nn.Linear):
-            state = getattr(m.weight, "quant_state", None)
-            compute = getattr(m, "compute_dtype", None) if state is not None else None
-            fact = layers.setdefault(_leaf(name), {
-                "class": type(m).__name__, "quant_type": getattr(state, "quant_type", None),
-                "nested": bool(getattr(state, "nested", False)) if state is not None else None,
-                "compute_dtype": None if compute is None else str(compute).removeprefix("torch."),
-                "lora": None, "trains": False})
+        if isinstance(m, nn.Linear) and "lora_" not in name:
+            fact = layers.setdefault(_leaf(name), _linear_facts(m))
             fact["trains"] = fact["trains"] or any(p.requires_grad for p in m.parameters(recurse=False))
     for name, m in model.named_modules():
-        r, alpha, drop = (getattr(m, k, None) for k in ("r", "lora_alpha", "lora_dropout"))
-        if isinstance(r, dict) and hasattr(m, "base_layer") and _leaf(name) in layers:
-            key = next(iter(r), None)
-            p = getattr(drop[key] if isinstance(drop, nn.ModuleDict) and key in drop else None, "p", 0.0)
-            layers[_leaf(name)]["lora"] = None if key is None else [int(r[key]), float(alpha[key]), float(p)]
+        if hasattr(m, "base_layer") and _leaf(name) in layers:
+            layers[_leaf(name)]["lora"] = _adapter_facts(m)
     return layers
+
+
+def _linear_facts(m: nn.Linear) -> dict:
+    state = getattr(m.weight, "quant_state", None)
+    if state is None:
+        return {"class": type(m).__name__, "quant_type": None, "nested": None, "compute_dtype": None,
+                "lora": None, "trains": False}
+    return {"class": type(m).__name__, "quant_type": getattr(state, "quant_type", None),
+            "nested": bool(getattr(state, "nested", False)),
+            "compute_dtype": str(getattr(m, "compute_dtype", None)).removeprefix("torch."), "lora": None,
+            "trains": False}
+
+
+def _adapter_facts(m: nn.Module) -> list | None:
+    """``[r, alpha, dropout]`` of a peft LoRA layer's (first) adapter, or None."""
+    r, alpha, drop = (getattr(m, k, None) for k in ("r", "lora_alpha", "lora_dropout"))
+    if not isinstance(r, dict) or not r:
+        return None
+    key = next(iter(r))
+    dropout = drop[key] if isinstance(drop, nn.ModuleDict) and key in drop else None
+    return [int(r[key]), float(alpha[key]), float(getattr(dropout, "p", 0.0))]
 
 
 def qlora_model_facts(fn: Callable) -> Callable:
@@ -897,21 +907,24 @@ def _lora_problem(got: dict[str, dict], want: dict[str, dict]) -> str | None:
         return f"adapters on {extra}, which the reference leaves alone: adapt the 4-bit projections only."
     missing = sorted(n for n, f in got.items() if f["lora"] is None and want[n]["lora"] is not None)
     if missing:
-        return f"no adapter on {missing[0]} (of {len(missing)}): adapt every layer of each kind, in every decoder layer."
-    for n, f in got.items():
-        if f["lora"] is None or f["lora"] == want[n]["lora"]:
-            continue
-        (r, alpha, p), (r0, alpha0, p0) = f["lora"], want[n]["lora"]
-        if (r, alpha, p) == (8, 8.0, 0.0):
-            return ("r = 8, lora_alpha = 8 and lora_dropout = 0 are peft's defaults: set r=16, lora_alpha=16, "
-                    "lora_dropout=0.05 in the LoraConfig.")
-        if r != r0:
-            return f"r is {r}: the reference uses r = {r0} (with lora_alpha = {alpha0:g}: the scale alpha/r is 1)."
-        if alpha != alpha0:
-            return (f"lora_alpha is {alpha:g}: the reference uses {alpha0:g}, so the update's scale alpha/r is "
-                    f"{alpha0 / r0:g}, not {alpha / r:g}.")
-        return f"lora_dropout is {p:g}: the reference uses {p0:g} on the LoRA input."
-    return None
+        return (f"no adapter on {missing[0]} (of {len(missing)}): adapt every layer of each kind, in every decoder "
+                "layer.")
+    return next((_settings_problem(f["lora"], want[n]["lora"]) for n, f in got.items()
+                 if f["lora"] is not None and f["lora"] != want[n]["lora"]), None)
+
+
+def _settings_problem(got: list, want: list) -> str:
+    """Which of r, alpha and dropout differ from the reference's."""
+    (r, alpha, p), (r0, alpha0, p0) = got, want
+    if (r, alpha, p) == (8, 8.0, 0.0):
+        return ("r = 8, lora_alpha = 8 and lora_dropout = 0 are peft's defaults: set r=16, lora_alpha=16, "
+                "lora_dropout=0.05 in the LoraConfig.")
+    if r != r0:
+        return f"r is {r}: the reference uses r = {r0} (with lora_alpha = {alpha0:g}: the scale alpha/r is 1)."
+    if alpha != alpha0:
+        return (f"lora_alpha is {alpha:g}: the reference uses {alpha0:g}, so the update's scale alpha/r is "
+                f"{alpha0 / r0:g}, not {alpha / r:g}.")
+    return f"lora_dropout is {p:g}: the reference uses {p0:g} on the LoRA input."
 
 
 def _pad_problem(got: dict, want: dict) -> str | None:
