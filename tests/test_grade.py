@@ -4,7 +4,7 @@ The gamed corpus (tests/gamed_corpus.py) gets no false pass and its honest work 
 submissions that attack the machine (write outside, fork, daemonise, kill their runner, sleep,
 fill memory or the disk, open a socket, read another student) affect only their own row, change
 nothing outside their sandbox and leave no process behind; the kit's solved notebooks score
-14/14; the gradebook is written without following links."""
+15/15; the gradebook is written without following links."""
 
 from __future__ import annotations
 
@@ -253,14 +253,14 @@ def test_gradebook_details_and_feedback(graded, tmp_path):
 
 @pytest.mark.slow
 @needs_sandbox
-def test_the_kits_solved_notebooks_score_14_of_14_from_a_relative_path(tmp_path, monkeypatch):
+def test_the_kits_solved_notebooks_score_15_of_15_from_a_relative_path(tmp_path, monkeypatch):
     for nb in sorted((REPO_ROOT / "notebooks").glob("0*.ipynb")):
         (tmp_path / "class" / "kit").mkdir(parents=True, exist_ok=True)
         (tmp_path / "class" / "kit" / nb.name).write_bytes(nb.read_bytes())
     monkeypatch.chdir(tmp_path)
     (result,) = grade.grade(["class"], jobs=1, seed=SEED, progress=None)
     failed = {n: v.reason for n, v in result.verdicts.items() if not v.passed}
-    assert not failed and len(result.verdicts) == len(checks.EXERCISES) == 14, failed
+    assert not failed and len(result.verdicts) == len(checks.EXERCISES) == 15, failed
 
 
 @needs_sandbox
