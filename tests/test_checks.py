@@ -581,6 +581,18 @@ def test_qlora_model(capsys):
     assert_fails(capsys, check, lambda path, dtype: (path, dtype), reference=ref, number=15,
                  hint="qlora_model returned a tuple; return the model that get_peft_model made")
 
+    def causal_lm(model_path, compute_dtype):  # the language model, adapted, instead of a classifier
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant)
+        return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=_PROJECTIONS))
+
+    assert_fails(capsys, check, causal_lm, reference=ref, number=15,
+                 hint="the model has no classification head `score`: load it with AutoModelForSequenceClassification")
+
 
 def test_qlora_model_facts_show_the_layers_of_the_model_handed_back():
     """The facts see a layer peft wrapped under its loaded name, with its adapter, and the head's

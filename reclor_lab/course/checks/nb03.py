@@ -846,6 +846,9 @@ def _qlora_model_problem(got, want: dict) -> str | None:
     if not got["peft"]:
         return ("the model has no adapters: return what get_peft_model(model, LoraConfig(...)) returns, not the "
                 "model from from_pretrained.")
+    if got["head_out"] is None:
+        return ("the model has no classification head `score`: load it with AutoModelForSequenceClassification "
+                "(num_labels=4), not as a language model.")
     if got["num_labels"] != NUM_LABELS or got["head_out"] != NUM_LABELS:
         return (f"the head has {got['head_out']} outputs (num_labels {got['num_labels']}): pass num_labels=4 to "
                 "AutoModelForSequenceClassification.from_pretrained, one logit per option A–D.")

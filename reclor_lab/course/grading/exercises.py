@@ -383,8 +383,9 @@ def _same_lora_linear(got: Any, want: dict) -> bool:
 
 
 def _hidden_qlora_model(rng, ctx) -> list:
-    """The same folder built in another compute dtype, drawn at grading time (one more tiny-model
-    load inside: a function that fixes the dtype, or reads it from the hardware, shows)."""
+    """The same folder built in another compute dtype than the check's bf16, drawn at grading time
+    (one more tiny-model load inside, about a second at most): a function that fixes its dtype to
+    the check's fails it."""
     dtype = rng.choice(["float16", "float32"])
     return [(f"hidden: compute dtype {dtype}", (ctx.cfg.model_name_or_path, dtype))]
 
