@@ -82,7 +82,9 @@ class Exercise:
       sends back the trainable parameters after each call, and the replay puts them in place.
     * ``probe``: the exercise's code defines a class, not a function: the qualified name of the
       kit function that turns it, inside the sandbox, into the function the check's test calls
-      (exercise 14: ``lora_linear_facts``, which builds the module and returns plain facts).
+      (exercise 14: ``lora_linear_facts``, which builds the module and returns plain facts); or a
+      function whose answer cannot cross as data (exercise 15's model: ``qlora_model_facts`` calls it
+      and returns the model's facts).
     """
 
     check: Callable
