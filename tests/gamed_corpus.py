@@ -279,6 +279,44 @@ def write_class(folder: Path) -> list[Case]:
            "        optimizer.step()\n        count += 1\n        return float(loss.detach())\n\n"
            "    losses = [one(b) for b in batches]\n    return losses, count", 16, solved04)
 
+    honest("qlora_model_scans_for_4bit_layers_and_prepares", "03", "qlora_model",
+           'import bitsandbytes as bnb\n'
+           'from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training\n'
+           'from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig\n'
+           '\n'
+           'def _four_bit(dtype):\n'
+           "    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4',\n"
+           '                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)\n'
+           '\n'
+           'def _leaf_names(model, kind):\n'
+           "    return sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, kind)})\n"
+           '\n'
+           'def qlora_model(model_path, compute_dtype):\n'
+           '    model = AutoModelForSequenceClassification.from_pretrained(\n'
+           '        model_path, quantization_config=_four_bit(compute_dtype), num_labels=4)\n'
+           '    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)\n'
+           '    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=16, lora_alpha=16, lora_dropout=0.05,\n'
+           '                        target_modules=_leaf_names(model, bnb.nn.Linear4bit))\n'
+           '    peft_model = get_peft_model(model, config)\n'
+           '    peft_model.config.pad_token_id = peft_model.config.eos_token_id\n'
+           '    return peft_model', 15, solved03)
+    honest("qlora_model_regex_targets_and_modules_to_save", "03", "qlora_model",
+           'import peft\n'
+           'import transformers\n'
+           '\n'
+           "SETTINGS = {'r': 16, 'lora_alpha': 16, 'lora_dropout': 0.05}\n"
+           '\n'
+           'def qlora_model(model_path, compute_dtype):\n'
+           '    tok = transformers.AutoTokenizer.from_pretrained(model_path)\n'
+           '    q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True,\n'
+           "                                        bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype=compute_dtype)\n"
+           '    cls = transformers.AutoModelForSequenceClassification\n'
+           '    m = cls.from_pretrained(model_path, num_labels=4, quantization_config=q,\n'
+           '                            pad_token_id=tok.eos_token_id)\n'
+           "    lora = peft.LoraConfig(target_modules=r'.*\\.(q|k|v|o|gate|up|down)_proj', modules_to_save=['score'],\n"
+           '                           **SETTINGS)\n'
+           '    return peft.get_peft_model(m, lora)', 15, solved03)
+
     # --- reading the answer off the package: the giveaway is not available while its exercise runs
     gamed("calls_reference", "01", "format_record",
           "def format_record(record):\n    return checks.reference_format_record(record)", 1, solved01, BLOCKED)
@@ -375,6 +413,19 @@ def write_class(folder: Path) -> list[Case]:
           "    losses = [weighted_ce(model(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits,\n"
           "                          b['labels'], weights).item() for b in batches]\n"
           "    return losses, step + len(batches)", 16, solved04, "step() never ran")
+
+    gamed("calls_the_kits_load_and_inject", "03", "qlora_model",
+          "from reclor_lab.config import get_preset\nfrom reclor_lab.lora import inject_lora\n"
+          "from reclor_lab.model import load_model, load_tokenizer\n\n"
+          "def qlora_model(model_path, compute_dtype):\n"
+          "    cfg = get_preset('tiny', model_name_or_path=model_path, compute_dtype=str(compute_dtype)[6:])\n"
+          "    return inject_lora(load_model(cfg, load_tokenizer(model_path)), cfg)", 15, solved03, BLOCKED)
+    gamed("builds_the_graders_own_model", "03", "qlora_model",
+          "from reclor_lab.course import runner\n\ndef qlora_model(model_path, compute_dtype):\n"
+          "    return runner.with_lora(runner.tiny_model())", 15, solved03, BLOCKED)
+    gamed("calls_the_checks_reference_model", "03", "qlora_model",
+          "from reclor_lab.course.checks import nb03\n\ndef qlora_model(model_path, compute_dtype):\n"
+          "    return nb03.reference_qlora_model(model_path, compute_dtype)", 15, solved03, BLOCKED)
 
     # --- answers that fool a comparison made in the same process (there is none: it is outside)
     gamed("always_equal_str", "01", "format_record",

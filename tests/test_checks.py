@@ -497,6 +497,117 @@ def test_lora_linear_facts_of_peft_s_layer_agree_with_themselves_and_see_the_dro
         assert checks._lora_linear_problem(got, want) is None, what
 
 
+# --- 15. the QLoRA configuration ----------------------------------------------------------------------------
+
+_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _qlora_model(*, quant_type="nf4", double_quant=True, fixed_dtype=None, four_bit=True, skip=None,
+                 targets=tuple(_PROJECTIONS), task_type="SEQ_CLS", pad="eos", num_labels=4, lora=(16, 16, 0.05),
+                 unfreeze_norm=False, adapters=True):
+    """A qlora_model with one typical mistake (the defaults make the right one)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    def qlora_model(model_path, compute_dtype):
+        dtype = fixed_dtype or compute_dtype
+        extra = {} if skip is None else {"llm_int8_skip_modules": skip}
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                   bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype, **extra)
+        labels = {} if num_labels is None else {"num_labels": num_labels}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, quantization_config=quant if four_bit else None, **labels)
+        if pad == "eos":
+            model.config.pad_token_id = model.config.eos_token_id
+        elif pad is not None:
+            model.config.pad_token_id = pad
+        if not adapters:
+            return model
+        r, alpha, p = lora
+        kw = {} if lora == (8, 8, 0.0) else {"r": r, "lora_alpha": alpha, "lora_dropout": p}
+        config = LoraConfig(target_modules=targets if isinstance(targets, str) else list(targets), **kw,
+                            **({"task_type": task_type} if task_type else {}))
+        model = get_peft_model(model, config)
+        if unfreeze_norm:  # the final norm trains too: the base model not frozen
+            model.base_model.model.model.norm.requires_grad_(True)
+        return model
+
+    return qlora_model
+
+
+def test_qlora_model_passes_the_kit_s_and_an_honest_model():
+    from reclor_lab.config import TINY_MODEL_DIR
+    from reclor_lab.lora import predicted_lora_params
+
+    want = checks.reference_qlora_model_facts(str(TINY_MODEL_DIR), checks.QLORA_CHECK_DTYPE)
+    kit = checks.reference_qlora_model(str(TINY_MODEL_DIR), torch.bfloat16)
+    assert want["trainable"] == predicted_lora_params(kit, _PROJECTIONS, checks.QLORA_R) == 35_072
+    assert want["pad_token_id"] == want["eos_token_id"] == 2 and want["layers"]["score"]["trains"]
+    q = want["layers"]["model.layers.1.mlp.down_proj"]
+    assert q == {"class": "Linear4bit", "quant_type": "nf4", "nested": True, "compute_dtype": "bfloat16",
+                 "lora": [16, 16.0, 0.05], "trains": False}
+    assert checks._qlora_model_problem(want, want) is None
+
+
+def test_qlora_model(capsys):
+    ref, check = checks.reference_qlora_model, checks.check_qlora_model
+    state = torch.get_rng_state()
+    good = _qlora_model()
+    assert_passes(capsys, check, good, number=15)
+    assert_passes(capsys, check, ref, number=15)
+    assert_passes(capsys, check, _qlora_model(targets="all-linear"), number=15)  # peft's shorthand: the same
+    assert torch.equal(torch.get_rng_state(), state)  # the check leaves the caller's random stream alone
+    assert_not_done(capsys, check, reference=ref, number=15)
+    for wrong, hint in (
+            (dict(quant_type="fp4"), "quantized as 'fp4': use bnb_4bit_quant_type='nf4'"),
+            (dict(double_quant=False), "has no double quantization: set bnb_4bit_use_double_quant=True"),
+            (dict(fixed_dtype=torch.float32), "computes in float32 (float32 is bitsandbytes' default"),
+            (dict(four_bit=False), "layers are not 4-bit (model.layers.0.self_attn.q_proj is Linear)"),
+            (dict(skip=[]), "the head `score` is 4-bit"),
+            (dict(targets=(*_PROJECTIONS, "score"), task_type=None), "the head `score` has a LoRA adapter"),
+            (dict(task_type=None), "the head `score` does not train"),
+            (dict(targets=_PROJECTIONS[:4]), "no adapter on ['down_proj', 'gate_proj', 'up_proj']"),
+            (dict(targets=("q_proj", "v_proj")), "no adapter on ['down_proj', 'gate_proj', 'k_proj', 'o_proj', "),
+            (dict(lora=(8, 8, 0.0)), "are peft's defaults: set r=16, lora_alpha=16, lora_dropout=0.05"),
+            (dict(lora=(8, 16, 0.05)), "r is 8: the reference uses r = 16"),
+            (dict(lora=(16, 32, 0.05)), "lora_alpha is 32: the reference uses 16, so the update's scale alpha/r is 1"),
+            (dict(lora=(16, 16, 0.1)), "lora_dropout is 0.1: the reference uses 0.05"),
+            (dict(pad=None), "the model's config has no pad_token_id"),
+            (dict(pad=0), "pad_token_id is 0; the reference pads with the eos token"),
+            (dict(num_labels=None), "the head has 2 outputs (num_labels 2): pass num_labels=4"),
+            (dict(unfreeze_norm=True), "35,136 parameters train, the kit's model 35,072"),
+            (dict(adapters=False), "the model has no adapters: return what get_peft_model"),
+    ):
+        assert_fails(capsys, check, _qlora_model(**wrong), reference=ref, number=15, hint=hint)
+    assert_fails(capsys, check, lambda path, dtype: (path, dtype), reference=ref, number=15,
+                 hint="qlora_model returned a tuple; return the model that get_peft_model made")
+
+    def causal_lm(model_path, compute_dtype):  # the language model, adapted, instead of a classifier
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant)
+        return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=_PROJECTIONS))
+
+    assert_fails(capsys, check, causal_lm, reference=ref, number=15,
+                 hint="the model has no classification head `score`: load it with AutoModelForSequenceClassification")
+
+
+def test_qlora_model_facts_show_the_layers_of_the_model_handed_back():
+    """The facts see a layer peft wrapped under its loaded name, with its adapter, and the head's
+    trained copy (one entry, not the copy and its frozen original)."""
+    from reclor_lab.config import TINY_MODEL_DIR
+
+    got = checks.qlora_model_facts(_qlora_model(targets=("q_proj",)))(str(TINY_MODEL_DIR), "float32")
+    assert sorted(n for n, f in got["layers"].items() if f["lora"]) == [
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert len(got["layers"]) == 2 * 7 + 1 and got["layers"]["score"]["class"] == "Linear"
+    assert got["layers"]["model.layers.0.self_attn.k_proj"]["compute_dtype"] == "float32"
+    assert got["trainable"] == 2 * 16 * (64 + 64) + 4 * 64
+
+
 # --- 8. QLoRA memory -------------------------------------------------------------------------------
 
 def _memory(*, lm_head=False, bits=checks.NF4_DQ_BITS, kept_bytes=4, per_param=16, head=True, ckpt_works=True):

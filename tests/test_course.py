@@ -255,6 +255,8 @@ def test_the_short_giveaways_come_from_the_grader_s_list():
     assert "model.last_token_index" in _short_giveaways("last_token_index")
     assert {"class_weights", "reference_class_weights"} <= set(_short_giveaways("class_weights_by_hand"))
     assert {"lora.LoRALinear", "ReferenceLoRALinear", "get_peft_model"} <= set(_short_giveaways("LoRALinear"))
+    assert {"load_model", "bnb_config", "inject_lora", "prepare_kbit", "find_lora_targets", "tiny_model",
+            "reference_qlora_model"} <= set(_short_giveaways("qlora_model"))
 
 
 @pytest.mark.parametrize("name", [p.stem for p in sorted(STUDENT.glob("[0-9][0-9]_*.py"))] or ["(none built)"])

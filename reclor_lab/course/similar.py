@@ -58,6 +58,8 @@ TOO_SHORT: dict[int, str] = {
     12: "the steps are prescribed (eval, no_grad, loop, loss, accuracy; honest pairs alike: 7 %)",
     13: "a short rule: sweeping openers, then word overlap (honest pairs alike: 0.3 %)",
     14: "the parts are prescribed (frozen base, A, B, dropout, scale, one forward line; honest pairs alike: 0.9 %)",
+    15: "the calls are prescribed (BitsAndBytesConfig, from_pretrained, LoraConfig, get_peft_model; honest pairs "
+        "alike: 0.15 %)",
     16: "the steps are prescribed (train mode, then per batch forward, loss, backward, lr, clip, step, zero_grad; "
         "honest pairs alike: 7 %)",
 }

@@ -350,6 +350,70 @@ def _lora_linear(rng: random.Random) -> str:
                   "    def forward(self, x):", *body)
 
 
+# --- 15: the QLoRA configuration -------------------------------------------------------------------------------
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _qlora_targets(rng: random.Random) -> tuple[list[str], str, list[str]]:
+    """(imports, the target_modules expression, lines that compute it from ``model``) of one choice."""
+    style = _pick(rng, "literal", "split", "all_linear", "scan")
+    if style == "literal":
+        names = list(_PROJECTIONS)
+        rng.shuffle(names)
+        return [], repr(names), []
+    if style == "split":
+        return [], "attention + mlp", ["    attention = ['q_proj', 'k_proj', 'v_proj', 'o_proj']",
+                                       "    mlp = ['gate_proj', 'up_proj', 'down_proj']"]
+    if style == "all_linear":
+        return [], "'all-linear'", []
+    return (["import bitsandbytes as bnb"], "sorted(targets)",
+            ["    targets = set()", "    for name, module in model.named_modules():",
+             "        if isinstance(module, bnb.nn.Linear4bit) and 'score' not in name:",
+             "            targets.add(name.rsplit('.', 1)[-1])"])
+
+
+@_generator("qlora_model")
+def _qlora_model(rng: random.Random) -> str:
+    target_imports, targets, target_lines = _qlora_targets(rng)
+    task = _pick(rng, "'SEQ_CLS'", "TaskType.SEQ_CLS")
+    peft_names = ["LoraConfig", "get_peft_model"] + (["TaskType"] if task.startswith("TaskType") else [])
+    prepare = rng.random() < 0.3
+    if prepare:
+        peft_names.append("prepare_model_for_kbit_training")
+    head = ["import torch" if rng.random() < 0.5 else "",
+            *target_imports,
+            "from peft import " + ", ".join(sorted(peft_names)),
+            "from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig"]
+    pad = _pick(rng, "config", "tokenizer", "number")
+    if pad == "tokenizer":
+        head[-1] = "from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig"
+    quant = ["    quant = BitsAndBytesConfig(", "        load_in_4bit=True,", "        bnb_4bit_quant_type='nf4',",
+             "        bnb_4bit_use_double_quant=True,", "        bnb_4bit_compute_dtype=compute_dtype,", "    )"]
+    if rng.random() < 0.5:
+        quant[2:5] = [quant[4], quant[2], quant[3]]
+    dtype_arg = _pick(rng, "", ", dtype=compute_dtype")
+    load = [f"    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=4, "
+            f"quantization_config=quant{dtype_arg})"]
+    pad_line = {"config": "    model.config.pad_token_id = model.config.eos_token_id",
+                "tokenizer": "    model.config.pad_token_id = AutoTokenizer.from_pretrained(model_path).eos_token_id",
+                "number": "    model.config.pad_token_id = 2  # </s>: Llama-2 has no pad token, eos stands in"}[pad]
+    settings = _pick(rng, "kwargs", "dict")
+    if settings == "kwargs":
+        lora = ["    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, bias='none',",
+                f"                      target_modules={targets}, task_type={task})"]
+    else:
+        lora = ["    settings = dict(r=16, lora_alpha=16, lora_dropout=0.05)",
+                f"    lora = LoraConfig(task_type={task}, target_modules={targets}, **settings)"]
+    prep = ["    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)"] if prepare else []
+    if rng.random() < 0.5:  # the pad id before or after the adapters go in: the same config either way
+        body = [*quant, *load, pad_line, *prep, *target_lines, *lora, "    return get_peft_model(model, lora)"]
+    else:
+        body = [*quant, *load, *prep, *target_lines, *lora, "    peft_model = get_peft_model(model, lora)",
+                pad_line.replace("model.config", "peft_model.config", 1), "    return peft_model"]
+    return _lines(*head, "", "", "def qlora_model(model_path, compute_dtype):", *body)
+
+
 # --- 8: QLoRA memory of Llama-2-7B --------------------------------------------------------------------------
 
 @_generator("qlora_memory")

@@ -113,6 +113,17 @@ from reclor_lab.course.checks.nb03 import (  # noqa: F401  (exercise 14)
     check_lora_linear,
     _lora_linear_problem,
 )
+from reclor_lab.course.checks.nb03 import (  # noqa: F401  (exercise 15)
+    QLORA_R,
+    QLORA_ALPHA,
+    QLORA_DROPOUT,
+    QLORA_CHECK_DTYPE,
+    reference_qlora_model,
+    qlora_model_facts,
+    reference_qlora_model_facts,
+    check_qlora_model,
+    _qlora_model_problem,
+)
 from reclor_lab.course.checks.nb04 import (  # noqa: F401
     reference_weighted_ce,
     _ce_cases,

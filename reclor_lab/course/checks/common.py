@@ -114,6 +114,7 @@ EXERCISES: dict[int, tuple[str, str, str]] = {
     12: ("05", "the evaluation pass", "evaluation_pass"),
     13: ("06", "beat the model without a model", "rule_baseline"),
     14: ("03", "a LoRALinear module", "LoRALinear"),
+    15: ("03", "the QLoRA configuration", "qlora_model"),
     16: ("04", "one epoch of training", "train_epoch"),
 }
 #: An exercise's number from the name of its function.

@@ -704,3 +704,270 @@ def check_lora_linear(cls: Callable, base_layer: nn.Module) -> Callable:
             torch.set_rng_state(state)
 
     return _run(NUMBER["LoRALinear"], cls, ReferenceLoRALinear, test)
+
+
+# --- 15. the QLoRA configuration --------------------------------------------------------------------------------
+
+#: The reference's LoRA settings (the presets' defaults), and the layers it adapts: every 4-bit linear
+#: layer of a Llama decoder layer, never the head.
+QLORA_R, QLORA_ALPHA, QLORA_DROPOUT = 16, 16, 0.05
+#: The compute dtype the check builds the model in: not a CPU's float32, so that a function that
+#: ignores its ``compute_dtype`` argument shows (loading in bf16 works on any machine; nothing runs).
+QLORA_CHECK_DTYPE = "bfloat16"
+
+
+def reference_qlora_model(model_path: str, compute_dtype: torch.dtype):
+    """The kit's QLoRA model of the reference solution, built from ``model_path``: ``load_model``
+    (NF4, double quantization, ``compute_dtype``, 4 labels, pad = eos) then ``inject_lora`` (r 16,
+    alpha 16, dropout 0.05 on every 4-bit linear but the head, SEQ_CLS): what exercise 15 writes
+    with transformers' and peft's own calls."""
+    from reclor_lab.config import get_preset
+    from reclor_lab.lora import inject_lora
+    from reclor_lab.model import load_model, load_tokenizer
+
+    cfg = get_preset("tiny", model_name_or_path=str(model_path),
+                     compute_dtype=str(compute_dtype).removeprefix("torch."))
+    return inject_lora(load_model(cfg, load_tokenizer(cfg.model_name_or_path)), cfg)
+
+
+def _leaf(name: str) -> str:
+    """A module's name in the model as loaded, whatever peft wrapped it in."""
+    name = name.removeprefix("base_model.model.")
+    for part in (".base_layer", ".original_module", ".modules_to_save.default"):
+        name = name.replace(part, "")
+    return name
+
+
+def _module_facts(model: nn.Module) -> dict[str, dict]:
+    """Per linear layer of the loaded model (by its name before peft): its class, 4-bit quant type,
+    double quantization, compute dtype, its LoRA adapter ``[r, alpha, dropout]`` (or None), and
+    whether any of its own weights trains (the head, trained in full)."""
+    layers: dict[str, dict] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and "lora_" not in name:
+            fact = layers.setdefault(_leaf(name), _linear_facts(m))
+            fact["trains"] = fact["trains"] or any(p.requires_grad for p in m.parameters(recurse=False))
+    for name, m in model.named_modules():
+        if hasattr(m, "base_layer") and _leaf(name) in layers:
+            layers[_leaf(name)]["lora"] = _adapter_facts(m)
+    return layers
+
+
+def _linear_facts(m: nn.Linear) -> dict:
+    state = getattr(m.weight, "quant_state", None)
+    if state is None:
+        return {"class": type(m).__name__, "quant_type": None, "nested": None, "compute_dtype": None,
+                "lora": None, "trains": False}
+    return {"class": type(m).__name__, "quant_type": getattr(state, "quant_type", None),
+            "nested": bool(getattr(state, "nested", False)),
+            "compute_dtype": str(getattr(m, "compute_dtype", None)).removeprefix("torch."), "lora": None,
+            "trains": False}
+
+
+def _adapter_facts(m: nn.Module) -> list | None:
+    """``[r, alpha, dropout]`` of a peft LoRA layer's (first) adapter, or None."""
+    r, alpha, drop = (getattr(m, k, None) for k in ("r", "lora_alpha", "lora_dropout"))
+    if not isinstance(r, dict) or not r:
+        return None
+    key = next(iter(r))
+    dropout = drop[key] if isinstance(drop, nn.ModuleDict) and key in drop else None
+    return [int(r[key]), float(alpha[key]), float(getattr(dropout, "p", 0.0))]
+
+
+def qlora_model_facts(fn: Callable) -> Callable:
+    """What exercise 15's check compares, for a ``qlora_model(model_path, compute_dtype)``: a
+    function ``facts(model_path, dtype_name)`` that builds the model and returns plain data: per
+    linear layer its class, quant type, double quantization, compute dtype, LoRA ``[r, alpha,
+    dropout]`` and whether it trains; the head's outputs, the pad and eos ids, the peft task type and
+    the trainable parameters (a 4-bit weight counted as the weights it holds, as peft counts). The
+    grader calls it inside the sandbox; the answer is compared outside with the kit's model's."""
+    from reclor_lab.lora import without_peft_noise
+    from reclor_lab.model import logical_numel
+    from reclor_lab.runs.loading import _load_report
+
+    def facts(model_path: str, dtype_name: str) -> dict:
+        # transformers' report of the new head (expected) and peft's own deprecation notices stay quiet
+        with _load_report(False), without_peft_noise():
+            model = fn(model_path, getattr(torch, dtype_name))
+        if not isinstance(model, nn.Module):
+            raise _Fail(f"qlora_model returned a {type(model).__name__}; return the model that get_peft_model "
+                        "made (a PeftModelForSequenceClassification).")
+        inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        config = getattr(inner, "config", None)
+        peft_config = getattr(model, "peft_config", None)
+        task = getattr(peft_config.get("default"), "task_type", None) if isinstance(peft_config, dict) else None
+        seen: set[int] = set()
+        trainable = 0
+        for p in model.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                trainable += logical_numel(p)
+        layers = _module_facts(model)
+        return {"model": type(model).__name__, "peft": isinstance(peft_config, dict),
+                "task_type": None if task is None else str(getattr(task, "value", task)),
+                "num_labels": getattr(config, "num_labels", None),
+                "head_out": _head_out(inner),
+                "pad_token_id": getattr(config, "pad_token_id", None),
+                "eos_token_id": getattr(config, "eos_token_id", None),
+                "layers": layers, "trainable": trainable}
+
+    return facts
+
+
+def _head_out(model: nn.Module) -> int | None:
+    head = getattr(model, "score", None)
+    head = getattr(head, "original_module", head)
+    return getattr(head, "out_features", None)
+
+
+#: The kit's facts per (model folder, compute dtype): one load each per process, never per student.
+_QLORA_FACTS: dict[tuple[str, str], dict] = {}
+
+
+def reference_qlora_model_facts(model_path: str, dtype_name: str) -> dict:
+    """:func:`qlora_model_facts` of the kit's own model (:func:`reference_qlora_model`), built once per
+    folder and dtype (its trainable count equals :func:`reclor_lab.lora.predicted_lora_params`'s
+    prediction from the shapes: a test holds them so)."""
+    key = (str(model_path), dtype_name)
+    if key not in _QLORA_FACTS:
+        with torch.random.fork_rng(devices=[]):  # the adapters' init draws: not from the caller's stream
+            _QLORA_FACTS[key] = qlora_model_facts(reference_qlora_model)(model_path, dtype_name)
+    return _QLORA_FACTS[key]
+
+
+def _adapted_kinds(layers: dict[str, dict]) -> set[str]:
+    return {name.split(".")[-1] for name, f in layers.items() if f["lora"] is not None}
+
+
+def _qlora_model_problem(got, want: dict) -> str | None:
+    """Why the facts of a student's QLoRA model differ from the kit's (``None``: they agree)."""
+    if not isinstance(got, dict) or not isinstance(got.get("layers"), dict):
+        return f"the check got {type(got).__name__} instead of the model's facts."
+    if not got["peft"]:
+        return ("the model has no adapters: return what get_peft_model(model, LoraConfig(...)) returns, not the "
+                "model from from_pretrained.")
+    if got["head_out"] is None:
+        return ("the model has no classification head `score`: load it with AutoModelForSequenceClassification "
+                "(num_labels=4), not as a language model.")
+    if got["num_labels"] != NUM_LABELS or got["head_out"] != NUM_LABELS:
+        return (f"the head has {got['head_out']} outputs (num_labels {got['num_labels']}): pass num_labels=4 to "
+                "AutoModelForSequenceClassification.from_pretrained, one logit per option A–D.")
+    if set(got["layers"]) != set(want["layers"]):
+        return (f"the model's linear layers differ from the kit's ({len(got['layers'])} against "
+                f"{len(want['layers'])}): load the folder you are given with AutoModelForSequenceClassification.")
+    return (_quantization_problem(got["layers"], want["layers"]) or _head_problem(got["layers"]["score"])
+            or _lora_problem(got["layers"], want["layers"]) or _pad_problem(got, want)
+            or _count_problem(got, want))
+
+
+def _quantization_problem(got: dict[str, dict], want: dict[str, dict]) -> str | None:
+    """The 4-bit layers: loaded in 4 bits, NF4, double quantization, the compute dtype asked for."""
+    four_bit = [n for n, f in want.items() if f["class"] == "Linear4bit"]
+    plain = [n for n in four_bit if got[n]["class"] != "Linear4bit"]
+    if plain:
+        return (f"{len(plain)} layers are not 4-bit ({plain[0]} is {got[plain[0]]['class']}): pass "
+                "quantization_config=BitsAndBytesConfig(load_in_4bit=True, …) to from_pretrained.")
+    for n in four_bit:
+        g, w = got[n], want[n]
+        if g["quant_type"] != w["quant_type"]:
+            return (f"{n} is quantized as {g['quant_type']!r}: use bnb_4bit_quant_type='nf4' (NormalFloat4, whose "
+                    "16 levels sit at a normal distribution's quantiles, where the weights are; 'fp4' is a "
+                    "float grid, and bitsandbytes' default).")
+        if g["nested"] != w["nested"]:
+            return (f"{n} has no double quantization: set bnb_4bit_use_double_quant=True, which quantizes the "
+                    "blocks' fp32 absmax scales too (8 bits each, one fp32 scale per 256 blocks).")
+        if g["compute_dtype"] != w["compute_dtype"]:
+            unset = " (float32 is bitsandbytes' default when it is not set)" if g["compute_dtype"] == "float32" else ""
+            return (f"{n} computes in {g['compute_dtype']}{unset}, but qlora_model was asked for "
+                    f"{w['compute_dtype']}: pass bnb_4bit_compute_dtype=compute_dtype, the argument, not a "
+                    "fixed dtype.")
+    return None
+
+
+def _head_problem(head: dict) -> str | None:
+    """The head ``score``: new, so not 4-bit, not adapted, trained in full."""
+    if head["class"] == "Linear4bit":
+        return ("the head `score` is 4-bit: it is new (random) and trains in full, so it must stay in full "
+                "precision; transformers keeps it so unless told otherwise (do not set llm_int8_skip_modules to "
+                "a list without it).")
+    if head["lora"] is not None:
+        return ("the head `score` has a LoRA adapter: it is new (random), so it trains in full instead; leave it "
+                "out of target_modules and set task_type='SEQ_CLS' (peft then trains a full copy of it).")
+    if not head["trains"]:
+        return ("the head `score` does not train: it starts random, so it must; task_type='SEQ_CLS' in the "
+                "LoraConfig makes peft train it in full (modules_to_save).")
+    return None
+
+
+def _lora_problem(got: dict[str, dict], want: dict[str, dict]) -> str | None:
+    """The adapters: on every 4-bit linear layer (every kind of projection), with r, alpha, dropout."""
+    kinds, mine = _adapted_kinds(want), _adapted_kinds(got)
+    if kinds - mine:
+        return (f"no adapter on {sorted(kinds - mine)}: target_modules must name every 4-bit linear layer but "
+                f"the head, {sorted(kinds)} in a Llama decoder layer.")
+    extra = sorted(n for n, f in got.items() if f["lora"] is not None and want[n]["lora"] is None)
+    if extra:
+        return f"adapters on {extra}, which the reference leaves alone: adapt the 4-bit projections only."
+    missing = sorted(n for n, f in got.items() if f["lora"] is None and want[n]["lora"] is not None)
+    if missing:
+        return (f"no adapter on {missing[0]} (of {len(missing)}): adapt every layer of each kind, in every decoder "
+                "layer.")
+    return next((_settings_problem(f["lora"], want[n]["lora"]) for n, f in got.items()
+                 if f["lora"] is not None and f["lora"] != want[n]["lora"]), None)
+
+
+def _settings_problem(got: list, want: list) -> str:
+    """Which of r, alpha and dropout differ from the reference's."""
+    (r, alpha, p), (r0, alpha0, p0) = got, want
+    if (r, alpha, p) == (8, 8.0, 0.0):
+        return ("r = 8, lora_alpha = 8 and lora_dropout = 0 are peft's defaults: set r=16, lora_alpha=16, "
+                "lora_dropout=0.05 in the LoraConfig.")
+    if r != r0:
+        return f"r is {r}: the reference uses r = {r0} (with lora_alpha = {alpha0:g}: the scale alpha/r is 1)."
+    if alpha != alpha0:
+        return (f"lora_alpha is {alpha:g}: the reference uses {alpha0:g}, so the update's scale alpha/r is "
+                f"{alpha0 / r0:g}, not {alpha / r:g}.")
+    return f"lora_dropout is {p:g}: the reference uses {p0:g} on the LoRA input."
+
+
+def _pad_problem(got: dict, want: dict) -> str | None:
+    if got["pad_token_id"] == want["pad_token_id"]:
+        return None
+    if got["pad_token_id"] is None:
+        return (f"the model's config has no pad_token_id: Llama-2 ships without a pad token, and the classifier "
+                "finds each row's last real token by it (without it, it refuses batches larger than 1); set "
+                f"model.config.pad_token_id to the eos id ({want['eos_token_id']}).")
+    return (f"pad_token_id is {got['pad_token_id']}; the reference pads with the eos token: "
+            f"model.config.pad_token_id = {want['eos_token_id']} (eos).")
+
+
+def _count_problem(got: dict, want: dict) -> str | None:
+    if got["trainable"] == want["trainable"]:
+        return None
+    return (f"{got['trainable']:,} parameters train, the kit's model {want['trainable']:,}: only the adapters "
+            "(r·(in + out) per adapted layer) and the head train; keep bias='none' and the base model frozen.")
+
+
+def check_qlora_model(fn: Callable, model_path: str | None = None) -> Callable:
+    """Exercise 15: ``qlora_model(model_path, compute_dtype)`` builds the reference's QLoRA model;
+    checked by inspecting it against the kit's own (``load_model`` + ``inject_lora``) on the bundled
+    tiny model, in bf16 compute: every 4-bit layer NF4 with double quantization and the compute
+    dtype asked for, the head ``score`` neither 4-bit nor adapted and trained in full, LoRA on every
+    4-bit linear with r, alpha and dropout, pad id = eos id, and the trainable count."""
+    from reclor_lab.config import TINY_MODEL_DIR
+
+    path = str(model_path or TINY_MODEL_DIR)
+
+    def test(fn: Callable) -> None:
+        # the grader's stand-ins (its recorder, its replay of the sandbox's answers) hand the facts in
+        facts = fn if getattr(fn, "gives_facts", False) else qlora_model_facts(fn)
+        state = torch.get_rng_state()
+        try:
+            got = facts(path, QLORA_CHECK_DTYPE)
+            problem = _qlora_model_problem(got, reference_qlora_model_facts(path, QLORA_CHECK_DTYPE))
+        finally:
+            torch.set_rng_state(state)
+        if problem:
+            raise _Fail(f"built from the tiny model with compute dtype {QLORA_CHECK_DTYPE}: {problem}")
+
+    return _run(NUMBER["qlora_model"], fn, reference_qlora_model, test)

@@ -27,6 +27,7 @@ from reclor_lab.course import runner
 from reclor_lab.course.checks import (
     RTOL,
     _lora_linear_problem,
+    _qlora_model_problem,
     _close,
     check_accuracy,
     check_class_weights,
@@ -39,6 +40,7 @@ from reclor_lab.course.checks import (
     check_lora_targets,
     check_nf4_block,
     check_qlora_memory,
+    check_qlora_model,
     check_rule_baseline,
     check_train_step,
     check_train_epoch,
@@ -54,6 +56,7 @@ from reclor_lab.course.checks import (
     reference_lora_targets,
     reference_nf4_block,
     reference_qlora_memory,
+    reference_qlora_model_facts,
     reference_rule_baseline,
     reference_train_step,
     reference_train_epoch,
@@ -82,7 +85,9 @@ class Exercise:
       sends back the trainable parameters after each call, and the replay puts them in place.
     * ``probe``: the exercise's code defines a class, not a function: the qualified name of the
       kit function that turns it, inside the sandbox, into the function the check's test calls
-      (exercise 14: ``lora_linear_facts``, which builds the module and returns plain facts).
+      (exercise 14: ``lora_linear_facts``, which builds the module and returns plain facts); or a
+      function whose answer cannot cross as data (exercise 15's model: ``qlora_model_facts`` calls it
+      and returns the model's facts).
     """
 
     check: Callable
@@ -415,6 +420,21 @@ def _same_lora_linear(got: Any, want: dict) -> bool:
         return False
 
 
+def _hidden_qlora_model(rng, ctx) -> list:
+    """The same folder built in another compute dtype than the check's bf16, drawn at grading time
+    (one more tiny-model load inside, about a second at most): a function that fixes its dtype to
+    the check's fails it."""
+    dtype = rng.choice(["float16", "float32"])
+    return [(f"hidden: compute dtype {dtype}", (ctx.cfg.model_name_or_path, dtype))]
+
+
+def _same_qlora_model(got: Any, want: dict) -> bool:
+    try:
+        return _qlora_model_problem(got, want) is None
+    except Exception:  # noqa: BLE001 - facts of the wrong kinds: not the same
+        return False
+
+
 #: Every exercise as the grader judges it, by the name of its function (one entry per ``EXERCISES`` entry).
 SPECS: dict[str, Exercise] = {
     "format_record": Exercise(
@@ -498,4 +518,14 @@ SPECS: dict[str, Exercise] = {
         giveaways=("reclor_lab.train.fit", "reclor_lab.train.train_step", "reclor_lab.train.optimizer_step",
                    "reclor_lab.runs.session.RunSession", "reclor_lab.runs.trainer.fit_with_trainer",
                    CHECKS + "reference_train_epoch", CHECKS + "_epoch_mistakes")),
+    # a function that returns a model: inside, qlora_model_facts builds it from the kit's tiny model folder
+    # (read-only there) and returns plain facts; outside they are compared with the kit's model's
+    "qlora_model": Exercise(
+        check_qlora_model, reference_qlora_model_facts, inputs=lambda ctx: (ctx.cfg.model_name_or_path,),
+        hidden=_hidden_qlora_model, same=_same_qlora_model, probe=CHECKS + "qlora_model_facts",
+        giveaways=("reclor_lab.model.load_model", "reclor_lab.model.bnb_config", "reclor_lab.lora.inject_lora",
+                   "reclor_lab.lora.prepare_kbit", "reclor_lab.lora.lora_config", "reclor_lab.lora.find_lora_targets",
+                   "reclor_lab.lora.target_shapes", "reclor_lab.model.quantizable_linears",
+                   "reclor_lab.course.runner.tiny_model", "reclor_lab.course.runner.with_lora",
+                   CHECKS + "reference_qlora_model", CHECKS + "reference_qlora_model_facts")),
 }
