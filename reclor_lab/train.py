@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from reclor_lab.data import (
     class_weights, column, make_collator, model_inputs, run_records, split_path, tokenize_records,
 )
 from reclor_lab.loss import weighted_cross_entropy
-from reclor_lab.metrics import compute_classification_metrics, format_accuracy
+from reclor_lab.metrics import compute_classification_metrics
 from reclor_lab.model import autocast_for, loss_scaler
 # Which process this is among a run's processes (one, in a notebook): run machinery, see setup.
 from reclor_lab.runs.distributed import Process, process, shard
@@ -79,39 +78,6 @@ def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.A
                              fused=device.type == "cuda" or None)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA allocations on a GPU, the process's peak resident set on a CPU.
-
-    On Linux that is ``VmHWM`` of ``/proc/self/status``: this process's own peak since it
-    started (``ru_maxrss`` can carry over a large parent's peak into a child). Elsewhere
-    ``ru_maxrss``, which macOS reports in bytes and the BSDs in KiB; 0 where neither exists
-    (Windows).
-    """
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def rate(tokens: int, seconds: float) -> float | None:
-    """Tokens per second; None when no time was measured (a clock too coarse or stopped)."""
-    return tokens / seconds if seconds > 0 else None
-
-
-def format_rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
-
-
 @dataclass
 class History:
     """What happened, as plain data (floats, no tensors): one row per optimizer step, one per
@@ -130,18 +96,6 @@ class History:
     def from_dict(cls, d: dict) -> "History":
         return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])),
                    config_changes=list(d.get("config_changes", [])))
-
-
-def eval_row(epoch: int, result: dict) -> dict:
-    """The history row of one evaluation (no per-example predictions)."""
-    return {"epoch": epoch, **{k: v for k, v in result.items() if k not in ("predictions", "n")}}
-
-
-def eval_line(epoch: int, r: dict) -> str:
-    """One printed line per evaluation."""
-    label = "baseline (before training)" if epoch == 0 else f"epoch {epoch}"
-    return (f"{label}: eval loss {r['eval_loss']:.4f}, "
-            f"accuracy {format_accuracy(r['accuracy'], r.get('accuracy_ci95'))}, macro F1 {r['f1_macro']:.3f}")
 
 
 # --- setup --------------------------------------------------------------------------------------
@@ -316,8 +270,8 @@ def optimizer_step(model, optimizer, lr: float, max_grad_norm: float,
 
 @dataclass
 class LoopState:
-    """Where the loop is: what a checkpoint saves and a resume restores (with the RNG states,
-    which :mod:`reclor_lab.runs.session` adds)."""
+    """Where the loop is: what a checkpoint saves and a resume restores, with the RNG states
+    (:mod:`reclor_lab.runs.session` writes, reads and records it)."""
 
     optimizer: torch.optim.Optimizer
     history: History
@@ -331,57 +285,6 @@ class LoopState:
     scaler: torch.amp.GradScaler = NO_SCALING  # fp16's loss scale (reclor_lab.model.loss_scaler)
     losses: list = field(default_factory=list)   # the micro-batch losses of the step in progress
     pending: list = field(default_factory=list)  # (history row, loss tensor): one host sync later
-
-    def flush(self) -> None:
-        """Turn the pending step losses into floats (one GPU sync for many steps)."""
-        for row, loss in self.pending:
-            row["loss"] = loss.item()
-        self.pending.clear()
-
-    def state_dict(self) -> dict:
-        self.flush()
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),  # {} unless fp16
-                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
-
-    def load_state_dict(self, saved: dict, history: dict) -> None:
-        self.optimizer.load_state_dict(saved["optimizer"])
-        if saved.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
-            self.scaler.load_state_dict(saved["scaler"])
-        self.history = History.from_dict(history)
-        self.epoch, self.batch, self.step = saved["epoch"], saved["batch"], saved["step"]
-        self.epoch_tokens, self.epoch_seconds = saved["epoch_tokens"], saved["epoch_seconds"]
-        self.warmup_steps = saved["warmup_steps"]  # keep the run's warm-up when --epochs extends it
-
-    def end_epoch(self, result: dict, memory_mb: float) -> dict:
-        """Record epoch ``self.epoch``'s evaluation and its figures, and move on to the next
-        epoch; returns the epoch's history row."""
-        self.history.evals.append(eval_row(self.epoch, result))
-        tokens, seconds = self.epoch_tokens, self.epoch_seconds
-        row = {"epoch": self.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": rate(tokens, seconds),
-               "peak_memory_mb": memory_mb} | scaling_row(self.history, self.epoch, self.scaler)
-        self.history.epochs.append(row)
-        self.epoch, self.batch, self.epoch_tokens, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
-        return row
-
-
-def scaling_row(history: History, epoch: int, scaler) -> dict:
-    """fp16's figures for an epoch's history row: its steps whose gradients overflowed (skipped
-    by the loss scaler) and the loss scale now; nothing without loss scaling (``scaler`` None or
-    disabled)."""
-    if scaler is None or not scaler.is_enabled():
-        return {}
-    skipped = sum(1 for r in history.steps if r["epoch"] == epoch and r.get("skipped"))
-    return {"skipped_steps": skipped, "loss_scale": scaler.get_scale()}
-
-
-def epoch_line(row: dict, result: dict) -> str:
-    """The line printed after each epoch: its evaluation, speed and memory (and fp16's skips)."""
-    return (eval_line(row["epoch"], result) + f" | {format_rate(row['tokens_per_second'])} tokens/s, "
-            f"peak memory {row['peak_memory_mb']:,.0f} MB"
-            + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
-               if "loss_scale" in row else ""))
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -412,9 +315,7 @@ def fit(run: Run, run_dir: str | Path | Any, resume: bool = False, stop_after_ep
         state = LoopState(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps,
                           scaler=loss_scaler(run.device, run.dtype))
         if not session.resume(state):  # a new run: the untrained model's scores first (epoch 0)
-            baseline = evaluate(run, run.val_ds, desc="baseline")
-            state.history.evals.append(eval_row(0, baseline))
-            session.log(eval_line(0, baseline))
+            session.record_baseline(state, evaluate(run, run.val_ds, desc="baseline"))
         stopping = False
         while state.epoch <= cfg.epochs and not stopping:
             for batch, scale in session.batches(state):  # the epoch's batches not yet run, in order
@@ -450,8 +351,7 @@ def fit(run: Run, run_dir: str | Path | Any, resume: bool = False, stop_after_ep
             else:  # the epoch ran to its end: evaluate, record, checkpoint
                 run.val_logits[state.epoch] = logits = run_logits(run, run.val_ds)  # analysed at the end
                 result = scores(logits, run.val_ds, run.weights)
-                row = state.end_epoch(result, peak_memory_mb(run.device))
-                session.log(epoch_line(row, result))
+                session.end_epoch(state, result)  # its history rows and printed line; on to the next
                 session.save(state, epoch_end=True, accuracy=result["accuracy"])
                 stopping = session.should_stop() or stopping or state.epoch - 1 == stop_after_epoch
     return state.history
