@@ -471,7 +471,8 @@ class RunDir:
 
     def recorded_config(self, state: dict):
         """The RunConfig the run's last checkpoint was trained with (state.json's ``config``)."""
-        from reclor_lab.config import SAVED_BEFORE_FIELD, ConfigError, RunConfig
+        from reclor_lab.config import ConfigError, RunConfig
+        from reclor_lab.runs.config_checks import SAVED_BEFORE_FIELD
 
         try:
             return RunConfig(**{**SAVED_BEFORE_FIELD, **state["config"]})
