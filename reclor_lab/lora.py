@@ -20,42 +20,26 @@ trainable params: 35,072 || all params: 133,952 || trainable%: 26.1825
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from reclor_lab.config import ConfigError, RunConfig
 from reclor_lab.model import HEAD_NAMES, logical_numel, quantizable_linears
+# What peft's adapters need around them (its deprecation noise, checkpointing under either
+# transformers name, a cheaper CPU dropout mask): machinery. LoRADropout is named here for the
+# course's sandbox runner, which builds it by name.
+from reclor_lab.runs.adapters import (  # noqa: F401
+    CHECKPOINT_KWARGS, LoRADropout, enable_checkpointing, use_lora_dropout, without_peft_noise,
+)
 from reclor_lab.shapes import lora_param_count
 
 #: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
 CLASSIFIER_HEAD = "score"
 #: Why peft wraps a module: the frozen original of a trained-in-full module lives here.
 _PEFT_ORIGINAL = "original_module"
-#: Gradient checkpointing without re-entrant autograd: the inputs need not require grad and
-#: torch stops warning; costs the same ~30% extra forward compute as the re-entrant variant.
-_CHECKPOINT_KWARGS = {"use_reentrant": False}
-#: peft 0.21 still calls the transformers-4 names of these methods; transformers 5 warns on each
-#: call. The warnings are about peft's code, not the user's, so inject_lora hides exactly these.
-_PEFT_DEPRECATION_NOISE = (
-    r"`gradient_checkpointing_enable` is deprecated",
-    r"`is_gradient_checkpointing` is deprecated",
-)
-
-
-@contextmanager
-def without_peft_noise() -> Iterator[None]:
-    """Calls into peft without transformers' warnings about peft's own deprecated calls
-    (:data:`_PEFT_DEPRECATION_NOISE`); every other warning still shows."""
-    with warnings.catch_warnings():
-        for message in _PEFT_DEPRECATION_NOISE:
-            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
-        yield
 
 
 def find_lora_targets(model: nn.Module) -> list[str]:
@@ -109,50 +93,14 @@ class LoRALinear(nn.Module):
         return result + update.to(result.dtype) * self.scaling
 
 
-class LoRADropout(nn.Dropout):
-    """peft's dropout on the LoRA input, with a mask that is cheaper to draw on a CPU.
-
-    ``nn.Dropout`` on a CPU draws its Bernoulli mask with torch's Mersenne Twister, one number at
-    a time: on the tiny model that is a fifth of a training step (14 masks a step, one per adapted
-    layer; ``bench/train_throughput.py`` measures the step). Here each CPU call draws one 64-bit
-    seed from torch's generator and expands it with NumPy's PCG64 into 32-bit uniforms; an element
-    is kept when its uniform is at least ``round(p * 2**32)``, and kept elements are scaled by
-    ``1 / (1 - p)``. The same distribution (drop probability ``p`` up to 2**-33), the same
-    expectation and gradient as ``nn.Dropout``; a different random stream, still a pure function
-    of torch's RNG state, so ``torch.manual_seed`` and a resumed checkpoint's RNG state decide it
-    as before. Other devices, evaluation and ``p = 0`` are ``nn.Dropout`` itself.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1.0:
-            return x * 0.0
-        seed = int(torch.randint(2**63 - 1, (), dtype=torch.int64))
-        n = x.numel()
-        uniforms = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
-        kept = (uniforms >= round(self.p * 2**32)).astype(np.float32)
-        return x * torch.from_numpy(kept).view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-
-
-def use_lora_dropout(model: nn.Module) -> None:
-    """Swap every ``nn.Dropout`` peft put on a LoRA input for :class:`LoRADropout` (same ``p``).
-    ``inject_lora`` calls it."""
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, nn.ModuleDict):
-            for name, dropout in dropouts.items():
-                if type(dropout) is nn.Dropout:
-                    dropouts[name] = LoRADropout(dropout.p)
-
-
 def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     """Freeze the base model and add LoRA adapters (targets from ``cfg.lora_targets`` or
     :func:`find_lora_targets`).
 
     A 4-bit model is first prepared by :func:`prepare_kbit` (frozen, fp32 where
     ``cfg.kbit_upcast`` says, gradient checkpointing when configured); the trained weights (LoRA
-    and the head) are fp32 either way. The dropout on each LoRA input is :class:`LoRADropout`.
+    and the head) are fp32 either way. The dropout on each LoRA input is
+    :class:`reclor_lab.runs.adapters.LoRADropout`.
     """
     from peft import get_peft_model
 
@@ -167,7 +115,7 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
         if quantized:
             model = prepare_kbit(model, cfg.kbit_upcast, cfg.gradient_checkpointing)
         elif cfg.gradient_checkpointing:
-            _enable_checkpointing(model)
+            enable_checkpointing(model)
         if cfg.gradient_checkpointing:
             # The KV cache is useless in training and incompatible with checkpointing;
             # transformers would switch it off on the first forward with a printed notice.
@@ -196,23 +144,14 @@ def prepare_kbit(model: nn.Module, upcast: str, checkpointing: bool) -> nn.Modul
         from peft import prepare_model_for_kbit_training
 
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                               gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
+                                               gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
     for p in model.parameters():
         p.requires_grad_(False)
     if checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (peft's input hook is
         # only for the re-entrant variant).
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
     return model
-
-
-def _enable_checkpointing(model: nn.Module) -> None:
-    """Turn on gradient (activation) checkpointing under either transformers-5 name."""
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:  # transformers >= 5.2x
-        enable(activation_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
-    else:  # earlier 5.x (e.g. 5.17) has only the old name
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
 
 
 # --- counting ------------------------------------------------------------------------------------
