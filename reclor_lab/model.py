@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -24,11 +23,12 @@ from torch import nn
 
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.cpu4bit import use_portable_kernels
-from reclor_lab.errors import ModelError
 from reclor_lab.letters import init_letter_head
-# A model folder's checks, transformers' loading errors and load report, the 4-bit probe: machinery.
+# A model folder's and a tokenizer's checks, transformers' loading errors and load report, the
+# 4-bit probe, the fix that puts transformers 5's Llama tokenizer back on SentencePiece's ids: machinery.
 from reclor_lab.runs.loading import (  # QuantizationUnavailable: the error load_model raises, named here too
-    QuantizationUnavailable, _check_4bit_support, _load_errors, _load_report, check_model_source,  # noqa: F401
+    QuantizationUnavailable, _check_4bit_support, _load_errors, _load_report, check_model_folder,  # noqa: F401
+    check_tokenizer, check_tokenizer_folder, check_vocabulary, sentencepiece_spaces,
 )
 from reclor_lab.shapes import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
 
@@ -159,19 +159,6 @@ def bnb_config(cfg: RunConfig):  # -> BitsAndBytesConfig | None (import kept laz
 
 # --- loading -----------------------------------------------------------------------------------
 
-#: The files a model folder's tokenizer comes from (a fast tokenizer, SentencePiece, or BPE).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
-def check_vocabulary(tokenizer, model, where: str) -> None:
-    """Refuse a tokenizer whose ids go past the model's embedding rows (a tokenizer of another
-    model): the first such id would fail deep inside the embedding lookup."""
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise ModelError(f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
-                         f"{rows:,} rows: they are not a pair: use the tokenizer saved with the model")
-
-
 def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """The model's tokenizer with ``pad_token = eos_token`` and right padding, nothing else changed.
 
@@ -183,50 +170,15 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """
     from transformers import AutoTokenizer
 
-    check_model_source(path)
-    folder = Path(path).expanduser()
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        # transformers would build a tokenizer of 3 special tokens that turns every text into nothing
-        raise ModelError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy the model's "
-                         "tokenizer into the folder (tokenizer.save_pretrained) or point at the folder that has it")
+    check_tokenizer_folder(path)  # a model folder (or hub id) with a tokenizer's files
     with _load_errors(path, "tokenizer"):
         # never run code a model or run directory ships (an auto_map would ask y/N in a terminal)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if not tokenizer("The answer is A.", add_special_tokens=False)["input_ids"]:
-        raise ModelError(f"{path}: the tokenizer ({len(tokenizer)} tokens) turns text into no tokens at all; its "
-                         "files are damaged or incomplete: copy the model's tokenizer files into the folder")
-    if tokenizer.eos_token is None:
-        raise ModelError(
-            f"tokenizer at {path!r} has no eos_token, so it cannot double as the pad token; "
-            "set tokenizer.eos_token (and save it) before training"
-        )
+    check_tokenizer(tokenizer, path)  # it turns text into tokens, and has an eos to pad with
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    sentencepiece_spaces(tokenizer)
+    sentencepiece_spaces(tokenizer)  # transformers 5's rebuilt Llama tokenizer: SentencePiece's ids again
     return tokenizer
-
-
-def sentencepiece_spaces(tokenizer) -> bool:
-    """Put a Llama tokenizer that transformers 5 rebuilt (``LlamaTokenizer``: a ``Metaspace``
-    pre-tokenizer, no normalizer) back on SentencePiece's layout, the one the hub's Llama-2
-    ``tokenizer.json`` states: ``Prepend("▁")`` + ``Replace(" ", "▁")``, no pre-tokenizer.
-
-    The two differ only on a text that starts with whitespace: SentencePiece puts its "▁" in
-    front anyway (``" Option A:"`` → ``[1, 29871, 10831, 319, 29901]``), ``Metaspace`` does not
-    (``[1, 10831, 319, 29901]``). Llama-2 was trained on SentencePiece's ids, and the tiny model's
-    tokenizer gives them, so ``llama2-7b`` must too. Any other tokenizer is left alone. Returns
-    whether it changed the tokenizer.
-    """
-    from tokenizers import normalizers, pre_tokenizers
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (type(tokenizer).__name__ != "LlamaTokenizer" or backend is None or backend.normalizer is not None
-            or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace)
-            or backend.pre_tokenizer.prepend_scheme == "never"):
-        return False
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.pre_tokenizer = None
-    return True
 
 
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -274,11 +226,7 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     device_map = {"": device}
     auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
                        if task == "classification" else (AutoModelForCausalLM, {}))
-    check_model_source(cfg.model_name_or_path)
-    folder = Path(cfg.model_name_or_path).expanduser()
-    if folder.is_dir() and not any(folder.glob("*.safetensors*")) and any(folder.glob("*.bin")):
-        raise ModelError(f"{cfg.model_name_or_path}: holds only pickle weights (*.bin); the kit loads safetensors "
-                         "only, since unpickling can run code: convert them (save_pretrained writes safetensors)")
+    check_model_folder(cfg.model_name_or_path)  # a model folder (or hub id) with safetensors weights
     with _load_errors(cfg.model_name_or_path, "model"), _load_report(report):
         model = auto.from_pretrained(
             cfg.model_name_or_path,
