@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+# Tokenized splits kept on disk, and many texts encoded in one call of the Rust tokenizer: machinery.
 from reclor_lab.runs import cache as token_cache
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE, RunConfig
 from reclor_lab.errors import DataError
 # The file and record checks (one DataError naming the file, the record and what is wrong): machinery.
-from reclor_lab.runs.data_checks import _where, check_records, read_records
+from reclor_lab.runs.data_checks import check_records, cannot_fit, read_records
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -115,34 +116,6 @@ def token_stats(full_lengths: Sequence[int], max_len: int) -> TokenStats:
                       max=int(arr.max()), max_len=max_len, truncated=int((arr > max_len).sum()))
 
 
-def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
-    """Token ids (with the tokenizer's special tokens, no truncation) of many texts at once.
-
-    A fast tokenizer's Rust backend encodes the whole list in one call, on every core, and skips
-    the offsets and word ids that nobody here reads: about 1.6x faster than ``tokenizer(texts)``
-    on ReClor-length texts. It runs on a copy of the backend with truncation and padding off
-    (the copy costs milliseconds), whatever settings the tokenizer's last call left on the
-    backend. The first text is also encoded by ``tokenizer(...)`` itself: a tokenizer whose
-    Python side does more than its backend (a different special-token rule, say) goes the slow
-    way for all texts. A tokenizer without a Rust backend goes through ``tokenizer(texts)``;
-    the ids are the same either way (tested).
-    """
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return tokenizer(texts, truncation=False)["input_ids"]
-    from tokenizers import Tokenizer
-
-    clean = Tokenizer.from_str(backend.to_str())
-    clean.no_truncation()
-    clean.no_padding()
-    ids = [e.ids for e in clean.encode_batch_fast(texts, add_special_tokens=True)]
-    if ids[0] != tokenizer(texts[0], truncation=False)["input_ids"]:
-        return tokenizer(texts, truncation=False)["input_ids"]
-    return ids
-
-
 def _units(text: str, tokenizer) -> list[tuple[int, int]]:
     """Character spans of ``text`` to cut between: its tokens where the tokenizer gives offsets,
     else its words."""
@@ -187,42 +160,21 @@ def fit_passages(records: list[dict], texts: list[str], ids: list[list[int]], to
     if not todo:
         return texts, ids
     units = {i: _units(records[i]["context"], tokenizer) for i in todo}
-    mark = len(encode_texts([CUT_MARK.strip()], tokenizer)[0])
+    mark = len(token_cache.encode_texts([CUT_MARK.strip()], tokenizer)[0])
     drop = {i: min(len(units[i]), len(ids[i]) - max_len + mark) for i in todo}
     while todo:
         order = list(todo)
         cut = [format_example({**records[i], "context": cut_passage(records[i]["context"], units[i], drop[i])},
                               template) for i in order]
-        for i, text, new in zip(order, cut, encode_texts(cut, tokenizer)):
+        for i, text, new in zip(order, cut, token_cache.encode_texts(cut, tokenizer)):
             if len(new) <= max_len:
                 texts[i], ids[i] = text, new
                 del todo[i]
-            elif drop[i] == len(units[i]):
-                r = records[i]
-                where = (_where(Path(source), first_index + i, r) if source
-                         else f"record {first_index + i} (id_string {r['id_string']!r})")
-                raise DataError(f"{where}: {_cannot_fit(len(new), max_len, tokenizer)}")
+            elif drop[i] == len(units[i]):  # the whole passage cut, and still too long
+                raise cannot_fit(source, first_index + i, records[i], len(new), max_len, tokenizer, CUT_MARK)
             else:
                 drop[i] = min(len(units[i]), drop[i] + len(new) - max_len)
     return texts, ids
-
-
-#: A ``model_max_length`` above this is transformers' "no limit known" placeholder (Llama-2's hub
-#: tokenizer says 1e30), not a model's context length.
-_NO_KNOWN_LIMIT = 1_000_000
-
-
-def _cannot_fit(n: int, max_len: int, tokenizer) -> str:
-    """What is wrong with a record whose input is ``n`` tokens even with its whole passage cut,
-    and the one thing that helps: only the passage is ever shortened, so a larger ``max_len``
-    (as far as the model reads) or leaving the record out."""
-    what = (f"its question and options alone take {n} tokens (the passage cut down to {CUT_MARK.strip()!r}), "
-            f"more than max_len {max_len}, and only a passage is ever shortened")
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and n > limit and limit < _NO_KNOWN_LIMIT:
-        return f"{what}; this model reads at most {limit} tokens, so no max_len fits it: leave the record out"
-    return (f"{what}; raise max_len to at least {n} for this run (`data check --max-len {n}`, "
-            f"`train --set max_len={n}`) or leave the record out")
 
 
 def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str = REFERENCE_TEMPLATE,
@@ -230,7 +182,7 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
     """Records → ``datasets.Dataset`` with ``input_ids``, ``attention_mask``, ``length``, and
     ``labels`` when the records are labeled; plus the :class:`TokenStats` of the split.
 
-    All texts are tokenized in one batched call (:func:`encode_texts`). An input longer than
+    All texts are tokenized in one batched call (:func:`reclor_lab.runs.cache.encode_texts`). An input longer than
     ``max_len`` has its passage shortened in the middle (:func:`fit_passages`): the question,
     the options and the answer cue always reach the model. ``full_length`` keeps the count
     before shortening, so how many were shortened is reported, not hidden.
@@ -260,7 +212,7 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
     key = token_cache.key(table, tokenizer, max_len) if folder is not None else None
     ds = token_cache.load(folder, key, table, max_len) if key is not None else None
     if ds is None:
-        full = encode_texts(table["text"], tokenizer)
+        full = token_cache.encode_texts(table["text"], tokenizer)
         table["text"], ids = fit_passages(records, table["text"], full, tokenizer, max_len, template, source)
         table["input_ids"] = ids
         table["attention_mask"] = [[1] * len(x) for x in ids]
@@ -281,7 +233,7 @@ def measure_records(records: list[dict], tokenizer, max_len: int, template: str 
     for start in range(0, len(records), chunk):
         part = records[start:start + chunk]
         texts = [format_example(r, template) for r in part]
-        ids = encode_texts(texts, tokenizer)
+        ids = token_cache.encode_texts(texts, tokenizer)
         full += [len(x) for x in ids]
         fit_passages(part, texts, ids, tokenizer, max_len, template, source, first_index=start)
     return token_stats(full, max_len)

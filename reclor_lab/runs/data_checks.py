@@ -125,3 +125,27 @@ def check_records(path: Path, records: list, labeled: bool | None) -> None:
         first = seen.setdefault(rec["id_string"], i)
         if first != i:
             raise DataError(f"{_where(path, i, rec)}: duplicate id_string (first used by record {first})")
+
+
+# --- a record too long for max_len -------------------------------------------------------------
+
+#: A ``model_max_length`` above this is transformers' "no limit known" placeholder (Llama-2's hub
+#: tokenizer says 1e30), not a model's context length.
+_NO_KNOWN_LIMIT = 1_000_000
+
+
+def cannot_fit(source: str | Path | None, index: int, record: dict, n: int, max_len: int, tokenizer,
+               cut_mark: str) -> DataError:
+    """The error of a record whose input is ``n`` tokens even with its whole passage cut (to
+    ``cut_mark``), naming the record (``source``: its file) and the one thing that helps: only the
+    passage is ever shortened, so a larger ``max_len`` (as far as the model reads) or leaving the
+    record out."""
+    where = _where(Path(source), index, record) if source else f"record {index} (id_string {record['id_string']!r})"
+    what = (f"its question and options alone take {n} tokens (the passage cut down to {cut_mark.strip()!r}), "
+            f"more than max_len {max_len}, and only a passage is ever shortened")
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and n > limit and limit < _NO_KNOWN_LIMIT:
+        return DataError(f"{where}: {what}; this model reads at most {limit} tokens, so no max_len fits it: "
+                         "leave the record out")
+    return DataError(f"{where}: {what}; raise max_len to at least {n} for this run (`data check --max-len {n}`, "
+                     f"`train --set max_len={n}`) or leave the record out")
