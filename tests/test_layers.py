@@ -107,14 +107,15 @@ def test_no_imports_go_in_a_circle():
 #: The core's (the modules directly in reclor_lab/, the command layer apart) only ways into the
 #: sub-packages, each stated in the package docstring.
 CORE_INTO_SUB_PACKAGES = {
-    ("train", "runs.session"),       # fit's named calls: run directory, resume, signals
+    ("train", "runs.session"),       # fit's named calls: run directory, resume, signals, the epoch's records
     ("train", "runs.distributed"),   # which process this is: setup, the evaluation's gather
     ("train", "tools.plan"),         # setup settles batch_size="auto" when its caller has not
     ("data", "runs.cache"),          # tokenized splits kept on disk
     ("config", "runs.config_checks"),  # RunConfig.__post_init__ calls the validator, problems
     ("data", "runs.data_checks"),    # read_reclor's file and record checks
     ("model", "runs.loading"),       # load_model's and load_tokenizer's checks, errors, load report
-    ("metrics", "runs.loading"),     # load_metric's one-line error for a cache it cannot write
+    ("metrics", "runs.loading"),     # load_metric: the shipped metric scripts, loaded by path
+    ("lora", "runs.adapters"),       # inject_lora's peft glue and its cheaper CPU dropout
 }
 COMMAND_LAYER = {"cli", "__main__"}
 
