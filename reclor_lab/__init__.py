@@ -19,12 +19,12 @@ import, function-local ones too):
 2. ``config``, ``runs.config_checks``: the run config and its presets, and its machinery (every
    field's constraint, the validator that ``RunConfig.__post_init__`` calls, reading a config
    from JSON, changing it by name, its printed table).
-3. ``data``, ``shapes``, ``metrics``, ``plots``, ``letters``, ``tools.plan``, ``tools.synth``,
+3. ``data``, ``shapes``, ``metrics``, ``plots``, ``results.letters``, ``tools.plan``, ``tools.synth``,
    ``tools.tiny``, ``tools.honest``, ``runs.rundir``, ``runs.distributed``, ``runs.loading``,
    ``runs.data_checks``, ``course.notebook``, ``course.sandbox``:
    ``data`` (ReClor files → tokenized datasets), ``shapes`` (model shapes, NF4 bytes per weight,
-   LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``letters`` (the answer
-   letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
+   LoRA counts: pure arithmetic, no torch), ``metrics``, ``plots``, ``results.letters`` (the
+   answer letters as tokens and the letter head), ``tools.plan`` (the GPU memory planner and
    ``batch_size="auto"``: no torch), ``tools.synth`` (the bundled ReClor-format data),
    ``tools.tiny`` (the offline tiny Llama), ``tools.honest`` (honest independent solutions of the
    exercises), ``runs.rundir`` (a run directory's layout, checkpoints and lock),
@@ -67,7 +67,8 @@ error for a record that cannot fit), ``config`` → ``runs.config_checks``
 (``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers and the
 SentencePiece fix), ``metrics`` → ``runs.loading`` (``load_metric``, the shipped metric scripts
 loaded by path), ``lora`` → ``runs.adapters`` (``inject_lora`` calls its peft glue and swaps in
-its dropout).
+its dropout), ``model`` → ``results.letters`` (``load_model`` starts the head as the zero-shot
+scorer when ``head_init="letters"``).
 """
 
 __version__ = "0.1.0"

@@ -23,7 +23,8 @@ from torch import nn
 
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.cpu4bit import use_portable_kernels
-from reclor_lab.letters import init_letter_head
+# head_init="letters": the head starts as the zero-shot scorer (an experiment of notebook 06, not QLoRA).
+from reclor_lab.results.letters import init_letter_head
 # A model folder's and a tokenizer's checks, transformers' loading errors and load report, the
 # 4-bit probe, the fix that puts transformers 5's Llama tokenizer back on SentencePiece's ids: machinery.
 from reclor_lab.runs.loading import (  # QuantizationUnavailable: the error load_model raises, named here too
@@ -70,11 +71,7 @@ LLAMA2_7B_CLASSIFIER_OTHER_PARAMS = LLAMA2_7B_SHAPE.sixteen_bit_params + LLAMA2_
 #: Parameters of Llama-2-7B loaded as a 4-way sequence classifier (what the reference trains).
 LLAMA2_7B_CLASSIFIER_PARAMS = LLAMA2_7B_QUANTIZED_PARAMS + LLAMA2_7B_CLASSIFIER_OTHER_PARAMS  # 6_607_360_000
 
-_DTYPES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-}
+_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _BYTES_PER_GB = 1e9  # decimal GB, the unit model cards and nvidia-smi's marketing use
 
 
@@ -95,11 +92,8 @@ def pick_device() -> torch.device:
 def resolve_compute_dtype(cfg: RunConfig) -> torch.dtype:
     """The dtype of the matmuls: ``auto`` → bf16 where the GPU supports it, fp16 on a CUDA GPU
     without bf16 (a T4, a V100: fp16 tensor cores, with loss scaling in the training loop), fp32
-    on a CPU.
-
-    On a CPU ``auto`` picks fp32: CPU bf16 matmuls are slow on most laptops. An explicit
-    ``bfloat16``, ``float16`` or ``float32`` is honoured on any device (a CPU in 16 bits is
-    slower, but matches the GPU's numerics more closely).
+    on a CPU (CPU bf16 matmuls are slow on most laptops). An explicit ``bfloat16``, ``float16`` or
+    ``float32`` is honoured on any device (a CPU in 16 bits is slower, but closer to a GPU's numerics).
 
     >>> from reclor_lab.config import get_preset
     >>> resolve_compute_dtype(get_preset("tiny", compute_dtype="float32"))
@@ -198,16 +192,11 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     """``AutoModelForSequenceClassification`` with ``NUM_LABELS`` outputs, 4-bit NF4 unless
     ``cfg.quantization == "none"``, on the device picked from the hardware.
 
-    The head (``score``) is new and randomly initialised; transformers' load report says
-    ``score.weight`` is MISSING (and ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint):
-    that is expected here, so that report is shown only with ``report=True`` (notebook 02
-    explains it); a report naming any other weight always shows. Raises
-    :class:`QuantizationUnavailable` when bitsandbytes cannot quantize on this platform. On a CPU
-    every 4-bit layer computes by dequantize + fp32 matmul, whatever the CPU's flags
-    (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
-
-    ``cfg.head_init == "letters"`` starts the head from the LM head's rows of the four answer
-    letters (:func:`reclor_lab.letters.init_letter_head`) instead of at random.
+    The head (``score``) is new: random, or with ``head_init="letters"`` the LM head's rows of the
+    four answer letters. transformers' load report says ``score.weight`` is MISSING (and
+    ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint): expected here, so that report shows
+    only with ``report=True`` (notebook 02 explains it); a report naming any other weight always
+    shows. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot quantize here.
     ``task="causal-lm"`` loads the same 4-bit model with its LM head instead (the zero-shot
     scorer of :mod:`reclor_lab.results.baselines`), through the same kernels.
     """
@@ -221,9 +210,6 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     quant = bnb_config(cfg)
     if quant is not None:
         _check_4bit_support(str(device))
-    # Everything on the one picked device: with 4-bit weights a CPU-offloaded layer would fail
-    # in bitsandbytes, and "auto" would silently offload when the model does not fit.
-    device_map = {"": device}
     auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
                        if task == "classification" else (AutoModelForCausalLM, {}))
     check_model_folder(cfg.model_name_or_path)  # a model folder (or hub id) with safetensors weights
@@ -236,12 +222,12 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
             # torch's fused attention (flash / memory-efficient kernels on a GPU): one call per
             # layer instead of eager's matmul, mask, softmax, matmul, and no T x T scores saved
             attn_implementation="sdpa",
-            device_map=device_map,
+            # Everything on the one picked device: with 4-bit weights a CPU-offloaded layer would fail
+            # in bitsandbytes, and "auto" would silently offload when the model does not fit.
+            device_map={"": device},
             trust_remote_code=False,
         )
-    if tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer has no pad token; load it with reclor_lab.model.load_tokenizer")
-    check_vocabulary(tokenizer, model, cfg.model_name_or_path)
+    check_vocabulary(tokenizer, model, cfg.model_name_or_path)  # it pads, and is the model's own
     # Without it Llama's classifier cannot find the last real token of a padded batch and
     # refuses batches larger than 1.
     model.config.pad_token_id = tokenizer.pad_token_id
