@@ -131,7 +131,8 @@ def _long_record(i: int = 0) -> dict:
 
 def test_a_long_passage_is_shortened_in_the_middle_and_everything_after_it_survives(tiny_tokenizer):
     from reclor_lab.config import TINY_TEMPLATE
-    from reclor_lab.data import CUT_MARK, column, tokenize_records
+    from reclor_lab.data import column, tokenize_records
+    from reclor_lab.runs.data_checks import CUT_MARK
     from reclor_lab.runs.cache import encode_texts
 
     rec = _long_record()
