@@ -20,19 +20,19 @@ trainable params: 35,072 || all params: 133,952 || trainable%: 26.1825
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from reclor_lab.config import ConfigError, RunConfig
+from reclor_lab.config import RunConfig
 from reclor_lab.model import HEAD_NAMES, logical_numel, quantizable_linears
 # What peft's adapters need around them (its deprecation noise, checkpointing under either
-# transformers name, a cheaper CPU dropout mask): machinery. LoRADropout is named here for the
-# course's sandbox runner, which builds it by name.
+# transformers name, a cheaper CPU dropout mask) and the printed count: machinery. LoRADropout is
+# named here for the course's sandbox runner, which builds it by name.
 from reclor_lab.runs.adapters import (  # noqa: F401
-    CHECKPOINT_KWARGS, LoRADropout, enable_checkpointing, use_lora_dropout, without_peft_noise,
+    CHECKPOINT_KWARGS, LoRADropout, TrainableReport, chosen_targets, enable_checkpointing, use_lora_dropout,
+    without_peft_noise,
 )
 from reclor_lab.shapes import lora_param_count
 
@@ -51,10 +51,8 @@ def find_lora_targets(model: nn.Module) -> list[str]:
     """
     names = list(target_shapes(model))  # sorted; a peft-wrapped model gives the same names
     if not names:
-        raise ValueError(
-            "found no linear layers to adapt (besides the head); pass lora_targets explicitly in "
-            "the run config"
-        )
+        raise ValueError("found no linear layers to adapt (besides the head); pass lora_targets explicitly in "
+                         "the run config")
     return names
 
 
@@ -104,12 +102,7 @@ def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     """
     from peft import get_peft_model
 
-    available = find_lora_targets(model)
-    targets = list(cfg.lora_targets) if cfg.lora_targets else available
-    unknown = sorted(set(targets) - set(available))
-    if unknown:
-        raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
-                          f"linear layers; choose from {available} (or null for all of them)")
+    targets = chosen_targets(cfg.lora_targets, find_lora_targets(model))  # None: every one
     quantized = bool(getattr(model, "is_loaded_in_4bit", False))
     with without_peft_noise():
         if quantized:
@@ -156,47 +149,13 @@ def prepare_kbit(model: nn.Module, upcast: str, checkpointing: bool) -> nn.Modul
 
 # --- counting ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TrainableReport:
-    """Trainable vs all parameters of a (peft) model.
-
-    What is counted: every parameter tensor once; a bitsandbytes 4-bit weight by the number of
-    weights it represents (its ``numel()`` is half that: two 4-bit values per byte); and, like
-    peft's ``print_trainable_parameters``, the frozen original of the head that peft keeps beside
-    its trained copy (``score.original_module``): so the numbers match peft's printout.
-    """
-
-    trainable: int
-    total: int
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.trainable / self.total if self.total else 0.0
-
-    def line(self) -> str:
-        """Same format as peft's ``print_trainable_parameters``."""
-        return (
-            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} "
-            f"|| trainable%: {self.percent:.4f}"
-        )
-
-    def __str__(self) -> str:
-        return self.line()
-
-
 def trainable_report(model: nn.Module) -> TrainableReport:
-    """Count trainable and all parameters (see :class:`TrainableReport` for what counts)."""
-    trainable = total = 0
-    seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        n = logical_numel(p)
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return TrainableReport(trainable=trainable, total=total)
+    """Count trainable and all parameters as peft's ``print_trainable_parameters`` does: each tensor
+    once, a 4-bit weight by the weights it represents (its ``numel()`` is half that), and the
+    frozen original of the head that peft keeps beside its trained copy (``score.original_module``)."""
+    params = {id(p): p for p in model.parameters()}.values()  # a shared tensor once
+    return TrainableReport(trainable=sum(logical_numel(p) for p in params if p.requires_grad),
+                           total=sum(logical_numel(p) for p in params))
 
 
 def target_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:

@@ -5,18 +5,22 @@ peft 0.21 still calls transformers 4's names of the checkpointing methods, and t
 warns on each call (:func:`without_peft_noise` hides exactly those warnings); gradient
 checkpointing has two names across transformers 5 releases (:func:`enable_checkpointing`); and
 the dropout on each LoRA input draws its mask faster on a CPU (:class:`LoRADropout`, swapped in
-by :func:`use_lora_dropout`). :func:`reclor_lab.lora.inject_lora` calls these.
+by :func:`use_lora_dropout`). :func:`reclor_lab.lora.inject_lora` calls these;
+:func:`reclor_lab.lora.trainable_report` returns a :class:`TrainableReport`.
 """
 
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+from reclor_lab.errors import ConfigError
 
 #: Gradient checkpointing without re-entrant autograd: the inputs need not require grad and
 #: torch stops warning; costs the same ~30% extra forward compute as the re-entrant variant.
@@ -37,6 +41,17 @@ def without_peft_noise() -> Iterator[None]:
         for message in _PEFT_DEPRECATION_NOISE:
             warnings.filterwarnings("ignore", message=message, category=FutureWarning)
         yield
+
+
+def chosen_targets(requested: tuple[str, ...] | None, available: list[str]) -> list[str]:
+    """The layers to adapt: ``requested`` (``cfg.lora_targets``), or every one ``available`` when
+    None; a name the model does not have as an adaptable layer is one ConfigError."""
+    targets = list(requested) if requested else available
+    unknown = sorted(set(targets) - set(available))
+    if unknown:
+        raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
+                          f"linear layers; choose from {available} (or null for all of them)")
+    return targets
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -83,3 +98,28 @@ def use_lora_dropout(model: nn.Module) -> None:
             for name, dropout in dropouts.items():
                 if type(dropout) is nn.Dropout:
                     dropouts[name] = LoRADropout(dropout.p)
+
+
+# --- the count, printed as peft prints it ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """Trainable vs all parameters of a (peft) model, as :func:`reclor_lab.lora.trainable_report`
+    counts them: the numbers and the line of peft's ``print_trainable_parameters``."""
+
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def line(self) -> str:
+        """Same format as peft's ``print_trainable_parameters``."""
+        return (
+            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} "
+            f"|| trainable%: {self.percent:.4f}"
+        )
+
+    def __str__(self) -> str:
+        return self.line()

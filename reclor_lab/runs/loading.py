@@ -106,8 +106,11 @@ def check_tokenizer(tokenizer, path: str) -> None:
 
 
 def check_vocabulary(tokenizer, model, where: str) -> None:
-    """Refuse a tokenizer whose ids go past the model's embedding rows (a tokenizer of another
-    model): the first such id would fail deep inside the embedding lookup."""
+    """Refuse a tokenizer without a pad token (one not loaded by ``load_tokenizer``), or whose ids
+    go past the model's embedding rows (a tokenizer of another model): the first such id would
+    fail deep inside the embedding lookup."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; load it with reclor_lab.model.load_tokenizer")
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise ModelError(f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
