@@ -123,8 +123,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.lora_targets, list):
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        # Every field's range, choices and type, and the rule that spans two fields: machinery
-        # (reclor_lab/runs/config_checks.py), so that this class reads as the list of fields.
+        # Every field's range, choices and type, and the rule that spans two fields: machinery.
         if found := config_checks.problems(self):
             raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in found))
 

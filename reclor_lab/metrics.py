@@ -43,10 +43,8 @@ def compute_classification_metrics(
     predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
     references = np.asarray(references, dtype=np.int64).reshape(-1)
     if predictions.shape != references.shape:
-        raise ValueError(
-            f"{predictions.size} predictions but {references.size} references; pass one of each "
-            "per example"
-        )
+        raise ValueError(f"{predictions.size} predictions but {references.size} references; pass one of each "
+                         "per example")
     if predictions.size == 0:
         raise ValueError("no examples to score; check that the evaluation set is not empty")
     acc = load_metric("accuracy").compute(predictions=predictions, references=references)

@@ -33,6 +33,8 @@ from reclor_lab.metrics import compute_classification_metrics
 from reclor_lab.model import autocast_for, loss_scaler
 # Which process this is among a run's processes (one, in a notebook): run machinery, see setup.
 from reclor_lab.runs.distributed import Process, process, shard
+# What makes fit's loop a run (its directory, resume, signals, records): machinery behind a few named calls.
+from reclor_lab.runs.session import RunSession
 
 
 # --- small pure helpers --------------------------------------------------------------------------
@@ -68,12 +70,9 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable (LoRA + head) parameters.
-
-    On a GPU it is the fused kernel (what the Trainer uses by default): one launch per step for
-    all ~450 LoRA tensors of a 7B model instead of a few per tensor group. The CPU keeps the
-    foreach kernel, so CPU runs stay bit-for-bit what they were.
-    """
+    """AdamW over the trainable (LoRA + head) parameters: fused on a GPU (the Trainer's default, one
+    launch per step for all ~450 LoRA tensors of a 7B model); the CPU keeps the foreach kernel, so
+    CPU runs stay bit for bit what they were."""
     return torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                              fused=device.type == "cuda" or None)
 
@@ -137,11 +136,7 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 
     proc = process()  # one process, or one of several started by a launcher
     verbose = verbose and proc.is_main
-    if not proc.is_main:  # the main process reports loading; the others stay quiet
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+    proc.quiet_unless_main()  # the main process reports loading; the others stay quiet
     if cfg.batch_size == "auto":  # the memory planner settles it (once: a job settles it before setup)
         from reclor_lab.tools.plan import resolve_batch
 
@@ -215,14 +210,12 @@ def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
     """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
     when unlabeled), with the run's class weights in the loss.
 
-    Switches the model to eval() (no dropout) and back. Both numbers are over examples, never
-    averages of per-batch values: accuracy is correct predictions / examples, and the eval loss
-    is the training loss's definition applied to the whole split at once,
-    ``sum_i w[y_i] * nll_i / sum_i w[y_i]`` (without class weights: the mean per-example
-    cross-entropy). The batch size and the order of the examples cannot change it. With several
-    processes each evaluates a contiguous part of ``ds`` and the logits are gathered in order:
-    every example counts exactly once (no sampler padding duplicates one), and every process
-    gets the result. ``progress=False`` shows no progress bar.
+    In eval() (no dropout), switched back after. Both numbers are over examples, never averages
+    of per-batch values: accuracy is correct predictions / examples, and the eval loss is the
+    training loss's definition applied to the whole split at once, ``sum_i w[y_i] * nll_i /
+    sum_i w[y_i]`` (without class weights: the mean per-example cross-entropy), whatever the
+    batch size, the order or the number of processes (:func:`run_logits`). ``progress=False``
+    shows no progress bar.
     """
     return scores(run_logits(run, ds, desc, progress), ds, run.weights)
 
@@ -293,22 +286,14 @@ def fit(run: Run, run_dir: str | Path | Any, resume: bool = False, stop_after_ep
         stop_after_step: int | None = None, verbose: bool = True) -> History:
     """Train ``run.model`` for ``cfg.epochs`` epochs, evaluating and checkpointing after each.
 
-    Per micro-batch: forward, the weighted loss, backward (the gradients add up over
-    ``grad_accum_steps`` micro-batches); per optimizer step: the schedule's learning rate,
-    clipping, the step. Checkpoints also come every ``save_every_steps`` optimizer steps inside
-    an epoch, and when SIGTERM or SIGINT arrives (a cluster preempting the job, Ctrl-C): the
-    loop finishes the optimizer step it is in, writes a checkpoint, stops and raises
-    :class:`TrainingInterrupted` with the command that resumes. ``stop_after_epoch`` /
-    ``stop_after_step`` end the call there, after a checkpoint (as an interrupt would), for
-    teaching and testing resume.
-
-    ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`). The run
-    directory, resume, signals and several processes are reached through ``session``
-    (:class:`reclor_lab.runs.session.RunSession`); with several processes every process runs
-    this, the main one holds the lock, prints and writes, and all stop at the same step.
+    Checkpoints also come every ``save_every_steps`` optimizer steps, and when SIGTERM or SIGINT
+    arrives (a cluster preempting the job, Ctrl-C): the loop finishes its optimizer step, writes a
+    checkpoint and raises :class:`TrainingInterrupted` with the command that resumes.
+    ``stop_after_epoch`` / ``stop_after_step`` stop the same way (teaching and testing resume).
+    ``run_dir``: a folder, or a run already opened (:meth:`RunDir.open`). The run directory,
+    resume, signals and several processes (each runs this; the main one prints and writes) are
+    behind ``session`` (:class:`reclor_lab.runs.session.RunSession`).
     """
-    from reclor_lab.runs.session import RunSession  # the machinery, behind a few named calls
-
     cfg, trainable = run.cfg, trainable_parameters(run.model)
     with RunSession(run, run_dir, resume, verbose) as session:  # the lock; new, resume or refuse; signals
         _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), run.proc.world_size)
