@@ -56,19 +56,19 @@ import, function-local ones too):
 
 The core reaches into the sub-packages in these places only (``tests/test_layers.py`` holds the
 list): ``train`` → ``runs.session`` (``fit``'s named calls: the run directory, resume, signals,
-the epoch's records),
-``train`` → ``runs.distributed`` (which process this is, for ``setup`` and the evaluation's
-gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"`` when its caller has
-not), ``data`` → ``runs.cache`` (tokenized splits kept on disk, ``encode_texts``), ``data`` →
-``runs.data_checks`` (``read_reclor`` calls its file and record checks, ``fit_passages`` its
-error for a record that cannot fit), ``config`` → ``runs.config_checks``
-(``RunConfig.__post_init__`` calls its validator, ``problems``; ``load``, ``replace``,
-``summary`` and ``describe`` its reader, name check and printers), ``model`` → ``runs.loading``
-(``load_model`` and ``load_tokenizer`` call its checks, error and report wrappers and the
-SentencePiece fix), ``metrics`` → ``runs.loading`` (``load_metric``, the shipped metric scripts
-loaded by path), ``lora`` → ``runs.adapters`` (``inject_lora`` calls its peft glue and swaps in
-its dropout), ``model`` → ``results.letters`` (``load_model`` starts the head as the zero-shot
-scorer when ``head_init="letters"``).
+the epoch's records), ``train`` → ``runs.distributed`` (which process this is, for ``setup`` and
+the evaluation's gather), ``train`` → ``tools.plan`` (``setup`` settles ``batch_size="auto"``
+when its caller has not), ``data`` → ``runs.cache`` (tokenized splits kept on disk,
+``encode_texts``), ``data`` → ``runs.data_checks`` (``read_reclor`` calls its file and record
+checks, ``tokenize_records`` its passage cut to ``max_len`` and token statistics), ``config`` →
+``runs.config_checks`` (``RunConfig.__post_init__`` calls its validator, ``problems``; ``load``,
+``replace``, ``summary`` and ``describe`` its reader, name check and printers), ``model`` →
+``runs.loading`` (``load_model`` and ``load_tokenizer`` call its checks, error and report
+wrappers and the SentencePiece fix), ``metrics`` → ``runs.loading`` (``load_metric``, the shipped
+metric scripts loaded by path), ``lora`` → ``runs.adapters`` (``inject_lora`` calls its peft
+glue, target check and dropout; ``trainable_report`` returns its ``TrainableReport``), ``model``
+→ ``results.letters`` (``load_model`` starts the head as the zero-shot scorer when
+``head_init="letters"``).
 """
 
 __version__ = "0.1.0"

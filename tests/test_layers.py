@@ -110,12 +110,12 @@ CORE_INTO_SUB_PACKAGES = {
     ("train", "runs.session"),       # fit's named calls: run directory, resume, signals, the epoch's records
     ("train", "runs.distributed"),   # which process this is: setup, the evaluation's gather
     ("train", "tools.plan"),         # setup settles batch_size="auto" when its caller has not
-    ("data", "runs.cache"),          # tokenized splits kept on disk
-    ("config", "runs.config_checks"),  # RunConfig.__post_init__ calls the validator, problems
-    ("data", "runs.data_checks"),    # read_reclor's file and record checks
+    ("data", "runs.cache"),          # tokenized splits kept on disk, encode_texts
+    ("config", "runs.config_checks"),  # the validator (problems), reading, the name check, the printers
+    ("data", "runs.data_checks"),    # read_reclor's checks, the passage cut to max_len, token statistics
     ("model", "runs.loading"),       # load_model's and load_tokenizer's checks, errors, load report
     ("metrics", "runs.loading"),     # load_metric: the shipped metric scripts, loaded by path
-    ("lora", "runs.adapters"),       # inject_lora's peft glue and its cheaper CPU dropout
+    ("lora", "runs.adapters"),       # inject_lora's peft glue, target check, CPU dropout; TrainableReport
     ("model", "results.letters"),    # load_model's head_init="letters": the zero-shot scorer's rows
 }
 COMMAND_LAYER = {"cli", "__main__"}
