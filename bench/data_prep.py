@@ -47,7 +47,8 @@ def main() -> None:
     from datasets import Dataset
 
     from reclor_lab.config import REFERENCE_TEMPLATE
-    from reclor_lab.data import column, encode_texts, format_example, load_split, tokenize_records
+    from reclor_lab.data import column, format_example, load_split, tokenize_records
+    from reclor_lab.runs.cache import encode_texts
     from reclor_lab.model import load_tokenizer
 
     datasets.disable_progress_bars()  # a progress bar per map would be timed too

@@ -169,7 +169,7 @@ def fresh_memory(model, device) -> float:
 def peak_gib(device) -> float:
     import torch
 
-    from reclor_lab.train import peak_memory_mb
+    from reclor_lab.runs.session import peak_memory_mb
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30

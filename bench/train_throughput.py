@@ -76,7 +76,8 @@ def child(variant: str, model: str, data_dir: str, examples: int, eval_examples:
     import torch
 
     from reclor_lab.config import get_preset
-    from reclor_lab.train import peak_memory_mb, setup
+    from reclor_lab.runs.session import peak_memory_mb
+    from reclor_lab.train import setup
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = get_preset("tiny", model_name_or_path=model, data_dir=data_dir, train_limit=examples,

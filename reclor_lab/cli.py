@@ -469,12 +469,7 @@ def cmd_course_grade(args: argparse.Namespace) -> int:
 
     points = grade.parse_points(args.points)
     if args.csv is not None and not args.overwrite:
-        taken = [p for p in (args.csv, args.csv.with_name(args.csv.stem + "_details.csv")) if p.exists()]
-        feedback = args.csv.with_name(args.csv.stem + "_feedback")
-        if feedback.is_dir() and any(feedback.iterdir()):
-            taken.append(feedback)
-        if taken:
-            raise UsageError(f"{', '.join(map(str, taken))} exists; choose another --csv file or pass --overwrite")
+        _check_gradebook_free(args.csv)
     class_roster = _class_view_before(args)
     if args.csv is not None:
         grade.check_gradebook_path(args.csv)  # before grading: a bad path wastes no class's time
@@ -493,8 +488,18 @@ def cmd_course_grade(args: argparse.Namespace) -> int:
     if failed:
         print(f"reclor-lab: error: {len(failed)} notebook(s) could not be read or graded: {', '.join(failed[:10])}"
               + (" …" if len(failed) > 10 else "") + " (their rows say why)", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed else 0
+
+
+def _check_gradebook_free(csv: Path) -> None:
+    """Refuse (without --overwrite) a gradebook, its details file or a non-empty feedback folder
+    that exists already."""
+    taken = [p for p in (csv, csv.with_name(csv.stem + "_details.csv")) if p.exists()]
+    feedback = csv.with_name(csv.stem + "_feedback")
+    if feedback.is_dir() and any(feedback.iterdir()):
+        taken.append(feedback)
+    if taken:
+        raise UsageError(f"{', '.join(map(str, taken))} exists; choose another --csv file or pass --overwrite")
 
 
 # --- course grade: the instructor's view (roster, LMS exports, class report, feedback; issue 31) ----------
@@ -514,11 +519,17 @@ def _class_view_before(args: argparse.Namespace):
     targets = [export.export_path(args.csv, f) for f in formats] + ([args.report] if args.report else [])
     for path in targets:
         outfiles.check_free(path, args.overwrite)
-    if args.feedback is not None and args.feedback.is_symlink():
-        raise UsageError(f"--feedback {args.feedback} is a symbolic link; choose a real folder")
-    if args.feedback is not None and args.feedback.is_dir() and any(args.feedback.iterdir()) and not args.overwrite:
-        raise UsageError(f"--feedback {args.feedback} is not empty; choose another folder or pass --overwrite")
+    if args.feedback is not None:
+        _check_feedback_folder(args.feedback, args.overwrite)
     return entries
+
+
+def _check_feedback_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse a --feedback that is a link, or (without --overwrite) a folder with files in it."""
+    if folder.is_symlink():
+        raise UsageError(f"--feedback {folder} is a symbolic link; choose a real folder")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise UsageError(f"--feedback {folder} is not empty; choose another folder or pass --overwrite")
 
 
 def _class_view_rows(results, entries) -> tuple[list, list]:
@@ -533,14 +544,8 @@ def _class_view_rows(results, entries) -> tuple[list, list]:
 def _class_view_after(args: argparse.Namespace, rows, points) -> None:
     from reclor_lab.course import export, feedback, report, similar
 
-    entries = [row.entry for row in rows if row.entry is not None] if any(row.rostered for row in rows) else None
-    results = [row.result for row in rows if row.submitted]
-    if entries is not None:
-        missing = [row.submission for row in rows if not row.submitted]
-        extra = [row.submission for row in rows if row.entry is None]
-        print(f"roster: {len(entries)} student(s); {len(missing)} with no submission"
-              + (f" ({', '.join(missing)})" if missing else "") + f"; {len(extra)} submission(s) not in the roster"
-              + (f" ({', '.join(extra)})" if extra else ""))
+    if any(row.rostered for row in rows):
+        _roster_line(rows)
         if args.csv is not None:
             export.add_identity(args.csv, rows)
     for fmt in [f for f in dict.fromkeys(args.export or []) if f != "kit"]:
@@ -549,13 +554,23 @@ def _class_view_after(args: argparse.Namespace, rows, points) -> None:
                                        canvas_columns=args.canvas_columns)
         print(f"wrote {path} ({fmt})" + (f"; left out, not in the roster: {', '.join(left_out)}" if left_out else ""))
     if args.report is not None:
-        pairs = similar.similar_pairs(results)
+        pairs = similar.similar_pairs([row.result for row in rows if row.submitted])
         report.write_report(args.report, rows, points, pairs, overwrite=args.overwrite)
         print(f"wrote {args.report}: {len(pairs.pairs)} similar pair(s) on exercise(s) "
               f"{', '.join(map(str, pairs.compared)) or 'none'}")
     if args.feedback is not None:
         written = feedback.write_feedback(rows, points, args.feedback, overwrite=args.overwrite)
         print(f"wrote {len(written)} feedback file(s) in {args.feedback}")
+
+
+def _roster_line(rows) -> None:
+    """How the submissions met the roster: who handed in nothing, which submissions it lacks."""
+    entries = [row.entry for row in rows if row.entry is not None]
+    missing = [row.submission for row in rows if not row.submitted]
+    extra = [row.submission for row in rows if row.entry is None]
+    print(f"roster: {len(entries)} student(s); {len(missing)} with no submission"
+          + (f" ({', '.join(missing)})" if missing else "") + f"; {len(extra)} submission(s) not in the roster"
+          + (f" ({', '.join(extra)})" if extra else ""))
 
 
 def _positive_gib(text: str) -> float:
@@ -785,22 +800,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reclor-lab: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # MemoryError; torch's RuntimeError; the tokenizers library's plain Exception
-        if isinstance(e, MemoryError) or any(m in str(e).lower() for m in OUT_OF_MEMORY):
-            # where Python sees it; a native library's failed allocation aborts instead (see README)
-            print("reclor-lab: error: out of memory (the machine's, or a limit set with ulimit -v / prlimit --as: "
-                  f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else 'MemoryError'}); lower "
-                  "batch_size, eval_batch_size or max_len, or raise the limit", file=sys.stderr)
-            return 1
-        if not isinstance(e, RuntimeError):
+        status = _expected_failure(e)
+        if status is None:  # a bug of the kit: its traceback shows
             raise
-        from reclor_lab.runs.distributed import launched
-
-        if launched() and ("gloo" in str(e).lower() or "connection closed by peer" in str(e).lower()):
-            return 1  # another process of the run died: the launcher reports it in one line
-        raise
+        return status
     except KeyboardInterrupt:
         print("reclor-lab: interrupted", file=sys.stderr)
         return 130
+
+
+def _expected_failure(e: Exception) -> int | None:
+    """The exit status of an exception that is not the kit's bug (out of memory, with its one
+    line; another process of the run died), or None."""
+    if isinstance(e, MemoryError) or any(m in str(e).lower() for m in OUT_OF_MEMORY):
+        # where Python sees it; a native library's failed allocation aborts instead (see README)
+        print("reclor-lab: error: out of memory (the machine's, or a limit set with ulimit -v / prlimit --as: "
+              f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else 'MemoryError'}); lower "
+              "batch_size, eval_batch_size or max_len, or raise the limit", file=sys.stderr)
+        return 1
+    if not isinstance(e, RuntimeError):
+        return None
+    from reclor_lab.runs.distributed import launched
+
+    if launched() and ("gloo" in str(e).lower() or "connection closed by peer" in str(e).lower()):
+        return 1  # another process of the run died: the launcher reports it in one line
+    return None
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Every field carries a one-line help text (``metadata["help"]``) that says what it does and what
 it costs. ``__post_init__`` checks every field (the checks are machinery:
-:mod:`reclor_lab.runs.config_checks`) and raises one :class:`ConfigError` listing every problem
-at once, so a user fixes a config in one go.
+:mod:`reclor_lab.runs.config_checks`, like reading, changing and printing a config) and raises
+one :class:`ConfigError` listing every problem at once, so a user fixes a config in one go.
 
 >>> cfg = get_preset("tiny")
 >>> cfg.lora_r, cfg.quantization
@@ -14,12 +14,13 @@ at once, so a user fixes a config in one go.
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from reclor_lab.errors import ReclorLabError
+from reclor_lab.errors import ConfigError
+# The fields' checks, and reading, changing and printing a config: machinery.
+from reclor_lab.runs import config_checks
 
 #: ReClor has four answer options per question; the classifier has one logit per option.
 NUM_LABELS = 4
@@ -47,19 +48,9 @@ AutoBatch = Literal["accumulate", "sqrt-lr"]
 KbitUpcast = Literal["peft", "trainable"]
 
 
-class ConfigError(ReclorLabError, ValueError):
-    """A run configuration with one or more invalid values (all listed in the message)."""
-
-
 def _f(default: Any, help: str) -> Any:
     """A dataclass field with a help text."""
     return field(default=default, metadata={"help": help})
-
-
-#: A config saved before a field existed ran with the behaviour the kit had then, which is not
-#: always the field's default today: loading such a config (to evaluate or resume its run) takes
-#: these values. Runs saved before ``kbit_upcast`` trained with peft's upcast.
-SAVED_BEFORE_FIELD: dict[str, Any] = {"kbit_upcast": "peft"}
 
 
 @dataclass(frozen=True)
@@ -68,49 +59,30 @@ class RunConfig:
 
     preset: str = _f("custom", "Name of the preset this config started from (informational).")
     # --- model -----------------------------------------------------------------------------
-    model_name_or_path: str = _f(
-        str(TINY_MODEL_DIR),
-        "Hugging Face model id or local directory. Llama-2 needs its weights on disk offline.",
-    )
-    quantization: Quantization = _f(
-        "nf4", "`nf4`: 4-bit NormalFloat weights (QLoRA, ~4x less memory); `none`: plain weights."
-    )
-    double_quant: bool = _f(
-        True, "Quantize the 4-bit scales too: saves 0.37 bit/param (~0.3 GB on 7B) for a little compute. "
-              "Ignored with quantization `none`."
-    )
-    compute_dtype: ComputeDtype = _f(
-        "auto", "Dtype of the matmuls. `auto`: bf16 where the GPU has it, fp16 + loss scaling on a GPU without "
-                "(T4, V100), fp32 on a CPU; any of the three can be forced on any device."
-    )
-    gradient_checkpointing: bool = _f(
-        False, "Recompute activations in backward: much less memory, 1.2x as long per step (README's H200 "
-               "runs at batch 2: 607 vs 733 tokens/s). "
-               "With batch_size auto on a GPU the planner decides it."
-    )
-    kbit_upcast: KbitUpcast = _f(
-        "trainable", "fp32 copies in 4-bit training: `trainable` (LoRA + head; bf16 residual stream, ~half the "
-                     "activations) or `peft` (also embeddings and norms, as prepare_model_for_kbit_training)."
-    )
-    head_init: HeadInit = _f(
-        "random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, i.e. the "
-        "zero-shot scorer."
-    )
+    model_name_or_path: str = _f(str(TINY_MODEL_DIR), "Hugging Face model id or local directory. Llama-2 needs "
+                                                      "its weights on disk offline.")
+    quantization: Quantization = _f("nf4", "`nf4`: 4-bit NormalFloat weights (QLoRA, ~4x less memory); "
+                                           "`none`: plain weights.")
+    double_quant: bool = _f(True, "Quantize the 4-bit scales too: saves 0.37 bit/param (~0.3 GB on 7B) for a little "
+                                  "compute. Ignored with quantization `none`.")
+    compute_dtype: ComputeDtype = _f("auto", "Dtype of the matmuls. `auto`: bf16 where the GPU has it, fp16 + loss "
+                                             "scaling on a GPU without (T4, V100), fp32 on a CPU; any of the three "
+                                             "can be forced on any device.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: much less memory, 1.2x as long per "
+                                             "step (README's H200 runs at batch 2: 607 vs 733 tokens/s). "
+                                             "With batch_size auto on a GPU the planner decides it.")
+    kbit_upcast: KbitUpcast = _f("trainable", "fp32 copies in 4-bit training: `trainable` (LoRA + head; bf16 "
+                                              "residual stream, ~half the activations) or `peft` (also embeddings "
+                                              "and norms, as prepare_model_for_kbit_training).")
+    head_init: HeadInit = _f("random", "Head at start: `random` (reference) or `letters`: the LM head's rows of A-D, "
+                                       "i.e. the zero-shot scorer.")
     # --- data ------------------------------------------------------------------------------
-    data_dir: str = _f(
-        str(BUNDLED_DATA_DIR),
-        "Folder with train.json / val.json / test.json in the official ReClor format.",
-    )
-    template: str = _f(
-        REFERENCE_TEMPLATE,
-        "Input layout; fields {context} {question} {a} {b} {c} {d}. Append ' Answer:' to try a cue.",
-    )
-    max_len: int = _f(
-        512, "Tokens kept per example; longer inputs are truncated (counted and reported)."
-    )
-    group_by_length: bool = _f(
-        True, "Batch examples of similar length: far less padding, batches stay shuffled."
-    )
+    data_dir: str = _f(str(BUNDLED_DATA_DIR), "Folder with train.json / val.json / test.json in the official "
+                                              "ReClor format.")
+    template: str = _f(REFERENCE_TEMPLATE, "Input layout; fields {context} {question} {a} {b} {c} {d}. "
+                                           "Append ' Answer:' to try a cue.")
+    max_len: int = _f(512, "Tokens kept per example; longer inputs are truncated (counted and reported).")
+    group_by_length: bool = _f(True, "Batch examples of similar length: far less padding, batches stay shuffled.")
     train_limit: int | None = _f(None, "Use only the first N training records (None: all). For quick tries.")
     eval_limit: int | None = _f(None, "Use only the first N validation records (None: all).")
     # --- LoRA ------------------------------------------------------------------------------
@@ -118,125 +90,67 @@ class RunConfig:
     lora_alpha: int = _f(16, "LoRA scale numerator; the update is multiplied by alpha / r.")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input: regularises small data sets.")
     lora_bias: LoraBias = _f("none", "Which biases train (`none` like the reference).")
-    lora_targets: tuple[str, ...] | None = _f(
-        None, "Module names to adapt; None: every (4-bit) linear layer except the head."
-    )
+    lora_targets: tuple[str, ...] | None = _f(None, "Module names to adapt; None: every (4-bit) linear layer "
+                                                    "except the head.")
     # --- optimisation ----------------------------------------------------------------------
     learning_rate: float = _f(1e-4, "AdamW peak learning rate.")
     weight_decay: float = _f(0.001, "AdamW decoupled weight decay on the trainable weights.")
     epochs: int = _f(3, "Passes over the training set.")
-    batch_size: int | str = _f(
-        2, "Examples per forward pass, or `auto`: the largest that fits `gpu_memory` (see `auto_batch`; "
-           "on a CPU: `base_batch_size`).")
-    auto_batch: AutoBatch = _f(
-        "accumulate", "How auto keeps the optimisation: `accumulate` (micro-batches adding up to "
-                      "base_batch_size per step, same lr) or `sqrt-lr` (bigger steps, lr x sqrt(batch/base)).")
-    base_batch_size: int = _f(
-        2, "Examples per optimizer step the learning rate was tuned for (the reference's 2); auto keeps or "
-           "scales from it.")
-    gpu_memory: str | None = _f(
-        None, "Memory budget for batch_size auto, e.g. `24GiB` or `80GB` (None: the GPU's total memory).")
+    batch_size: int | str = _f(2, "Examples per forward pass, or `auto`: the largest that fits `gpu_memory` "
+                                  "(see `auto_batch`; on a CPU: `base_batch_size`).")
+    auto_batch: AutoBatch = _f("accumulate", "How auto keeps the optimisation: `accumulate` (micro-batches adding "
+                                             "up to base_batch_size per step, same lr) or `sqrt-lr` (bigger steps, "
+                                             "lr x sqrt(batch/base)).")
+    base_batch_size: int = _f(2, "Examples per optimizer step the learning rate was tuned for (the reference's "
+                                 "2); auto keeps or scales from it.")
+    gpu_memory: str | None = _f(None, "Memory budget for batch_size auto, e.g. `24GiB` or `80GB` (None: the GPU's "
+                                      "total memory).")
     eval_batch_size: int = _f(8, "Examples per forward pass during evaluation (no gradients).")
     grad_accum_steps: int = _f(1, "Micro-batches per optimizer step: a bigger effective batch, same memory.")
     max_grad_norm: float = _f(0.3, "Clip the gradient norm to this (QLoRA's value); 0 disables clipping.")
     warmup_ratio: float = _f(0.1, "Fraction of optimizer steps with a linear warm-up from 0.")
     lr_schedule: Schedule = _f("constant", "After warm-up: `constant` like the reference, or `cosine` decay.")
-    class_weighting: bool = _f(
-        True, "Weight the cross-entropy by inverse answer-position frequency (the reference's loss)."
-    )
+    class_weighting: bool = _f(True, "Weight the cross-entropy by inverse answer-position frequency (the "
+                                     "reference's loss).")
     seed: int = _f(42, "Seeds Python, NumPy and torch once at the start: same seed, same machine, same numbers.")
     # --- output ----------------------------------------------------------------------------
     output_dir: str = _f("runs/tiny", "Run directory: adapter, config, history, metrics, plots.")
-    save_every_steps: int | None = _f(
-        None, "Also checkpoint every N optimizer steps inside an epoch (None: at epoch ends only); "
-              "each costs one adapter + optimizer write.")
-    keep_last_checkpoints: int = _f(
-        1, "Checkpoints kept: the last N plus the best epoch's; each is adapter + optimizer state.")
+    save_every_steps: int | None = _f(None, "Also checkpoint every N optimizer steps inside an epoch (None: at "
+                                            "epoch ends only); each costs one adapter + optimizer write.")
+    keep_last_checkpoints: int = _f(1, "Checkpoints kept: the last N plus the best epoch's; each is adapter + "
+                                       "optimizer state.")
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_targets, list):
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        # Every field's range, choices and type, and the rule that spans two fields: machinery
-        # (reclor_lab/runs/config_checks.py), so that this class reads as the list of fields.
-        from reclor_lab.runs.config_checks import problems
-
-        if found := problems(self):
+        # Every field's range, choices and type, and the rule that spans two fields: machinery.
+        if found := config_checks.problems(self):
             raise ConfigError("invalid run configuration:\n" + "\n".join(f"  - {p}" for p in found))
 
-    # --- persistence -----------------------------------------------------------------------
+    # --- saved, read, changed and shown: machinery as well (config_checks) ----------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if d["lora_targets"] is not None:
-            d["lora_targets"] = list(d["lora_targets"])
-        return d
+        return config_checks.as_dict(self)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a JSON config ({e})") from None
-        except ValueError as e:  # an integer of more than 4,300 digits
-            raise ConfigError(f"{path}: not a usable JSON config ({str(e)[:120]})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: not a JSON config (nested too deeply to read)") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object of config fields")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**{**SAVED_BEFORE_FIELD, **raw})
-        except ConfigError as e:  # name the file the values came from
-            raise ConfigError(f"{path}: {e}") from None
+        """The config saved as JSON at ``path`` (one ConfigError naming the file if it cannot be)."""
+        return config_checks.load(cls, path)
 
     def replace(self, **overrides: Any) -> "RunConfig":
         """A copy with some fields changed (validated again). Unknown names are an error."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        config_checks.check_known(type(self), overrides)
         return dataclasses.replace(self, **overrides)
 
     def summary(self, *names: str) -> str:
         """Some fields, one ``name  value`` line each (paths repo-relative, like :meth:`describe`)."""
-        shown = self.repo_relative
-        return "\n".join(f"{name:<19} {shown.get(name, getattr(self, name))!r}" for name in names)
+        return config_checks.summary(self, names, REPO_ROOT)
 
     def describe(self) -> str:
         """A readable table of every field, its value and its help text."""
-        shown = {f.name: getattr(self, f.name) for f in fields(self)} | self.repo_relative
-        rows = [(f.name, repr(shown[f.name]), f.metadata.get("help", "")) for f in fields(self)]
-        w0 = max(len(r[0]) for r in rows)
-        w1 = min(max(len(r[1]) for r in rows), 40)
-        lines = [f"RunConfig (preset {self.preset!r})"]
-        for name, value, help_ in rows:
-            if len(value) > w1:
-                value = value[: w1 - 1] + "…"
-            lines.append(f"  {name:<{w0}}  {value:<{w1}}  # {help_}")
-        return "\n".join(lines)
+        return config_checks.describe(self, REPO_ROOT)
 
     def __str__(self) -> str:
         return self.describe()
-
-    @property
-    def repo_relative(self) -> dict[str, str]:
-        """Paths shown relative to the repository when they live inside it, so a printed config
-        reads the same in every clone (the notebooks' stored outputs depend on it)."""
-        out = {}
-        for name in ("model_name_or_path", "data_dir", "output_dir"):
-            value = getattr(self, name)
-            try:
-                out[name] = str(Path(value).resolve().relative_to(REPO_ROOT))
-            except ValueError:
-                out[name] = value
-        return out
 
 
 # --- presets ---------------------------------------------------------------------------------

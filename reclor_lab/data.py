@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+# Tokenized splits kept on disk, and many texts encoded in one call of the Rust tokenizer: machinery.
 from reclor_lab.runs import cache as token_cache
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, REFERENCE_TEMPLATE, RunConfig
 from reclor_lab.errors import DataError
 # The file and record checks (one DataError naming the file, the record and what is wrong): machinery.
-from reclor_lab.runs.data_checks import _where, check_records, read_records
+# A longer example's passage cut in its middle to fit max_len, and the token statistics: machinery.
+from reclor_lab.runs.data_checks import TokenStats, check_records, fit_passages, read_records, token_stats
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -90,157 +90,19 @@ def format_example(record: dict, template: str = REFERENCE_TEMPLATE) -> str:
 
 # --- tokenization ------------------------------------------------------------------------------
 
-#: What stands where a passage was shortened to fit ``max_len`` (its start and end are kept).
-CUT_MARK = " … "
-
-@dataclass(frozen=True)
-class TokenStats:
-    """Token-length statistics of one split under one tokenizer and ``max_len``."""
-
-    n: int
-    mean: float
-    p95: float
-    max: int
-    max_len: int
-    truncated: int  # examples longer than max_len, whose passage was shortened to fit
-
-    def line(self) -> str:
-        return (f"tokens/example: mean {self.mean:.1f}, p95 {self.p95:.0f}, max {self.max}; "
-                f"{self.truncated} of {self.n} passages shortened to fit max_len {self.max_len}")
-
-
-def token_stats(full_lengths: Sequence[int], max_len: int) -> TokenStats:
-    arr = np.asarray(full_lengths)
-    return TokenStats(n=len(arr), mean=float(arr.mean()), p95=float(np.percentile(arr, 95)),
-                      max=int(arr.max()), max_len=max_len, truncated=int((arr > max_len).sum()))
-
-
-def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
-    """Token ids (with the tokenizer's special tokens, no truncation) of many texts at once.
-
-    A fast tokenizer's Rust backend encodes the whole list in one call, on every core, and skips
-    the offsets and word ids that nobody here reads: about 1.6x faster than ``tokenizer(texts)``
-    on ReClor-length texts. It runs on a copy of the backend with truncation and padding off
-    (the copy costs milliseconds), whatever settings the tokenizer's last call left on the
-    backend. The first text is also encoded by ``tokenizer(...)`` itself: a tokenizer whose
-    Python side does more than its backend (a different special-token rule, say) goes the slow
-    way for all texts. A tokenizer without a Rust backend goes through ``tokenizer(texts)``;
-    the ids are the same either way (tested).
-    """
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return tokenizer(texts, truncation=False)["input_ids"]
-    from tokenizers import Tokenizer
-
-    clean = Tokenizer.from_str(backend.to_str())
-    clean.no_truncation()
-    clean.no_padding()
-    ids = [e.ids for e in clean.encode_batch_fast(texts, add_special_tokens=True)]
-    if ids[0] != tokenizer(texts[0], truncation=False)["input_ids"]:
-        return tokenizer(texts, truncation=False)["input_ids"]
-    return ids
-
-
-def _units(text: str, tokenizer) -> list[tuple[int, int]]:
-    """Character spans of ``text`` to cut between: its tokens where the tokenizer gives offsets,
-    else its words."""
-    if getattr(tokenizer, "is_fast", False):
-        spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        spans = [(a, b) for a, b in spans if b > a]
-        if spans:
-            return spans
-    import re
-
-    return [m.span() for m in re.finditer(r"\S+", text)]
-
-
-def cut_passage(context: str, units: list[tuple[int, int]], drop: int) -> str:
-    """``context`` without ``drop`` of its ``units`` (character spans) from the middle: its start
-    and end kept, :data:`CUT_MARK` where the cut is.
-
-    >>> cut_passage("a b c d e f", [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)], 3)
-    'a b … f'
-    """
-    keep = len(units) - drop
-    head, tail = keep - keep // 2, keep // 2
-    start = context[:units[head - 1][1]] if head else ""
-    end = context[units[len(units) - tail][0]:] if tail else ""
-    return (start.rstrip() + CUT_MARK + end.lstrip()).strip()
-
-
-def fit_passages(records: list[dict], texts: list[str], ids: list[list[int]], tokenizer, max_len: int,
-                 template: str, source: str | Path | None = None,
-                 first_index: int = 0) -> tuple[list[str], list[list[int]]]:
-    """Texts and ids where every example fits ``max_len``: a longer example's passage
-    (``context``) loses tokens from its middle (:func:`cut_passage`); the question, the four
-    options and whatever the template puts after them (the tiny preset's " Answer:") are never
-    cut. An example whose question and options alone do not fit raises one :class:`DataError`
-    naming the record (``source``: the file, ``first_index``: the index of ``records[0]`` in it).
-
-    Each shortened text is encoded again, so its ids are exactly those of the text the model
-    reads; a cut that still overflows (a tokenizer merges differently at the cut) drops more.
-    """
-    texts, ids = list(texts), list(ids)
-    todo = {i: None for i, x in enumerate(ids) if len(x) > max_len}
-    if not todo:
-        return texts, ids
-    units = {i: _units(records[i]["context"], tokenizer) for i in todo}
-    mark = len(encode_texts([CUT_MARK.strip()], tokenizer)[0])
-    drop = {i: min(len(units[i]), len(ids[i]) - max_len + mark) for i in todo}
-    while todo:
-        order = list(todo)
-        cut = [format_example({**records[i], "context": cut_passage(records[i]["context"], units[i], drop[i])},
-                              template) for i in order]
-        for i, text, new in zip(order, cut, encode_texts(cut, tokenizer)):
-            if len(new) <= max_len:
-                texts[i], ids[i] = text, new
-                del todo[i]
-            elif drop[i] == len(units[i]):
-                r = records[i]
-                where = (_where(Path(source), first_index + i, r) if source
-                         else f"record {first_index + i} (id_string {r['id_string']!r})")
-                raise DataError(f"{where}: {_cannot_fit(len(new), max_len, tokenizer)}")
-            else:
-                drop[i] = min(len(units[i]), drop[i] + len(new) - max_len)
-    return texts, ids
-
-
-#: A ``model_max_length`` above this is transformers' "no limit known" placeholder (Llama-2's hub
-#: tokenizer says 1e30), not a model's context length.
-_NO_KNOWN_LIMIT = 1_000_000
-
-
-def _cannot_fit(n: int, max_len: int, tokenizer) -> str:
-    """What is wrong with a record whose input is ``n`` tokens even with its whole passage cut,
-    and the one thing that helps: only the passage is ever shortened, so a larger ``max_len``
-    (as far as the model reads) or leaving the record out."""
-    what = (f"its question and options alone take {n} tokens (the passage cut down to {CUT_MARK.strip()!r}), "
-            f"more than max_len {max_len}, and only a passage is ever shortened")
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and n > limit and limit < _NO_KNOWN_LIMIT:
-        return f"{what}; this model reads at most {limit} tokens, so no max_len fits it: leave the record out"
-    return (f"{what}; raise max_len to at least {n} for this run (`data check --max-len {n}`, "
-            f"`train --set max_len={n}`) or leave the record out")
-
-
 def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str = REFERENCE_TEMPLATE,
                      cache: bool | str | Path = True, source: str | Path | None = None):
     """Records → ``datasets.Dataset`` with ``input_ids``, ``attention_mask``, ``length``, and
-    ``labels`` when the records are labeled; plus the :class:`TokenStats` of the split.
+    ``labels`` when the records are labeled; plus the :class:`~reclor_lab.runs.data_checks.TokenStats` of the split.
 
-    All texts are tokenized in one batched call (:func:`encode_texts`). An input longer than
-    ``max_len`` has its passage shortened in the middle (:func:`fit_passages`): the question,
-    the options and the answer cue always reach the model. ``full_length`` keeps the count
-    before shortening, so how many were shortened is reported, not hidden.
-
-    ``cache``: the tokenized split is kept on disk under a key made of everything that decides
-    it (the records, the template, the tokenizer's full definition, ``max_len``), so the next
-    run with the same inputs loads it in milliseconds instead of tokenizing again (see
-    :mod:`reclor_lab.runs.cache`). True uses the default folder (``$RECLOR_LAB_CACHE``, else
-    ``~/.cache/reclor-lab``), a path uses that folder, False never reads or writes one.
-    ``source``: the file the records came from, named in errors.
+    An input longer than ``max_len`` has its passage shortened in the middle
+    (:func:`reclor_lab.runs.data_checks.fit_passages`): the question, the options and the answer
+    cue always reach the model. ``full_length`` keeps the count before shortening, so how many
+    were shortened is reported, not hidden. ``source``: the file the records came from, named in
+    errors. ``cache``: the split is kept on disk under a key made of everything that decides it
+    (:mod:`reclor_lab.runs.cache`), so the next run loads it in milliseconds: True uses the
+    default folder (``$RECLOR_LAB_CACHE``, else ``~/.cache/reclor-lab``), a path that folder,
+    False none.
 
     >>> ds, stats = tokenize_records(records, tok, max_len=256)      # doctest: +SKIP
     >>> ds[0]["input_ids"][:3], ds[0]["labels"]                       # doctest: +SKIP
@@ -260,8 +122,9 @@ def tokenize_records(records: list[dict], tokenizer, max_len: int, template: str
     key = token_cache.key(table, tokenizer, max_len) if folder is not None else None
     ds = token_cache.load(folder, key, table, max_len) if key is not None else None
     if ds is None:
-        full = encode_texts(table["text"], tokenizer)
-        table["text"], ids = fit_passages(records, table["text"], full, tokenizer, max_len, template, source)
+        full = token_cache.encode_texts(table["text"], tokenizer)
+        table["text"], ids = fit_passages(records, table["text"], full, tokenizer, max_len,
+                                          lambda r: format_example(r, template), source)
         table["input_ids"] = ids
         table["attention_mask"] = [[1] * len(x) for x in ids]
         table["full_length"] = [len(x) for x in full]
@@ -281,18 +144,16 @@ def measure_records(records: list[dict], tokenizer, max_len: int, template: str 
     for start in range(0, len(records), chunk):
         part = records[start:start + chunk]
         texts = [format_example(r, template) for r in part]
-        ids = encode_texts(texts, tokenizer)
+        ids = token_cache.encode_texts(texts, tokenizer)
         full += [len(x) for x in ids]
-        fit_passages(part, texts, ids, tokenizer, max_len, template, source, first_index=start)
+        fit_passages(part, texts, ids, tokenizer, max_len, lambda r: format_example(r, template), source,
+                     first_index=start)
     return token_stats(full, max_len)
 
 
 def column(ds, name: str) -> list:
-    """One column of a dataset as a plain list, read from Arrow in one go.
-
-    ``ds[name]`` in datasets 5 is a lazy column whose items are looked up one by one: sorting
-    4,638 examples by length through it costs ~0.2 s per 1,000 examples, every epoch.
-    """
+    """One column of a dataset as a plain list, read from Arrow in one go (``ds[name]`` in datasets
+    5 looks items up one by one: ~0.2 s per 1,000 examples, every epoch, to sort by length)."""
     return ds.data.column(name).to_pylist()
 
 

@@ -17,6 +17,10 @@ class RunDirError(ReclorLabError):
     """A run directory that cannot be used as asked (exists already, nothing to resume, damaged)."""
 
 
+class ConfigError(ReclorLabError, ValueError):
+    """A run configuration with one or more invalid values (all listed in the message)."""
+
+
 class PlanError(ReclorLabError, ValueError):
     """A memory budget or model shape the planner cannot use (the fix in the message)."""
 

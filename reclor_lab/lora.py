@@ -20,42 +20,26 @@ trainable params: 35,072 || all params: 133,952 || trainable%: 26.1825
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from reclor_lab.config import ConfigError, RunConfig
+from reclor_lab.config import RunConfig
 from reclor_lab.model import HEAD_NAMES, logical_numel, quantizable_linears
+# What peft's adapters need around them (its deprecation noise, checkpointing under either
+# transformers name, a cheaper CPU dropout mask) and the printed count: machinery. LoRADropout is
+# named here for the course's sandbox runner, which builds it by name.
+from reclor_lab.runs.adapters import (  # noqa: F401
+    CHECKPOINT_KWARGS, LoRADropout, TrainableReport, chosen_targets, enable_checkpointing, use_lora_dropout,
+    without_peft_noise,
+)
 from reclor_lab.shapes import lora_param_count
 
 #: The SEQ_CLS head of Llama in transformers; trained in full, never LoRA-adapted.
 CLASSIFIER_HEAD = "score"
 #: Why peft wraps a module: the frozen original of a trained-in-full module lives here.
 _PEFT_ORIGINAL = "original_module"
-#: Gradient checkpointing without re-entrant autograd: the inputs need not require grad and
-#: torch stops warning; costs the same ~30% extra forward compute as the re-entrant variant.
-_CHECKPOINT_KWARGS = {"use_reentrant": False}
-#: peft 0.21 still calls the transformers-4 names of these methods; transformers 5 warns on each
-#: call. The warnings are about peft's code, not the user's, so inject_lora hides exactly these.
-_PEFT_DEPRECATION_NOISE = (
-    r"`gradient_checkpointing_enable` is deprecated",
-    r"`is_gradient_checkpointing` is deprecated",
-)
-
-
-@contextmanager
-def without_peft_noise() -> Iterator[None]:
-    """Calls into peft without transformers' warnings about peft's own deprecated calls
-    (:data:`_PEFT_DEPRECATION_NOISE`); every other warning still shows."""
-    with warnings.catch_warnings():
-        for message in _PEFT_DEPRECATION_NOISE:
-            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
-        yield
 
 
 def find_lora_targets(model: nn.Module) -> list[str]:
@@ -67,10 +51,8 @@ def find_lora_targets(model: nn.Module) -> list[str]:
     """
     names = list(target_shapes(model))  # sorted; a peft-wrapped model gives the same names
     if not names:
-        raise ValueError(
-            "found no linear layers to adapt (besides the head); pass lora_targets explicitly in "
-            "the run config"
-        )
+        raise ValueError("found no linear layers to adapt (besides the head); pass lora_targets explicitly in "
+                         "the run config")
     return names
 
 
@@ -109,65 +91,24 @@ class LoRALinear(nn.Module):
         return result + update.to(result.dtype) * self.scaling
 
 
-class LoRADropout(nn.Dropout):
-    """peft's dropout on the LoRA input, with a mask that is cheaper to draw on a CPU.
-
-    ``nn.Dropout`` on a CPU draws its Bernoulli mask with torch's Mersenne Twister, one number at
-    a time: on the tiny model that is a fifth of a training step (14 masks a step, one per adapted
-    layer; ``bench/train_throughput.py`` measures the step). Here each CPU call draws one 64-bit
-    seed from torch's generator and expands it with NumPy's PCG64 into 32-bit uniforms; an element
-    is kept when its uniform is at least ``round(p * 2**32)``, and kept elements are scaled by
-    ``1 / (1 - p)``. The same distribution (drop probability ``p`` up to 2**-33), the same
-    expectation and gradient as ``nn.Dropout``; a different random stream, still a pure function
-    of torch's RNG state, so ``torch.manual_seed`` and a resumed checkpoint's RNG state decide it
-    as before. Other devices, evaluation and ``p = 0`` are ``nn.Dropout`` itself.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1.0:
-            return x * 0.0
-        seed = int(torch.randint(2**63 - 1, (), dtype=torch.int64))
-        n = x.numel()
-        uniforms = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
-        kept = (uniforms >= round(self.p * 2**32)).astype(np.float32)
-        return x * torch.from_numpy(kept).view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-
-
-def use_lora_dropout(model: nn.Module) -> None:
-    """Swap every ``nn.Dropout`` peft put on a LoRA input for :class:`LoRADropout` (same ``p``).
-    ``inject_lora`` calls it."""
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, nn.ModuleDict):
-            for name, dropout in dropouts.items():
-                if type(dropout) is nn.Dropout:
-                    dropouts[name] = LoRADropout(dropout.p)
-
-
 def inject_lora(model: nn.Module, cfg: RunConfig):  # -> peft.PeftModel
     """Freeze the base model and add LoRA adapters (targets from ``cfg.lora_targets`` or
     :func:`find_lora_targets`).
 
     A 4-bit model is first prepared by :func:`prepare_kbit` (frozen, fp32 where
     ``cfg.kbit_upcast`` says, gradient checkpointing when configured); the trained weights (LoRA
-    and the head) are fp32 either way. The dropout on each LoRA input is :class:`LoRADropout`.
+    and the head) are fp32 either way. The dropout on each LoRA input is
+    :class:`reclor_lab.runs.adapters.LoRADropout`.
     """
     from peft import get_peft_model
 
-    available = find_lora_targets(model)
-    targets = list(cfg.lora_targets) if cfg.lora_targets else available
-    unknown = sorted(set(targets) - set(available))
-    if unknown:
-        raise ConfigError(f"`lora_targets` names {unknown}, which this model does not have as adaptable "
-                          f"linear layers; choose from {available} (or null for all of them)")
+    targets = chosen_targets(cfg.lora_targets, find_lora_targets(model))  # None: every one
     quantized = bool(getattr(model, "is_loaded_in_4bit", False))
     with without_peft_noise():
         if quantized:
             model = prepare_kbit(model, cfg.kbit_upcast, cfg.gradient_checkpointing)
         elif cfg.gradient_checkpointing:
-            _enable_checkpointing(model)
+            enable_checkpointing(model)
         if cfg.gradient_checkpointing:
             # The KV cache is useless in training and incompatible with checkpointing;
             # transformers would switch it off on the first forward with a printed notice.
@@ -196,68 +137,25 @@ def prepare_kbit(model: nn.Module, upcast: str, checkpointing: bool) -> nn.Modul
         from peft import prepare_model_for_kbit_training
 
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                               gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
+                                               gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
     for p in model.parameters():
         p.requires_grad_(False)
     if checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (peft's input hook is
         # only for the re-entrant variant).
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
     return model
-
-
-def _enable_checkpointing(model: nn.Module) -> None:
-    """Turn on gradient (activation) checkpointing under either transformers-5 name."""
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:  # transformers >= 5.2x
-        enable(activation_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
-    else:  # earlier 5.x (e.g. 5.17) has only the old name
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(_CHECKPOINT_KWARGS))
 
 
 # --- counting ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TrainableReport:
-    """Trainable vs all parameters of a (peft) model.
-
-    What is counted: every parameter tensor once; a bitsandbytes 4-bit weight by the number of
-    weights it represents (its ``numel()`` is half that: two 4-bit values per byte); and, like
-    peft's ``print_trainable_parameters``, the frozen original of the head that peft keeps beside
-    its trained copy (``score.original_module``): so the numbers match peft's printout.
-    """
-
-    trainable: int
-    total: int
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.trainable / self.total if self.total else 0.0
-
-    def line(self) -> str:
-        """Same format as peft's ``print_trainable_parameters``."""
-        return (
-            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} "
-            f"|| trainable%: {self.percent:.4f}"
-        )
-
-    def __str__(self) -> str:
-        return self.line()
-
-
 def trainable_report(model: nn.Module) -> TrainableReport:
-    """Count trainable and all parameters (see :class:`TrainableReport` for what counts)."""
-    trainable = total = 0
-    seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        n = logical_numel(p)
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return TrainableReport(trainable=trainable, total=total)
+    """Count trainable and all parameters as peft's ``print_trainable_parameters`` does: each tensor
+    once, a 4-bit weight by the weights it represents (its ``numel()`` is half that), and the
+    frozen original of the head that peft keeps beside its trained copy (``score.original_module``)."""
+    params = {id(p): p for p in model.parameters()}.values()  # a shared tensor once
+    return TrainableReport(trainable=sum(logical_numel(p) for p in params if p.requires_grad),
+                           total=sum(logical_numel(p) for p in params))
 
 
 def target_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:

@@ -1,9 +1,10 @@
 """Classification metrics through Hugging Face ``evaluate``, offline.
 
 ``evaluate.load("accuracy")`` downloads the metric script from the Hub and fails offline, so the
-kit ships its metric scripts in ``reclor_lab/metric_modules/`` and loads them by path. evaluate
-copies each script into its module cache (``~/.cache/huggingface/modules/evaluate_modules``) and
-imports it from there; nothing is written into the package.
+kit ships its metric scripts in ``reclor_lab/metric_modules/`` and loads them by path
+(:func:`load_metric`, machinery: :mod:`reclor_lab.runs.loading`). evaluate copies each script
+into its module cache (``~/.cache/huggingface/modules/evaluate_modules``) and imports it from
+there; nothing is written into the package.
 
 >>> m = compute_classification_metrics([0, 1, 2, 2], [0, 1, 2, 3])
 >>> m["accuracy"], m["confusion_matrix"][3]
@@ -12,51 +13,21 @@ imports it from there; nothing is written into the package.
 
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from reclor_lab.config import NUM_LABELS
+# Loading a shipped metric script (once per process, one clear line when evaluate's cache cannot
+# be written): machinery. The notebooks name it here.
+from reclor_lab.runs.loading import METRIC_MODULES_DIR, load_metric  # noqa: F401
 
 #: z for a two-sided 95 % interval of a normal distribution.
 Z95 = 1.959963984540054
 #: Bootstrap resamples for :func:`bootstrap_interval`: the 2.5 % and 97.5 % quantiles of 2,000
 #: resamples move by about 0.2 points between seeds on 500 examples; more costs time, not truth.
 BOOTSTRAP_RESAMPLES = 2000
-
-#: The metric scripts shipped with the package, one folder per metric (``<name>/<name>.py``).
-METRIC_MODULES_DIR = Path(__file__).resolve().parent / "metric_modules"
-METRIC_NAMES = ("accuracy", "multiclass")
-
-
-@functools.lru_cache(maxsize=None)
-def load_metric(name: str):  # -> evaluate.EvaluationModule
-    """A shipped metric module, loaded once per process (loading takes seconds: it imports
-    ``evaluate`` and ``datasets`` and copies the script into evaluate's cache).
-
-    >>> load_metric("accuracy").compute(predictions=[1, 0], references=[1, 1])
-    {'accuracy': 0.5}
-    """
-    if name not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {name!r}; the kit ships {', '.join(METRIC_NAMES)}")
-    import evaluate
-
-    path = METRIC_MODULES_DIR / name
-    if not (path / f"{name}.py").is_file():
-        raise FileNotFoundError(
-            f"metric script {path / (name + '.py')} is missing; reinstall reclor-lab "
-            "(pip install -e .) so the package data is in place"
-        )
-    try:
-        return evaluate.load(str(path))
-    except OSError as e:  # a read-only or missing cache: evaluate copies the script there first
-        from reclor_lab.runs.loading import hf_cache_error  # one line that names the variable to set
-
-        raise hf_cache_error(e) from None
-
 
 def compute_classification_metrics(
     predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray
@@ -72,10 +43,8 @@ def compute_classification_metrics(
     predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
     references = np.asarray(references, dtype=np.int64).reshape(-1)
     if predictions.shape != references.shape:
-        raise ValueError(
-            f"{predictions.size} predictions but {references.size} references; pass one of each "
-            "per example"
-        )
+        raise ValueError(f"{predictions.size} predictions but {references.size} references; pass one of each "
+                         "per example")
     if predictions.size == 0:
         raise ValueError("no examples to score; check that the evaluation set is not empty")
     acc = load_metric("accuracy").compute(predictions=predictions, references=references)

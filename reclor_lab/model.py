@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -24,11 +23,13 @@ from torch import nn
 
 from reclor_lab.config import NUM_LABELS, RunConfig
 from reclor_lab.cpu4bit import use_portable_kernels
-from reclor_lab.errors import ModelError
-from reclor_lab.letters import init_letter_head
-# A model folder's checks, transformers' loading errors and load report, the 4-bit probe: machinery.
+# head_init="letters": the head starts as the zero-shot scorer (an experiment of notebook 06, not QLoRA).
+from reclor_lab.results.letters import init_letter_head
+# A model folder's and a tokenizer's checks, transformers' loading errors and load report, the
+# 4-bit probe, the fix that puts transformers 5's Llama tokenizer back on SentencePiece's ids: machinery.
 from reclor_lab.runs.loading import (  # QuantizationUnavailable: the error load_model raises, named here too
-    QuantizationUnavailable, _check_4bit_support, _load_errors, _load_report, check_model_source,  # noqa: F401
+    QuantizationUnavailable, _check_4bit_support, _load_errors, _load_report, check_model_folder,  # noqa: F401
+    check_tokenizer, check_tokenizer_folder, check_vocabulary, sentencepiece_spaces,
 )
 from reclor_lab.shapes import LLAMA2_7B_SHAPE, NF4_BLOCKSIZE, nf4_bytes_per_param
 
@@ -70,11 +71,7 @@ LLAMA2_7B_CLASSIFIER_OTHER_PARAMS = LLAMA2_7B_SHAPE.sixteen_bit_params + LLAMA2_
 #: Parameters of Llama-2-7B loaded as a 4-way sequence classifier (what the reference trains).
 LLAMA2_7B_CLASSIFIER_PARAMS = LLAMA2_7B_QUANTIZED_PARAMS + LLAMA2_7B_CLASSIFIER_OTHER_PARAMS  # 6_607_360_000
 
-_DTYPES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-}
+_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _BYTES_PER_GB = 1e9  # decimal GB, the unit model cards and nvidia-smi's marketing use
 
 
@@ -95,11 +92,8 @@ def pick_device() -> torch.device:
 def resolve_compute_dtype(cfg: RunConfig) -> torch.dtype:
     """The dtype of the matmuls: ``auto`` → bf16 where the GPU supports it, fp16 on a CUDA GPU
     without bf16 (a T4, a V100: fp16 tensor cores, with loss scaling in the training loop), fp32
-    on a CPU.
-
-    On a CPU ``auto`` picks fp32: CPU bf16 matmuls are slow on most laptops. An explicit
-    ``bfloat16``, ``float16`` or ``float32`` is honoured on any device (a CPU in 16 bits is
-    slower, but matches the GPU's numerics more closely).
+    on a CPU (CPU bf16 matmuls are slow on most laptops). An explicit ``bfloat16``, ``float16`` or
+    ``float32`` is honoured on any device (a CPU in 16 bits is slower, but closer to a GPU's numerics).
 
     >>> from reclor_lab.config import get_preset
     >>> resolve_compute_dtype(get_preset("tiny", compute_dtype="float32"))
@@ -159,19 +153,6 @@ def bnb_config(cfg: RunConfig):  # -> BitsAndBytesConfig | None (import kept laz
 
 # --- loading -----------------------------------------------------------------------------------
 
-#: The files a model folder's tokenizer comes from (a fast tokenizer, SentencePiece, or BPE).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
-def check_vocabulary(tokenizer, model, where: str) -> None:
-    """Refuse a tokenizer whose ids go past the model's embedding rows (a tokenizer of another
-    model): the first such id would fail deep inside the embedding lookup."""
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise ModelError(f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
-                         f"{rows:,} rows: they are not a pair: use the tokenizer saved with the model")
-
-
 def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """The model's tokenizer with ``pad_token = eos_token`` and right padding, nothing else changed.
 
@@ -183,50 +164,15 @@ def load_tokenizer(path: str):  # -> PreTrainedTokenizerBase
     """
     from transformers import AutoTokenizer
 
-    check_model_source(path)
-    folder = Path(path).expanduser()
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        # transformers would build a tokenizer of 3 special tokens that turns every text into nothing
-        raise ModelError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy the model's "
-                         "tokenizer into the folder (tokenizer.save_pretrained) or point at the folder that has it")
+    check_tokenizer_folder(path)  # a model folder (or hub id) with a tokenizer's files
     with _load_errors(path, "tokenizer"):
         # never run code a model or run directory ships (an auto_map would ask y/N in a terminal)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if not tokenizer("The answer is A.", add_special_tokens=False)["input_ids"]:
-        raise ModelError(f"{path}: the tokenizer ({len(tokenizer)} tokens) turns text into no tokens at all; its "
-                         "files are damaged or incomplete: copy the model's tokenizer files into the folder")
-    if tokenizer.eos_token is None:
-        raise ModelError(
-            f"tokenizer at {path!r} has no eos_token, so it cannot double as the pad token; "
-            "set tokenizer.eos_token (and save it) before training"
-        )
+    check_tokenizer(tokenizer, path)  # it turns text into tokens, and has an eos to pad with
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    sentencepiece_spaces(tokenizer)
+    sentencepiece_spaces(tokenizer)  # transformers 5's rebuilt Llama tokenizer: SentencePiece's ids again
     return tokenizer
-
-
-def sentencepiece_spaces(tokenizer) -> bool:
-    """Put a Llama tokenizer that transformers 5 rebuilt (``LlamaTokenizer``: a ``Metaspace``
-    pre-tokenizer, no normalizer) back on SentencePiece's layout, the one the hub's Llama-2
-    ``tokenizer.json`` states: ``Prepend("▁")`` + ``Replace(" ", "▁")``, no pre-tokenizer.
-
-    The two differ only on a text that starts with whitespace: SentencePiece puts its "▁" in
-    front anyway (``" Option A:"`` → ``[1, 29871, 10831, 319, 29901]``), ``Metaspace`` does not
-    (``[1, 10831, 319, 29901]``). Llama-2 was trained on SentencePiece's ids, and the tiny model's
-    tokenizer gives them, so ``llama2-7b`` must too. Any other tokenizer is left alone. Returns
-    whether it changed the tokenizer.
-    """
-    from tokenizers import normalizers, pre_tokenizers
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (type(tokenizer).__name__ != "LlamaTokenizer" or backend is None or backend.normalizer is not None
-            or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace)
-            or backend.pre_tokenizer.prepend_scheme == "never"):
-        return False
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.pre_tokenizer = None
-    return True
 
 
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -246,16 +192,11 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     """``AutoModelForSequenceClassification`` with ``NUM_LABELS`` outputs, 4-bit NF4 unless
     ``cfg.quantization == "none"``, on the device picked from the hardware.
 
-    The head (``score``) is new and randomly initialised; transformers' load report says
-    ``score.weight`` is MISSING (and ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint):
-    that is expected here, so that report is shown only with ``report=True`` (notebook 02
-    explains it); a report naming any other weight always shows. Raises
-    :class:`QuantizationUnavailable` when bitsandbytes cannot quantize on this platform. On a CPU
-    every 4-bit layer computes by dequantize + fp32 matmul, whatever the CPU's flags
-    (:func:`reclor_lab.cpu4bit.use_portable_kernels`).
-
-    ``cfg.head_init == "letters"`` starts the head from the LM head's rows of the four answer
-    letters (:func:`reclor_lab.letters.init_letter_head`) instead of at random.
+    The head (``score``) is new: random, or with ``head_init="letters"`` the LM head's rows of the
+    four answer letters. transformers' load report says ``score.weight`` is MISSING (and
+    ``lm_head.weight`` UNEXPECTED for a causal-LM checkpoint): expected here, so that report shows
+    only with ``report=True`` (notebook 02 explains it); a report naming any other weight always
+    shows. Raises :class:`QuantizationUnavailable` when bitsandbytes cannot quantize here.
     ``task="causal-lm"`` loads the same 4-bit model with its LM head instead (the zero-shot
     scorer of :mod:`reclor_lab.results.baselines`), through the same kernels.
     """
@@ -269,16 +210,9 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
     quant = bnb_config(cfg)
     if quant is not None:
         _check_4bit_support(str(device))
-    # Everything on the one picked device: with 4-bit weights a CPU-offloaded layer would fail
-    # in bitsandbytes, and "auto" would silently offload when the model does not fit.
-    device_map = {"": device}
     auto, head_args = ((AutoModelForSequenceClassification, {"num_labels": NUM_LABELS})
                        if task == "classification" else (AutoModelForCausalLM, {}))
-    check_model_source(cfg.model_name_or_path)
-    folder = Path(cfg.model_name_or_path).expanduser()
-    if folder.is_dir() and not any(folder.glob("*.safetensors*")) and any(folder.glob("*.bin")):
-        raise ModelError(f"{cfg.model_name_or_path}: holds only pickle weights (*.bin); the kit loads safetensors "
-                         "only, since unpickling can run code: convert them (save_pretrained writes safetensors)")
+    check_model_folder(cfg.model_name_or_path)  # a model folder (or hub id) with safetensors weights
     with _load_errors(cfg.model_name_or_path, "model"), _load_report(report):
         model = auto.from_pretrained(
             cfg.model_name_or_path,
@@ -288,12 +222,12 @@ def load_model(cfg: RunConfig, tokenizer, task: Literal["classification", "causa
             # torch's fused attention (flash / memory-efficient kernels on a GPU): one call per
             # layer instead of eager's matmul, mask, softmax, matmul, and no T x T scores saved
             attn_implementation="sdpa",
-            device_map=device_map,
+            # Everything on the one picked device: with 4-bit weights a CPU-offloaded layer would fail
+            # in bitsandbytes, and "auto" would silently offload when the model does not fit.
+            device_map={"": device},
             trust_remote_code=False,
         )
-    if tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer has no pad token; load it with reclor_lab.model.load_tokenizer")
-    check_vocabulary(tokenizer, model, cfg.model_name_or_path)
+    check_vocabulary(tokenizer, model, cfg.model_name_or_path)  # it pads, and is the model's own
     # Without it Llama's classifier cannot find the last real token of a padded batch and
     # refuses batches larger than 1.
     model.config.pad_token_id = tokenizer.pad_token_id

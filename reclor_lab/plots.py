@@ -86,8 +86,7 @@ def plot_loss(history: dict, save: str | Path | BinaryIO | None = None):
             ax.axvline(step, color="grey", lw=0.8, ls=":")
             ax.text(step, 1.0, f"end of epoch {epoch}", transform=ax.get_xaxis_transform(), ha="right",
                     va="bottom", fontsize=8, color="grey")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("weighted cross-entropy")
+    ax.set(xlabel="optimizer step", ylabel="weighted cross-entropy")
     ax.set_title("Training and validation loss", pad=14)
     ax.legend(fontsize=8)
     return _finish(fig, save)
@@ -108,10 +107,7 @@ def plot_eval(history: dict, save: str | Path | BinaryIO | None = None):
     if evals and evals[0].get("confusion_matrix"):
         letter, share = majority_answer(evals[0]["confusion_matrix"])
         ax.axhline(share, color="tab:orange", ls="-.", label=f"always {letter} ({share:.1%})")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("epoch (0 = before training)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Validation accuracy")
+    ax.set(ylim=(0, 1), xlabel="epoch (0 = before training)", ylabel="accuracy", title="Validation accuracy")
     ax.set_xticks(epochs)
     ax.legend(loc="upper left", fontsize=8)
     return _finish(fig, save)
@@ -126,9 +122,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], save: str | Path | Binary
     ticks = range(NUM_LABELS)
     ax.set_xticks(ticks, list(OPTION_LETTERS))
     ax.set_yticks(ticks, list(OPTION_LETTERS))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     for i in ticks:
         for j in ticks:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center",
@@ -145,23 +139,27 @@ def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -
     return np.vstack([v - lo, hi - v])
 
 
+def _accuracy_bars(names: list[str], accs: list[float], intervals: Sequence[Sequence[float]], row_height: float,
+                   color: str, title: str):
+    """Horizontal accuracy bars, top to bottom, each with its interval as an error bar, beside the
+    chance line, on [0, 1]: the figure, its axis and the bars' y positions."""
+    fig, ax = plt.subplots(figsize=(7, row_height * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, accs, xerr=_error_bars(accs, intervals), color=color, alpha=0.75, capsize=3)
+    ax.axvline(CHANCE, color="grey", ls="--", lw=0.8, label="chance")
+    ax.set_yticks(y, names)
+    ax.set(xlim=(0, 1), xlabel="accuracy", title=title)
+    return fig, ax, y
+
+
 def plot_results(rows: Sequence[dict], title: str = "Val accuracy with 95 % intervals",
                  save: str | Path | BinaryIO | None = None):
     """One horizontal bar per result row (``method``, ``accuracy``, ``accuracy_ci95``), its
     interval as an error bar, the value written beside it, and the 25 % chance line."""
-    names = [r["method"] for r in rows]
-    accs = [r["accuracy"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    y = np.arange(len(rows))[::-1]
-    ax.barh(y, accs, xerr=_error_bars(accs, [r["accuracy_ci95"] for r in rows]), color="tab:blue",
-            alpha=0.75, capsize=3)
+    fig, ax, y = _accuracy_bars([r["method"] for r in rows], [r["accuracy"] for r in rows],
+                                [r["accuracy_ci95"] for r in rows], 0.45, "tab:blue", title)
     for yi, r in zip(y, rows):
         ax.text(r["accuracy_ci95"][1] + 0.01, yi, f"{r['accuracy']:.3f}", va="center", fontsize=8)
-    ax.axvline(CHANCE, color="grey", ls="--", lw=0.8)
-    ax.set_yticks(y, names)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy")
-    ax.set_title(title)
     return _finish(fig, save)
 
 
@@ -171,20 +169,12 @@ def plot_accuracy_by_type(by_type: dict, overall: float | None = None, title: st
     interval; each bar is labelled with its count (n), so a bar of 5 examples is not read as a
     bar of 50."""
     names = list(by_type)
-    accs = [by_type[k]["accuracy"] for k in names]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
-    y = np.arange(len(names))[::-1]
-    ax.barh(y, accs, xerr=_error_bars(accs, [by_type[k]["accuracy_ci95"] for k in names]),
-            color="tab:green", alpha=0.75, capsize=3)
+    fig, ax, y = _accuracy_bars(names, [by_type[k]["accuracy"] for k in names],
+                                [by_type[k]["accuracy_ci95"] for k in names], 0.4, "tab:green", title)
     for yi, k in zip(y, names):
         ax.text(1.01, yi, f"n={by_type[k]['n']}", va="center", fontsize=8, transform=ax.get_yaxis_transform())
-    ax.axvline(CHANCE, color="grey", ls="--", lw=0.8, label="chance")
     if overall is not None:
         ax.axvline(overall, color="black", ls=":", lw=0.8, label="overall")
-    ax.set_yticks(y, names)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy")
-    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _finish(fig, save)
 
@@ -201,14 +191,10 @@ def plot_reliability(bins: Sequence[dict], ece: float, title: str = "Reliability
     ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfect calibration")
     ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], "o", color="tab:red",
             ms=4, label="(mean confidence, accuracy)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{title}: ECE {ece:.3f}")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title=f"{title}: ECE {ece:.3f}")
     ax.legend(loc="upper left", fontsize=8)
     axn.bar([b["low"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="grey")
-    axn.set_xlabel("confidence (top probability)")
-    axn.set_ylabel("count")
-    axn.set_xlim(0, 1)
+    axn.set(xlabel="confidence (top probability)", ylabel="count", xlim=(0, 1))
     return _finish(fig, save)
 
 
@@ -222,8 +208,6 @@ def plot_position_bias(bias: dict, title: str = "Predicted vs correct position (
     if "gold" in bias[letters[0]]:
         ax.bar(x + 0.2, [bias[c]["gold"] for c in letters], width=0.4, label="correct answer")
     ax.set_xticks(x, letters)
-    ax.set_xlabel("answer option")
-    ax.set_ylabel("examples")
-    ax.set_title(title)
+    ax.set(xlabel="answer option", ylabel="examples", title=title)
     ax.legend(fontsize=8)
     return _finish(fig, save)

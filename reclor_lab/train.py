@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,12 @@ from reclor_lab.data import (
     class_weights, column, make_collator, model_inputs, run_records, split_path, tokenize_records,
 )
 from reclor_lab.loss import weighted_cross_entropy
-from reclor_lab.metrics import compute_classification_metrics, format_accuracy
+from reclor_lab.metrics import compute_classification_metrics
 from reclor_lab.model import autocast_for, loss_scaler
 # Which process this is among a run's processes (one, in a notebook): run machinery, see setup.
 from reclor_lab.runs.distributed import Process, process, shard
+# What makes fit's loop a run (its directory, resume, signals, records): machinery behind a few named calls.
+from reclor_lab.runs.session import RunSession
 
 
 # --- small pure helpers --------------------------------------------------------------------------
@@ -69,47 +70,11 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(model, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable (LoRA + head) parameters.
-
-    On a GPU it is the fused kernel (what the Trainer uses by default): one launch per step for
-    all ~450 LoRA tensors of a 7B model instead of a few per tensor group. The CPU keeps the
-    foreach kernel, so CPU runs stay bit-for-bit what they were.
-    """
+    """AdamW over the trainable (LoRA + head) parameters: fused on a GPU (the Trainer's default, one
+    launch per step for all ~450 LoRA tensors of a 7B model); the CPU keeps the foreach kernel, so
+    CPU runs stay bit for bit what they were."""
     return torch.optim.AdamW(trainable_parameters(model), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                              fused=device.type == "cuda" or None)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA allocations on a GPU, the process's peak resident set on a CPU.
-
-    On Linux that is ``VmHWM`` of ``/proc/self/status``: this process's own peak since it
-    started (``ru_maxrss`` can carry over a large parent's peak into a child). Elsewhere
-    ``ru_maxrss``, which macOS reports in bytes and the BSDs in KiB; 0 where neither exists
-    (Windows).
-    """
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def rate(tokens: int, seconds: float) -> float | None:
-    """Tokens per second; None when no time was measured (a clock too coarse or stopped)."""
-    return tokens / seconds if seconds > 0 else None
-
-
-def format_rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
 
 
 @dataclass
@@ -130,18 +95,6 @@ class History:
     def from_dict(cls, d: dict) -> "History":
         return cls(steps=list(d["steps"]), evals=list(d["evals"]), epochs=list(d.get("epochs", [])),
                    config_changes=list(d.get("config_changes", [])))
-
-
-def eval_row(epoch: int, result: dict) -> dict:
-    """The history row of one evaluation (no per-example predictions)."""
-    return {"epoch": epoch, **{k: v for k, v in result.items() if k not in ("predictions", "n")}}
-
-
-def eval_line(epoch: int, r: dict) -> str:
-    """One printed line per evaluation."""
-    label = "baseline (before training)" if epoch == 0 else f"epoch {epoch}"
-    return (f"{label}: eval loss {r['eval_loss']:.4f}, "
-            f"accuracy {format_accuracy(r['accuracy'], r.get('accuracy_ci95'))}, macro F1 {r['f1_macro']:.3f}")
 
 
 # --- setup --------------------------------------------------------------------------------------
@@ -183,11 +136,7 @@ def setup(cfg: RunConfig, verbose: bool = True) -> Run:
 
     proc = process()  # one process, or one of several started by a launcher
     verbose = verbose and proc.is_main
-    if not proc.is_main:  # the main process reports loading; the others stay quiet
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+    proc.quiet_unless_main()  # the main process reports loading; the others stay quiet
     if cfg.batch_size == "auto":  # the memory planner settles it (once: a job settles it before setup)
         from reclor_lab.tools.plan import resolve_batch
 
@@ -261,14 +210,12 @@ def evaluate(run: Run, ds, desc: str = "eval", progress: bool = True) -> dict:
     """Eval loss and metrics of ``run.model`` over every example of ``ds`` (predictions only
     when unlabeled), with the run's class weights in the loss.
 
-    Switches the model to eval() (no dropout) and back. Both numbers are over examples, never
-    averages of per-batch values: accuracy is correct predictions / examples, and the eval loss
-    is the training loss's definition applied to the whole split at once,
-    ``sum_i w[y_i] * nll_i / sum_i w[y_i]`` (without class weights: the mean per-example
-    cross-entropy). The batch size and the order of the examples cannot change it. With several
-    processes each evaluates a contiguous part of ``ds`` and the logits are gathered in order:
-    every example counts exactly once (no sampler padding duplicates one), and every process
-    gets the result. ``progress=False`` shows no progress bar.
+    In eval() (no dropout), switched back after. Both numbers are over examples, never averages
+    of per-batch values: accuracy is correct predictions / examples, and the eval loss is the
+    training loss's definition applied to the whole split at once, ``sum_i w[y_i] * nll_i /
+    sum_i w[y_i]`` (without class weights: the mean per-example cross-entropy), whatever the
+    batch size, the order or the number of processes (:func:`run_logits`). ``progress=False``
+    shows no progress bar.
     """
     return scores(run_logits(run, ds, desc, progress), ds, run.weights)
 
@@ -316,8 +263,8 @@ def optimizer_step(model, optimizer, lr: float, max_grad_norm: float,
 
 @dataclass
 class LoopState:
-    """Where the loop is: what a checkpoint saves and a resume restores (with the RNG states,
-    which :mod:`reclor_lab.runs.session` adds)."""
+    """Where the loop is: what a checkpoint saves and a resume restores, with the RNG states
+    (:mod:`reclor_lab.runs.session` writes, reads and records it)."""
 
     optimizer: torch.optim.Optimizer
     history: History
@@ -332,57 +279,6 @@ class LoopState:
     losses: list = field(default_factory=list)   # the micro-batch losses of the step in progress
     pending: list = field(default_factory=list)  # (history row, loss tensor): one host sync later
 
-    def flush(self) -> None:
-        """Turn the pending step losses into floats (one GPU sync for many steps)."""
-        for row, loss in self.pending:
-            row["loss"] = loss.item()
-        self.pending.clear()
-
-    def state_dict(self) -> dict:
-        self.flush()
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "epoch_tokens": self.epoch_tokens, "epoch_seconds": self.epoch_seconds,
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),  # {} unless fp16
-                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
-
-    def load_state_dict(self, saved: dict, history: dict) -> None:
-        self.optimizer.load_state_dict(saved["optimizer"])
-        if saved.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
-            self.scaler.load_state_dict(saved["scaler"])
-        self.history = History.from_dict(history)
-        self.epoch, self.batch, self.step = saved["epoch"], saved["batch"], saved["step"]
-        self.epoch_tokens, self.epoch_seconds = saved["epoch_tokens"], saved["epoch_seconds"]
-        self.warmup_steps = saved["warmup_steps"]  # keep the run's warm-up when --epochs extends it
-
-    def end_epoch(self, result: dict, memory_mb: float) -> dict:
-        """Record epoch ``self.epoch``'s evaluation and its figures, and move on to the next
-        epoch; returns the epoch's history row."""
-        self.history.evals.append(eval_row(self.epoch, result))
-        tokens, seconds = self.epoch_tokens, self.epoch_seconds
-        row = {"epoch": self.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": rate(tokens, seconds),
-               "peak_memory_mb": memory_mb} | scaling_row(self.history, self.epoch, self.scaler)
-        self.history.epochs.append(row)
-        self.epoch, self.batch, self.epoch_tokens, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
-        return row
-
-
-def scaling_row(history: History, epoch: int, scaler) -> dict:
-    """fp16's figures for an epoch's history row: its steps whose gradients overflowed (skipped
-    by the loss scaler) and the loss scale now; nothing without loss scaling (``scaler`` None or
-    disabled)."""
-    if scaler is None or not scaler.is_enabled():
-        return {}
-    skipped = sum(1 for r in history.steps if r["epoch"] == epoch and r.get("skipped"))
-    return {"skipped_steps": skipped, "loss_scale": scaler.get_scale()}
-
-
-def epoch_line(row: dict, result: dict) -> str:
-    """The line printed after each epoch: its evaluation, speed and memory (and fp16's skips)."""
-    return (eval_line(row["epoch"], result) + f" | {format_rate(row['tokens_per_second'])} tokens/s, "
-            f"peak memory {row['peak_memory_mb']:,.0f} MB"
-            + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
-               if "loss_scale" in row else ""))
-
 
 # --- the loop ---------------------------------------------------------------------------------------
 
@@ -390,31 +286,21 @@ def fit(run: Run, run_dir: str | Path | Any, resume: bool = False, stop_after_ep
         stop_after_step: int | None = None, verbose: bool = True) -> History:
     """Train ``run.model`` for ``cfg.epochs`` epochs, evaluating and checkpointing after each.
 
-    Per micro-batch: forward, the weighted loss, backward (the gradients add up over
-    ``grad_accum_steps`` micro-batches); per optimizer step: the schedule's learning rate,
-    clipping, the step. Checkpoints also come every ``save_every_steps`` optimizer steps inside
-    an epoch, and when SIGTERM or SIGINT arrives (a cluster preempting the job, Ctrl-C): the
-    loop finishes the optimizer step it is in, writes a checkpoint, stops and raises
-    :class:`TrainingInterrupted` with the command that resumes. ``stop_after_epoch`` /
-    ``stop_after_step`` end the call there, after a checkpoint (as an interrupt would), for
-    teaching and testing resume.
-
-    ``run_dir``: a folder (opened here) or a run already opened (:meth:`RunDir.open`). The run
-    directory, resume, signals and several processes are reached through ``session``
-    (:class:`reclor_lab.runs.session.RunSession`); with several processes every process runs
-    this, the main one holds the lock, prints and writes, and all stop at the same step.
+    Checkpoints also come every ``save_every_steps`` optimizer steps, and when SIGTERM or SIGINT
+    arrives (a cluster preempting the job, Ctrl-C): the loop finishes its optimizer step, writes a
+    checkpoint and raises :class:`TrainingInterrupted` with the command that resumes.
+    ``stop_after_epoch`` / ``stop_after_step`` stop the same way (teaching and testing resume).
+    ``run_dir``: a folder, or a run already opened (:meth:`RunDir.open`). The run directory,
+    resume, signals and several processes (each runs this; the main one prints and writes) are
+    behind ``session`` (:class:`reclor_lab.runs.session.RunSession`).
     """
-    from reclor_lab.runs.session import RunSession  # the machinery, behind a few named calls
-
     cfg, trainable = run.cfg, trainable_parameters(run.model)
     with RunSession(run, run_dir, resume, verbose) as session:  # the lock; new, resume or refuse; signals
         _, total_steps, warmup_steps = schedule_steps(cfg, len(run.train_ds), run.proc.world_size)
         state = LoopState(make_optimizer(run.model, cfg, run.device), History(), total_steps, warmup_steps,
                           scaler=loss_scaler(run.device, run.dtype))
         if not session.resume(state):  # a new run: the untrained model's scores first (epoch 0)
-            baseline = evaluate(run, run.val_ds, desc="baseline")
-            state.history.evals.append(eval_row(0, baseline))
-            session.log(eval_line(0, baseline))
+            session.record_baseline(state, evaluate(run, run.val_ds, desc="baseline"))
         stopping = False
         while state.epoch <= cfg.epochs and not stopping:
             for batch, scale in session.batches(state):  # the epoch's batches not yet run, in order
@@ -450,8 +336,7 @@ def fit(run: Run, run_dir: str | Path | Any, resume: bool = False, stop_after_ep
             else:  # the epoch ran to its end: evaluate, record, checkpoint
                 run.val_logits[state.epoch] = logits = run_logits(run, run.val_ds)  # analysed at the end
                 result = scores(logits, run.val_ds, run.weights)
-                row = state.end_epoch(result, peak_memory_mb(run.device))
-                session.log(epoch_line(row, result))
+                session.end_epoch(state, result)  # its history rows and printed line; on to the next
                 session.save(state, epoch_end=True, accuracy=result["accuracy"])
                 stopping = session.should_stop() or stopping or state.epoch - 1 == stop_after_epoch
     return state.history

@@ -10,9 +10,9 @@ import warnings
 import pytest
 
 from reclor_lab.runs import cache as token_cache
-from reclor_lab import data
 from reclor_lab.config import BUNDLED_DATA_DIR, REFERENCE_TEMPLATE, TINY_TEMPLATE, get_preset
-from reclor_lab.data import column, encode_texts, format_example, load_split, tokenize_records
+from reclor_lab.data import column, format_example, load_split, tokenize_records
+from reclor_lab.runs.cache import encode_texts
 from reclor_lab.model import load_tokenizer
 
 RECORDS = load_split(BUNDLED_DATA_DIR, "val")[:40]
@@ -72,7 +72,7 @@ def test_second_call_is_served_from_the_cache_with_identical_contents(tok, tmp_p
     def no_tokenizing(*a, **k):
         raise AssertionError("a cache hit must not tokenize")
 
-    monkeypatch.setattr(data, "encode_texts", no_tokenizing)
+    monkeypatch.setattr(token_cache, "encode_texts", no_tokenizing)
     second, stats2 = tokenize_records(RECORDS, tok, 192, cache=tmp_path)
     assert second.features == first.features and second.column_names == first.column_names
     assert second.to_dict() == first.to_dict()

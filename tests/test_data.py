@@ -131,7 +131,9 @@ def _long_record(i: int = 0) -> dict:
 
 def test_a_long_passage_is_shortened_in_the_middle_and_everything_after_it_survives(tiny_tokenizer):
     from reclor_lab.config import TINY_TEMPLATE
-    from reclor_lab.data import CUT_MARK, column, encode_texts, tokenize_records
+    from reclor_lab.data import column, tokenize_records
+    from reclor_lab.runs.data_checks import CUT_MARK
+    from reclor_lab.runs.cache import encode_texts
 
     rec = _long_record()
     full = len(encode_texts([format_example(rec, TINY_TEMPLATE)], tiny_tokenizer)[0])
@@ -200,8 +202,8 @@ MEASURE = """
 import sys
 from pathlib import Path
 from reclor_lab.cli import main
-from reclor_lab.data import encode_texts
 from reclor_lab.model import load_tokenizer
+from reclor_lab.runs.cache import encode_texts
 
 def kib(field):  # /proc/self/status: this process's memory now (VmRSS) and its peak (VmHWM)
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))

@@ -123,14 +123,16 @@ def test_no_imports_go_in_a_circle():
 #: The core's (the modules directly in reclor_lab/, the command layer apart) only ways into the
 #: sub-packages, each stated in the package docstring.
 CORE_INTO_SUB_PACKAGES = {
-    ("train", "runs.session"),       # fit's named calls: run directory, resume, signals
+    ("train", "runs.session"),       # fit's named calls: run directory, resume, signals, the epoch's records
     ("train", "runs.distributed"),   # which process this is: setup, the evaluation's gather
     ("train", "tools.plan"),         # setup settles batch_size="auto" when its caller has not
-    ("data", "runs.cache"),          # tokenized splits kept on disk
-    ("config", "runs.config_checks"),  # RunConfig.__post_init__ calls the validator, problems
-    ("data", "runs.data_checks"),    # read_reclor's file and record checks
+    ("data", "runs.cache"),          # tokenized splits kept on disk, encode_texts
+    ("config", "runs.config_checks"),  # the validator (problems), reading, the name check, the printers
+    ("data", "runs.data_checks"),    # read_reclor's checks, the passage cut to max_len, token statistics
     ("model", "runs.loading"),       # load_model's and load_tokenizer's checks, errors, load report
-    ("metrics", "runs.loading"),     # load_metric's one-line error for a cache it cannot write
+    ("metrics", "runs.loading"),     # load_metric: the shipped metric scripts, loaded by path
+    ("lora", "runs.adapters"),       # inject_lora's peft glue, target check, CPU dropout; TrainableReport
+    ("model", "results.letters"),    # load_model's head_init="letters": the zero-shot scorer's rows
 }
 COMMAND_LAYER = {"cli", "__main__"}
 
@@ -143,6 +145,19 @@ def test_the_core_reaches_into_the_sub_packages_only_where_stated():
     doc = " ".join(ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))).split())
     for m, n in sorted(CORE_INTO_SUB_PACKAGES):
         assert f"``{m}`` → ``{n}``" in doc, f"the package docstring does not state {m} → {n}"
+
+
+def test_the_package_map_names_every_module():
+    """notebooks/README.md's map ("How the package is laid out") names every core module by its
+    file, and every module of a sub-package (or its sub-package one level down: ``grading/``) in
+    that sub-package's row."""
+    text = (PACKAGE.parent / "notebooks" / "README.md").read_text(encoding="utf-8")
+    section = text.split("## How the package is laid out", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)/` \| (.*)$", section, flags=re.M))
+    missing = [m for m in sorted(modules())
+               if ("." not in m and f"`{m}.py`" not in section)
+               or ("." in m and not re.search(rf"`{m.split('.')[1]}/?`", rows.get(m.split(".")[0], "")))]
+    assert not missing, f"not in notebooks/README.md's package map: {missing}"
 
 
 def test_the_import_reader_sees_every_form_of_import(tmp_path):

@@ -9,7 +9,6 @@ from torch import nn
 from helpers_models import LLAMA_PROJECTIONS, TINY_LLAMA
 from reclor_lab.config import NUM_LABELS
 from reclor_lab.lora import (
-    LoRADropout,
     LoRALinear,
     find_lora_targets,
     inject_lora,
@@ -19,6 +18,7 @@ from reclor_lab.lora import (
     trainable_report,
 )
 from reclor_lab.model import load_model
+from reclor_lab.runs.adapters import LoRADropout
 
 
 @pytest.fixture()

@@ -102,6 +102,7 @@ def test_a_scaled_step_equals_an_unscaled_one():
 
 
 def test_a_checkpoint_holds_the_scaler_and_a_restore_puts_back_every_field():
+    from reclor_lab.runs.session import load_loop_state, loop_state_dict
     from reclor_lab.train import History, LoopState
 
     model = TinyClassifier()
@@ -110,15 +111,15 @@ def test_a_checkpoint_holds_the_scaler_and_a_restore_puts_back_every_field():
     skipped = [_step(model, optimizer, scaler, overflow=i == 0) for i in range(4)]
     assert skipped == [True, False, False, False]  # the scale: halved, doubled after 2 clean steps, 1 more
     assert scaler.get_scale() == 2.0**16
-    ts = LoopState(optimizer, History(), 10, 1, scaler=scaler).state_dict()
+    ts = loop_state_dict(LoopState(optimizer, History(), 10, 1, scaler=scaler))
     assert ts["scaler"] == scaler.state_dict() and ts["scaler"]["_growth_tracker"] > 0
 
     fresh = LoopState(torch.optim.AdamW(TinyClassifier().parameters(), lr=0.1), History(), 10, 1,
                  scaler=torch.amp.GradScaler("cpu"))
-    fresh.load_state_dict(ts, History().to_dict())
+    load_loop_state(fresh, ts, History().to_dict())
     assert fresh.scaler.state_dict() == scaler.state_dict()
     # A run without loss scaling saves none, and a checkpoint without one leaves the scaler as it is.
-    assert LoopState(optimizer, History(), 10, 1).state_dict()["scaler"] == {}
+    assert loop_state_dict(LoopState(optimizer, History(), 10, 1))["scaler"] == {}
 
 
 # --- in the loop, with a checkpoint and a resume ---------------------------------------------------

@@ -9,8 +9,9 @@ from torch import nn
 
 from reclor_lab.config import get_preset
 from reclor_lab.data import load_split, make_collator, model_inputs, tokenize_records
-from reclor_lab.lora import LoRADropout, inject_lora, rounding_gamma
+from reclor_lab.lora import inject_lora, rounding_gamma
 from reclor_lab.model import load_model
+from reclor_lab.runs.adapters import LoRADropout
 from reclor_lab.train import train_step
 
 

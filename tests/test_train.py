@@ -412,7 +412,7 @@ def test_peak_memory_on_a_cpu_is_this_process_s_own_peak():
 
     code = (
         "import numpy as np, torch\n"
-        "from reclor_lab.train import peak_memory_mb\n"
+        "from reclor_lab.runs.session import peak_memory_mb\n"
         "cpu = torch.device('cpu')\n"
         "before = peak_memory_mb(cpu)\n"
         "a = np.ones(32 * 2**20)  # 256 MiB of float64, written\n"

@@ -133,28 +133,25 @@ def find_students(paths: list[str | Path]) -> dict[str, list[Path]]:
     if missing:
         raise GradeError(f"no such file or folder: {', '.join(missing)}")
     found: dict[str, list[Path]] = {}
-
-    def add(student: str, path: Path) -> None:
-        found.setdefault(student, []).append(path)
-
     for p in (Path(x).absolute() for x in paths):  # a relative path grades like the absolute one
-        if p.is_file():
-            add(_student_of_file(p), p)
-            continue
-        for child in sorted(p.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if child.is_symlink():  # never followed: graded as a link, an error in that student's row
-                add(child.name if child.suffix != ".ipynb" else _student_of_file(child), child)
-            elif child.is_dir():
-                for q in sorted(child.rglob("*")):  # links inside are listed, not followed
-                    if ".ipynb_checkpoints" not in q.parts and (q.suffix == ".ipynb" or q.is_symlink()):
-                        add(child.name, q)
-            elif child.suffix == ".ipynb":
-                add(_student_of_file(child), child)
+        entries = [(_student_of_file(p), p)] if p.is_file() else \
+            [e for child in sorted(p.iterdir()) if not child.name.startswith(".") for e in _class_entry(child)]
+        for student, path in entries:
+            found.setdefault(student, []).append(path)
     if not found:
         raise GradeError(f"no .ipynb notebooks in {', '.join(map(str, paths))}")
     return found
+
+
+def _class_entry(child: Path) -> list[tuple[str, Path]]:
+    """(student, file) for one entry of a class folder: a student's folder (its notebooks, found
+    recursively), a loose notebook, or a link (listed, never followed: an error in that row)."""
+    if child.is_symlink():
+        return [(child.name if child.suffix != ".ipynb" else _student_of_file(child), child)]
+    if child.is_dir():  # links inside are listed, not followed
+        return [(child.name, q) for q in sorted(child.rglob("*"))
+                if ".ipynb_checkpoints" not in q.parts and (q.suffix == ".ipynb" or q.is_symlink())]
+    return [(_student_of_file(child), child)] if child.suffix == ".ipynb" else []
 
 
 def _student_of_file(path: Path) -> str:

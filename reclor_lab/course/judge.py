@@ -177,10 +177,15 @@ def bound_names(node: ast.stmt) -> list[str]:
     if isinstance(node, (ast.Assign, ast.AnnAssign)) and not is_check_cell(node):
         return _assigned(node)
     if isinstance(node, (ast.If, ast.Try)):  # `if …: def f` or `try: … except …: def f`: the block is the code
-        blocks = [node.body, node.orelse] + ([h.body for h in node.handlers] + [node.finalbody]
-                                             if isinstance(node, ast.Try) else [])
-        return [name for block in blocks for st in block for name in bound_names(st)]
+        return [name for block in _blocks(node) for st in block for name in bound_names(st)]
     return []
+
+
+def _blocks(node: ast.If | ast.Try) -> list[list[ast.stmt]]:
+    """The statement lists of a top-level ``if`` or ``try`` (its branches, handlers, ``finally``)."""
+    if isinstance(node, ast.If):
+        return [node.body, node.orelse]
+    return [node.body, node.orelse, *(h.body for h in node.handlers), node.finalbody]
 
 
 def _assigned(node: ast.Assign | ast.AnnAssign) -> list[str]:

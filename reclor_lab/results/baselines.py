@@ -3,14 +3,14 @@
 * **LM scoring (zero-shot / k-shot).** The same 4-bit model loaded as a causal LM reads the record
   in the run's layout followed by the answer cue (" Answer:"), and its next-token logits for the
   four letter tokens are the scores of the four options. The letter tokens are found through the
-  tokenizer (:func:`reclor_lab.letters.letter_token_ids`): whether "A" after "Answer:" is " A",
+  tokenizer (:func:`reclor_lab.results.letters.letter_token_ids`): whether "A" after "Answer:" is " A",
   "▁A" or "A" depends on the tokenizer. With ``shots = k`` the prompt starts with k labelled training records
   (chosen deterministically, :func:`choose_shots`), each ending in its answer letter.
   Truncation never cuts the question being asked (:func:`build_prompt`): shots go first, then
   the end of the record's passage.
 * **The letter head** (``head_init="letters"`` in the run config): the classifier's 4-row
   ``score`` head starts as the LM head's rows of the four letter tokens
-  (:func:`reclor_lab.letters.letter_head_weights`), so before training the classifier *is* the
+  (:func:`reclor_lab.results.letters.letter_head_weights`), so before training the classifier *is* the
   zero-shot scorer.
 * **Trivial baselines** (:func:`trivial_baselines`): uniform guessing, always the majority
   position, guessing by the training positions' frequencies.
@@ -37,9 +37,9 @@ import torch
 from reclor_lab.config import NUM_LABELS, OPTION_LETTERS, RunConfig
 from reclor_lab.data import format_example, load_split, run_records
 from reclor_lab.errors import BaselineError
-# The letter tokens and the letter head live in reclor_lab.letters (model loading uses them);
+# The letter tokens and the letter head live in reclor_lab.results.letters (model loading uses them);
 # notebook 06 and older code import them from here as well.
-from reclor_lab.letters import ANSWER_CUE, letter_head_weights, letter_token_ids  # noqa: F401
+from reclor_lab.results.letters import ANSWER_CUE, letter_head_weights, letter_token_ids  # noqa: F401
 from reclor_lab.metrics import compute_classification_metrics, format_accuracy, wilson_interval
 from reclor_lab.model import load_model, load_tokenizer, resolve_compute_dtype
 from reclor_lab.runs.rundir import RunDir, write_json

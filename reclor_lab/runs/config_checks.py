@@ -1,22 +1,27 @@
-"""The run config's checks: every field's constraint, and the one validator that
-:class:`reclor_lab.config.RunConfig` calls when it is built (its ``__post_init__``).
+"""The run config's machinery: every field's check, the one validator that
+:class:`reclor_lab.config.RunConfig` calls when it is built (its ``__post_init__``), and its
+reading from JSON, its changes by name and its printed table.
 
 A check takes a field's value and returns what is wrong with it, or None; :data:`FIELD_CHECKS`
 names the check of each field whose type does not say it all. :func:`problems` applies them,
 reads the choices (``Literal``) and booleans from the field types, and adds the one rule that
 spans two fields, so a user sees every problem of a config at once. Nothing here imports
-:mod:`reclor_lab.config` (the config imports this): the validator reads the config it is given.
+:mod:`reclor_lab.config` (the config imports this): each function reads the config (or its
+class) it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 import re
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
-from reclor_lab.errors import PlanError
+from reclor_lab.errors import ConfigError, PlanError
 
 
 # --- the constraints a field's value meets ------------------------------------------------------
@@ -228,3 +233,86 @@ def problems(cfg: Any) -> list[str]:
                  "`template` must end with ' Answer:' (the tiny preset's does; e.g. "
                  "--set template=\"...Option D: {d} Answer:\")")
     return p
+
+
+# --- a config read from JSON, changed by name, shown as a table ---------------------------------
+
+#: A config saved before a field existed ran with the behaviour the kit had then, which is not
+#: always the field's default today: loading such a config (to evaluate or resume its run) takes
+#: these values. Runs saved before ``kbit_upcast`` trained with peft's upcast.
+SAVED_BEFORE_FIELD: dict[str, Any] = {"kbit_upcast": "peft"}
+
+
+def check_known(cls: type, names: Any, where: str = "") -> None:
+    """Refuse field names the config class does not have, listing the ones it has."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(f"{where}unknown config fields {unknown}; known: {sorted(known)}")
+
+
+def load(cls: type, path: str | Path) -> Any:
+    """The config of class ``cls`` saved as JSON at ``path``: one :class:`ConfigError` naming the
+    file for a file that cannot be read, is not a JSON object of known fields, or holds an
+    invalid value."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a JSON config ({e})") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise ConfigError(f"{path}: not a usable JSON config ({str(e)[:120]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a JSON config (nested too deeply to read)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config fields")
+    check_known(cls, raw, where=f"{path}: ")
+    try:
+        return cls(**{**SAVED_BEFORE_FIELD, **raw})
+    except ConfigError as e:  # name the file the values came from
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """The config as JSON-ready data (``lora_targets`` a list)."""
+    d = dataclasses.asdict(cfg)
+    if d["lora_targets"] is not None:
+        d["lora_targets"] = list(d["lora_targets"])
+    return d
+
+
+def repo_relative(cfg: Any, root: Path) -> dict[str, str]:
+    """The config's paths relative to the repository ``root`` when they live inside it, so a
+    printed config reads the same in every clone (the notebooks' stored outputs depend on it)."""
+    out = {}
+    for name in ("model_name_or_path", "data_dir", "output_dir"):
+        value = getattr(cfg, name)
+        try:
+            out[name] = str(Path(value).resolve().relative_to(root))
+        except ValueError:
+            out[name] = value
+    return out
+
+
+def summary(cfg: Any, names: tuple[str, ...], root: Path) -> str:
+    """Some fields, one ``name  value`` line each (paths repo-relative, like :func:`describe`)."""
+    shown = repo_relative(cfg, root)
+    return "\n".join(f"{name:<19} {shown.get(name, getattr(cfg, name))!r}" for name in names)
+
+
+def describe(cfg: Any, root: Path) -> str:
+    """A readable table of every field, its value and its help text (paths repo-relative)."""
+    shown = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | repo_relative(cfg, root)
+    rows = [(f.name, repr(shown[f.name]), f.metadata.get("help", "")) for f in fields(cfg)]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = min(max(len(r[1]) for r in rows), 40)
+    lines = [f"RunConfig (preset {cfg.preset!r})"]
+    for name, value, help_ in rows:
+        if len(value) > w1:
+            value = value[: w1 - 1] + "…"
+        lines.append(f"  {name:<{w0}}  {value:<{w1}}  # {help_}")
+    return "\n".join(lines)

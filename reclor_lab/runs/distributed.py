@@ -61,6 +61,14 @@ class Process:
         if self.distributed:
             torch.distributed.barrier()
 
+    def quiet_unless_main(self) -> None:
+        """transformers' logging and progress bars off on every process but the main one."""
+        if not self.is_main:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
+
     def broadcast(self, obj: Any) -> Any:
         """The main process's ``obj``, on every process."""
         if not self.distributed:

@@ -155,7 +155,8 @@ def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best"):
     """
     from peft import PeftConfig, get_peft_model
 
-    from reclor_lab.lora import prepare_kbit, without_peft_noise
+    from reclor_lab.lora import prepare_kbit
+    from reclor_lab.runs.adapters import without_peft_noise
 
     from reclor_lab.model import load_model, load_tokenizer
     from reclor_lab.runs.rundir import load_adapter

@@ -1,10 +1,11 @@
 """What loading a model needs around it: machinery of :mod:`reclor_lab.model`, not QLoRA.
 
-One clear error for what cannot load (a ``--model`` that cannot be a model, transformers'
-loading errors, a platform where bitsandbytes cannot quantize to 4-bit), and transformers' load
-report without the part every classifier load expects (the new head MISSING, ``lm_head``
-UNEXPECTED). :func:`reclor_lab.model.load_model` and :func:`reclor_lab.model.load_tokenizer`
-call these.
+One clear error for what cannot load (a ``--model`` that cannot be a model, a folder without
+safetensors weights or tokenizer files, a tokenizer that cannot pad or of another model,
+transformers' loading errors, a platform where bitsandbytes cannot quantize to 4-bit),
+transformers' load report without the part every classifier load expects (the new head MISSING,
+``lm_head`` UNEXPECTED), and transformers 5's Llama tokenizer put back on SentencePiece's ids.
+:func:`reclor_lab.model.load_model` and :func:`reclor_lab.model.load_tokenizer` call these.
 """
 
 from __future__ import annotations
@@ -67,6 +68,80 @@ def check_model_source(path: str) -> None:
         raise ModelError(f"{path}: no such model directory")
 
 
+def check_model_folder(path: str) -> None:
+    """:func:`check_model_source`, and refuse a folder whose weights are pickle files only."""
+    check_model_source(path)
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors*")) and any(folder.glob("*.bin")):
+        raise ModelError(f"{path}: holds only pickle weights (*.bin); the kit loads safetensors "
+                         "only, since unpickling can run code: convert them (save_pretrained writes safetensors)")
+
+
+# --- the tokenizer ----------------------------------------------------------------------------------
+
+#: The files a model folder's tokenizer comes from (a fast tokenizer, SentencePiece, or BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer_folder(path: str) -> None:
+    """:func:`check_model_source`, and refuse a folder without any tokenizer file: transformers
+    would build a tokenizer of 3 special tokens that turns every text into nothing."""
+    check_model_source(path)
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy the model's "
+                         "tokenizer into the folder (tokenizer.save_pretrained) or point at the folder that has it")
+
+
+def check_tokenizer(tokenizer, path: str) -> None:
+    """Refuse a loaded tokenizer that turns text into no tokens, or has no eos to pad with."""
+    if not tokenizer("The answer is A.", add_special_tokens=False)["input_ids"]:
+        raise ModelError(f"{path}: the tokenizer ({len(tokenizer)} tokens) turns text into no tokens at all; its "
+                         "files are damaged or incomplete: copy the model's tokenizer files into the folder")
+    if tokenizer.eos_token is None:
+        raise ModelError(
+            f"tokenizer at {path!r} has no eos_token, so it cannot double as the pad token; "
+            "set tokenizer.eos_token (and save it) before training"
+        )
+
+
+def check_vocabulary(tokenizer, model, where: str) -> None:
+    """Refuse a tokenizer without a pad token (one not loaded by ``load_tokenizer``), or whose ids
+    go past the model's embedding rows (a tokenizer of another model): the first such id would
+    fail deep inside the embedding lookup."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; load it with reclor_lab.model.load_tokenizer")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
+                         f"{rows:,} rows: they are not a pair: use the tokenizer saved with the model")
+
+
+def sentencepiece_spaces(tokenizer) -> bool:
+    """Put a Llama tokenizer that transformers 5 rebuilt (``LlamaTokenizer``: a ``Metaspace``
+    pre-tokenizer, no normalizer) back on SentencePiece's layout, the one the hub's Llama-2
+    ``tokenizer.json`` states: ``Prepend("▁")`` + ``Replace(" ", "▁")``, no pre-tokenizer.
+
+    The two differ only on a text that starts with whitespace: SentencePiece puts its "▁" in
+    front anyway (``" Option A:"`` → ``[1, 29871, 10831, 319, 29901]``), ``Metaspace`` does not
+    (``[1, 10831, 319, 29901]``). Llama-2 was trained on SentencePiece's ids, and the tiny model's
+    tokenizer gives them, so ``llama2-7b`` must too. Any other tokenizer is left alone. Returns
+    whether it changed the tokenizer.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (type(tokenizer).__name__ != "LlamaTokenizer" or backend is None or backend.normalizer is not None
+            or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace)
+            or backend.pre_tokenizer.prepend_scheme == "never"):
+        return False
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    return True
+
+
+# --- transformers' errors and load report -----------------------------------------------------------
+
 @contextlib.contextmanager
 def _load_errors(path: str, what: str):
     """transformers' loading errors (missing files, offline hub, bad JSON) as one ModelError."""
@@ -123,7 +198,36 @@ def _load_report(show: bool) -> Iterator[None]:
             lg.removeFilter(quiet)
 
 
-# --- the Hugging Face cache that evaluate copies the metric scripts into ---------------------------
+# --- the metric scripts, and the Hugging Face cache evaluate copies them into ------------------------
+
+#: The metric scripts shipped with the package, one folder per metric (``<name>/<name>.py``).
+METRIC_MODULES_DIR = Path(__file__).resolve().parent.parent / "metric_modules"
+METRIC_NAMES = ("accuracy", "multiclass")
+
+
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str):  # -> evaluate.EvaluationModule
+    """A shipped metric module, loaded once per process (loading takes seconds: it imports
+    ``evaluate`` and ``datasets`` and copies the script into evaluate's cache).
+
+    >>> load_metric("accuracy").compute(predictions=[1, 0], references=[1, 1])
+    {'accuracy': 0.5}
+    """
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; the kit ships {', '.join(METRIC_NAMES)}")
+    import evaluate
+
+    path = METRIC_MODULES_DIR / name
+    if not (path / f"{name}.py").is_file():
+        raise FileNotFoundError(
+            f"metric script {path / (name + '.py')} is missing; reinstall reclor-lab "
+            "(pip install -e .) so the package data is in place"
+        )
+    try:
+        return evaluate.load(str(path))
+    except OSError as e:  # a read-only or missing cache: evaluate copies the script there first
+        raise hf_cache_error(e) from None
+
 
 def _modules_cache() -> tuple[Path, str]:
     """Where evaluate keeps its module cache, and the variable that placed it (evaluate's rule)."""

@@ -471,7 +471,8 @@ class RunDir:
 
     def recorded_config(self, state: dict):
         """The RunConfig the run's last checkpoint was trained with (state.json's ``config``)."""
-        from reclor_lab.config import SAVED_BEFORE_FIELD, ConfigError, RunConfig
+        from reclor_lab.config import ConfigError, RunConfig
+        from reclor_lab.runs.config_checks import SAVED_BEFORE_FIELD
 
         try:
             return RunConfig(**{**SAVED_BEFORE_FIELD, **state["config"]})
@@ -554,15 +555,7 @@ class RunDir:
                               "it trained on, its class weights, its tokenizer checksums); nothing was changed: "
                               "restore it from a copy of the run, or start a new run")
         d = read_json(self.data_path, "the run's data record")
-        ok = (isinstance(d, dict) and isinstance(d.get("fingerprint"), dict) and d["fingerprint"]
-              and all(isinstance(v, str) for v in d["fingerprint"].values())
-              and (d.get("class_weights") is None or (isinstance(d["class_weights"], list)
-                   and len(d["class_weights"]) == 4
-                   and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 1e6
-                           for w in d["class_weights"])))
-              and isinstance(d.get("tokenizer"), dict) and d["tokenizer"] and all(
-                  isinstance(k, str) and isinstance(v, str) for k, v in d["tokenizer"].items()))
-        if not ok:
+        if not _is_data_record(d):
             raise RunDirError(f"{self.data_path}: the run's data record is damaged (expected a fingerprint, "
                               "4 positive class weights or null, and the tokenizer files' checksums)")
         if state is None and self.state_path.exists():
@@ -741,10 +734,9 @@ class RunDir:
         others = []
         for folder in sorted(self.checkpoints_dir.iterdir()):
             name = folder.name
-            temporary = name.endswith(_TMP_SUFFIX) and CHECKPOINT_NAME.fullmatch(name[:-len(_TMP_SUFFIX)])
             if name in kept:
                 continue
-            if name in made or temporary:
+            if name in made or _is_temporary(name):
                 _remove(folder)
             elif name not in self._mentioned:
                 others.append(name + ("/" if folder.is_dir() else ""))
@@ -990,6 +982,28 @@ def _is_sha(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
 
 
+def _is_temporary(name: str) -> bool:
+    """The kit's own temporary checkpoint folder (``epoch-NNN.tmp``)."""
+    return name.endswith(_TMP_SUFFIX) and CHECKPOINT_NAME.fullmatch(name[:-len(_TMP_SUFFIX)]) is not None
+
+
+def _is_str_map(v: Any) -> bool:
+    """A non-empty JSON object of strings."""
+    return isinstance(v, dict) and bool(v) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _is_class_weights(v: Any) -> bool:
+    """null (no class weighting), or 4 positive numbers."""
+    return v is None or (isinstance(v, list) and len(v) == 4 and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 1e6 for w in v))
+
+
+def _is_data_record(d: Any) -> bool:
+    """data.json's shape: a fingerprint, the class weights (or null), the tokenizer files' checksums."""
+    return (isinstance(d, dict) and _is_str_map(d.get("fingerprint")) and _is_class_weights(d.get("class_weights"))
+            and _is_str_map(d.get("tokenizer")))
+
+
 def _state_problem(state: Any) -> str | None:
     if not isinstance(state, dict):
         return "expected a JSON object"
@@ -1005,23 +1019,33 @@ def _state_problem(state: Any) -> str | None:
             return f"missing or wrong {key!r}"
     names = []
     for c in state["checkpoints"]:
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-            return "a kept checkpoint without a name"
-        if not CHECKPOINT_NAME.fullmatch(c["name"]):
-            return f"{c['name'][:80]!r} is not a checkpoint name of this run (epoch-NNN or step-NNNNNN)"
-        if not (_is_count(c.get("epoch")) and _is_count(c.get("step")) and isinstance(c.get("epoch_end"), bool)):
-            return f"checkpoint {c['name']!r} lacks a valid epoch, step or epoch_end"
-        sums = c.get("sha256")
-        if sums is None:
-            return f"checkpoint {c['name']!r} has no checksums"
-        if not (isinstance(sums, dict) and sums and all(
-                isinstance(k, str) and _is_sha(v) and ".." not in Path(k).parts and not Path(k).is_absolute()
-                for k, v in sums.items())):
-            return f"checkpoint {c['name']!r} has malformed checksums"
+        if problem := _checkpoint_entry_problem(c):
+            return problem
         names.append(c["name"])
     if state["last"] not in names or state["best"] not in names:
         return "last or best is not among the kept checkpoints"
     return None
+
+
+def _checkpoint_entry_problem(c: Any) -> str | None:
+    """What is wrong with one kept checkpoint's entry in state.json, or None."""
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+        return "a kept checkpoint without a name"
+    if not CHECKPOINT_NAME.fullmatch(c["name"]):
+        return f"{c['name'][:80]!r} is not a checkpoint name of this run (epoch-NNN or step-NNNNNN)"
+    if not (_is_count(c.get("epoch")) and _is_count(c.get("step")) and isinstance(c.get("epoch_end"), bool)):
+        return f"checkpoint {c['name']!r} lacks a valid epoch, step or epoch_end"
+    sums = c.get("sha256")
+    if sums is None:
+        return f"checkpoint {c['name']!r} has no checksums"
+    if not (isinstance(sums, dict) and sums and all(_is_checksum(k, v) for k, v in sums.items())):
+        return f"checkpoint {c['name']!r} has malformed checksums"
+    return None
+
+
+def _is_checksum(rel: Any, digest: Any) -> bool:
+    """One entry of a checkpoint's checksums: a relative path inside its folder and a SHA-256."""
+    return isinstance(rel, str) and _is_sha(digest) and ".." not in Path(rel).parts and not Path(rel).is_absolute()
 
 
 def _history_problem(history: Any) -> str | None:
@@ -1044,6 +1068,15 @@ def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_pe
     """What in a checkpoint's trainer state does not fit the checkpoint it sits in, or None:
     its step, epoch and batch must be the checkpoint's, its history must hold one row per step,
     and its optimizer must have taken that many steps."""
+    if problem := _position_problem(ts, ckpt, batches_per_epoch):
+        return problem
+    if len(history["steps"]) != ts["step"]:
+        return f"its history has {len(history['steps'])} steps, its trainer state {ts['step']}"
+    return _optimizer_problem(ts)
+
+
+def _position_problem(ts: dict, ckpt: Checkpoint, batches_per_epoch: int | None) -> str | None:
+    """Whether the trainer state's counts are counts, and its step, epoch and batch the checkpoint's."""
     for key in ("epoch", "batch", "step", "total_steps", "warmup_steps", "epoch_tokens"):
         if not _is_count(ts[key]):
             return f"{key} is {ts[key]!r}, not a count"
@@ -1055,21 +1088,30 @@ def _trainer_state_problem(ts: dict, history: dict, ckpt: Checkpoint, batches_pe
         return f"batch {ts['batch']} does not fit checkpoint {ckpt.name}"
     if batches_per_epoch is not None and ts["batch"] >= batches_per_epoch:
         return f"batch {ts['batch']} is past the {batches_per_epoch} batches of an epoch"
-    if len(history["steps"]) != ts["step"]:
-        return f"its history has {len(history['steps'])} steps, its trainer state {ts['step']}"
+    return None
+
+
+def _optimizer_problem(ts: dict) -> str | None:
+    """Whether the trainer state holds an optimizer's state_dict that took the checkpoint's steps
+    (with fp16 loss scaling, at most that many: the scaler skips the steps that overflow)."""
     opt = ts["optimizer"]
     if (not isinstance(opt, dict) or not isinstance(opt.get("state"), dict)
             or not isinstance(opt.get("param_groups"), list)):
         return "the optimizer state is not an optimizer's state_dict"
-    scaled = any("scaler" in k and ts[k] for k in ts)  # fp16 loss scaling skips the steps that overflow
+    scaled = any("scaler" in k and ts[k] for k in ts)
     for s in opt["state"].values():
-        try:
-            n = float(s["step"])
-        except (KeyError, TypeError, ValueError, RuntimeError):  # not a number, or a tensor of many
-            n = None
+        n = _step_count(s)
         if n is None or (not 0 <= n <= ts["step"] if scaled else n != ts["step"]):
             return f"its optimizer has taken {n} steps, the checkpoint {ts['step']}"
     return None
+
+
+def _step_count(param_state: Any) -> float | None:
+    """The ``step`` of one parameter's optimizer state as a number, or None."""
+    try:
+        return float(param_state["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError):  # not a number, or a tensor of many
+        return None
 
 
 def _next_state(previous: dict | None, new: Checkpoint, keep_last: int, ts: dict, config: dict,

@@ -11,11 +11,14 @@ reads as the loop itself; everything here is what it takes to make that loop a *
 - :meth:`RunSession.batches` yields this process's part of each batch of the epoch not yet run,
   in the order a pure function of seed and epoch gives, with its share of the batch's loss;
 - :meth:`RunSession.record_step`, :meth:`RunSession.should_stop`,
-  :meth:`RunSession.checkpoint_due` and :meth:`RunSession.save`: after each optimizer step.
+  :meth:`RunSession.checkpoint_due` and :meth:`RunSession.save`: after each optimizer step;
+- :meth:`RunSession.record_baseline` and :meth:`RunSession.end_epoch`: an evaluation's and an
+  epoch's history rows (speed, peak memory, fp16's skipped steps) and printed line.
 
-A checkpoint holds exactly the loop's state (:class:`reclor_lab.train.LoopState`) and every RNG
-state, so a resume from any checkpoint skips the batches already seen, in the same order, with
-the same RNG state: on a CPU it ends bit for bit where an uninterrupted run ends.
+A checkpoint holds exactly the loop's state (:class:`reclor_lab.train.LoopState`,
+:func:`loop_state_dict`) and every RNG state, so a resume from any checkpoint skips the batches
+already seen, in the same order, with the same RNG state: on a CPU it ends bit for bit where an
+uninterrupted run ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +41,7 @@ from tqdm.auto import tqdm
 
 from reclor_lab.data import BatchListSampler, column, epoch_batches, make_collator, model_inputs
 from reclor_lab.errors import RunDirError, TrainingInterrupted
+from reclor_lab.metrics import format_accuracy
 from reclor_lab.runs.distributed import Process, no_sync, shard, shard_scale, wrap
 from reclor_lab.runs.rundir import RunDir, RunStart, started
 
@@ -91,7 +96,112 @@ class StopSignals:
             + (f" --processes {processes}" if processes > 1 else ""), SIGNAL_EXIT[self.signum])
 
 
+# --- what the loop records and prints ---------------------------------------------------------------
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocations on a GPU, the process's peak resident set on a CPU.
+
+    On Linux that is ``VmHWM`` of ``/proc/self/status``: this process's own peak since it
+    started (``ru_maxrss`` can carry over a large parent's peak into a child). Elsewhere
+    ``ru_maxrss``, which macOS reports in bytes and the BSDs in KiB; 0 where neither exists
+    (Windows).
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def rate(tokens: int, seconds: float) -> float | None:
+    """Tokens per second; None when no time was measured (a clock too coarse or stopped)."""
+    return tokens / seconds if seconds > 0 else None
+
+
+def format_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def eval_row(epoch: int, result: dict) -> dict:
+    """The history row of one evaluation (no per-example predictions)."""
+    return {"epoch": epoch, **{k: v for k, v in result.items() if k not in ("predictions", "n")}}
+
+
+def eval_line(epoch: int, r: dict) -> str:
+    """One printed line per evaluation."""
+    label = "baseline (before training)" if epoch == 0 else f"epoch {epoch}"
+    return (f"{label}: eval loss {r['eval_loss']:.4f}, "
+            f"accuracy {format_accuracy(r['accuracy'], r.get('accuracy_ci95'))}, macro F1 {r['f1_macro']:.3f}")
+
+
+def scaling_row(history, epoch: int, scaler) -> dict:
+    """fp16's figures for an epoch's history row: its steps whose gradients overflowed (skipped
+    by the loss scaler) and the loss scale now; nothing without loss scaling (``scaler`` None or
+    disabled)."""
+    if scaler is None or not scaler.is_enabled():
+        return {}
+    skipped = sum(1 for r in history.steps if r["epoch"] == epoch and r.get("skipped"))
+    return {"skipped_steps": skipped, "loss_scale": scaler.get_scale()}
+
+
+def epoch_line(row: dict, result: dict) -> str:
+    """The line printed after each epoch: its evaluation, speed and memory (and fp16's skips)."""
+    return (eval_line(row["epoch"], result) + f" | {format_rate(row['tokens_per_second'])} tokens/s, "
+            f"peak memory {row['peak_memory_mb']:,.0f} MB"
+            + (f" | {row['skipped_steps']} steps skipped (inf/NaN gradients), loss scale {row['loss_scale']:g}"
+               if "loss_scale" in row else ""))
+
+
+def end_epoch(state: LoopState, result: dict, memory_mb: float) -> dict:
+    """Record epoch ``state.epoch``'s evaluation and its figures, and move on to the next epoch;
+    returns the epoch's history row."""
+    state.history.evals.append(eval_row(state.epoch, result))
+    tokens, seconds = state.epoch_tokens, state.epoch_seconds
+    row = {"epoch": state.epoch, "seconds": seconds, "tokens": tokens, "tokens_per_second": rate(tokens, seconds),
+           "peak_memory_mb": memory_mb} | scaling_row(state.history, state.epoch, state.scaler)
+    state.history.epochs.append(row)
+    state.epoch, state.batch, state.epoch_tokens, state.epoch_seconds = state.epoch + 1, 0, 0, 0.0
+    return row
+
+
 # --- what a checkpoint holds ----------------------------------------------------------------------
+
+def flush(state: LoopState) -> None:
+    """Turn the pending step losses into floats (one GPU sync for many steps)."""
+    for row, loss in state.pending:
+        row["loss"] = loss.item()
+    state.pending.clear()
+
+
+def loop_state_dict(state: LoopState) -> dict:
+    """Where the loop is, as a checkpoint's trainer state keeps it (without the RNG states)."""
+    flush(state)
+    return {"epoch": state.epoch, "batch": state.batch, "step": state.step,
+            "epoch_tokens": state.epoch_tokens, "epoch_seconds": state.epoch_seconds,
+            "optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict(),  # {} unless fp16
+            "total_steps": state.total_steps, "warmup_steps": state.warmup_steps}
+
+
+def load_loop_state(state: LoopState, saved: dict, history: dict) -> None:
+    """Put a checkpoint's loop state and history back into ``state`` (the inverse of
+    :func:`loop_state_dict`)."""
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("scaler"):  # fp16's loss scale and its growth count, as the run left them
+        state.scaler.load_state_dict(saved["scaler"])
+    state.history = type(state.history).from_dict(history)
+    state.epoch, state.batch, state.step = saved["epoch"], saved["batch"], saved["step"]
+    state.epoch_tokens, state.epoch_seconds = saved["epoch_tokens"], saved["epoch_seconds"]
+    state.warmup_steps = saved["warmup_steps"]  # keep the run's warm-up when --epochs extends it
+
 
 def rng_state() -> dict:
     """This process's torch, CUDA, Python and NumPy RNG states, as a checkpoint keeps them."""
@@ -116,7 +226,7 @@ def trainer_state(state: LoopState, proc: Process = Process()) -> dict:
     """What ``trainer_state.pt`` keeps: the loop's state and this process's RNG states; with
     several processes also each one's RNG state (their dropout masks differ), gathered from all
     of them: every process must call it."""
-    saved = {**state.state_dict(), **rng_state()}
+    saved = {**loop_state_dict(state), **rng_state()}
     if proc.distributed:
         saved["processes"] = proc.world_size
         saved["process_rng"] = proc.gather(rng_state())
@@ -130,7 +240,7 @@ def restore_state(state: LoopState, saved: dict, history: dict, proc: Process = 
         raise RunDirError(f"this run trained on {n} process{'es' if n > 1 else ''} and cannot resume on "
                           f"{proc.world_size}: its batches are cut for {n} (resume it with "
                           f"--processes {n})")
-    state.load_state_dict(saved, history)
+    load_loop_state(state, saved, history)
     set_rng_state(saved["process_rng"][proc.rank] if proc.distributed else saved)
 
 
@@ -254,8 +364,8 @@ class RunSession:
 
     def record_step(self, state: LoopState, lr: float, skipped: bool) -> None:
         """The history row of optimizer step ``state.step`` (its loss, summed over the processes,
-        stays on the device until :meth:`LoopState.flush`). A step that fp16's loss scaler
-        skipped is marked."""
+        stays on the device until :func:`flush`). A step that fp16's loss scaler skipped is
+        marked."""
         step_loss = self.run.proc.sum(torch.stack(state.losses).mean())  # the whole batch's loss
         state.losses.clear()
         row = {"step": state.step, "epoch": state.epoch, "loss": None, "lr": lr}
@@ -269,6 +379,16 @@ class RunSession:
         """Print ``line`` (the main process, when verbose)."""
         if self.verbose:
             print(line)
+
+    def record_baseline(self, state: LoopState, result: dict) -> None:
+        """The untrained model's evaluation (epoch 0): its history row and printed line."""
+        state.history.evals.append(eval_row(0, result))
+        self.log(eval_line(0, result))
+
+    def end_epoch(self, state: LoopState, result: dict) -> None:
+        """Epoch ``state.epoch``'s evaluation recorded with its speed, peak memory and fp16's
+        skipped steps, its line printed; the state moves on to the next epoch."""
+        self.log(epoch_line(end_epoch(state, result, peak_memory_mb(self.run.device)), result))
 
     def should_stop(self) -> bool:
         """Whether a signal asks the run to stop; every process agrees on it (they all call it)."""

@@ -26,10 +26,10 @@ from reclor_lab.metrics import compute_metrics
 from reclor_lab.errors import RunDirError
 from reclor_lab.runs.rundir import TRAINER_STATE_JSON, RunDir, RunStart, started
 
-from reclor_lab.runs.session import StopSignals, data_fingerprint, save_checkpoint
-from reclor_lab.train import (
-    History, LoopState, Run, eval_line, get_lr, make_optimizer, peak_memory_mb, rate, scaling_row, schedule_steps,
+from reclor_lab.runs.session import (
+    StopSignals, data_fingerprint, eval_line, flush, peak_memory_mb, rate, save_checkpoint, scaling_row,
 )
+from reclor_lab.train import History, LoopState, Run, get_lr, make_optimizer, schedule_steps
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -120,7 +120,7 @@ class HistoryCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         loop, epoch = self.loop, round(state.epoch or 0)
-        loop.flush()  # one host sync per evaluation, not one per step
+        flush(loop)  # one host sync per evaluation, not one per step
         row = {"epoch": epoch, **self.trainer.last_metrics}  # eval_loss: the kit's, see trainer_metrics
         loop.history.evals.append(row)
         if epoch >= 1:

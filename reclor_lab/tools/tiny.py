@@ -71,7 +71,9 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reclor_lab.config import TINY_MODEL_DIR
 from reclor_lab.errors import ReclorLabError
@@ -225,25 +227,37 @@ def build_tiny_model(output_dir: Path = TINY_MODEL_DIR, seed: int = 0, verbose: 
 
 
 def _build(output_dir: Path, seed: int, verbose: bool, steps: int, tokenizer_dir: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     t0 = time.perf_counter()
     say = print if verbose else (lambda *a, **k: None)
-    missing = [n for n in TOKENIZER_FILES + LICENSE_FILES if not (tokenizer_dir / n).is_file()]
-    if missing:
-        raise TokenizerSourceError(f"{tokenizer_dir}: no {', '.join(missing)}; write the tokenizer with "
-                                   f"`reclor-lab tiny tokenizer --output {tokenizer_dir}`")
-    # read before output_dir (possibly the same folder) is replaced
-    kept = {n: (tokenizer_dir / n).read_bytes() for n in TOKENIZER_FILES + LICENSE_FILES}
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-
+    kept, tokenizer = _read_tokenizer_source(tokenizer_dir)  # read before output_dir (maybe the same) goes
     texts = pretraining_corpus(PRETRAIN["n_texts"], seed=PRETRAIN_SEED + seed)
     ids = [tokenizer(t, truncation=True, max_length=PRETRAIN["max_len"])["input_ids"] for t in texts]
     say(f"tokenizer: Llama-2's, {len(tokenizer):,} tokens; {len(texts)} pre-training texts, "
         f"{sum(map(len, ids)):,} tokens ({time.perf_counter() - t0:.1f} s)")
-
     _seed_everything(seed)
+    model = _tiny_llama(tokenizer, say)
+    rows = _OutputRows.of(model, ids, say)
+    _pretrain(model, rows, ids, tokenizer.eos_token_id, seed, steps, say if verbose else None)
+    _save(model, output_dir, kept)
+    say(f"saved to {output_dir} ({time.perf_counter() - t0:.1f} s)")
+    return output_dir
+
+
+def _read_tokenizer_source(tokenizer_dir: Path):  # -> (file name → bytes, tokenizer)
+    """The tokenizer's and license files' bytes (copied into the model as they are) and the tokenizer."""
+    from transformers import AutoTokenizer
+
+    missing = [n for n in TOKENIZER_FILES + LICENSE_FILES if not (tokenizer_dir / n).is_file()]
+    if missing:
+        raise TokenizerSourceError(f"{tokenizer_dir}: no {', '.join(missing)}; write the tokenizer with "
+                                   f"`reclor-lab tiny tokenizer --output {tokenizer_dir}`")
+    kept = {n: (tokenizer_dir / n).read_bytes() for n in TOKENIZER_FILES + LICENSE_FILES}
+    return kept, AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _tiny_llama(tokenizer, say):  # -> LlamaForCausalLM, freshly initialised from torch's RNG
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         **TINY_ARCH,
@@ -261,22 +275,64 @@ def _build(output_dir: Path, seed: int, verbose: bool, steps: int, tokenizer_dir
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: Llama, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{n_params / 1e6:.2f} M parameters")
+    return model
 
-    # --- the output rows pre-training trains: one per id it predicts, one shared by the rest ---
-    seen = torch.tensor(sorted({i for seq in ids for i in seq[1:]}))
-    unseen = torch.ones(config.vocab_size, dtype=torch.bool)
-    unseen[seen] = False
-    n_unseen = int(unseen.sum())
-    target_of = torch.full((config.vocab_size,), len(seen))  # vocabulary id -> row of `head`
-    target_of[seen] = torch.arange(len(seen))
-    full_head = model.lm_head.weight
-    head = torch.nn.Parameter(torch.cat([full_head.detach()[seen], full_head.detach()[unseen].mean(0, keepdim=True)]))
-    log_unseen = torch.zeros(len(seen) + 1)
-    log_unseen[-1] = math.log(n_unseen)  # the shared logit stands for n_unseen equal ones
-    say(f"  pre-training predicts {len(seen):,} ids; the other {n_unseen:,} share one output row")
 
-    # --- brief causal-LM pre-training ----------------------------------------------------
-    params = [p for n, p in model.named_parameters() if n != "lm_head.weight"] + [head]
+@dataclass
+class _OutputRows:
+    """The output rows pre-training trains: one per id it predicts, one shared by the rest."""
+
+    seen: Any        # the ids pre-training predicts, sorted
+    unseen: Any      # a mask of the vocabulary's other ids
+    head: Any        # the trained rows: one per seen id, then the shared one
+    log_unseen: Any  # added to the logits: the shared row stands for n_unseen equal ones
+    target_of: Any   # vocabulary id -> row of head
+
+    @classmethod
+    def of(cls, model, ids: list[list[int]], say) -> "_OutputRows":
+        import torch
+
+        vocab_size = model.config.vocab_size
+        seen = torch.tensor(sorted({i for seq in ids for i in seq[1:]}))
+        unseen = torch.ones(vocab_size, dtype=torch.bool)
+        unseen[seen] = False
+        n_unseen = int(unseen.sum())
+        target_of = torch.full((vocab_size,), len(seen))  # vocabulary id -> row of `head`
+        target_of[seen] = torch.arange(len(seen))
+        full_head = model.lm_head.weight
+        head = torch.nn.Parameter(torch.cat([full_head.detach()[seen],
+                                             full_head.detach()[unseen].mean(0, keepdim=True)]))
+        log_unseen = torch.zeros(len(seen) + 1)
+        log_unseen[-1] = math.log(n_unseen)  # the shared logit stands for n_unseen equal ones
+        say(f"  pre-training predicts {len(seen):,} ids; the other {n_unseen:,} share one output row")
+        return cls(seen, unseen, head, log_unseen, target_of)
+
+    def write_back(self, model) -> None:
+        """The LM head that was trained: the seen rows, and the shared row everywhere else."""
+        import torch
+
+        with torch.no_grad():
+            model.lm_head.weight[self.seen] = self.head[:-1]
+            model.lm_head.weight[self.unseen] = self.head[-1]
+
+
+def _padded(batch: list[list[int]], pad_id: int):  # -> (ids, attention mask), both (batch, longest)
+    import torch
+
+    width = max(map(len, batch))
+    x = torch.full((len(batch), width), pad_id)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, seq in enumerate(batch):
+        x[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    return x, mask
+
+
+def _pretrain(model, rows: _OutputRows, ids: list[list[int]], pad_id: int, seed: int, steps: int, say) -> None:
+    """Brief causal-LM pre-training of ``model`` (``say``: None prints nothing)."""
+    import torch
+
+    params = [p for n, p in model.named_parameters() if n != "lm_head.weight"] + [rows.head]
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=PRETRAIN["lr"], weight_decay=0.01)
     bs = PRETRAIN["batch_size"]
@@ -288,38 +344,39 @@ def _build(output_dir: Path, seed: int, verbose: bool, steps: int, tokenizer_dir
     for step in range(steps):
         if len(order) < bs:
             order += torch.randperm(len(ids), generator=g).tolist()
-        batch = [ids[i] for i in order[:bs]]
+        x, mask = _padded([ids[i] for i in order[:bs]], pad_id)
         del order[:bs]
-        width = max(map(len, batch))
-        x = torch.full((bs, width), tokenizer.eos_token_id)
-        mask = torch.zeros((bs, width), dtype=torch.long)
-        for i, seq in enumerate(batch):
-            x[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-        # next-token loss on every real token; the answer letter (each text's last token)
-        # counts ANSWER_WEIGHT times, so the short run learns the task's layout *and* its point.
-        hidden = model.model(input_ids=x, attention_mask=mask).last_hidden_state[:, :-1]
-        logits = hidden @ head.T + log_unseen
-        target, tmask = target_of[x[:, 1:]], mask[:, 1:].float()
-        w = tmask.clone()
-        lengths = mask.sum(1)
-        w[torch.arange(bs), lengths - 2] = PRETRAIN["answer_weight"]
-        per_tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                    reduction="none").view_as(w)
-        loss = (per_tok * w).sum() / w.sum()
+        loss = _pretraining_loss(model, rows, x, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if verbose and (step % 50 == 0 or step == steps - 1):
+        if say and (step % 50 == 0 or step == steps - 1):
             say(f"  pre-training step {step + 1:4d}/{steps}  loss {loss.item():.3f}")
     model.eval()
-    with torch.no_grad():  # the LM head that was trained: the seen rows, and the shared row everywhere else
-        full_head[seen] = head[:-1]
-        full_head[unseen] = head[-1]
+    rows.write_back(model)
 
-    # --- save like a hub checkpoint -------------------------------------------------------
+
+def _pretraining_loss(model, rows: _OutputRows, x, mask):
+    """Next-token loss on every real token; the answer letter (each text's last token) counts
+    ANSWER_WEIGHT times, so the short run learns the task's layout *and* its point."""
+    import torch
+
+    bs = x.shape[0]
+    hidden = model.model(input_ids=x, attention_mask=mask).last_hidden_state[:, :-1]
+    logits = hidden @ rows.head.T + rows.log_unseen
+    target, tmask = rows.target_of[x[:, 1:]], mask[:, 1:].float()
+    w = tmask.clone()
+    lengths = mask.sum(1)
+    w[torch.arange(bs), lengths - 2] = PRETRAIN["answer_weight"]
+    per_tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                reduction="none").view_as(w)
+    return (per_tok * w).sum() / w.sum()
+
+
+def _save(model, output_dir: Path, kept: dict[str, bytes]) -> None:
+    """Save like a hub checkpoint: the weights, the config, the kept tokenizer and license files."""
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
@@ -328,8 +385,6 @@ def _build(output_dir: Path, seed: int, verbose: bool, steps: int, tokenizer_dir
         (output_dir / name).write_bytes(data)
     for f in output_dir.iterdir():  # safetensors writes 0600; make the files world-readable
         f.chmod(0o644)
-    say(f"saved to {output_dir} ({time.perf_counter() - t0:.1f} s)")
-    return output_dir
 
 
 #: Seed of the fresh pre-training-style texts :func:`pretraining_quality` scores (not the

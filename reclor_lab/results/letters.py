@@ -5,7 +5,8 @@ tokens after the answer cue; the letter tokens are found through the tokenizer
 (:func:`letter_token_ids`). The letter head (``head_init="letters"`` in the run config) starts
 the classifier's 4-row ``score`` head as the LM head's rows of those tokens
 (:func:`letter_head_weights`), so before training the classifier *is* the zero-shot scorer.
-Model loading (:func:`reclor_lab.model.load_model`) applies it, so it sits below both.
+Model loading (:func:`reclor_lab.model.load_model`) applies it, so it sits below both: results
+machinery (notebook 06's experiment), which the QLoRA core reaches through that one call.
 """
 
 from __future__ import annotations
