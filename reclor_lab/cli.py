@@ -484,7 +484,7 @@ def cmd_course_grade(args: argparse.Namespace) -> int:
         written = grade.write_gradebook(results, args.csv, points)
         print(f"wrote {written[0]}, {written[1]} and {len(written) - 2} feedback file(s) in {written[-1].parent}")
     _class_view_after(args, class_rows, points)
-    failed = [f"{r.student}/{Path(nb.path).name}" for r in results for nb in r.notebooks if nb.failed]
+    failed = [grade.printable(f"{r.student}/{Path(nb.path).name}") for r in results for nb in r.notebooks if nb.failed]
     if failed:
         print(f"reclor-lab: error: {len(failed)} notebook(s) could not be read or graded: {', '.join(failed[:10])}"
               + (" …" if len(failed) > 10 else "") + " (their rows say why)", file=sys.stderr)
