@@ -166,22 +166,6 @@ def test_the_stop_agreement_is_written_once():
 
 PACKAGE = Path(__file__).resolve().parent.parent / "reclor_lab"
 
-#: Functions over the limit in files other engineers are changing now (reclor_lab/course/), by
-#: file (or folder) and qualified name: not fixed here; the lead removes each entry once its fix
-#: is merged. The checks' hints (and one check's closure) are being fixed with the checks' split
-#: (course/checks*); the class view's report, roster and feedback functions were over the limit
-#: when this test was written (radon 6.0.1: render 22, figures 17, read_roster 30,
-#: feedback_markdown 16).
-BEING_FIXED = {
-    ("course/checks", "_memory_hint"),
-    ("course/checks", "_weights_hint"),
-    ("course/checks", "check_evaluation_pass.test"),
-    ("course/report.py", "render"),
-    ("course/report.py", "figures"),
-    ("course/roster.py", "read_roster"),
-    ("course/feedback.py", "feedback_markdown"),
-}
-
 
 def package_functions():
     """(file below reclor_lab/, qualified name, line, function node) of every function and
@@ -200,13 +184,9 @@ def package_functions():
                 stack += [(child, prefix) for child in ast.iter_child_nodes(node)]
 
 
-def _being_fixed(rel: str, name: str) -> bool:
-    return any(rel.startswith(where) and name == fn for where, fn in BEING_FIXED)
-
-
 def test_no_function_of_the_package_branches_more_than_15_ways():
     functions = list(package_functions())
     assert len(functions) > 800  # the walk reaches every module, methods and nested functions too
     over = [f"reclor_lab/{rel}:{line} {name}: complexity {n}" for rel, name, line, node in functions
-            if (n := complexity(node)) > MAX_COMPLEXITY and not _being_fixed(rel, name)]
+            if (n := complexity(node)) > MAX_COMPLEXITY]
     assert not over, "split these into named helpers:\n" + "\n".join(over)

@@ -42,6 +42,26 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _notebook_lines(row: ClassRow) -> list[str]:
+    """One bullet per notebook found for the student (with its problem, if any), then a blank line."""
+    lines = []
+    for nb in row.result.notebooks:
+        lines.append(f"- `{Path(nb.path).name}` (notebook {nb.notebook or '?'})"
+                     + (f": {_cell(nb.problem)}" if nb.problem else ""))
+    if row.result.notebooks:
+        lines.append("")
+    return lines
+
+
+def _exercise_row(n: int, status: str, pts: str, text: str, hidden: str) -> str:
+    """The table row of one exercise: its mark, name, points and what to look at."""
+    mark = status if status in (PASS, FAIL, TODO) else "–"
+    look = text or ("" if status == PASS else WORDS.get(status, status))
+    if hidden:
+        look = (look if not look or look[-1] in ".!?" else look + ".") + f" The hidden case that failed: {hidden}."
+    return f"| {mark} | {n}. {_cell(EXERCISES[n][1])} | {pts} | {_cell(look)} |"
+
+
 def feedback_markdown(row: ClassRow, points: dict[int, float]) -> str:
     """The Markdown a student gets (see the module docstring)."""
     total, possible = sum(row.earned(points).values()), sum(points.values())
@@ -51,18 +71,9 @@ def feedback_markdown(row: ClassRow, points: dict[int, float]) -> str:
     if not row.submitted:
         lines += ["No notebook of yours was found among the submissions. If you handed one in, tell your "
                   "instructor the file name you used.", ""]
-    for nb in row.result.notebooks:
-        lines.append(f"- `{Path(nb.path).name}` (notebook {nb.notebook or '?'})"
-                     + (f": {_cell(nb.problem)}" if nb.problem else ""))
-    if row.result.notebooks:
-        lines.append("")
+    lines += _notebook_lines(row)
     lines += ["| | exercise | points | what to look at |", "|---|---|---|---|"]
-    for n, status, pts, text, hidden in exercise_lines(row, points):
-        mark = status if status in (PASS, FAIL, TODO) else "–"
-        look = text or ("" if status == PASS else WORDS.get(status, status))
-        if hidden:
-            look = (look if not look or look[-1] in ".!?" else look + ".") + f" The hidden case that failed: {hidden}."
-        lines.append(f"| {mark} | {n}. {_cell(EXERCISES[n][1])} | {pts} | {_cell(look)} |")
+    lines += [_exercise_row(*line) for line in exercise_lines(row, points)]
     lines += ["", "✅ passed · ❌ not yet (the hint says what to look at) · ⏳ not started · – missing or stopped "
               "by a limit. Hidden cases are drawn when grading; their answers are not shown.", ""]
     return "\n".join(lines)

@@ -54,24 +54,29 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def figures(rows: list[ClassRow], points: dict[int, float]) -> dict[str, str]:
-    """The three figures as base64 PNG: ``pass_rate``, ``scores``, ``time``."""
-    graded = [row for row in rows if row.submitted]
-    numbers = sorted(EXERCISES)
-    out = {}
+def _pass_rate_figure(graded: list[ClassRow], numbers: list[int]) -> str:
+    """Bars: the share of the graded students who passed each exercise."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     rate = [100 * sum(row.result.verdicts[n].passed for row in graded) / max(len(graded), 1) for n in numbers]
     ax.bar([str(n) for n in numbers], rate, color=PASS_COLOUR)
     ax.set(xlabel="exercise", ylabel="% of students who passed", ylim=(0, 100),
            title=f"Pass rate per exercise ({len(graded)} submissions)")
-    out["pass_rate"] = _png(fig)
+    return _png(fig)
+
+
+def _scores_figure(rows: list[ClassRow], points: dict[int, float]) -> str:
+    """A histogram of the students' points."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     possible = sum(points.values())
     totals = [sum(row.earned(points).values()) for row in rows]
     ax.hist(totals, bins=min(int(possible) + 1, 30) if possible else 10, range=(-0.5, possible + 0.5),
             color=SCORE_COLOUR, edgecolor="white")
     ax.set(xlabel=f"points (of {possible:g})", ylabel="students", title=f"Scores ({len(rows)} students)")
-    out["scores"] = _png(fig)
+    return _png(fig)
+
+
+def _time_figure(graded: list[ClassRow]) -> str:
+    """Bars: the mean judging time per notebook, and a mark at the slowest."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     notebooks = sorted({nb for nb, _, _ in EXERCISES.values()})
     seconds = [[nb.seconds for row in graded for nb in row.result.notebooks if nb.notebook == name]
@@ -82,7 +87,16 @@ def figures(rows: list[ClassRow], points: dict[int, float]) -> dict[str, str]:
     ax.scatter(notebooks, tops, color="black", marker="_", s=200, label="slowest")
     ax.set(xlabel="notebook", ylabel="judging time (s)", title="Time per notebook (mean; bar: slowest)")
     ax.legend(loc="upper right", fontsize=8)
-    out["time"] = _png(fig)
+    return _png(fig)
+
+
+def figures(rows: list[ClassRow], points: dict[int, float]) -> dict[str, str]:
+    """The three figures as base64 PNG: ``pass_rate``, ``scores``, ``time``."""
+    graded = [row for row in rows if row.submitted]
+    out = {}
+    out["pass_rate"] = _pass_rate_figure(graded, sorted(EXERCISES))
+    out["scores"] = _scores_figure(rows, points)
+    out["time"] = _time_figure(graded)
     return out
 
 
@@ -131,6 +145,45 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+def _similar_section(similar: Similarity | None) -> list[str]:
+    """The similar-submissions section's HTML parts: what was compared, the pairs shown (their code
+    side by side), the rest named, and what was not compared."""
+    parts = []
+    if similar is None:
+        parts.append("<p class='muted'>Not computed.</p>")
+    else:
+        compared = ", ".join(f"{n} ({k} codes)" for n, k in similar.compared.items())
+        parts.append(f"<p>Compared after normalising names, literals and layout: exercise(s) {_e(compared) or 'none'}. "
+                     f"{len(similar.pairs)} pair(s) at or above the threshold. A pair is a reason to read both "
+                     f"notebooks, not a verdict; {_e(KIT)} is the kit's solved notebook.</p>")
+        for p in similar.pairs[:SHOWN_PAIRS]:
+            parts.append(f"<h3>Exercise {p.number}: {_e(p.a)} and {_e(p.b)} (similarity {p.score:.2f})</h3>")
+            parts.append(_table([p.a, p.b], [[f"<pre>{_e(p.code_a)}</pre>", f"<pre>{_e(p.code_b)}</pre>"]]))
+        if len(similar.pairs) > SHOWN_PAIRS:
+            rest = ", ".join(f"{p.number}: {p.a}/{p.b}" for p in similar.pairs[SHOWN_PAIRS:])
+            parts.append(f"<p>Also: {_e(rest)}</p>")
+        if similar.skipped:
+            parts.append("<p>Not compared (honest solutions too short to tell apart):</p><ul>"
+                         + "".join(f"<li>{n}. {_e(EXERCISES[n][1])}: {_e(why)}</li>"
+                                   for n, why in sorted(similar.skipped.items())) + "</ul>")
+    return parts
+
+
+def _student_rows(rows: list[ClassRow], points: dict[int, float], totals: list[float],
+                  possible: float) -> list[list[str]]:
+    """The students table's rows: name, submission, id, points, status and the per-exercise feedback."""
+    body = []
+    for row, total in zip(rows, totals):
+        lines = "".join(f"<li>{_e(WORDS.get(status, status))}: {n}. {_e(EXERCISES[n][1])}: {_e(pts)}"
+                        + (f" <span class='muted'>{_e(text or WORDS.get(status, ''))}</span>" if status != '✅' else "")
+                        + (f" <span class='bad'>hidden case that failed: {_e(hidden)}</span>" if hidden else "")
+                        + "</li>" for n, status, pts, text, hidden in exercise_lines(row, points))
+        ident = row.entry.id if row.entry else ""
+        body.append([_e(row.name), _e(row.submission), _e(ident), f"{total:g}/{possible:g}", _e(row.status),
+                     f"<details><summary>feedback</summary><ul>{lines}</ul></details>"])
+    return body
+
+
 def render(rows: list[ClassRow], points: dict[int, float], similar: Similarity | None = None,
            title: str = "reclor-lab: class report") -> str:
     """The report's HTML (see the module docstring)."""
@@ -155,33 +208,9 @@ def render(rows: list[ClassRow], points: dict[int, float], similar: Similarity |
     parts.append(_table(["student", "what", "reason"], [[_e(a), f"<span class='bad'>{_e(b)}</span>", _e(c)]
                                                          for a, b, c in flags]) if flags else "<p>None.</p>")
     parts.append("<h2>Similar submissions</h2>")
-    if similar is None:
-        parts.append("<p class='muted'>Not computed.</p>")
-    else:
-        compared = ", ".join(f"{n} ({k} codes)" for n, k in similar.compared.items())
-        parts.append(f"<p>Compared after normalising names, literals and layout: exercise(s) {_e(compared) or 'none'}. "
-                     f"{len(similar.pairs)} pair(s) at or above the threshold. A pair is a reason to read both "
-                     f"notebooks, not a verdict; {_e(KIT)} is the kit's solved notebook.</p>")
-        for p in similar.pairs[:SHOWN_PAIRS]:
-            parts.append(f"<h3>Exercise {p.number}: {_e(p.a)} and {_e(p.b)} (similarity {p.score:.2f})</h3>")
-            parts.append(_table([p.a, p.b], [[f"<pre>{_e(p.code_a)}</pre>", f"<pre>{_e(p.code_b)}</pre>"]]))
-        if len(similar.pairs) > SHOWN_PAIRS:
-            rest = ", ".join(f"{p.number}: {p.a}/{p.b}" for p in similar.pairs[SHOWN_PAIRS:])
-            parts.append(f"<p>Also: {_e(rest)}</p>")
-        if similar.skipped:
-            parts.append("<p>Not compared (honest solutions too short to tell apart):</p><ul>"
-                         + "".join(f"<li>{n}. {_e(EXERCISES[n][1])}: {_e(why)}</li>"
-                                   for n, why in sorted(similar.skipped.items())) + "</ul>")
+    parts += _similar_section(similar)
     parts.append("<h2>Students</h2>")
-    body = []
-    for row, total in zip(rows, totals):
-        lines = "".join(f"<li>{_e(WORDS.get(status, status))}: {n}. {_e(EXERCISES[n][1])}: {_e(pts)}"
-                        + (f" <span class='muted'>{_e(text or WORDS.get(status, ''))}</span>" if status != '✅' else "")
-                        + (f" <span class='bad'>hidden case that failed: {_e(hidden)}</span>" if hidden else "")
-                        + "</li>" for n, status, pts, text, hidden in exercise_lines(row, points))
-        ident = row.entry.id if row.entry else ""
-        body.append([_e(row.name), _e(row.submission), _e(ident), f"{total:g}/{possible:g}", _e(row.status),
-                     f"<details><summary>feedback</summary><ul>{lines}</ul></details>"])
+    body = _student_rows(rows, points, totals, possible)
     parts.append(_table(["name", "submission", "id", "points", "status", "per exercise"], body))
     parts.append("</body></html>")
     return "\n".join(parts)

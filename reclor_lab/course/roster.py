@@ -86,25 +86,21 @@ class ClassRow:
         return {n: points[n] if v.passed else 0.0 for n, v in self.result.verdicts.items()}
 
 
-def read_roster(path: str | Path) -> list[RosterEntry]:
-    """The roster's students, in file order. Raises :class:`RosterError` (one line: the file, the
-    line number and what is wrong) for a missing file, text that is not UTF-8, a header without
-    ``submission`` or without ``id``/``email``, an unknown column, a row with the wrong number of
-    cells, an empty ``submission``, a row with neither ``id`` nor ``email``, an ``email`` that is
-    not an address, or a ``submission``, ``id`` or ``email`` given twice."""
-    path = Path(path)
+def _roster_text(path: Path) -> str:
+    """The roster file's text (UTF-8, a byte-order mark allowed)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise RosterError(f"--roster {path}: no such file") from None
     except IsADirectoryError:
         raise RosterError(f"--roster {path}: is a folder, not a CSV file") from None
     except UnicodeDecodeError as e:
         raise RosterError(f"--roster {path}: not UTF-8 text (byte {e.start}); save it as CSV UTF-8") from None
-    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text)), start=1) if any(c.strip() for c in row)]
-    if not rows:
-        raise RosterError(f"{path}: empty; the first line must be the header {','.join(COLUMNS)}")
-    head_line, header = rows[0]
+
+
+def _roster_header(path: Path, head_line: int, header: list[str]) -> list[str]:
+    """The header's column names (stripped, lower case): known ones, each once, with ``submission``
+    and ``id`` or ``email``."""
     header = [h.strip().lower() for h in header]
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
@@ -116,28 +112,57 @@ def read_roster(path: str | Path) -> list[RosterEntry]:
     if "submission" not in header or not ({"id", "email"} & set(header)):
         raise RosterError(f"{path} line {head_line}: the header needs `submission` and `id` or `email` "
                           f"(got {','.join(header)}); e.g. {','.join(COLUMNS)}")
+    return header
+
+
+def _roster_entry(path: Path, line: int, row: list[str], header: list[str]) -> RosterEntry:
+    """One student's row: as many cells as the header, a ``submission``, an ``id`` or an ``email``,
+    and an ``email`` that is an address."""
+    if len(row) != len(header):
+        raise RosterError(f"{path} line {line}: {len(row)} cell(s), the header has {len(header)} "
+                          "(a comma inside a name needs quotes)")
+    cells = dict(zip(header, (c.strip() for c in row)))
+    entry = RosterEntry(cells["submission"], cells.get("id", ""), cells.get("name", ""),
+                        cells.get("email", ""), line)
+    if not entry.submission:
+        raise RosterError(f"{path} line {line}: `submission` is empty (the student's folder or file name)")
+    if not entry.id and not entry.email:
+        raise RosterError(f"{path} line {line}: {entry.submission!r} has neither an id nor an email "
+                          "(the LMS matches a grade on one of them)")
+    if entry.email and not _EMAIL.match(entry.email):
+        raise RosterError(f"{path} line {line}: email {entry.email!r} is not an address")
+    return entry
+
+
+def _note_unique(path: Path, entry: RosterEntry, seen: dict[tuple[str, str], int]) -> None:
+    """Adds the entry's ``submission``, ``id`` and ``email`` to ``seen`` (value: the line), failing
+    on one already there (an email in any case)."""
+    line = entry.line
+    for column in ("submission", "id", "email"):
+        value = getattr(entry, column)
+        key = (column, value.lower() if column == "email" else value)
+        if value and key in seen:
+            raise RosterError(f"{path} line {line}: {column} {value!r} is already on line {seen[key]}")
+        seen[key] = line
+
+
+def read_roster(path: str | Path) -> list[RosterEntry]:
+    """The roster's students, in file order. Raises :class:`RosterError` (one line: the file, the
+    line number and what is wrong) for a missing file, text that is not UTF-8, a header without
+    ``submission`` or without ``id``/``email``, an unknown column, a row with the wrong number of
+    cells, an empty ``submission``, a row with neither ``id`` nor ``email``, an ``email`` that is
+    not an address, or a ``submission``, ``id`` or ``email`` given twice."""
+    path = Path(path)
+    text = _roster_text(path)
+    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text)), start=1) if any(c.strip() for c in row)]
+    if not rows:
+        raise RosterError(f"{path}: empty; the first line must be the header {','.join(COLUMNS)}")
+    header = _roster_header(path, *rows[0])
     entries: list[RosterEntry] = []
     seen: dict[tuple[str, str], int] = {}
     for line, row in rows[1:]:
-        if len(row) != len(header):
-            raise RosterError(f"{path} line {line}: {len(row)} cell(s), the header has {len(header)} "
-                              "(a comma inside a name needs quotes)")
-        cells = dict(zip(header, (c.strip() for c in row)))
-        entry = RosterEntry(cells["submission"], cells.get("id", ""), cells.get("name", ""),
-                            cells.get("email", ""), line)
-        if not entry.submission:
-            raise RosterError(f"{path} line {line}: `submission` is empty (the student's folder or file name)")
-        if not entry.id and not entry.email:
-            raise RosterError(f"{path} line {line}: {entry.submission!r} has neither an id nor an email "
-                              "(the LMS matches a grade on one of them)")
-        if entry.email and not _EMAIL.match(entry.email):
-            raise RosterError(f"{path} line {line}: email {entry.email!r} is not an address")
-        for column in ("submission", "id", "email"):
-            value = getattr(entry, column)
-            key = (column, value.lower() if column == "email" else value)
-            if value and key in seen:
-                raise RosterError(f"{path} line {line}: {column} {value!r} is already on line {seen[key]}")
-            seen[key] = line
+        entry = _roster_entry(path, line, row, header)
+        _note_unique(path, entry, seen)
         entries.append(entry)
     if not entries:
         raise RosterError(f"{path}: no students, only the header")

@@ -713,19 +713,12 @@ def _rule(rng: random.Random) -> str:
 
 # --- a copy in disguise -------------------------------------------------------------------------------------
 
-def disguise(source: str, rng: random.Random) -> str:
-    """``source`` as a student who copied it hands it in: every name the author chose (functions
-    but the exercise's, arguments, variables, helpers) renamed, the layout redone (``ast.unparse``),
-    comments and a docstring added. The logic is the same.
-
-    >>> src = "def f(a):\\n    b = a + 1\\n    return b"
-    >>> "a + 1" in disguise(src, random.Random(0))
-    False
-    """
+def _kept_names(tree) -> set[str]:
+    """The names a disguise keeps: builtins, imported modules, the exercise's (the last def or
+    class) and a class's methods."""
     import ast
     import builtins
 
-    tree = ast.parse(source)
     keep = set(dir(builtins))
     exercise = None
     for node in tree.body:
@@ -736,6 +729,32 @@ def disguise(source: str, rng: random.Random) -> str:
         if isinstance(node, ast.ClassDef):  # its methods keep their names: torch calls forward
             keep |= {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
     keep.add(exercise)
+    return keep
+
+
+def _commented(code: str, rng: random.Random) -> list[str]:
+    """The lines of ``code``, a ``# my own work`` comment above about half its returns, loops and ifs."""
+    lines = []
+    for line in code.splitlines():
+        lines.append(line)
+        if line.lstrip().startswith(("return", "for ", "if ")) and rng.random() < 0.5:
+            lines.insert(len(lines) - 1, " " * (len(line) - len(line.lstrip())) + "# my own work")
+    return lines
+
+
+def disguise(source: str, rng: random.Random) -> str:
+    """``source`` as a student who copied it hands it in: every name the author chose (functions
+    but the exercise's, arguments, variables, helpers) renamed, the layout redone (``ast.unparse``),
+    comments and a docstring added. The logic is the same.
+
+    >>> src = "def f(a):\\n    b = a + 1\\n    return b"
+    >>> "a + 1" in disguise(src, random.Random(0))
+    False
+    """
+    import ast
+
+    tree = ast.parse(source)
+    keep = _kept_names(tree)
     words = ["val", "tmp", "thing", "res", "acc", "item", "foo", "data", "stuff", "my"]
     renamed: dict[str, str] = {}
 
@@ -751,9 +770,4 @@ def disguise(source: str, rng: random.Random) -> str:
             node.arg = new(node.arg)
         elif isinstance(node, ast.FunctionDef):
             node.name = new(node.name)
-    lines = []
-    for line in ast.unparse(tree).splitlines():
-        lines.append(line)
-        if line.lstrip().startswith(("return", "for ", "if ")) and rng.random() < 0.5:
-            lines.insert(len(lines) - 1, " " * (len(line) - len(line.lstrip())) + "# my own work")
-    return "# solution\n" + "\n".join(lines) + "\n"
+    return "# solution\n" + "\n".join(_commented(ast.unparse(tree), rng)) + "\n"

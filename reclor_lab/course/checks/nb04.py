@@ -368,6 +368,12 @@ def _epoch_close(got_losses: list[float], got_params: list[torch.Tensor], want_l
     return _update_norm(got_params, want_params) <= EPOCH_UPDATE_RTOL * scale
 
 
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Sets every param group's learning rate to ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _epoch_mistakes() -> dict[str, Callable]:
     """Epochs with one typical mistake each, and the hint that names it (first match wins)."""
 
@@ -383,16 +389,14 @@ def _epoch_mistakes() -> dict[str, Callable]:
                 loss = weighted_cross_entropy(logits, batch["labels"], weights if weighted else None)
                 loss.backward()
                 if lr == "before_step":
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(k)
+                    _set_lr(optimizer, lr_at(k))
                 if zero == "between":
                     optimizer.zero_grad(set_to_none=True)
                 if clip:
                     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
                 optimizer.step()
                 if lr == "after_step":
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(k)
+                    _set_lr(optimizer, lr_at(k))
                 if zero == "after":
                     optimizer.zero_grad(set_to_none=True)
                 k += 1
@@ -420,6 +424,60 @@ def _epoch_mistakes() -> dict[str, Callable]:
         "the loss is the plain cross-entropy: the class weights were not used (call your weighted_ce "
         "with the weights).": epoch(weighted=False),
     }
+
+
+def _epoch_returned(got: Any, n_batches: int, want_step: int, step0: int) -> list | tuple:
+    """The losses of what a student's epoch returned, once it has the shape ``(losses, step)``
+    asks: a list of one Python float per batch, and the right step count."""
+    if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        raise _Fail(f"it returned {type(got).__name__}; return two things: (losses, step), the list of "
+                    "the batches' losses and the optimizer step count after the epoch.")
+    losses, got_step = got
+    if not isinstance(losses, (list, tuple)) or len(losses) != n_batches:
+        raise _Fail(f"the losses are {type(losses).__name__}"
+                    + (f" of length {len(losses)}" if hasattr(losses, "__len__") else "")
+                    + f"; return a list of {n_batches} floats, one loss per batch, in order.")
+    if any(isinstance(x, torch.Tensor) for x in losses):
+        raise _Fail("the losses are tensors; append loss.item(), a Python float (a kept loss tensor "
+                    "keeps its batch's whole graph in memory, every batch of the epoch).")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in losses):
+        raise _Fail("return each batch's loss as a Python float (loss.item()).")
+    if isinstance(got_step, bool) or not isinstance(got_step, int) or got_step != want_step:
+        raise _Fail(f"it returned the step count {got_step!r} after an epoch of {n_batches} batches "
+                    f"that started at step {step0}; return the optimizer steps done so far, "
+                    f"{step0} + one per batch.")
+    return losses
+
+
+def _epoch_kept_its_bounds(frozen: list[torch.Tensor], frozen_sums: list[float],
+                           seen: list[tuple[bool, bool]]) -> None:
+    """Fails if an epoch moved a frozen parameter, or ran a forward pass in eval mode or without
+    gradients (``seen``: grad enabled and training, per forward pass)."""
+    if any(_checksum(p) != s for p, s in zip(frozen, frozen_sums)):
+        raise _Fail("a frozen parameter changed; only the trainable (LoRA and head) parameters may "
+                    "move: step the optimizer you are given.")
+    if any(not training for _, training in seen):
+        raise _Fail("the forward passes ran in eval mode (no dropout): the model came in eval mode, as an "
+                    "evaluation leaves it. Call model.train() at the start of the epoch.")
+    if any(not grad for grad, _ in seen):
+        raise _Fail("a forward pass ran without gradients (torch.no_grad or inference_mode); the "
+                    "training forward needs them for backward().")
+
+
+def _epoch_first_difference(losses: list | tuple, want_losses: list[float]) -> None:
+    """Fails naming the first batch whose loss differs from fit's, or, the losses all right, the
+    last step (a wrong epoch that matched none of :func:`_epoch_mistakes`)."""
+    first = next((k for k, (a, b) in enumerate(zip(losses, want_losses))
+                  if abs(float(a) - b) > EPOCH_LOSS_RTOL * abs(b)), None)
+    if first is not None:
+        raise _Fail(f"the loss of batch {first} is {float(losses[first]):.6f}, expected {want_losses[first]:.6f} "
+                    "(the batches before it agree): the steps before it differ from fit's. Per batch: "
+                    "forward, weighted loss, backward, lr_at(step), clip, step, zero_grad."
+                    if first else
+                    f"the first batch's loss is {float(losses[0]):.6f}, expected {want_losses[0]:.6f}: "
+                    "compute it with weighted_ce from model(...).logits and the batch's labels.")
+    raise _Fail("the losses are right but the parameters after the last step differ from fit's: the last "
+                "step is wrong (per batch: backward, lr_at(step), clip, step, zero_grad).")
 
 
 def check_train_epoch(fn: Callable, model: nn.Module, batches: list[dict], weights: torch.Tensor | None,
@@ -474,32 +532,8 @@ def check_train_epoch(fn: Callable, model: nn.Module, batches: list[dict], weigh
                             "graph. Call loss.backward() on the tensor, and keep loss.item() for the list.") from e
             raise
         seen = list(modes)
-        if not (isinstance(got, (tuple, list)) and len(got) == 2):
-            raise _Fail(f"it returned {type(got).__name__}; return two things: (losses, step), the list of "
-                        "the batches' losses and the optimizer step count after the epoch.")
-        losses, got_step = got
-        if not isinstance(losses, (list, tuple)) or len(losses) != len(batches):
-            raise _Fail(f"the losses are {type(losses).__name__}"
-                        + (f" of length {len(losses)}" if hasattr(losses, "__len__") else "")
-                        + f"; return a list of {len(batches)} floats, one loss per batch, in order.")
-        if any(isinstance(x, torch.Tensor) for x in losses):
-            raise _Fail("the losses are tensors; append loss.item(), a Python float (a kept loss tensor "
-                        "keeps its batch's whole graph in memory, every batch of the epoch).")
-        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in losses):
-            raise _Fail("return each batch's loss as a Python float (loss.item()).")
-        if isinstance(got_step, bool) or not isinstance(got_step, int) or got_step != want_step:
-            raise _Fail(f"it returned the step count {got_step!r} after an epoch of {len(batches)} batches "
-                        f"that started at step {step0}; return the optimizer steps done so far, "
-                        f"{step0} + one per batch.")
-        if any(_checksum(p) != s for p, s in zip(frozen, frozen_sums)):
-            raise _Fail("a frozen parameter changed; only the trainable (LoRA and head) parameters may "
-                        "move: step the optimizer you are given.")
-        if any(not training for _, training in seen):
-            raise _Fail("the forward passes ran in eval mode (no dropout): the model came in eval mode, as an "
-                        "evaluation leaves it. Call model.train() at the start of the epoch.")
-        if any(not grad for grad, _ in seen):
-            raise _Fail("a forward pass ran without gradients (torch.no_grad or inference_mode); the "
-                        "training forward needs them for backward().")
+        losses = _epoch_returned(got, len(batches), want_step, step0)
+        _epoch_kept_its_bounds(frozen, frozen_sums, seen)
         scale = _update_norm(want_params, saved)
         if _epoch_close([float(x) for x in losses], got_params, want_losses, want_params, scale):
             return
@@ -507,17 +541,7 @@ def check_train_epoch(fn: Callable, model: nn.Module, batches: list[dict], weigh
             (w_losses, _), w_params = epoch(wrong)
             if _epoch_close([float(x) for x in losses], got_params, w_losses, w_params, scale):
                 raise _Fail(hint)
-        first = next((k for k, (a, b) in enumerate(zip(losses, want_losses))
-                      if abs(float(a) - b) > EPOCH_LOSS_RTOL * abs(b)), None)
-        if first is not None:
-            raise _Fail(f"the loss of batch {first} is {float(losses[first]):.6f}, expected {want_losses[first]:.6f} "
-                        "(the batches before it agree): the steps before it differ from fit's. Per batch: "
-                        "forward, weighted loss, backward, lr_at(step), clip, step, zero_grad."
-                        if first else
-                        f"the first batch's loss is {float(losses[0]):.6f}, expected {want_losses[0]:.6f}: "
-                        "compute it with weighted_ce from model(...).logits and the batch's labels.")
-        raise _Fail("the losses are right but the parameters after the last step differ from fit's: the last "
-                    "step is wrong (per batch: backward, lr_at(step), clip, step, zero_grad).")
+        _epoch_first_difference(losses, want_losses)
 
     def test(fn: Callable) -> None:
         nonlocal saved, frozen_sums

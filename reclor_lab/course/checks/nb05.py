@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -138,6 +138,40 @@ def _eval_hint(got_loss: float, got_acc: float, batches: list[dict], weights: to
             f"({want[0]:.4f}): Σ w[y_i]·CE_i / Σ w[y_i].")
 
 
+def _eval_ran_right(what: str, seen: list[tuple[bool, bool]], model: nn.Module) -> None:
+    """Fails unless the evaluation called the model, every forward pass without gradients and in
+    eval mode (``seen``: grad enabled and training, per forward pass), and left it in training mode."""
+    if not seen:
+        raise _Fail(f"for {what} the model was never called; run model(input_ids=…, "
+                    "attention_mask=…) on each batch.")
+    if any(grad for grad, _ in seen):
+        raise _Fail(f"for {what} the forward passes ran with gradients on: autograd kept every "
+                    "activation for a backward that never comes. Wrap the loop in torch.no_grad().")
+    if any(training for _, training in seen):
+        raise _Fail(f"for {what} the model ran in training mode (LoRA's dropout on): call "
+                    "model.eval() before the loop.")
+    if not model.training:
+        raise _Fail(f"for {what} the model was left in eval mode: the next training epoch would "
+                    "run without dropout. Put it back with model.train() at the end.")
+
+
+def _eval_floats(what: str, out: Any) -> list[float]:
+    """The two numbers an evaluation returned, as floats: fails unless it returned two Python
+    numbers (a one-element tensor is taken as its number)."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise _Fail(f"for {what} it returned {type(out).__name__}; return two floats: "
+                    "(eval_loss, accuracy).")
+    got = []
+    for x in out:
+        if isinstance(x, torch.Tensor) and x.numel() == 1:
+            x = x.item()
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise _Fail(f"for {what} it returned a {type(x).__name__}; return Python floats "
+                        "(loss.item()).")
+        got.append(float(x))
+    return got
+
+
 def check_evaluation_pass(fn: Callable, model: nn.Module, tokenizer) -> Callable:
     """Exercise 12: ``fn(model, batches, weights) -> (eval_loss, accuracy)``, two Python floats over
     every example of ``batches`` (a list of dicts with ``input_ids``, ``attention_mask``,
@@ -160,29 +194,8 @@ def check_evaluation_pass(fn: Callable, model: nn.Module, tokenizer) -> Callable
                 model.train()  # as a training epoch leaves it
                 seen.clear()
                 out = fn(model, [dict(b) for b in batches], weights.clone())
-                if not seen:
-                    raise _Fail(f"for {what} the model was never called; run model(input_ids=…, "
-                                "attention_mask=…) on each batch.")
-                if any(grad for grad, _ in seen):
-                    raise _Fail(f"for {what} the forward passes ran with gradients on: autograd kept every "
-                                "activation for a backward that never comes. Wrap the loop in torch.no_grad().")
-                if any(training for _, training in seen):
-                    raise _Fail(f"for {what} the model ran in training mode (LoRA's dropout on): call "
-                                "model.eval() before the loop.")
-                if not model.training:
-                    raise _Fail(f"for {what} the model was left in eval mode: the next training epoch would "
-                                "run without dropout. Put it back with model.train() at the end.")
-                if not isinstance(out, (tuple, list)) or len(out) != 2:
-                    raise _Fail(f"for {what} it returned {type(out).__name__}; return two floats: "
-                                "(eval_loss, accuracy).")
-                got = []
-                for x in out:
-                    if isinstance(x, torch.Tensor) and x.numel() == 1:
-                        x = x.item()
-                    if isinstance(x, bool) or not isinstance(x, (int, float)):
-                        raise _Fail(f"for {what} it returned a {type(x).__name__}; return Python floats "
-                                    "(loss.item()).")
-                    got.append(float(x))
+                _eval_ran_right(what, seen, model)
+                got = _eval_floats(what, out)
                 if not (_close(got[0], want[0]) and _close(got[1], want[1])):
                     raise _Fail(f"for {what}: {_eval_hint(got[0], got[1], batches, weights, want, logits)}")
         finally:
