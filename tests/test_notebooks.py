@@ -15,17 +15,15 @@ import jupytext
 import nbformat
 import pytest
 
+from reclor_lab.course.checks import EXERCISES
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "reclor-lab"
 #: The course order (the reference solution's), and how many exercises each notebook holds.
-EXPECTED = {
-    "01_data_and_tokenization": 3,
-    "02_quantization": 2,
-    "03_lora": 3,
-    "04_training_loop": 2,
-    "05_results": 2,
-    "06_baselines_and_errors": 1,
-}
+#: Exercises per notebook: the notebooks' markers must agree with the checks' exercise table.
+EXPECTED = {name: sum(1 for notebook, _, _ in EXERCISES.values() if notebook == name[:2])
+            for name in ("01_data_and_tokenization", "02_quantization", "03_lora", "04_training_loop",
+                         "05_results", "06_baselines_and_errors")}
 FIX = ("run `.venv/bin/jupytext --sync notebooks/{name}.py` (or save it in Jupyter with the "
        "jupytext extension), then re-execute the .ipynb")
 
@@ -124,9 +122,9 @@ def test_exercise_markers(name):
         begins, ends = src.count("# BEGIN SOLUTION"), src.count("# END SOLUTION")
         assert begins == ends, f"{name}: unbalanced solution markers in cell {src[:60]!r}"
         if begins:
-            found += begins
-            fn = re.search(r"^def (\w+)\(", src, re.M).group(1)
-            assert re.match(rf"{fn} = checks\.check_\w+\({fn}\b", code[i + 1]), (
+            found += 1  # one exercise per cell (a class's exercise has a block per method)
+            fn = re.search(r"^(?:def|class) (\w+)\b", src, re.M).group(1)  # exercise 14 is a class
+            assert re.search(rf"^{fn} = checks\.check_\w+\({fn}\b", code[i + 1], re.M), (
                 f"{name}: the cell after exercise `{fn}` must be `{fn} = checks.check_…({fn}, …)`")
     assert found == EXPECTED[name], f"{name}: {found} exercises, expected {EXPECTED[name]}"
 

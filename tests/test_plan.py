@@ -69,7 +69,7 @@ def test_one_memory_model_behind_the_exercise_and_the_memory_table():
     table = modeling.estimate_bytes(modeling.LLAMA2_7B_QUANTIZED_PARAMS, modeling.LLAMA2_7B_CLASSIFIER_OTHER_PARAMS,
                                     "4bit")
     assert table == pytest.approx(w["4-bit projections"] + w["embeddings + norms"] + 2 * LLAMA2_7B_SHAPE.head_params)
-    assert checks.LLAMA2_7B is LLAMA2_7B_SHAPE and checks.ModelShape is ModelShape  # one shape, one class
+    assert checks.LLAMA2_7B is LLAMA2_7B_SHAPE and checks.nb03.ModelShape is ModelShape  # one shape, one class
 
 
 def test_layer_activations_by_hand():
