@@ -522,6 +522,15 @@ def write_class(folder: Path) -> list[Case]:
                      "    torch.nn.utils.clip_grad_norm_(\n"
                      "        [p for p in model.parameters() if p.requires_grad], max_grad_norm)\n"
                      "    optimizer.step()\n    optimizer.zero_grad()\n    return loss.item()"))
+    add(Case("unweighted_step", "04", {9: "✅", 10: "❌"}, "unweighted cross-entropy"),
+        _replace_def(solved04, "one_train_step",
+                     "def one_train_step(model, batch, optimizer, weights, max_grad_norm=0.3):\n"
+                     "    inputs = {k: v for k, v in batch.items() if k != 'labels'}\n"
+                     "    loss = torch.nn.functional.cross_entropy(model(**inputs).logits, batch['labels'])\n"
+                     "    loss.backward()\n"
+                     "    torch.nn.utils.clip_grad_norm_(\n"
+                     "        [p for p in model.parameters() if p.requires_grad], max_grad_norm)\n"
+                     "    optimizer.step()\n    optimizer.zero_grad()\n    return loss.item()"))
     for case, cells in cases:
         _write(cells, folder / case.student / f"{NB[case.notebook]}.ipynb")
     return [case for case, _ in cases]
