@@ -101,6 +101,7 @@ def write_class(folder: Path) -> list[Case]:
     stub02, solved02 = sources("02")
     stub03, solved03 = sources("03")
     stub04, solved04 = sources("04")
+    _, solved05 = sources("05")
     stub06, solved06 = sources("06")
     X = NOT_PASSED
     ALL01 = {1: X, 2: X, 3: X}
@@ -522,6 +523,16 @@ def write_class(folder: Path) -> list[Case]:
                      "    torch.nn.utils.clip_grad_norm_(\n"
                      "        [p for p in model.parameters() if p.requires_grad], max_grad_norm)\n"
                      "    optimizer.step()\n    optimizer.zero_grad()\n    return loss.item()"))
+    honest("fraction_starmap", "05", "accuracy_over_examples",
+           "from fractions import Fraction\nfrom itertools import chain, starmap\nfrom operator import eq\n\n"
+           "def accuracy_over_examples(batches):\n"
+           "    pairs = list(chain.from_iterable(zip(p, y) for p, y in batches))\n"
+           "    return float(Fraction(sum(starmap(eq, pairs)), len(pairs)))", 11, solved05)
+    gamed("honest_generator_inside", "05", "accuracy_over_examples",
+          "import random\nfrom reclor_lab.tools import honest\n\n"
+          "def accuracy_over_examples(batches):\n    ns = {}\n"
+          "    exec(honest.solution('accuracy_over_examples', random.Random(1)), ns)\n"
+          "    return ns['accuracy_over_examples'](batches)", 11, solved05)
     add(Case("unweighted_step", "04", {9: "✅", 10: "❌"}, "unweighted cross-entropy"),
         _replace_def(solved04, "one_train_step",
                      "def one_train_step(model, batch, optimizer, weights, max_grad_norm=0.3):\n"

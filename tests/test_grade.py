@@ -266,7 +266,7 @@ def test_the_kits_solved_notebooks_score_full_marks_from_a_relative_path(tmp_pat
 @needs_sandbox
 def test_the_grading_package_is_not_visible_inside(tmp_path):
     """From inside a sandbox: the grading package's folder is empty, the class and home are not there,
-    and the out-of-memory killer takes its processes first."""
+    the out-of-memory killer takes its processes first, and the honest-solution generator reads empty."""
     job = tmp_path / "job"
     job.mkdir()
     probe = ("import os, sys\n"
@@ -274,10 +274,14 @@ def test_the_grading_package_is_not_visible_inside(tmp_path):
              "print(os.listdir(hidden), os.path.exists(hidden + '/exercises.py'))\n"
              f"print(os.path.exists({str(tmp_path)!r}), os.path.exists('/root/.bashrc'), os.getuid() != 0)\n"
              "try:\n    open('/usr/x', 'w')\nexcept OSError as e:\n    print(type(e).__name__)\n"
-             "print(open('/proc/self/oom_score_adj').read().strip())\n")
+             "print(open('/proc/self/oom_score_adj').read().strip())\n"
+             f"try:\n    print(repr(open({str(sandbox.HIDDEN_FILES[0])!r}).read()))\n"
+             "except OSError as e:\n    print(type(e).__name__)\n")
     cmd = sandbox.command(job, job, [sys.executable, "-I", "-c", probe], 0, sandbox.Limits())
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.stdout.splitlines() == ["[] False", "False False True", "OSError", "1000"], out  # killed first
+    lines = out.stdout.splitlines()
+    assert lines[:4] == ["[] False", "False False True", "OSError", "1000"], out  # 1000: killed first
+    assert lines[4:] in (["''"], ["PermissionError"]), out  # the generator: empty, or not readable at all
 
 
 def test_no_sandbox_means_one_line_and_nothing_graded(tmp_path, monkeypatch, capsys):

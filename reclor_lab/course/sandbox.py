@@ -9,7 +9,8 @@ Flatpak runs its apps in):
 * A read-only view built from explicit binds: ``/usr`` (and the ``/lib``, ``/bin`` links), the
   interpreter's prefix, the kit's environment, the kit's package and its tiny model; the
   package's ``course/grading/`` (references, hidden cases, comparisons) is covered by an empty
-  folder. The student's exercise code and the exercises' inputs are bound read-only; a private
+  folder, and ``tools/honest.py`` (a working solution of every exercise) by an empty file. The
+  student's exercise code and the exercises' inputs are bound read-only; a private
   ``/tmp`` and working folder are memory of a fixed size. No class folder, no other student,
   no gradebook, no home of the instructor's, no repository beside the package.
 * Limits (``prlimit``): process count, file size, no core files, a CPU and address-space backstop;
@@ -45,6 +46,9 @@ INSIDE_JOB, INSIDE_INPUTS, INSIDE_WORK = "/grading/job", "/grading/inputs", "/gr
 SANDBOX_UIDS = range(61000, 61256)
 #: The package folder that must never be visible inside.
 HIDDEN = Path(reclor_lab.__file__).resolve().parent / "course" / "grading"
+#: Files of the package that must read empty inside: the honest-solution generator writes a
+#: working solution of every exercise (tests and benches use it, a submission must not).
+HIDDEN_FILES = (Path(reclor_lab.__file__).resolve().parent / "tools" / "honest.py",)
 #: The sandbox's own environment: nothing of the instructor's, offline, one thread.
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": INSIDE_WORK, "TMPDIR": "/tmp",
        "HF_HOME": INSIDE_WORK + "/hf", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -140,6 +144,9 @@ def command(job: Path, inputs: Path, argv: list[str], slot: int, limits: Limits,
         args += ["--ro-bind", src, dst]
     if HIDDEN.exists():
         args += ["--tmpfs", str(HIDDEN), "--remount-ro", str(HIDDEN)]
+    for f in HIDDEN_FILES:
+        if f.exists():
+            args += ["--ro-bind", "/dev/null", str(f)]
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
              "--size", str(limits.scratch_bytes), "--tmpfs", "/tmp",
              "--size", str(limits.scratch_bytes), "--tmpfs", INSIDE_WORK, "--remount-ro", "/",
